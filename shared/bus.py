@@ -1,0 +1,86 @@
+"""The NATS connection every service shares: core pub/sub, request/reply and JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import orjson
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from shared import subjects
+
+log = structlog.get_logger("plexus.bus")
+
+TASK_EVENTS_MAX_AGE = 3600.0  # seconds a run's event log is kept for resumption
+
+
+class Bus:
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self.nc = nc
+        self.js = js
+        self._subs: list[Any] = []
+
+    @classmethod
+    async def connect(cls, url: str, name: str = "plexus") -> Bus:
+        nc = await nats.connect(
+            url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5
+        )
+        bus = cls(nc, nc.jetstream())
+        await bus._ensure_streams()
+        return bus
+
+    async def _ensure_streams(self) -> None:
+        cfg = StreamConfig(
+            name=subjects.TASK_EVENTS_STREAM,
+            subjects=[subjects.TASK_EVENTS_WILDCARD],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=TASK_EVENTS_MAX_AGE,
+        )
+        for attempt in range(50):  # JetStream may still be starting right after the server
+            try:
+                try:
+                    await self.js.add_stream(cfg)
+                except BadRequestError:
+                    await self.js.update_stream(cfg)
+                return
+            except Exception:  # noqa: BLE001
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def publish_json(self, subject: str, payload: dict[str, Any], headers: dict | None = None) -> None:
+        await self.nc.publish(subject, orjson.dumps(payload), headers=headers)
+
+    async def subscribe_json(
+        self, subject: str, handler: Callable[[str, dict[str, Any]], Awaitable[None]], queue: str = ""
+    ) -> None:
+        async def _cb(msg: Msg) -> None:
+            try:
+                await handler(msg.subject, orjson.loads(msg.data) if msg.data else {})
+            except Exception:  # noqa: BLE001 - one bad message must not kill the subscription
+                log.exception("bus_handler_failed", subject=msg.subject)
+
+        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=_cb))
+
+    async def ping(self) -> None:
+        if not self.nc.is_connected:
+            raise RuntimeError("NATS not connected")
+        await self.nc.flush(timeout=2)
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001
+                pass
+        if not self.nc.is_closed:
+            await self.nc.drain()

@@ -1,0 +1,189 @@
+"""Tables, one owner each (see ARCHITECTURE §3). Timestamps are naive UTC; the wire uses Unix seconds.
+
+console owns: tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials.
+runtime owns: end_users, conversations, messages, message_feedbacks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def ts(dt: datetime | None) -> int | None:
+    """Naive-UTC datetime → Unix seconds (the wire format)."""
+    return int(dt.replace(tzinfo=UTC).timestamp()) if dt else None
+
+
+def _json(default: Any = None) -> Any:
+    return Field(default_factory=(lambda: default() if callable(default) else default), sa_column=Column(JSON))
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(max_length=255)
+    status: str = Field(default="normal", max_length=16)  # normal | archived
+    plan: str = Field(default="sandbox", max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    email: str = Field(max_length=255, unique=True, index=True)
+    name: str = Field(max_length=255)
+    password_hash: str = Field(max_length=255)
+    status: str = Field(default="active", max_length=16)  # active | banned
+    created_at: datetime = Field(default_factory=utcnow)
+    last_login_at: datetime | None = None
+
+
+class TenantMember(SQLModel, table=True):
+    __tablename__ = "tenant_members"
+    __table_args__ = (UniqueConstraint("tenant_id", "account_id"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=36, ondelete="CASCADE")
+    role: str = Field(default="owner", max_length=16)  # owner | admin | editor | normal
+    current: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class App(SQLModel, table=True):
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_apps_tenant_name"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    name: str = Field(max_length=255)
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    mode: str = Field(max_length=32)
+    icon_type: str | None = Field(default="emoji", max_length=16)
+    icon: str | None = Field(default=None, max_length=255)
+    icon_background: str | None = Field(default=None, max_length=255)
+    enable_site: bool = True
+    enable_api: bool = True
+    api_rpm: int = 0
+    api_rph: int = 0
+    max_active_requests: int | None = None
+    status: str = Field(default="normal", max_length=16)
+    app_model_config_id: str | None = Field(default=None, max_length=36)
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AppModelConfig(SQLModel, table=True):
+    __tablename__ = "app_model_configs"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    app_id: str = Field(foreign_key="apps.id", index=True, max_length=36, ondelete="CASCADE")
+    config: dict = _json(dict)  # the AppModelConfig dict (reference §5), validated by the console
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    app_id: str | None = Field(default=None, foreign_key="apps.id", index=True, max_length=36, ondelete="CASCADE")
+    dataset_id: str | None = Field(default=None, max_length=36)
+    type: str = Field(max_length=16)  # app | dataset
+    token_hash: str = Field(max_length=64, unique=True, index=True)  # sha256 hex; the token is shown once
+    token_hint: str = Field(max_length=32)  # e.g. "app-AbCd…wXyZ", safe to list
+    last_used_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ProviderCredential(SQLModel, table=True):
+    __tablename__ = "provider_credentials"
+    __table_args__ = (UniqueConstraint("tenant_id", "provider", name="uq_provider_tenant"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    provider: str = Field(max_length=64)
+    encrypted_credentials: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class EndUser(SQLModel, table=True):
+    __tablename__ = "end_users"
+    __table_args__ = (UniqueConstraint("app_id", "session_id", name="uq_end_user_session"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36, index=True)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE")
+    type: str = Field(default="service_api", max_length=32)
+    session_id: str = Field(max_length=255)
+    is_anonymous: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conv_app_user_updated", "app_id", "end_user_id", "updated_at"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE")
+    end_user_id: str = Field(max_length=36)
+    mode: str = Field(max_length=32)
+    name: str = Field(default="", max_length=255)
+    inputs: dict = _json(dict)
+    introduction: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    status: str = Field(default="normal", max_length=16)
+    from_source: str = Field(default="api", max_length=16)
+    is_deleted: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_msg_conv_created", "conversation_id", "created_at"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE", index=True)
+    conversation_id: str = Field(foreign_key="conversations.id", max_length=36, ondelete="CASCADE")
+    end_user_id: str = Field(max_length=36)
+    parent_message_id: str | None = Field(default=None, max_length=36)
+    task_id: str = Field(max_length=36, index=True)
+    inputs: dict = _json(dict)
+    query: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    answer: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # running while the run is live; then normal | stopped | error (the wire shows stopped as normal)
+    status: str = Field(default="running", max_length=16, index=True)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    model_provider: str | None = Field(default=None, max_length=64)
+    model_id: str | None = Field(default=None, max_length=255)
+    message_tokens: int = 0
+    answer_tokens: int = 0
+    usage: dict = _json(dict)
+    retriever_resources: list = _json(list)
+    agent_thoughts: list = _json(list)
+    latency: float = 0.0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class MessageFeedback(SQLModel, table=True):
+    __tablename__ = "message_feedbacks"
+    __table_args__ = (UniqueConstraint("message_id", "from_end_user_id", name="uq_feedback_msg_user"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE", index=True)
+    conversation_id: str = Field(max_length=36)
+    message_id: str = Field(foreign_key="messages.id", max_length=36, ondelete="CASCADE")
+    rating: str = Field(max_length=16)  # like | dislike
+    content: str | None = Field(default=None, sa_column=Column(Text))
+    from_source: str = Field(default="api", max_length=16)
+    from_end_user_id: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

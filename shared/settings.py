@@ -1,0 +1,102 @@
+"""One pydantic-settings tree for every service (PLEXUS_ prefix, nested with ``__``).
+
+Each service reads its own slice (``settings.gateway``, ``settings.runtime`` …). Top-level URLs are
+flat (``PLEXUS_DATABASE_URL``) because every service shares them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthSettings(BaseModel):
+    access_token_minutes: int = 60
+    refresh_token_days: int = 30
+    login_max_attempts: int = Field(5, description="wrong passwords per email before login is refused")
+    login_lockout_seconds: int = 300
+
+
+class GatewaySettings(BaseModel):
+    limiter: Literal["auto", "memory", "redis"] = Field(
+        "auto", description="auto = redis when PLEXUS_REDIS_URL is set, else in-memory"
+    )
+    redis_failure_policy: Literal["closed", "open"] = Field(
+        "closed", description="when Redis is unreachable: closed = 503, open = admit without limiting"
+    )
+    max_body_bytes: int = 20 * 1024 * 1024
+    key_cache_seconds: float = Field(60.0, description="API-key cache TTL (NATS invalidation is immediate)")
+    console_url: str | None = Field(None, description="split mode: upstream base URL of the console")
+    runtime_url: str | None = None
+    indexer_url: str | None = None
+    tools_url: str | None = None
+    upstream_timeout: float = 300.0
+
+
+class RuntimeSettings(BaseModel):
+    memory_turns: int = Field(10, description="previous turns sent to the model as conversation memory")
+    ping_interval: float = Field(10.0, description="seconds of silence before an SSE `event: ping`")
+    llm_timeout: float = 120.0
+    run_timeout: float = Field(600.0, description="a run still going after this is stopped and recorded")
+    default_context_tokens: int = 8192
+    app_cache_seconds: float = 60.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PLEXUS_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    data_dir: Path = Field(Path(".plexus"), description="embedded SQLite, NATS store and generated secrets")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = Field(None, description="default: sqlite+aiosqlite under data_dir")
+    nats_url: str | None = Field(None, description="default in `all` mode: embedded nats-server")
+    redis_url: str | None = Field(None, description="gateway limiter across replicas (split mode)")
+    secret_key: str | None = Field(
+        None, description="signs JWTs and encrypts credentials; generated under data_dir in `all` mode"
+    )
+    internal_secret: str | None = Field(
+        None, description="gateway→service identity; generated in `all` mode, required in split mode"
+    )
+    log_level: str = "INFO"
+    log_json: bool = True
+    public_api_base: str = Field("", description="advertised base URL, e.g. https://api.example.com")
+
+    auth: AuthSettings = AuthSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'plexus.db').resolve()}"
+
+    def ensure_secrets(self) -> None:
+        """Embedded mode: create (once) and reuse secrets stored under data_dir."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for attr in ("secret_key", "internal_secret"):
+            if getattr(self, attr):
+                continue
+            path = self.data_dir / attr
+            if not path.exists():
+                path.write_text(secrets.token_urlsafe(48))
+                path.chmod(0o600)
+            setattr(self, attr, path.read_text().strip())
+
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            env = ", ".join(f"PLEXUS_{n.upper()}" for n in missing)
+            raise SystemExit(f"this target needs production settings: set {env}")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,35 @@
+"""Every NATS subject and stream name Plexus uses: declared here and nowhere else.
+
+Payloads are JSON; a subject's payload shape changes only together with a new version suffix.
+"""
+
+from __future__ import annotations
+
+PREFIX = "plexus"
+
+# JetStream stream holding every run's event log (limits by age); SSE ids are its sequence numbers.
+TASK_EVENTS_STREAM = "PLEXUS_TASK_EVENTS"
+TASK_EVENTS_WILDCARD = f"{PREFIX}.tasks.*.events"
+TASK_STOP_WILDCARD = f"{PREFIX}.tasks.*.stop"
+
+# Config change notifications (core pub/sub): kinds are app, apikey, provider, tenant.
+CONFIG_WILDCARD = f"{PREFIX}.config.>"
+
+
+def task_events(task_id: str) -> str:
+    return f"{PREFIX}.tasks.{task_id}.events"
+
+
+def task_stop(task_id: str) -> str:
+    """Payload: {"user": <end-user session id>} — only the run's own user may stop it."""
+    return f"{PREFIX}.tasks.{task_id}.stop"
+
+
+def config_changed(kind: str, ident: str) -> str:
+    """Payload: {"kind", "id", ...}; receivers drop caches for that object at once."""
+    return f"{PREFIX}.config.{kind}.{ident}"
+
+
+def parse_config_subject(subject: str) -> tuple[str, str]:
+    _, _, kind, ident = subject.split(".", 3)
+    return kind, ident

@@ -1,0 +1,123 @@
+"""Shared fixtures: a real nats-server per session, SQLite always, Postgres/Redis when the CI URLs are
+set (PLEXUS_TEST_DATABASE_URL, PLEXUS_TEST_REDIS_URL), and the whole stack on a real uvicorn port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import httpx
+import pytest
+import uvicorn
+
+from shared.natsd import EmbeddedNats, free_port
+from shared.settings import Settings
+
+PG_URL = os.environ.get("PLEXUS_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("PLEXUS_TEST_REDIS_URL")
+
+needs_postgres = pytest.mark.skipif(not PG_URL, reason="PLEXUS_TEST_DATABASE_URL not set (no Postgres)")
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="PLEXUS_TEST_REDIS_URL not set (no Redis)")
+
+
+def db_params() -> list:
+    """SQLite always; Postgres too when CI provides it."""
+    params = [pytest.param("sqlite", id="sqlite")]
+    params.append(pytest.param("postgres", id="postgres", marks=needs_postgres))
+    return params
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+async def reset_postgres(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+def database_url(kind: str, tmp: Path) -> str:
+    if kind == "postgres":
+        assert PG_URL
+        return PG_URL
+    return f"sqlite+aiosqlite:///{tmp / 'plexus.db'}"
+
+
+def make_settings(tmp: Path, db_url: str, nats: str, redis: str | None = None, **overrides) -> Settings:
+    return Settings(
+        data_dir=tmp, database_url=db_url, nats_url=nats, redis_url=redis, port=free_port(),
+        log_json=True, log_level="WARNING", _env_file=None, **overrides,
+    )
+
+
+@dataclass
+class LiveServer:
+    """One Stack served by uvicorn inside the test's event loop."""
+
+    stack: object
+    server: uvicorn.Server
+    task: asyncio.Task
+    base_url: str
+
+    @property
+    def ctx(self):  # noqa: ANN201
+        return self.stack.ctx
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+        await self.stack.stop()
+
+
+async def start_live(settings: Settings, target: str = "all") -> LiveServer:
+    from services.stack import Stack
+
+    if settings.database_url and settings.database_url.startswith("postgresql") and target == "all":
+        await reset_postgres(settings.database_url)
+    stack = Stack(settings, target)
+    app = await stack.start()
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, lifespan="off", log_level="warning",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("uvicorn did not start")
+        await asyncio.sleep(0.01)
+    return LiveServer(stack, server, task, f"http://127.0.0.1:{settings.port}")
+
+
+@pytest.fixture(scope="module", params=db_params())
+async def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
+               ) -> AsyncIterator[LiveServer]:
+    """The whole stack (`all` target) on SQLite and, in CI, on Postgres."""
+    tmp = tmp_path_factory.mktemp("live")
+    srv = await start_live(make_settings(tmp, database_url(request.param, tmp), nats_url))
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def client(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as c:
+        yield c
