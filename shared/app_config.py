@@ -1,0 +1,189 @@
+"""The app model config (reference §5): one schema for the console (validates, stores) and the runtime
+(reads, validates inputs against ``user_input_form``, renders ``{{var}}`` prompts, serves /parameters)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+VAR_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,29}$")
+PLACEHOLDER_RE = re.compile(r"\{\{([a-zA-Z_][a-zA-Z0-9_]{0,29})\}\}")
+FORM_TYPES = ("text-input", "paragraph", "select", "number", "checkbox", "file", "file-list", "json_object",
+              "external_data_tool")
+DEFAULT_FILE_UPLOAD = {
+    "image": {"enabled": False, "number_limits": 3, "detail": "high", "transfer_methods": ["remote_url", "local_file"]}
+}
+SYSTEM_PARAMETERS = {
+    "image_file_size_limit": 10,
+    "video_file_size_limit": 100,
+    "audio_file_size_limit": 50,
+    "file_size_limit": 15,
+    "workflow_file_upload_limit": 10,
+}
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    provider: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=255)
+    mode: Literal["chat", "completion"] = "chat"
+    completion_params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FormField(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    label: str = ""
+    variable: str
+    required: bool = False
+    max_length: int | None = Field(default=None, ge=1)
+    default: Any = None
+    options: list[str] = Field(default_factory=list)
+
+    @field_validator("variable")
+    @classmethod
+    def _var(cls, v: str) -> str:
+        if not VAR_RE.match(v):
+            raise ValueError(f"variable {v!r} must be an identifier of at most 30 characters")
+        return v
+
+
+class FormItem(BaseModel):
+    """One ``{"<type>": {...}}`` entry of user_input_form, flattened for use."""
+
+    type: str
+    field: FormField
+
+
+class Feature(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = False
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model: ModelSpec
+    pre_prompt: str = ""
+    prompt_type: Literal["simple", "advanced"] = "simple"
+    chat_prompt_config: dict[str, Any] = Field(default_factory=dict)
+    completion_prompt_config: dict[str, Any] = Field(default_factory=dict)
+    user_input_form: list[dict[str, FormField]] = Field(default_factory=list)
+    dataset_query_variable: str | None = None
+    dataset_configs: dict[str, Any] = Field(default_factory=dict)
+    agent_mode: dict[str, Any] = Field(default_factory=lambda: {"enabled": False, "tools": []})
+    opening_statement: str = ""
+    suggested_questions: list[str] = Field(default_factory=list)
+    suggested_questions_after_answer: Feature = Field(default_factory=Feature)
+    speech_to_text: Feature = Field(default_factory=Feature)
+    text_to_speech: Feature = Field(default_factory=Feature)
+    retriever_resource: Feature = Field(default_factory=lambda: Feature(enabled=True))
+    annotation_reply: Feature = Field(default_factory=Feature)
+    more_like_this: Feature = Field(default_factory=Feature)
+    sensitive_word_avoidance: Feature = Field(default_factory=Feature)
+    file_upload: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_FILE_UPLOAD))
+    external_data_tools: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("user_input_form")
+    @classmethod
+    def _form(cls, items: list[dict[str, FormField]]) -> list[dict[str, FormField]]:
+        seen: set[str] = set()
+        for item in items:
+            if len(item) != 1:
+                raise ValueError("each user_input_form entry must have exactly one type key")
+            (kind, fld), = item.items()
+            if kind not in FORM_TYPES:
+                raise ValueError(f"user_input_form type {kind!r} must be one of {list(FORM_TYPES)}")
+            if kind == "select" and not fld.options:
+                raise ValueError(f"select variable {fld.variable!r} needs options")
+            if fld.variable in seen:
+                raise ValueError(f"variable {fld.variable!r} appears twice in user_input_form")
+            seen.add(fld.variable)
+        return items
+
+    @model_validator(mode="after")
+    def _suggested(self) -> ModelConfig:
+        if len(self.suggested_questions) > 10:
+            raise ValueError("suggested_questions must have at most 10 items")
+        return self
+
+    def form(self) -> list[FormItem]:
+        return [FormItem(type=k, field=v) for item in self.user_input_form for k, v in item.items()]
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_model_config(data: dict[str, Any]) -> ModelConfig:
+    return ModelConfig.model_validate(data)
+
+
+def validate_inputs(config: ModelConfig, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Clean ``inputs`` against the form with Dify's messages (ValueError → 400 invalid_param)."""
+    if not isinstance(inputs, dict):
+        raise ValueError("inputs must be an object")
+    cleaned: dict[str, Any] = {}
+    for item in config.form():
+        f = item.field
+        value = inputs.get(f.variable)
+        if value is None or value == "":
+            if f.required:
+                raise ValueError(f"{f.variable} is required in input form")
+            cleaned[f.variable] = f.default if f.default is not None else ""
+            continue
+        if item.type in ("text-input", "paragraph", "select"):
+            if not isinstance(value, str):
+                raise ValueError(f"{f.variable} in input form must be a string")
+            if item.type == "select" and value not in f.options:
+                raise ValueError(f"{f.variable} in input form must be one of the following: {f.options}")
+            if f.max_length and len(value) > f.max_length:
+                raise ValueError(f"{f.variable} in input form must be less than {f.max_length} characters")
+            value = value.replace("\x00", "")
+        elif item.type == "number":
+            if isinstance(value, bool):
+                raise ValueError(f"{f.variable} in input form must be a valid number")
+            if isinstance(value, str):
+                try:
+                    value = float(value) if any(c in value for c in ".eE") else int(value)
+                except ValueError:
+                    raise ValueError(f"{f.variable} in input form must be a valid number") from None
+            elif not isinstance(value, int | float):
+                raise ValueError(f"{f.variable} in input form must be a valid number")
+        elif item.type == "checkbox" and not isinstance(value, bool):
+            raise ValueError(f"{f.variable} in input form must be a boolean")
+        cleaned[f.variable] = value
+    return cleaned
+
+
+def render_prompt(template: str, inputs: dict[str, Any]) -> str:
+    """Replace ``{{var}}`` with input values; unknown variables stay literal. Values are de-templated so a
+    user value containing ``{{x}}`` is not expanded again."""
+
+    def _sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in inputs:
+            return m.group(0)
+        return PLACEHOLDER_RE.sub(r"{\1}", str(inputs[name]))
+
+    return PLACEHOLDER_RE.sub(_sub, template)
+
+
+def parameters_view(config: ModelConfig) -> dict[str, Any]:
+    """The ``GET /parameters`` body (reference §2.9)."""
+    d = config.to_wire()
+    return {
+        "opening_statement": config.opening_statement,
+        "suggested_questions": config.suggested_questions,
+        "suggested_questions_after_answer": d["suggested_questions_after_answer"],
+        "speech_to_text": d["speech_to_text"],
+        "text_to_speech": d["text_to_speech"],
+        "retriever_resource": d["retriever_resource"],
+        "annotation_reply": d["annotation_reply"],
+        "more_like_this": d["more_like_this"],
+        "user_input_form": [{k: v.model_dump(mode="json", exclude_none=True) for k, v in item.items()}
+                            for item in config.user_input_form],
+        "sensitive_word_avoidance": {"enabled": False, "type": "", "configs": [], **d["sensitive_word_avoidance"]},
+        "file_upload": config.file_upload,
+        "system_parameters": dict(SYSTEM_PARAMETERS),
+    }

@@ -1,0 +1,89 @@
+"""The one way Plexus reaches a model: litellm, with a workspace's provider credentials.
+
+litellm is imported lazily, once per process (import costs ~4 s and ~170 MB), with the offline
+environment the notes require. Provider names are litellm's; ``openai-compatible`` means the OpenAI
+wire protocol at a custom ``api_base``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+    "HF_HUB_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+}
+_litellm: Any = None
+
+# Provider names accepted by the console and how they map onto litellm's model prefixes.
+PROVIDER_ALIASES = {
+    "openai-compatible": "openai",
+    "openai_compatible": "openai",
+    "openai_api_compatible": "openai",
+    "langgenius/openai/openai": "openai",
+    "langgenius/anthropic/anthropic": "anthropic",
+    "langgenius/ollama/ollama": "ollama",
+    "langgenius/azure_openai/azure_openai": "azure",
+    "azure_openai": "azure",
+}
+KNOWN_PROVIDERS = (
+    "openai", "openai-compatible", "anthropic", "azure", "ollama", "gemini", "vertex_ai", "bedrock", "mistral",
+    "groq", "deepseek", "together_ai", "openrouter", "cohere", "fireworks_ai", "xai", "huggingface",
+)
+# Credential keys passed through to litellm as keyword arguments.
+CREDENTIAL_KEYS = ("api_key", "api_base", "api_version", "organization", "aws_access_key_id",
+                   "aws_secret_access_key", "aws_region_name", "vertex_project", "vertex_location")
+# Model used to validate credentials when the caller names none.
+VALIDATION_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "azure": "gpt-4o-mini",
+                     "ollama": "llama3.2", "gemini": "gemini-2.0-flash", "mistral": "mistral-small-latest",
+                     "groq": "llama-3.1-8b-instant", "deepseek": "deepseek-chat"}
+
+
+def litellm() -> Any:
+    global _litellm
+    if _litellm is None:
+        for k, v in _ENV.items():
+            os.environ.setdefault(k, v)
+        import litellm as _mod
+
+        _mod.suppress_debug_info = True
+        _mod.drop_params = True  # a completion_param a provider lacks is dropped, not an error
+        _litellm = _mod
+    return _litellm
+
+
+def canonical_provider(provider: str) -> str:
+    return PROVIDER_ALIASES.get(provider, provider)
+
+
+def is_known_provider(provider: str) -> bool:
+    return provider in KNOWN_PROVIDERS or provider in PROVIDER_ALIASES
+
+
+def call_kwargs(provider: str, model: str, credentials: dict[str, Any]) -> dict[str, Any]:
+    """litellm keyword arguments for ``model`` of ``provider`` with these credentials."""
+    kwargs: dict[str, Any] = {"model": f"{canonical_provider(provider)}/{model}"}
+    for key in CREDENTIAL_KEYS:
+        if credentials.get(key):
+            kwargs[key] = credentials[key]
+    if "api_base" not in kwargs and credentials.get("base_url"):
+        kwargs["api_base"] = credentials["base_url"]
+    return kwargs
+
+
+async def validate_credentials(provider: str, credentials: dict[str, Any], model: str | None = None,
+                               timeout: float = 20.0) -> None:
+    """Make one real, tiny call; raises the provider's error when the credentials do not work."""
+    name = model or credentials.get("validate_model") or VALIDATION_MODELS.get(canonical_provider(provider))
+    if not name:
+        raise ValueError("name a model to validate these credentials with (field 'model')")
+    await litellm().acompletion(
+        **call_kwargs(provider, name, credentials),
+        messages=[{"role": "user", "content": "ping"}],
+        max_tokens=1,
+        timeout=timeout,
+        num_retries=0,
+    )
