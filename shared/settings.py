@@ -16,10 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class AuthSettings(BaseModel):
-    access_token_minutes: int = 60
-    refresh_token_days: int = 30
+    access_token_minutes: int = Field(60, description="console JWT access-token lifetime")
+    refresh_token_days: int = Field(30, description="console refresh-token lifetime")
     login_max_attempts: int = Field(5, description="wrong passwords per email before login is refused")
-    login_lockout_seconds: int = 300
+    login_lockout_seconds: int = Field(300, description="window in which wrong passwords are counted")
 
 
 class GatewaySettings(BaseModel):
@@ -29,22 +29,22 @@ class GatewaySettings(BaseModel):
     redis_failure_policy: Literal["closed", "open"] = Field(
         "closed", description="when Redis is unreachable: closed = 503, open = admit without limiting"
     )
-    max_body_bytes: int = 20 * 1024 * 1024
+    max_body_bytes: int = Field(20 * 1024 * 1024, description="larger request bodies get 413")
     key_cache_seconds: float = Field(60.0, description="API-key cache TTL (NATS invalidation is immediate)")
     console_url: str | None = Field(None, description="split mode: upstream base URL of the console")
-    runtime_url: str | None = None
-    indexer_url: str | None = None
-    tools_url: str | None = None
-    upstream_timeout: float = 300.0
+    runtime_url: str | None = Field(None, description="split mode: upstream base URL of the runtime")
+    indexer_url: str | None = Field(None, description="split mode: upstream base URL of the indexer")
+    tools_url: str | None = Field(None, description="split mode: upstream base URL of the tools service")
+    upstream_timeout: float = Field(300.0, description="split mode: seconds to wait for an upstream")
 
 
 class RuntimeSettings(BaseModel):
     memory_turns: int = Field(10, description="previous turns sent to the model as conversation memory")
     ping_interval: float = Field(10.0, description="seconds of silence before an SSE `event: ping`")
-    llm_timeout: float = 120.0
+    llm_timeout: float = Field(120.0, description="seconds to wait for a model response")
     run_timeout: float = Field(600.0, description="a run still going after this is stopped and recorded")
-    default_context_tokens: int = 8192
-    app_cache_seconds: float = 60.0
+    default_context_tokens: int = Field(8192, description="context window assumed for models litellm does not know")
+    app_cache_seconds: float = Field(60.0, description="app/config cache TTL (NATS invalidation is immediate)")
 
 
 class Settings(BaseSettings):
@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path(".plexus"), description="embedded SQLite, NATS store and generated secrets")
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in containers)")
+    port: int = Field(8080, description="listen port")
     database_url: str | None = Field(None, description="default: sqlite+aiosqlite under data_dir")
     nats_url: str | None = Field(None, description="default in `all` mode: embedded nats-server")
     redis_url: str | None = Field(None, description="gateway limiter across replicas (split mode)")
@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     internal_secret: str | None = Field(
         None, description="gateway→service identity; generated in `all` mode, required in split mode"
     )
-    log_level: str = "INFO"
-    log_json: bool = True
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_json: bool = Field(True, description="JSON logs (structlog); false for console-friendly lines")
     public_api_base: str = Field("", description="advertised base URL, e.g. https://api.example.com")
 
     auth: AuthSettings = AuthSettings()
@@ -100,3 +100,26 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the tree so it cannot drift."""
+    rows = ["| variable | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name.upper()}__")
+                continue
+            default = f.default if f.default is not None else ""
+            if isinstance(default, Path):
+                default = str(default)
+            rows.append(f"| `{prefix}{name.upper()}` | `{default}` | {f.description or ''} |")
+
+    walk(Settings, "PLEXUS_")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

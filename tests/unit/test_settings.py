@@ -1,0 +1,52 @@
+"""Settings: env parsing, nested slices, secrets generation, and the README table staying true."""
+
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings, settings_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLEXUS_DATABASE_URL", "postgresql+asyncpg://u@h/db")
+    monkeypatch.setenv("PLEXUS_GATEWAY__REDIS_FAILURE_POLICY", "open")
+    monkeypatch.setenv("PLEXUS_RUNTIME__MEMORY_TURNS", "3")
+    s = Settings(_env_file=None)
+    assert s.effective_database_url == "postgresql+asyncpg://u@h/db"
+    assert s.gateway.redis_failure_policy == "open"
+    assert s.runtime.memory_turns == 3
+
+
+def test_invalid_enum_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLEXUS_GATEWAY__LIMITER", "carrier-pigeon")
+    with pytest.raises(Exception, match="limiter"):
+        Settings(_env_file=None)
+
+
+def test_embedded_secrets_are_generated_once(tmp_path: Path) -> None:
+    a = Settings(data_dir=tmp_path, _env_file=None)
+    a.ensure_secrets()
+    b = Settings(data_dir=tmp_path, _env_file=None)
+    b.ensure_secrets()
+    assert a.secret_key and a.secret_key == b.secret_key
+    assert a.internal_secret and a.internal_secret != a.secret_key
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_default_database_is_sqlite_under_data_dir(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, _env_file=None)
+    assert s.effective_database_url == f"sqlite+aiosqlite:///{(tmp_path / 'plexus.db').resolve()}"
+
+
+def test_split_target_requires_production_settings() -> None:
+    s = Settings(_env_file=None)
+    with pytest.raises(SystemExit, match="PLEXUS_DATABASE_URL"):
+        s.require("database_url")
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [line for line in settings_table().splitlines()[2:] if line not in readme]
+    assert not missing, "README configuration table is stale; regenerate with `python -m shared.settings`:\n" + "\n".join(missing)
