@@ -21,6 +21,8 @@ import uvicorn
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import Settings
 
+pytest_plugins = ["tests.llm_server"]  # the scripted OpenAI-compatible server: fixture `llm`
+
 PG_URL = os.environ.get("PLEXUS_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("PLEXUS_TEST_REDIS_URL")
 
