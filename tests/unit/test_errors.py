@@ -1,0 +1,74 @@
+"""Every error a service can produce leaves in Dify's envelope, never FastAPI's 422 shape."""
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from shared.errors import INTERNAL, INVALID_JSON, ApiError
+from shared.http import create_base_app
+
+
+class Body(BaseModel):
+    name: str
+    count: int = 0
+
+
+@pytest.fixture
+async def client():
+    app = create_base_app("unit")
+
+    @app.post("/things")
+    async def things(body: Body) -> dict:
+        if body.name == "teapot":
+            raise ApiError(409, "conflict_teapot", "Already brewing.")
+        if body.name == "value":
+            raise ValueError("name must not be value")
+        if body.name == "boom":
+            raise RuntimeError("secret internals")
+        return {"ok": body.count}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        yield c
+
+
+async def test_malformed_json_is_400_bad_request(client) -> None:
+    r = await client.post("/things", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json() == {"code": "bad_request", "message": INVALID_JSON, "status": 400}
+
+
+async def test_empty_body_is_400_bad_request(client) -> None:
+    r = await client.post("/things", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "bad_request"
+
+
+async def test_missing_and_mistyped_fields_are_invalid_param(client) -> None:
+    r = await client.post("/things", json={})
+    assert r.status_code == 400
+    assert r.json() == {"code": "invalid_param", "message": "name is required", "params": "name", "status": 400}
+    r = await client.post("/things", json={"name": "x", "count": "many"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param" and r.json()["params"] == "count"
+
+
+async def test_api_error_value_error_and_crash(client) -> None:
+    r = await client.post("/things", json={"name": "teapot"})
+    assert (r.status_code, r.json()) == (409, {"code": "conflict_teapot", "message": "Already brewing.", "status": 409})
+    r = await client.post("/things", json={"name": "value"})
+    assert r.status_code == 400 and r.json()["message"] == "name must not be value"
+    r = await client.post("/things", json={"name": "boom"})
+    assert r.status_code == 500 and r.json() == {"code": "internal_server_error", "message": INTERNAL, "status": 500}
+    assert "secret" not in r.text
+
+
+async def test_unknown_route_and_method(client) -> None:
+    r = await client.get("/nope")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    r = await client.get("/things")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+
+
+async def test_request_id_and_health(client) -> None:
+    r = await client.get("/healthz", headers={"x-request-id": "abc"})
+    assert r.json() == {"status": "ok"} and r.headers["x-request-id"] == "abc"
+    assert "plexus_http_requests_total" in (await client.get("/metrics")).text

@@ -1,0 +1,45 @@
+"""Secrets at rest, subject names, and the embedded nats-server lifecycle."""
+
+import socket
+
+import pytest
+from cryptography.fernet import InvalidToken
+
+from shared import subjects
+from shared.crypto import decrypt_json, encrypt_json, generate_api_key, hash_token, token_hint
+from shared.natsd import EmbeddedNats
+
+
+def test_api_key_format_and_hash() -> None:
+    key = generate_api_key("app")
+    assert key.startswith("app-") and len(key) == 28 and key[4:].isalnum()
+    assert generate_api_key("app") != key
+    assert hash_token(key) == hash_token(key) != hash_token(key + "x")
+    assert key not in token_hint(key) and token_hint(key).startswith("app-")
+
+
+def test_credentials_round_trip_and_wrong_key_fails() -> None:
+    blob = encrypt_json("secret-a", {"api_key": "sk-live-123"})
+    assert "sk-live-123" not in blob
+    assert decrypt_json("secret-a", blob) == {"api_key": "sk-live-123"}
+    with pytest.raises(InvalidToken):
+        decrypt_json("secret-b", blob)
+
+
+def test_subjects_are_versionable_and_parseable() -> None:
+    assert subjects.task_events("t1") == "plexus.tasks.t1.events"
+    assert subjects.task_stop("t1") == "plexus.tasks.t1.stop"
+    assert subjects.parse_config_subject(subjects.config_changed("apikey", "k1")) == ("apikey", "k1")
+
+
+def test_embedded_nats_starts_and_stops(tmp_path) -> None:
+    n = EmbeddedNats(tmp_path / "js")
+    n.start()
+    try:
+        socket.create_connection(("127.0.0.1", n.port), timeout=1).close()
+        pid = n.proc.pid
+    finally:
+        n.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", n.port), timeout=1)
+    assert (tmp_path / "js").exists() and pid
