@@ -127,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         print("migrations applied")
         return 0
     if args.cmd == "admin" and args.admin_cmd == "setup":
-        asyncio.run(_admin_setup(settings, args.email, args.name, args.password))
+        from shared.errors import ApiError
+
+        try:
+            asyncio.run(_admin_setup(settings, args.email, args.name, args.password))
+        except ApiError as e:
+            print(f"plexus admin setup: {e.message}", file=sys.stderr)
+            return 1
         return 0
     return 2
 

@@ -13,6 +13,7 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -92,8 +93,8 @@ def _loc(error: dict[str, Any]) -> str:
     return ".".join(parts)
 
 
-def validation_message(exc: RequestValidationError) -> tuple[str, str, str | None]:
-    """(code, message, param) for a FastAPI validation error, in Dify's words where it has them."""
+def validation_message(exc: RequestValidationError | ValidationError) -> tuple[str, str, str | None]:
+    """(code, message, param) for a request (or any pydantic) validation error, in Dify's words where it has them."""
     errors = exc.errors()
     for e in errors:
         if e.get("type") == "json_invalid":

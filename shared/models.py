@@ -1,6 +1,6 @@
-"""Tables, one owner each (see ARCHITECTURE §3). Timestamps are naive UTC; the wire uses Unix seconds.
+"""Tables, one owner each (see ARCHITECTURE §3). Timestamps are aware UTC; the wire uses Unix seconds.
 
-console owns: tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials.
+console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials.
 runtime owns: end_users, conversations, messages, message_feedbacks.
 """
 
@@ -15,7 +15,8 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    # aware: sqlmodel maps datetime fields to UTCDateTime, which refuses naive values
+    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -23,12 +24,22 @@ def new_id() -> str:
 
 
 def ts(dt: datetime | None) -> int | None:
-    """Naive-UTC datetime → Unix seconds (the wire format)."""
-    return int(dt.replace(tzinfo=UTC).timestamp()) if dt else None
+    """UTC datetime (aware, or naive meaning UTC) → Unix seconds (the wire format)."""
+    if dt is None:
+        return None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
 
 
 def _json(default: Any = None) -> Any:
     return Field(default_factory=(lambda: default() if callable(default) else default), sa_column=Column(JSON))
+
+
+class Setup(SQLModel, table=True):
+    """One row once the first account exists. Its fixed primary key makes a racing second setup fail."""
+
+    __tablename__ = "setups"
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    setup_at: datetime = Field(default_factory=utcnow)
 
 
 class Tenant(SQLModel, table=True):

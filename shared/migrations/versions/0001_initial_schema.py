@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 21:35:17.770710
+Create Date: 2026-11-21 21:39:02.492874
 """
 from alembic import op
 import sqlalchemy as sa
@@ -30,6 +30,11 @@ def upgrade() -> None:
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_accounts_email'), ['email'], unique=True)
 
+    op.create_table('setups',
+    sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('setup_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
     op.create_table('tenants',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
@@ -258,6 +263,7 @@ def downgrade() -> None:
 
     op.drop_table('apps')
     op.drop_table('tenants')
+    op.drop_table('setups')
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_accounts_email'))
 

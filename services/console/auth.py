@@ -1,0 +1,205 @@
+"""Console sign-in: argon2 password hashes, HS256 JWTs, login throttling and token revocation.
+
+Throttling and revocation live in Redis when ``ctx.redis`` is set (shared by every console replica) and in
+process memory otherwise (the `all` target is one process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+ISSUER = "plexus-console"
+ACCESS = "access"
+REFRESH = "refresh"
+
+_hasher = PasswordHasher()
+# Verified against when the email is unknown, so a miss costs as much time as a wrong password.
+_DUMMY_HASH = _hasher.hash("plexus-timing-equaliser-0")
+
+
+# ---- passwords (argon2 is CPU-heavy: run it off the event loop) ---------------------------------
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(password_hash: str | None, password: str) -> bool:
+    def _verify() -> bool:
+        try:
+            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(_verify)
+
+
+def needs_rehash(password_hash: str) -> bool:
+    return _hasher.check_needs_rehash(password_hash)
+
+
+# ---- tokens ---------------------------------------------------------------------------------------
+
+
+class TokenError(Exception):
+    """A token that is malformed, expired, revoked or of the wrong type."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+
+
+class Tokens:
+    def __init__(self, secret_key: str, access_minutes: int, refresh_days: int) -> None:
+        self._key = secret_key
+        self.access_ttl = access_minutes * 60
+        self.refresh_ttl = refresh_days * 86400
+
+    def _encode(self, account_id: str, token_type: str, ttl: int) -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "sub": account_id, "token_type": token_type, "jti": uuid.uuid4().hex,
+                  "iat": now, "exp": now + ttl}
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    def issue(self, account_id: str) -> TokenPair:
+        return TokenPair(self._encode(account_id, ACCESS, self.access_ttl),
+                         self._encode(account_id, REFRESH, self.refresh_ttl))
+
+    def decode(self, token: str, token_type: str) -> dict[str, Any]:
+        try:
+            claims = jwt.decode(token, self._key, algorithms=["HS256"], issuer=ISSUER,
+                                options={"require": ["exp", "iat", "sub", "jti", "token_type"]})
+        except jwt.ExpiredSignatureError:
+            raise TokenError("Token has expired.") from None
+        except jwt.PyJWTError:
+            raise TokenError("Invalid Authorization token.") from None
+        # the type claim keeps a (long-lived) refresh token from working as an access token
+        if claims.get("token_type") != token_type:
+            raise TokenError("Invalid Authorization token.")
+        return claims
+
+
+# ---- sliding-window failure counter and revocation list ------------------------------------------
+
+
+def _digest(value: str) -> str:
+    # keys carry a digest, not the email or token id itself
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+class LoginLimiter:
+    """Wrong passwords per email within a sliding window; ``retry_after`` > 0 means locked out."""
+
+    def __init__(self, redis: Any | None, max_attempts: int, window_seconds: int) -> None:
+        self.redis = redis
+        self.max = max_attempts
+        self.window = window_seconds
+        self._mem: dict[str, deque[float]] = {}
+
+    def _key(self, email: str) -> str:
+        return f"plexus:console:login_fail:{_digest(email)}"
+
+    def _prune(self, key: str, now: float) -> deque[float]:
+        q = self._mem.get(key, deque())
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        if not q:
+            self._mem.pop(key, None)
+        return q
+
+    async def retry_after(self, email: str) -> int:
+        if self.max <= 0:
+            return 0
+        key, now = self._key(email), time.time()
+        if self.redis is not None:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.zremrangebyscore(key, 0, now - self.window)
+                p.zcard(key)
+                p.zrange(key, 0, 0, withscores=True)
+                _, count, oldest = await p.execute()
+            first = oldest[0][1] if oldest else now
+        else:
+            q = self._prune(key, now)
+            count, first = len(q), (q[0] if q else now)
+        if count < self.max:
+            return 0
+        return max(1, int(first + self.window - now) + 1)
+
+    async def failed(self, email: str) -> None:
+        key, now = self._key(email), time.time()
+        if self.redis is not None:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.zadd(key, {uuid.uuid4().hex: now})
+                p.zremrangebyscore(key, 0, now - self.window)
+                p.expire(key, self.window)
+                await p.execute()
+            return
+        if len(self._mem) > 10_000:  # an email-spraying client must not grow memory without bound
+            for k in list(self._mem):
+                self._prune(k, now)
+        self._mem.setdefault(key, deque()).append(now)
+
+    async def reset(self, email: str) -> None:
+        key = self._key(email)
+        if self.redis is not None:
+            await self.redis.delete(key)
+        else:
+            self._mem.pop(key, None)
+
+
+class RevokedTokens:
+    """Token ids revoked by logout or spent by refresh, kept until the token would expire anyway."""
+
+    def __init__(self, redis: Any | None) -> None:
+        self.redis = redis
+        self._mem: dict[str, float] = {}
+
+    async def revoke(self, claims: dict[str, Any]) -> None:
+        ttl = int(claims["exp"] - time.time()) + 1
+        if ttl <= 0:
+            return
+        key = f"plexus:console:revoked:{_digest(claims['jti'])}"
+        if self.redis is not None:
+            await self.redis.set(key, b"1", ex=ttl)
+            return
+        now = time.time()
+        if len(self._mem) > 10_000:
+            self._mem = {k: exp for k, exp in self._mem.items() if exp > now}
+        self._mem[key] = now + ttl
+
+    async def is_revoked(self, claims: dict[str, Any]) -> bool:
+        key = f"plexus:console:revoked:{_digest(claims['jti'])}"
+        if self.redis is not None:
+            return bool(await self.redis.exists(key))
+        exp = self._mem.get(key)
+        return exp is not None and exp > time.time()
+
+
+@dataclass
+class Auth:
+    """The console's sign-in machinery, built once per app."""
+
+    tokens: Tokens
+    limiter: LoginLimiter
+    revoked: RevokedTokens
+
+    @classmethod
+    def from_settings(cls, settings: Any, redis: Any | None) -> Auth:
+        if not settings.secret_key:
+            raise RuntimeError("the console needs settings.secret_key to sign tokens")
+        a = settings.auth
+        return cls(Tokens(settings.secret_key, a.access_token_minutes, a.refresh_token_days),
+                   LoginLimiter(redis, a.login_max_attempts, a.login_lockout_seconds),
+                   RevokedTokens(redis))

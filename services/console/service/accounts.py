@@ -1,0 +1,171 @@
+"""First-run setup, sign-in, token refresh and the caller behind a bearer token."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select, update
+
+from services.console.auth import (
+    ACCESS,
+    REFRESH,
+    Auth,
+    TokenError,
+    TokenPair,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
+from services.console.service.common import Principal
+from shared.db import Database
+from shared.errors import ApiError, forbidden, invalid_param, unauthorized
+from shared.models import Account, Setup, Tenant, TenantMember, utcnow
+
+# Dify's own rules (libs/helper.py), so the same inputs pass or fail.
+EMAIL_RE = re.compile(r"^[\w.!#$%&'*+\-/=?^_`{|}~]+@([\w-]+\.)+[\w-]{2,}$")
+PASSWORD_RE = re.compile(r"^(?=.*[a-zA-Z])(?=.*\d).{8,}$")
+
+AUTH_FAILED = "Invalid email or password."
+ALREADY_SETUP = "Plexus has already been set up. Sign in instead."
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def check_email(email: str) -> str:
+    email = normalize_email(email)
+    if len(email) > 255 or not EMAIL_RE.match(email):
+        raise invalid_param(f"{email} is not a valid email.", params="email")
+    return email
+
+
+def check_password(password: str) -> str:
+    if not PASSWORD_RE.match(password):
+        raise invalid_param("Password must contain letters and numbers, and the length must be at least 8.",
+                            params="password")
+    return password
+
+
+# ---- setup ----------------------------------------------------------------------------------------
+
+
+async def setup_status(db: Database) -> datetime | None:
+    async with db.session() as s:
+        row = (await s.exec(select(Setup))).first()
+    return row.setup_at if row else None
+
+
+async def is_setup_done(db: Database) -> bool:
+    return await setup_status(db) is not None
+
+
+async def setup_account(db: Database, *, email: str, name: str, password: str) -> Account:
+    """Create the first account, its workspace and the owner membership, once."""
+    email, password = check_email(email), check_password(password)
+    name = name.strip()
+    if not 1 <= len(name) <= 255:
+        raise invalid_param("name must be 1 to 255 characters.", params="name")
+    if await is_setup_done(db):
+        raise forbidden(ALREADY_SETUP)
+    password_hash = await hash_password(password)
+    async with db.session() as s:
+        account = Account(email=email, name=name, password_hash=password_hash)
+        tenant = Tenant(name=f"{name}'s Workspace")
+        # the Setup row goes in the same transaction: its fixed key makes a racing second setup fail
+        s.add_all([Setup(), account, tenant])
+        s.add(TenantMember(tenant_id=tenant.id, account_id=account.id, role="owner", current=True))
+        try:
+            await s.commit()
+        except IntegrityError:
+            await s.rollback()
+            raise forbidden(ALREADY_SETUP) from None
+    return account
+
+
+# ---- sign-in ------------------------------------------------------------------------------------
+
+
+async def login(db: Database, auth: Auth, *, email: str, password: str) -> TokenPair:
+    email = normalize_email(email)
+    wait = await auth.limiter.retry_after(email)
+    if wait:
+        raise ApiError(429, "email_code_login_limit", "Too many incorrect password attempts. Please try again later.",
+                       headers={"Retry-After": str(wait)})
+    async with db.session() as s:
+        account = (await s.exec(select(Account).where(Account.email == email))).first()
+    # verified with no connection held: argon2 takes tens of milliseconds
+    if not await verify_password(account.password_hash if account else None, password):
+        await auth.limiter.failed(email)
+        raise ApiError(401, "authentication_failed", AUTH_FAILED)
+    if account.status != "active":
+        raise ApiError(403, "account_banned", "Account is banned.")
+    await auth.limiter.reset(email)
+    values: dict = {"last_login_at": utcnow()}
+    if needs_rehash(account.password_hash):
+        values["password_hash"] = await hash_password(password)
+    async with db.session() as s:
+        await s.exec(update(Account).where(Account.id == account.id).values(**values))
+        await s.commit()
+    return auth.tokens.issue(account.id)
+
+
+async def refresh(db: Database, auth: Auth, refresh_token: str) -> TokenPair:
+    """A new pair for a valid refresh token; the old refresh token is spent (rotation)."""
+    try:
+        claims = auth.tokens.decode(refresh_token, REFRESH)
+    except TokenError as e:
+        raise unauthorized(str(e)) from None
+    if await auth.revoked.is_revoked(claims):
+        raise unauthorized("Invalid Authorization token.")
+    async with db.session() as s:
+        account = await s.get(Account, claims["sub"])
+    if account is None or account.status != "active":
+        raise unauthorized("Invalid Authorization token.")
+    await auth.revoked.revoke(claims)
+    return auth.tokens.issue(account.id)
+
+
+async def logout(auth: Auth, principal: Principal, refresh_token: str | None) -> None:
+    await auth.revoked.revoke(principal.claims)
+    if refresh_token:
+        try:
+            claims = auth.tokens.decode(refresh_token, REFRESH)
+        except TokenError:
+            return  # nothing to revoke
+        if claims["sub"] == principal.account_id:
+            await auth.revoked.revoke(claims)
+
+
+async def authenticate(db: Database, auth: Auth, access_token: str) -> Principal:
+    """The caller behind an access token, in its current workspace; 401 for anything else."""
+    try:
+        claims = auth.tokens.decode(access_token, ACCESS)
+    except TokenError as e:
+        raise unauthorized(str(e)) from None
+    if await auth.revoked.is_revoked(claims):
+        raise unauthorized("Token has been revoked.")
+    async with db.session() as s:
+        row = (await s.exec(
+            select(Account, TenantMember)
+            .join(TenantMember, TenantMember.account_id == Account.id)
+            .where(Account.id == claims["sub"])
+            .order_by(TenantMember.current.desc(), TenantMember.created_at)
+            .limit(1)
+        )).first()
+    if row is None:
+        raise unauthorized("Invalid Authorization token.")
+    account, member = row
+    if account.status != "active":
+        raise unauthorized("Account is banned.")
+    return Principal(account_id=account.id, tenant_id=member.tenant_id, role=member.role, claims=claims)
+
+
+async def get_account(db: Database, account_id: str) -> Account:
+    async with db.session() as s:
+        account = await s.get(Account, account_id)
+    if account is None:
+        raise unauthorized("Invalid Authorization token.")
+    return account

@@ -1,0 +1,247 @@
+"""Apps of a workspace, their model config and their API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, delete, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.console.service.common import (
+    ADMIN_ROLES,
+    EDITOR_ROLES,
+    Principal,
+    get_app,
+    invalid_from,
+    publish_change,
+)
+from shared.app_config import parse_model_config
+from shared.context import Context
+from shared.crypto import generate_api_key, hash_token, token_hint
+from shared.db import Database
+from shared.errors import ApiError, invalid_param, not_found
+from shared.llm import is_known_provider
+from shared.models import (
+    ApiToken,
+    App,
+    AppModelConfig,
+    Conversation,
+    EndUser,
+    Message,
+    MessageFeedback,
+    utcnow,
+)
+
+MODES = ("chat", "agent-chat", "advanced-chat", "workflow", "completion")
+# basic modes keep their config in app_model_configs; graph modes use workflows
+MODEL_CONFIG_MODES = ("chat", "agent-chat", "completion")
+MAX_KEYS = 10
+# columns PUT /apps/{id} may change; those in NULLABLE accept an explicit null
+UPDATABLE = ("name", "description", "icon_type", "icon", "icon_background", "enable_site", "enable_api",
+             "api_rpm", "api_rph", "max_active_requests")
+NULLABLE = ("icon_type", "icon", "icon_background", "max_active_requests")
+
+AppDetail = tuple[App, dict[str, Any] | None]
+
+
+def _duplicate(name: str) -> ApiError:
+    return invalid_param(f"An app named '{name}' already exists in this workspace.", params="name")
+
+
+async def _configs(session: AsyncSession, apps: list[App]) -> dict[str, dict[str, Any]]:
+    ids = [a.app_model_config_id for a in apps if a.app_model_config_id]
+    if not ids:
+        return {}
+    rows = await session.exec(select(AppModelConfig).where(col(AppModelConfig.id).in_(ids)))
+    return {r.id: r.config for r in rows}
+
+
+async def _detail(session: AsyncSession, app: App) -> AppDetail:
+    configs = await _configs(session, [app])
+    return app, configs.get(app.app_model_config_id or "")
+
+
+async def _name_taken(session: AsyncSession, tenant_id: str, name: str, except_id: str | None = None) -> bool:
+    q = select(App.id).where(App.tenant_id == tenant_id, App.name == name)
+    if except_id:
+        q = q.where(App.id != except_id)
+    return (await session.exec(q)).first() is not None
+
+
+# ---- apps -----------------------------------------------------------------------------------------
+
+
+async def list_apps(db: Database, p: Principal, *, page: int, limit: int, name: str | None,
+                    mode: str | None) -> tuple[list[AppDetail], int]:
+    where = [App.tenant_id == p.tenant_id]
+    if name:
+        where.append(col(App.name).icontains(name, autoescape=True))
+    if mode and mode != "all":
+        where.append(App.mode == mode)
+    async with db.session() as s:
+        total = (await s.exec(select(func.count()).select_from(App).where(*where))).one()
+        apps = list(await s.exec(
+            select(App).where(*where).order_by(col(App.created_at).desc(), col(App.id).desc())
+            .offset((page - 1) * limit).limit(limit)
+        ))
+        configs = await _configs(s, apps)
+    return [(a, configs.get(a.app_model_config_id or "")) for a in apps], total
+
+
+async def create_app(db: Database, p: Principal, *, name: str, mode: str, description: str = "",
+                     icon_type: str | None = "emoji", icon: str | None = None,
+                     icon_background: str | None = None) -> AppDetail:
+    p.require(EDITOR_ROLES)
+    async with db.session() as s:
+        if await _name_taken(s, p.tenant_id, name):
+            raise _duplicate(name)
+        app = App(tenant_id=p.tenant_id, name=name, mode=mode, description=description, icon_type=icon_type,
+                  icon=icon if icon is not None else "🤖",
+                  icon_background=icon_background if icon_background is not None else "#FFEAD5",
+                  created_by=p.account_id)
+        s.add(app)
+        try:
+            await s.commit()
+        except IntegrityError:  # a concurrent create took the name between check and insert
+            await s.rollback()
+            raise _duplicate(name) from None
+    return app, None
+
+
+async def get_app_detail(db: Database, p: Principal, app_id: str) -> AppDetail:
+    async with db.session() as s:
+        return await _detail(s, await get_app(s, p.tenant_id, app_id))
+
+
+async def update_app(ctx: Context, p: Principal, app_id: str, changes: dict[str, Any]) -> AppDetail:
+    p.require(EDITOR_ROLES)
+    async with ctx.db.session() as s:
+        app = await get_app(s, p.tenant_id, app_id)
+        name = changes.get("name")
+        # checked before any attribute changes: the query would autoflush them
+        if name is not None and await _name_taken(s, p.tenant_id, name, app.id):
+            raise _duplicate(name)
+        for field in UPDATABLE:
+            if field in changes and (changes[field] is not None or field in NULLABLE):
+                setattr(app, field, changes[field])
+        app.updated_at = utcnow()
+        try:
+            await s.commit()
+        except IntegrityError:
+            await s.rollback()
+            raise _duplicate(name) from None
+        detail = await _detail(s, app)
+    await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+    return detail
+
+
+async def set_api_enabled(ctx: Context, p: Principal, app_id: str, enable: bool) -> AppDetail:
+    return await update_app(ctx, p, app_id, {"enable_api": enable})
+
+
+async def delete_app(ctx: Context, p: Principal, app_id: str) -> None:
+    """Delete the app and everything hanging off it. Explicit deletes: SQLite only cascades with the
+    foreign_keys pragma on, and the order here is safe without any cascade."""
+    p.require(EDITOR_ROLES)
+    async with ctx.db.session() as s:
+        app = await get_app(s, p.tenant_id, app_id)
+        keys = list(await s.exec(select(ApiToken.id, ApiToken.token_hash).where(ApiToken.app_id == app.id)))
+        for model in (MessageFeedback, Message, Conversation, EndUser, AppModelConfig, ApiToken):
+            await s.exec(delete(model).where(model.app_id == app.id))
+        await s.exec(delete(App).where(App.id == app.id))
+        await s.commit()
+    await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+    for key_id, token_hash in keys:
+        await publish_change(ctx.bus, "apikey", key_id, app_id=app.id, token_hash=token_hash)
+
+
+# ---- model config ---------------------------------------------------------------------------------
+
+
+def _basic_mode(app: App) -> None:
+    if app.mode not in MODEL_CONFIG_MODES:
+        raise ApiError(400, "app_unavailable", "App unavailable, please check your app configurations.")
+
+
+async def get_model_config(db: Database, p: Principal, app_id: str) -> dict[str, Any] | None:
+    async with db.session() as s:
+        app = await get_app(s, p.tenant_id, app_id)
+        _basic_mode(app)
+        return (await _detail(s, app))[1]
+
+
+async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[str, Any]) -> None:
+    """Store a new config version and make it the app's current one."""
+    p.require(EDITOR_ROLES)
+    try:
+        config = parse_model_config(data)
+    except ValidationError as e:
+        raise invalid_from(e) from None
+    if not is_known_provider(config.model.provider):
+        raise invalid_param(f"Unknown model provider '{config.model.provider}'.", params="model.provider")
+    async with ctx.db.session() as s:
+        app = await get_app(s, p.tenant_id, app_id)
+        _basic_mode(app)
+        row = AppModelConfig(app_id=app.id, config=config.to_wire(), created_by=p.account_id)
+        s.add(row)
+        app.app_model_config_id = row.id
+        app.updated_at = utcnow()
+        await s.commit()
+    await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+
+
+# ---- API keys -------------------------------------------------------------------------------------
+
+
+async def list_keys(db: Database, p: Principal, app_id: str) -> list[ApiToken]:
+    async with db.session() as s:
+        app = await get_app(s, p.tenant_id, app_id)
+        return list(await s.exec(
+            select(ApiToken).where(ApiToken.app_id == app.id, ApiToken.type == "app")
+            .order_by(col(ApiToken.created_at), col(ApiToken.id))
+        ))
+
+
+async def create_key(ctx: Context, p: Principal, app_id: str) -> tuple[ApiToken, str]:
+    """A new key; the full token is returned here only, the database keeps its hash."""
+    p.require(EDITOR_ROLES)
+    token = generate_api_key("app")
+    async with ctx.db.session() as s:
+        # Postgres: the row lock serialises concurrent creates for one app (SQLite omits FOR UPDATE but
+        # serialises writers, and the count below runs after our insert took the write lock).
+        app = (await s.exec(
+            select(App).where(App.id == app_id, App.tenant_id == p.tenant_id).with_for_update()
+        )).first()
+        if app is None:
+            raise not_found("App not found.")
+        key = ApiToken(tenant_id=app.tenant_id, app_id=app.id, type="app", token_hash=hash_token(token),
+                       token_hint=token_hint(token))
+        s.add(key)
+        await s.flush()
+        count = (await s.exec(
+            select(func.count()).select_from(ApiToken).where(ApiToken.app_id == app.id, ApiToken.type == "app")
+        )).one()
+        if count > MAX_KEYS:
+            await s.rollback()
+            raise ApiError(400, "bad_request", f"Cannot create more than {MAX_KEYS} API keys for this resource type.")
+        await s.commit()
+    # a gateway that caches unknown keys must forget this one now
+    await publish_change(ctx.bus, "apikey", key.id, app_id=app.id, token_hash=key.token_hash)
+    return key, token
+
+
+async def delete_key(ctx: Context, p: Principal, app_id: str, key_id: str) -> None:
+    p.require(ADMIN_ROLES)
+    async with ctx.db.session() as s:
+        app = await get_app(s, p.tenant_id, app_id)
+        key = (await s.exec(
+            select(ApiToken).where(ApiToken.id == key_id, ApiToken.app_id == app.id, ApiToken.type == "app")
+        )).first()
+        if key is None:
+            raise not_found("API key not found.")
+        await s.delete(key)
+        await s.commit()
+    await publish_change(ctx.bus, "apikey", key.id, app_id=app.id, token_hash=key.token_hash)

@@ -1,0 +1,58 @@
+"""What the console's service modules share: the signed-in caller, tenant-scoped lookups, change events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from shared import subjects
+from shared.bus import Bus
+from shared.errors import ApiError, forbidden, invalid_param, not_found, validation_message
+from shared.models import App
+
+log = structlog.get_logger("plexus.console")
+
+EDITOR_ROLES = ("owner", "admin", "editor")
+ADMIN_ROLES = ("owner", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The signed-in account and the workspace (its current membership) it acts in."""
+
+    account_id: str
+    tenant_id: str
+    role: str
+    claims: dict[str, Any]
+
+    def require(self, roles: tuple[str, ...]) -> None:
+        if self.role not in roles:
+            raise forbidden("You do not have permission to perform this action.")
+
+
+def invalid_from(e: ValidationError) -> ApiError:
+    """A pydantic error as 400 invalid_param, worded like request validation errors."""
+    _, message, param = validation_message(e)
+    return invalid_param(message, **({"params": param} if param else {}))
+
+
+async def get_app(session: AsyncSession, tenant_id: str, app_id: str) -> App:
+    # another workspace's app is indistinguishable from a missing one
+    app = (await session.exec(select(App).where(App.id == app_id, App.tenant_id == tenant_id))).first()
+    if app is None:
+        raise not_found("App not found.")
+    return app
+
+
+async def publish_change(bus: Bus, kind: str, ident: str, **payload: Any) -> None:
+    """Tell the gateway and runtimes to drop caches. Sent after the commit; a failed publish is logged,
+    not raised: the change is stored, and the receivers' cache TTLs bound the staleness."""
+    try:
+        await bus.publish_json(subjects.config_changed(kind, ident), {"kind": kind, "id": ident, **payload})
+    except Exception:
+        log.warning("config_publish_failed", kind=kind, id=ident, exc_info=True)
