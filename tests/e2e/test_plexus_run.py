@@ -3,6 +3,7 @@ drive it over HTTP like an operator and a client app would, then with both Dify 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -137,7 +138,9 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
         if not python.exists():
             pytest.fail(f"{sdk} virtualenv missing: run `make install`")
         script = ROOT / "tests/sdk" / f"drive_{sdk.replace('-', '_')}.py"
-        run = subprocess.run([str(python), str(script), base, key], capture_output=True, text=True, timeout=120)
+        # off the event loop: the scripted LLM serving the SDK's chats runs on this loop
+        run = await asyncio.to_thread(subprocess.run, [str(python), str(script), base, key],
+                                      capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, f"{sdk} failed:\n{run.stdout}\n{run.stderr}"
         out = json.loads(run.stdout)
         assert out["stream_events"][-1] == "message_end", sdk

@@ -1,0 +1,207 @@
+"""Runtime HTTP API under /v1 (reference §2.1–2.11): parse, call the service, shape the response.
+
+The gateway authenticates the app key and forwards the caller in identity headers; it forwards the
+full path, so routes are declared with the /v1 prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import Response, StreamingResponse
+
+from services.runtime.service import Runtime
+from services.runtime.service.runs import PING, Run
+from shared.context import Context
+from shared.errors import INVALID_JSON, ApiError
+from shared.http import create_base_app
+from shared.identity import Caller, caller_from_request
+from shared.metrics import ACTIVE_STREAMS
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_ACTIVE = ACTIVE_STREAMS.labels("runtime")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # SDKs send fields we do not use (retriever_from, trace_id …)
+
+
+class CompletionBody(_Body):
+    inputs: dict[str, Any] | None = None
+    query: str | None = ""
+    response_mode: Literal["blocking", "streaming"] | None = None
+    user: str | None = None
+    files: list[Any] | None = None
+
+
+class ChatBody(CompletionBody):
+    query: str | None = None
+    conversation_id: str | None = None
+    auto_generate_name: bool | None = True
+
+
+class UserBody(_Body):
+    user: str | None = None
+
+
+class FeedbackBody(UserBody):
+    rating: str | None = None
+    content: str | None = None
+
+
+class RenameBody(UserBody):
+    name: str | None = None
+    auto_generate: bool = False
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def sse(run: Run, ping_interval: float) -> AsyncIterator[bytes]:
+    """The run's events as SSE; a client that goes away cancels only this reader, never the run."""
+    channel = run.channel
+    assert channel is not None
+    _ACTIVE.inc()
+    try:
+        while True:
+            batch = await channel.get_batch(ping_interval)
+            if batch is None:
+                return
+            yield b"".join(batch) if batch else PING
+    finally:
+        _ACTIVE.dec()
+
+
+def build_router(rt: Runtime, secret: str) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    ping_interval = rt.settings.ping_interval
+
+    async def identify(request: Request) -> Caller:  # async: a sync dependency would cost a thread hop
+        return caller_from_request(request, secret)
+
+    who = Depends(identify)  # resolved before the body, so an unauthenticated call is a 401 first
+
+    async def respond(run: Run) -> Response:
+        if run.channel is not None:
+            return StreamingResponse(
+                sse(run, ping_interval), media_type="text/event-stream", headers=SSE_HEADERS
+            )
+        return json_response(await rt.chat.result(run))
+
+    @router.post("/completion-messages")
+    async def completion_messages(body: CompletionBody, caller: Caller = who) -> Response:
+        run = await rt.chat.create(
+            caller,
+            endpoint="completion",
+            user=body.user,
+            inputs=body.inputs,
+            query=body.query,
+            conversation_id=None,
+            streaming=body.response_mode == "streaming",
+        )
+        return await respond(run)
+
+    @router.post("/chat-messages")
+    async def chat_messages(body: ChatBody, caller: Caller = who) -> Response:
+        run = await rt.chat.create(
+            caller,
+            endpoint="chat",
+            user=body.user,
+            inputs=body.inputs,
+            query=body.query,
+            conversation_id=body.conversation_id,
+            streaming=body.response_mode == "streaming",
+        )
+        return await respond(run)
+
+    @router.post("/completion-messages/{task_id}/stop")
+    async def stop_completion(task_id: str, body: UserBody, caller: Caller = who) -> Response:
+        await rt.chat.stop(caller, endpoint="completion", task_id=task_id, user=body.user)
+        return json_response({"result": "success"})
+
+    @router.post("/chat-messages/{task_id}/stop")
+    async def stop_chat(task_id: str, body: UserBody, caller: Caller = who) -> Response:
+        await rt.chat.stop(caller, endpoint="chat", task_id=task_id, user=body.user)
+        return json_response({"result": "success"})
+
+    @router.get("/messages")
+    async def messages(
+        conversation_id: str | None = None,
+        first_id: str | None = None,
+        limit: int = 20,
+        user: str | None = None,
+        caller: Caller = who,
+    ) -> Response:
+        return json_response(
+            await rt.history.messages(
+                caller, user=user, conversation_id=conversation_id, first_id=first_id, limit=limit
+            )
+        )
+
+    @router.post("/messages/{message_id}/feedbacks")
+    async def feedback(message_id: str, body: FeedbackBody, caller: Caller = who) -> Response:
+        await rt.history.feedback(
+            caller, message_id, rating=body.rating, user=body.user, content=body.content
+        )
+        return json_response({"result": "success"})
+
+    @router.get("/conversations")
+    async def conversations(
+        user: str | None = None,
+        last_id: str | None = None,
+        limit: int = 20,
+        sort_by: str = "-updated_at",
+        caller: Caller = who,
+    ) -> Response:
+        return json_response(
+            await rt.history.conversations(caller, user=user, last_id=last_id, limit=limit, sort_by=sort_by)
+        )
+
+    @router.delete("/conversations/{conversation_id}")
+    async def delete_conversation(request: Request, conversation_id: str, caller: Caller = who) -> Response:
+        # DELETE carries its user in an optional JSON body (the SDKs send one)
+        raw = await request.body()
+        user = None
+        if raw.strip():
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ApiError(400, "bad_request", INVALID_JSON) from None
+            user = UserBody.model_validate(data).user if isinstance(data, dict) else None
+        await rt.history.delete_conversation(caller, conversation_id, user=user)
+        return Response(status_code=204)
+
+    @router.post("/conversations/{conversation_id}/name")
+    async def rename_conversation(conversation_id: str, body: RenameBody, caller: Caller = who) -> Response:
+        return json_response(
+            await rt.history.rename_conversation(
+                caller, conversation_id, name=body.name, auto_generate=body.auto_generate, user=body.user
+            )
+        )
+
+    @router.get("/parameters")
+    async def parameters(caller: Caller = who) -> Response:
+        return json_response(await rt.history.parameters(caller))
+
+    @router.get("/info")
+    async def info(caller: Caller = who) -> Response:
+        return json_response(await rt.history.info(caller))
+
+    @router.get("/meta")
+    async def meta(caller: Caller = who) -> Response:
+        return json_response(await rt.history.meta(caller))
+
+    return router
+
+
+def create_app(ctx: Context) -> FastAPI:
+    app = create_base_app("runtime", checks={"database": ctx.db.ping, "nats": ctx.bus.ping})
+    rt = Runtime(ctx)
+    app.state.runtime = rt
+    app.include_router(build_router(rt, ctx.internal_secret))
+    return app

@@ -1,0 +1,99 @@
+"""The runtime service object: caches, the run registry and the services built on them, plus the
+lifecycle (start-up sweep, periodic sweep, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import update
+
+from services.runtime.service.cache import AppCache, AppEntry, EndUsers
+from services.runtime.service.chat import ChatService
+from services.runtime.service.queries import HistoryService
+from services.runtime.service.runs import RunRegistry
+from shared.context import Context
+from shared.errors import unauthorized
+from shared.identity import Caller
+from shared.models import Message, utcnow
+from shared.subjects import parse_config_subject
+
+log = structlog.get_logger("plexus.runtime")
+
+
+class Runtime:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings.runtime
+        self.db = ctx.db
+        self.bus = ctx.bus
+        self.apps = AppCache(ctx.db, ctx.settings.secret_key, self.settings.app_cache_seconds)
+        self.end_users = EndUsers(ctx.db)
+        self.runs = RunRegistry(ctx)
+        self.chat = ChatService(self)
+        self.history = HistoryService(self)
+        self._sweeper: asyncio.Task | None = None
+
+    async def app_for(self, caller: Caller) -> AppEntry:
+        if not caller.app_id or caller.key_type != "app":
+            raise unauthorized("Access token is invalid")
+        return await self.apps.get(caller.tenant_id, caller.app_id)
+
+    # -- NATS ---------------------------------------------------------------------------------------
+    def on_stop(self, subject: str, payload: dict[str, Any]) -> None:
+        task_id = subject.split(".")[2]
+        user = payload.get("user")
+        if isinstance(user, str):
+            self.runs.stop(task_id, user, payload.get("app_id"))
+
+    def on_config(self, subject: str, payload: dict[str, Any]) -> None:
+        kind, ident = parse_config_subject(subject)
+        if kind == "app":
+            self.apps.invalidate_app(ident)
+        elif kind in ("provider", "tenant"):
+            self.apps.invalidate_tenant(ident)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from shared.llm import litellm
+
+        litellm()  # pay the import (~5 s) at start-up, not on the first chat
+        swept = await self.sweep()
+        if swept:
+            log.warning("interrupted_runs_recorded", count=swept)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="runtime-sweeper")
+
+    async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        await self.runs.shutdown()
+
+    async def sweep(self) -> int:
+        """Messages left "running" past the run timeout belong to a replica that died: record them."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.run_timeout)
+        stmt = update(Message).where(Message.status == "running", Message.updated_at < cutoff)
+        local = list(self.runs.runs)
+        if local:
+            stmt = stmt.where(Message.task_id.not_in(local))
+        async with self.db.session() as s:
+            result = await s.exec(stmt.values(status="error", error="interrupted", updated_at=utcnow()))
+            await s.commit()
+        return result.rowcount or 0
+
+    async def _sweep_forever(self) -> None:
+        interval = max(min(self.settings.run_timeout / 2, 300.0), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                swept = await self.sweep()
+                if swept:
+                    log.warning("interrupted_runs_recorded", count=swept)
+            except Exception:  # try again next round
+                log.exception("sweep_failed")

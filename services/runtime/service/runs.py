@@ -1,0 +1,290 @@
+"""Runs (ARCHITECTURE §5): one asyncio task per message, owned by this replica, independent of the HTTP
+request that started it.
+
+Each event is serialised once: the JSON goes to the run's NATS subject (captured by the JetStream event
+log; plain core publish, no ack wait per token) and, framed as SSE, into the in-memory channel that the
+SSE response reads. Blocking requests read no channel: they wait for the run and read its result.
+Stop, the run timeout and shutdown all cancel only the LLM phase; the run then records the partial
+answer and ends the stream with ``message_end`` like a normal finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import bindparam, update
+
+from services.runtime import llm
+from services.runtime.service.prompt import MESSAGE_OVERHEAD, approx_tokens
+from shared.metrics import LLM_CALLS, LLM_TOKENS, RUNS_ACTIVE
+from shared.models import Message, utcnow
+from shared.subjects import task_events
+
+log = structlog.get_logger("plexus.runtime.runs")
+
+PING = b"event: ping\n\n"
+# SET clause from the execution params: compiled once instead of per run
+FINALIZE_MESSAGE = update(Message.__table__).where(Message.__table__.c.id == bindparam("b_id"))
+STOP_REASONS = {"user": None, "timeout": "run timed out", "shutdown": "interrupted"}
+
+
+class Channel:
+    """Single-reader, unbounded byte-frame queue; the reader drains whatever accumulated in one go."""
+
+    __slots__ = ("_items", "_waiter", "closed")
+
+    def __init__(self) -> None:
+        self._items: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def put(self, frame: bytes) -> None:
+        self._items.append(frame)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def get_batch(self, timeout: float) -> list[bytes] | None:
+        """Frames so far; ``[]`` after ``timeout`` idle seconds; None once closed and drained."""
+        if not self._items:
+            if self.closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
+            if not self._items:
+                return None if self.closed else []
+        items, self._items = self._items, []
+        return items
+
+
+@dataclass(eq=False)
+class Run:
+    task_id: str
+    message_id: str
+    conversation_id: str
+    app_id: str
+    end_user_id: str
+    session_id: str
+    mode: str  # the app's mode: chat | completion
+    created_at: int
+    binding: llm.ModelBinding
+    messages: list[dict[str, Any]]
+    channel: Channel | None  # None for blocking requests
+    answer_parts: list[str] = field(default_factory=list)
+    status: str = "running"  # then normal | stopped | error
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+    stop_reason: str | None = None
+    task: asyncio.Task | None = None
+    streaming: bool = False  # inside the LLM phase: the only phase a stop may cancel
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    _prefix: bytes = b""  # the JSON envelope shared by every event of this run, without the closing brace
+
+    def __post_init__(self) -> None:
+        env: dict[str, Any] = {"event": "message"}
+        if self.mode != "completion":
+            env["conversation_id"] = self.conversation_id
+        env["message_id"] = self.message_id
+        env["created_at"] = self.created_at
+        env["task_id"] = self.task_id
+        env["id"] = self.message_id
+        self._prefix = orjson.dumps(env)[:-1] + b',"answer":'
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts)
+
+    def envelope(self, event: str) -> dict[str, Any]:
+        env: dict[str, Any] = {"event": event}
+        if self.mode != "completion":
+            env["conversation_id"] = self.conversation_id
+        env["message_id"] = self.message_id
+        env["created_at"] = self.created_at
+        return env
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is not None or self.finished.is_set():
+            return
+        self.stop_reason = reason
+        if self.streaming and self.task is not None:
+            self.task.cancel()
+
+    def blocking_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "event": "message",
+            "task_id": self.task_id,
+            "id": self.message_id,
+            "message_id": self.message_id,
+        }
+        if self.mode != "completion":
+            body["conversation_id"] = self.conversation_id
+        body.update(
+            mode=self.mode,
+            answer=self.answer,
+            metadata={"usage": self.usage, "retriever_resources": []},
+            created_at=self.created_at,
+        )
+        return body
+
+
+class RunRegistry:
+    """The runs this replica owns, by task id."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.runs: dict[str, Run] = {}
+
+    def start(self, run: Run) -> None:
+        self.runs[run.task_id] = run
+        run.task = asyncio.create_task(self._execute(run), name=f"run-{run.task_id}")
+
+    def stop(self, task_id: str, user: str, app_id: str | None = None, reason: str = "user") -> bool:
+        """Stop a local run if ``user`` (end-user id or session id) owns it; False when it is not ours."""
+        run = self.runs.get(task_id)
+        if run is None or user not in (run.end_user_id, run.session_id):
+            return False
+        if app_id is not None and app_id != run.app_id:
+            return False
+        run.request_stop(reason)
+        return True
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        runs = list(self.runs.values())
+        for run in runs:
+            run.request_stop("shutdown")
+        tasks = [r.task for r in runs if r.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+
+    # -- the run itself --------------------------------------------------------------------------
+    async def _execute(self, run: Run) -> None:
+        rt = self.ctx.settings.runtime
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        timer = loop.call_later(rt.run_timeout, run.request_stop, "timeout")
+        RUNS_ACTIVE.inc()
+        # the task has its own copy of the request's context: every log line of the run carries both ids
+        structlog.contextvars.bind_contextvars(task_id=run.task_id)
+        subject = task_events(run.task_id)
+        nc = self.ctx.bus.nc
+        channel = run.channel
+        prefix = run._prefix
+        usage = llm.Usage()
+        lost_events = 0
+        try:
+            run.streaming = True
+            try:
+                if run.stop_reason is None:
+                    deltas = llm.stream_chat(run.binding, run.messages, rt.llm_timeout, usage)
+                    async with aclosing(deltas):
+                        async for delta in deltas:
+                            run.answer_parts.append(delta)
+                            data = prefix + orjson.dumps(delta) + b"}"
+                            if channel is not None:
+                                channel.put(b"data: " + data + b"\n\n")
+                            try:
+                                await nc.publish(subject, data)
+                            except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
+                                lost_events += 1
+                run.status = "normal" if run.stop_reason is None else "stopped"
+            except asyncio.CancelledError:
+                if run.stop_reason is None:  # not ours (event loop teardown): record it, then obey
+                    run.status, run.error = "error", "interrupted"
+                    await asyncio.shield(self._finalize(run, usage, started))
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                run.status = "stopped"
+            except Exception as e:  # noqa: BLE001 - any provider failure ends the run as an error event
+                run.status, run.error = "error", llm.error_message(e, run.binding.provider)
+                log.info("run_llm_failed", error=run.error)
+            finally:
+                run.streaming = False
+            if run.status == "stopped":
+                run.error = STOP_REASONS.get(run.stop_reason or "user")
+                if run.stop_reason == "timeout":
+                    run.error = f"run timed out after {rt.run_timeout:g} s"
+            if lost_events:
+                log.warning("run_events_not_published", count=lost_events)
+            await self._finalize(run, usage, started)
+        finally:
+            timer.cancel()
+            RUNS_ACTIVE.dec()
+            if channel is not None:
+                channel.close()
+            self.runs.pop(run.task_id, None)
+            run.finished.set()
+
+    async def _finalize(self, run: Run, usage: llm.Usage, started: float) -> None:
+        latency = time.perf_counter() - started
+        answer = run.answer
+        if not usage.from_provider:  # stopped or failed before the usage chunk: estimate
+            usage.prompt_tokens = sum(
+                approx_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD for m in run.messages
+            )
+            usage.completion_tokens = approx_tokens(answer)
+        b = run.binding
+        run.usage = llm.dify_usage(b, usage.prompt_tokens, usage.completion_tokens, latency)
+        LLM_CALLS.labels(b.provider, b.model, run.status).inc()
+        LLM_TOKENS.labels(b.provider, b.model, "prompt").inc(usage.prompt_tokens)
+        LLM_TOKENS.labels(b.provider, b.model, "completion").inc(usage.completion_tokens)
+        try:
+            async with self.ctx.db.session() as s:
+                await s.exec(
+                    FINALIZE_MESSAGE,
+                    params={
+                        "b_id": run.message_id,
+                        "status": run.status,
+                        "answer": answer,
+                        "error": run.error,
+                        "message_tokens": usage.prompt_tokens,
+                        "answer_tokens": usage.completion_tokens,
+                        "usage": run.usage,
+                        "latency": latency,
+                        "updated_at": utcnow(),
+                    },
+                )
+                await s.commit()
+        except Exception:  # the sweeper records it as interrupted; the client still gets its end
+            log.exception("run_finalize_failed")
+        if run.status == "error":
+            payload = {
+                **run.envelope("error"),
+                "code": "completion_request_error",
+                "message": run.error,
+                "status": 400,
+            }
+        else:
+            payload = {
+                **run.envelope("message_end"),
+                "task_id": run.task_id,
+                "id": run.message_id,
+                "metadata": {"usage": run.usage, "retriever_resources": []},
+            }
+        data = orjson.dumps(payload)
+        if run.channel is not None:
+            run.channel.put(b"data: " + data + b"\n\n")
+        try:
+            await self.ctx.bus.nc.publish(task_events(run.task_id), data)
+        except Exception:  # noqa: BLE001 - the event log is best effort; the run's result is in the DB
+            log.warning("run_event_publish_failed")

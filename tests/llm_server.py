@@ -1,0 +1,268 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1 for tests: the real litellm path talks to it.
+
+Tests queue ``Script``s (reply text or token list, per-token delay, HTTP error, malformed chunk,
+mid-stream disconnect); a request takes the first script whose ``match`` is in its last user message
+(or the first one without ``match``). Without a script the answer is deterministic:
+``"Echo: <last user message>"`` split into tokens. Every request body is recorded in ``requests``.
+
+The session fixture ``llm`` reaches every test through ``pytest_plugins`` in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from shared.natsd import free_port
+
+
+class ScriptedDisconnect(Exception):
+    """Raised inside a streaming body: uvicorn then drops the connection mid-stream."""
+
+
+class _QuietDisconnects(logging.Filter):
+    """uvicorn logs the scripted disconnect as an ASGI error; it is the point of the script."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ScriptedDisconnect)
+
+
+@dataclass
+class Script:
+    reply: str | None = None  # split into tokens of ``chunk_chars`` characters (or words, if 0)
+    tokens: list[str] | None = None  # exact deltas; wins over ``reply``
+    delay: float = 0.0  # seconds before each token
+    first_delay: float = 0.0  # seconds before the first byte of the response
+    status: int = 200  # != 200: answer this status with ``body`` instead of completing
+    body: Any = None
+    malformed_after: int | None = None  # send a non-JSON data line after this many tokens
+    disconnect_after: int | None = None  # drop the connection after this many tokens
+    usage: dict[str, int] | None = None  # overrides the computed usage
+    match: str | None = None  # only for requests whose last user message contains this
+    times: int = 1  # how many requests this script answers
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body.get("messages", [])
+
+    @property
+    def last_user(self) -> str:
+        for m in reversed(self.messages):
+            if m.get("role") == "user":
+                return _text(m.get("content"))
+        return ""
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def split_words(text: str) -> list[str]:
+    """Word tokens that join back to ``text`` (the space stays with the following word)."""
+    out: list[str] = []
+    for i, word in enumerate(text.split(" ")):
+        out.append(word if i == 0 else " " + word)
+    return [t for t in out if t] or [""]
+
+
+class ScriptedLLM:
+    def __init__(self) -> None:
+        self.scripts: list[Script] = []
+        self.requests: list[Received] = []
+        self.completed = 0  # streams sent to the end
+        self.aborted = 0  # streams whose client went away before the end
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        routes = [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+            Route("/models", self._models, methods=["GET"]),
+        ]
+        self.app = Starlette(routes=routes)
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task | None = None
+
+    # -- control -------------------------------------------------------------------------------
+    def push(self, **kw: Any) -> Script:
+        script = Script(**kw)
+        self.scripts.append(script)
+        return script
+
+    def reset(self) -> None:
+        self.scripts.clear()
+        self.requests.clear()
+        self.completed = 0
+        self.aborted = 0
+
+    def requests_matching(self, text: str) -> list[Received]:
+        return [r for r in self.requests if text in r.last_user]
+
+    def _take(self, received: Received) -> Script | None:
+        for i, s in enumerate(self.scripts):
+            if s.match is None or s.match in received.last_user:
+                s.times -= 1
+                if s.times <= 0:
+                    del self.scripts[i]
+                return s
+        return None
+
+    # -- server --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, lifespan="off", log_level="critical", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        logging.getLogger("uvicorn.error").addFilter(_QuietDisconnects())
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                await self._task
+                raise RuntimeError("scripted LLM server did not start")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._server and self._task:
+            self._server.should_exit = True
+            await self._task
+
+    async def _models(self, _: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "tests"}]}
+        )
+
+    async def _chat(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        received = Received(request.url.path, body)
+        self.requests.append(received)
+        script = self._take(received) or Script()
+        if script.first_delay:
+            await asyncio.sleep(script.first_delay)
+        if script.status != 200:
+            payload = (
+                script.body
+                if script.body is not None
+                else {
+                    "error": {
+                        "message": f"scripted failure {script.status}",
+                        "type": "server_error",
+                        "code": None,
+                    }
+                }
+            )
+            if isinstance(payload, str | bytes):
+                return Response(payload, status_code=script.status, media_type="application/json")
+            return JSONResponse(payload, status_code=script.status)
+
+        if script.tokens is not None:
+            tokens = list(script.tokens)
+        else:
+            tokens = split_words(script.reply if script.reply is not None else f"Echo: {received.last_user}")
+        prompt_tokens = sum(len(_text(m.get("content"))) for m in received.messages) // 4 + 1
+        usage = script.usage or {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
+        model = body.get("model", "scripted")
+        cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        created = int(time.time())
+
+        if not body.get("stream"):
+            for _ in tokens:
+                if script.delay:
+                    await asyncio.sleep(script.delay)
+            self.completed += 1
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(tokens)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            data = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+        async def stream():
+            finished = False
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                for i, tok in enumerate(tokens):
+                    if script.malformed_after is not None and i == script.malformed_after:
+                        yield b"data: {this is not json\n\n"
+                    if script.disconnect_after is not None and i == script.disconnect_after:
+                        raise ScriptedDisconnect("scripted mid-stream disconnect")
+                    if script.delay:
+                        await asyncio.sleep(script.delay)
+                    yield chunk({"content": tok})
+                if script.malformed_after is not None and script.malformed_after >= len(tokens):
+                    yield b"data: {this is not json\n\n"
+                yield chunk({}, "stop")
+                if include_usage:
+                    data = {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                    yield b"data: " + orjson.dumps(data) + b"\n\n"
+                yield b"data: [DONE]\n\n"
+                finished = True
+                self.completed += 1
+            finally:
+                if not finished:
+                    self.aborted += 1
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+@pytest.fixture(scope="session")
+async def llm():
+    server = ScriptedLLM()
+    await server.start()
+    yield server
+    await server.stop()
