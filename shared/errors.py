@@ -20,6 +20,8 @@ from starlette.responses import Response
 log = structlog.get_logger("plexus.errors")
 
 INVALID_JSON = "Invalid JSON payload received or JSON payload is empty."
+UNSUPPORTED_MEDIA = ("Did not attempt to load JSON data because the request Content-Type was not "
+                     "'application/json'.")
 INTERNAL = "Internal Server Error, please contact support."
 
 _STATUS_CODES = {
@@ -118,8 +120,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         code, message, param = validation_message(exc)
+        ctype = request.headers.get("content-type", "")
+        if code == "bad_request" and ctype and "json" not in ctype:
+            # Flask's answer when a JSON endpoint gets another media type (reference §0)
+            return error_response(ApiError(415, "unsupported_media_type", UNSUPPORTED_MEDIA))
         extra = {"params": param} if param else {}
         return error_response(ApiError(400, code, message, **extra))
 

@@ -43,6 +43,11 @@ async def test_empty_body_is_400_bad_request(client) -> None:
     assert r.status_code == 400 and r.json()["code"] == "bad_request"
 
 
+async def test_non_json_content_type_is_415(client) -> None:
+    r = await client.post("/things", content=b'{"name": "x"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+
+
 async def test_missing_and_mistyped_fields_are_invalid_param(client) -> None:
     r = await client.post("/things", json={})
     assert r.status_code == 400
