@@ -14,8 +14,8 @@ os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from shared.logs import configure_logging  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.logs import configure_logging
+from shared.settings import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -54,7 +54,7 @@ async def _serve(settings: Settings, target: str) -> None:
         await stack.stop()
 
 
-async def _first_start_hint(stack, settings: Settings) -> None:  # noqa: ANN001
+async def _first_start_hint(stack, settings: Settings) -> None:
     from services.console.service import is_setup_done
 
     if not await is_setup_done(stack.ctx.db):

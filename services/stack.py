@@ -77,7 +77,7 @@ class Stack:
         for mod in reversed(self._modules):
             try:
                 await mod.stop(self.ctx, self.ctx.local_apps.get(mod.__name__.rsplit(".", 1)[-1]))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("service_stop_failed", service=mod.__name__)
         self._modules.clear()
         if self.ctx:

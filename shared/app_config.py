@@ -122,7 +122,7 @@ def parse_model_config(data: dict[str, Any]) -> ModelConfig:
 def validate_inputs(config: ModelConfig, inputs: dict[str, Any]) -> dict[str, Any]:
     """Clean ``inputs`` against the form with Dify's messages (ValueError → 400 invalid_param)."""
     if not isinstance(inputs, dict):
-        raise ValueError("inputs must be an object")
+        raise ValueError("inputs must be an object")  # noqa: TRY004 - ValueError is the 400 invalid_param path
     cleaned: dict[str, Any] = {}
     for item in config.form():
         f = item.field

@@ -52,7 +52,7 @@ class Bus:
                 except BadRequestError:
                     await self.js.update_stream(cfg)
                 return
-            except Exception:  # noqa: BLE001
+            except Exception:
                 if attempt == 49:
                     raise
                 await asyncio.sleep(0.1)
@@ -66,7 +66,7 @@ class Bus:
         async def _cb(msg: Msg) -> None:
             try:
                 await handler(msg.subject, orjson.loads(msg.data) if msg.data else {})
-            except Exception:  # noqa: BLE001 - one bad message must not kill the subscription
+            except Exception:
                 log.exception("bus_handler_failed", subject=msg.subject)
 
         self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=_cb))
@@ -80,7 +80,7 @@ class Bus:
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - closing anyway; drain() below reports real trouble
                 pass
         if not self.nc.is_closed:
             await self.nc.drain()

@@ -39,7 +39,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets readers run while the runtime writes messages; foreign keys for cascades.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

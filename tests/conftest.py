@@ -3,7 +3,6 @@ set (PLEXUS_TEST_DATABASE_URL, PLEXUS_TEST_REDIS_URL), and the whole stack on a 
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,10 +15,10 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import httpx
 import pytest
-import uvicorn
 
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import Settings
+from tests.support import Served, serve
 
 pytest_plugins = ["tests.llm_server"]  # the scripted OpenAI-compatible server: fixture `llm`
 
@@ -75,17 +74,15 @@ class LiveServer:
     """One Stack served by uvicorn inside the test's event loop."""
 
     stack: object
-    server: uvicorn.Server
-    task: asyncio.Task
+    served: Served
     base_url: str
 
     @property
-    def ctx(self):  # noqa: ANN201
+    def ctx(self):
         return self.stack.ctx
 
     async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
+        await self.served.stop()
         await self.stack.stop()
 
 
@@ -96,17 +93,8 @@ async def start_live(settings: Settings, target: str = "all") -> LiveServer:
         await reset_postgres(settings.database_url)
     stack = Stack(settings, target)
     app = await stack.start()
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, lifespan="off", log_level="warning",
-                            access_log=False)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-            raise RuntimeError("uvicorn did not start")
-        await asyncio.sleep(0.01)
-    return LiveServer(stack, server, task, f"http://127.0.0.1:{settings.port}")
+    served = await serve(app, settings.port)
+    return LiveServer(stack, served, served.url)
 
 
 @pytest.fixture(scope="module", params=db_params())

@@ -19,13 +19,13 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shared.natsd import free_port
+from tests.support import Served, serve
 
 
 class ScriptedDisconnect(Exception):
@@ -102,8 +102,7 @@ class ScriptedLLM:
             Route("/models", self._models, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes)
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task | None = None
+        self._served: Served | None = None
 
     # -- control -------------------------------------------------------------------------------
     def push(self, **kw: Any) -> Script:
@@ -131,23 +130,13 @@ class ScriptedLLM:
 
     # -- server --------------------------------------------------------------------------------
     async def start(self) -> None:
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, lifespan="off", log_level="critical", access_log=False
-        )
-        self._server = uvicorn.Server(config)
         logging.getLogger("uvicorn.error").addFilter(_QuietDisconnects())
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("scripted LLM server did not start")
-            await asyncio.sleep(0.01)
+        self._served = await serve(self.app, self.port, log_level="critical")
 
     async def stop(self) -> None:
-        if self._server and self._task:
-            self._server.should_exit = True
-            await self._task
+        if self._served:
+            await self._served.stop()
+            self._served = None
 
     async def _models(self, _: Request) -> Response:
         return JSONResponse(

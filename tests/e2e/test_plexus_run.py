@@ -161,6 +161,6 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
     assert proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 5
     while any(_alive(p) for p in nats_children) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     assert not any(_alive(p) for p in nats_children), "nats-server orphaned after Ctrl-C"
     assert (data / "plexus.db").exists()

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -24,7 +23,6 @@ from shared.db import Database
 from shared.identity import IDENTITY_HEADERS
 from shared.migrate import upgrade_async
 from shared.models import ApiToken, App, Tenant
-from shared.natsd import free_port
 from shared.settings import GatewaySettings, RuntimeSettings, Settings
 
 SECRET = "test-internal-secret"
@@ -185,34 +183,6 @@ def deaf_stream_app(probe: Probe, n: int = 100, interval: float = 0.05):
 
 def identity_seen(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k in IDENTITY_HEADERS}
-
-
-# --- uvicorn --------------------------------------------------------------------------------------
-
-@dataclass
-class Served:
-    server: uvicorn.Server
-    task: asyncio.Task
-    url: str
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
-
-
-async def serve(app: Any, port: int | None = None) -> Served:
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
-                            access_log=False)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-            raise RuntimeError("uvicorn did not start")
-        await asyncio.sleep(0.01)
-    return Served(server, task, f"http://127.0.0.1:{port}")
 
 
 @dataclass

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
 from sqlalchemy import func
 from sqlmodel import select
 from starlette.applications import Starlette
@@ -46,9 +45,9 @@ from shared.models import (
     Tenant,
     TenantMember,
 )
-from shared.natsd import free_port
 from shared.settings import AuthSettings
 from tests.conftest import REDIS_URL, database_url, db_params, make_settings, needs_redis, reset_postgres
+from tests.support import serve
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "s3cret-admin-pass"
@@ -595,17 +594,9 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         })
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]),
-                                           host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "fake OpenAI server did not start"
-        await asyncio.sleep(0.01)
-    yield FakeOpenAI(f"http://127.0.0.1:{port}/v1", seen)
-    server.should_exit = True
-    await task
+    served = await serve(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]))
+    yield FakeOpenAI(f"{served.url}/v1", seen)
+    await served.stop()
 
 
 async def test_provider_credentials(console: Console, fake_openai: FakeOpenAI) -> None:

@@ -22,7 +22,6 @@ from shared.subjects import config_changed
 from tests.integration.gateway_env import (
     SECRET,
     Probe,
-    Served,
     close_context,
     deaf_stream_app,
     eventually,
@@ -31,9 +30,9 @@ from tests.integration.gateway_env import (
     seed_app,
     seed_key,
     seed_tenant,
-    serve,
     service_app,
 )
+from tests.support import Served, serve
 
 MAX_BODY = 4096
 MISSING = "Authorization header must be provided and start with 'Bearer'"

@@ -18,15 +18,14 @@ from shared.natsd import free_port
 from tests.conftest import REDIS_URL, needs_redis
 from tests.integration.gateway_env import (
     RawResponse,
-    Served,
     close_context,
     eventually,
     make_context,
     raw_get,
     seed_app,
-    serve,
     service_app,
 )
+from tests.support import Served, serve
 
 N = 500
 RPM = 50

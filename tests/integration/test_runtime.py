@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from sqlalchemy import func, insert, select, update
 
 from services import runtime
@@ -42,6 +41,7 @@ from shared.settings import RuntimeSettings
 from shared.subjects import config_changed, task_events
 from tests.conftest import database_url, db_params, make_settings, reset_postgres
 from tests.llm_server import ScriptedLLM  # the `llm` fixture comes from tests/conftest.py's pytest_plugins
+from tests.support import Served, serve
 
 SECRET_KEY = "runtime-test-secret-key"
 INTERNAL = "runtime-test-internal-secret"
@@ -99,14 +99,12 @@ def model_config(name: str, provider: str = "openai", **extra: Any) -> dict[str,
 class Replica:
     ctx: Context
     app: Any
-    server: uvicorn.Server
-    task: asyncio.Task
+    served: Served
     client: httpx.AsyncClient
 
     async def close(self) -> None:
         await self.client.aclose()
-        self.server.should_exit = True
-        await self.task
+        await self.served.stop()
         await runtime.stop(self.ctx, self.app)
         await self.ctx.bus.close()
         await self.ctx.db.close()
@@ -134,18 +132,9 @@ async def start_replica(settings: Any, db_url: str, nats_url: str) -> Replica:
     ctx = Context(settings=settings, db=db, bus=bus, mode="split")
     app = runtime.create_app(ctx)
     await runtime.start(ctx, app)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.port, lifespan="off", log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-        await asyncio.sleep(0.01)
-    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}", timeout=30)
-    return Replica(ctx, app, server, task, client)
+    served = await serve(app, settings.port)
+    client = httpx.AsyncClient(base_url=served.url, timeout=30)
+    return Replica(ctx, app, served, client)
 
 
 async def seed(db: Database, llm_base: str) -> tuple[str, str, dict[str, str], str]:
