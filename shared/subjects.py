@@ -21,7 +21,8 @@ def task_events(task_id: str) -> str:
 
 
 def task_stop(task_id: str) -> str:
-    """Payload: {"user": <end-user session id>} — only the run's own user may stop it."""
+    """Payload: {"user": <end-user session id>, "app_id"}: only the run's own user of that app may stop it.
+    The replica that owns the run acts; a stop for a local run is applied directly, without a publish."""
     return f"{PREFIX}.tasks.{task_id}.stop"
 
 
