@@ -53,7 +53,8 @@ class Stack:
             db_url = s.effective_database_url
             if embedded:
                 await upgrade_async(db_url)
-            db = Database(db_url)
+            db = Database(db_url, pool_size=s.database_pool_size, max_overflow=s.database_max_overflow,
+                          pool_timeout=s.database_pool_timeout)
             bus = await Bus.connect(nats_url, name=f"plexus-{self.target}")
             redis = None
             if s.redis_url:

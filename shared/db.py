@@ -11,14 +11,18 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 
 class Database:
-    def __init__(self, url: str, echo: bool = False) -> None:
+    def __init__(self, url: str, echo: bool = False, pool_size: int = 10, max_overflow: int = 30,
+                 pool_timeout: float = 120.0) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict = {"echo": echo}
+        # A burst of runs waits for a connection rather than failing: under CPU saturation a session
+        # is held longer than usual, and an accepted request must not turn into a 500.
+        kwargs: dict = {"echo": echo, "pool_size": pool_size, "max_overflow": max_overflow,
+                        "pool_timeout": pool_timeout}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            kwargs["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

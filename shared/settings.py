@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="default: sqlite+aiosqlite under data_dir")
     nats_url: str | None = Field(None, description="default in `all` mode: embedded nats-server")
     redis_url: str | None = Field(None, description="gateway limiter across replicas (split mode)")
+    database_pool_size: int = Field(10, description="connections kept open per process")
+    database_max_overflow: int = Field(30, description="extra connections allowed under bursts")
+    database_pool_timeout: float = Field(
+        120.0, description="seconds a request waits for a free connection before failing"
+    )
     secret_key: str | None = Field(
         None, description="signs JWTs and encrypts credentials; generated under data_dir in `all` mode"
     )

@@ -113,3 +113,53 @@ async def test_bad_ids_and_validation_in_envelope(client, chat_app) -> None:
 async def test_readyz_checks_dependencies(live: LiveServer, client) -> None:
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"]["database"] == "ok"
+
+
+async def test_answer_is_stored_when_the_database_is_briefly_unavailable(tmp_path, nats_url, llm) -> None:
+    """One pooled connection, a short wait for it: the test holds it while the run finishes, so the
+    first writes of the final message fail; the run retries and stores the whole answer."""
+    from tests.conftest import make_settings, start_live
+
+    settings = make_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", nats_url,
+                             database_pool_size=1, database_max_overflow=0, database_pool_timeout=0.2)
+    srv = await start_live(settings)
+    try:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=30) as c:
+            h = await _admin(c)
+            await c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                         headers=h, json={"credentials": {"api_key": "k", "api_base": llm.base_url}})
+            app_id = (await c.post("/console/api/apps", headers=h, json={"name": "db-blip", "mode": "chat"})).json()["id"]
+            await c.post(f"/console/api/apps/{app_id}/model-config", headers=h,
+                         json={"model": {"provider": "openai-compatible", "name": "scripted"}})
+            key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=h)).json()["token"]
+            llm.push(tokens=["slow ", "and ", "steady"], delay=0.3, match="blip")
+            events = []
+            async with c.stream("POST", "/v1/chat-messages", headers={"Authorization": f"Bearer {key}"},
+                                json={"inputs": {}, "query": "blip", "user": "u", "response_mode": "streaming"}) as s:
+                lines = s.aiter_lines()
+                async for line in lines:
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+                        break
+                # the run is past its inserts: take the only connection while the model finishes (~0.6 s)
+                # and the first attempts to store the answer time out
+                async with srv.ctx.db.engine.connect():
+                    await asyncio.sleep(1.5)
+                async for line in lines:
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+            assert events[-1]["event"] == "message_end"
+            message_id = events[0]["message_id"]
+            from shared.models import Message
+
+            deadline = time.monotonic() + 10
+            row = None
+            while time.monotonic() < deadline:
+                async with srv.ctx.db.session() as s:
+                    row = await s.get(Message, message_id)
+                if row is not None and row.status != "running":
+                    break
+                await asyncio.sleep(0.1)
+            assert row is not None and row.status == "normal" and row.answer == "slow and steady"
+    finally:
+        await srv.stop()

@@ -31,6 +31,7 @@ log = structlog.get_logger("plexus.runtime.runs")
 PING = b"event: ping\n\n"
 # SET clause from the execution params: compiled once instead of per run
 FINALIZE_MESSAGE = update(Message.__table__).where(Message.__table__.c.id == bindparam("b_id"))
+FINALIZE_ATTEMPTS = 8  # ~30 s of backoff in all
 STOP_REASONS = {"user": None, "timeout": "run timed out", "shutdown": "interrupted"}
 
 
@@ -235,6 +236,24 @@ class RunRegistry:
             self.runs.pop(run.task_id, None)
             run.finished.set()
 
+    async def _store_final(self, run: Run, params: dict[str, Any]) -> None:
+        """Write the finished message, retrying a busy or briefly unreachable database: an answer the
+        model produced is not dropped for a transient error (the sweeper is the last resort)."""
+        delay = 0.25
+        for attempt in range(1, FINALIZE_ATTEMPTS + 1):
+            try:
+                async with self.ctx.db.session() as s:
+                    await s.exec(FINALIZE_MESSAGE, params={**params, "updated_at": utcnow()})
+                    await s.commit()
+                return
+            except Exception:
+                if attempt == FINALIZE_ATTEMPTS:
+                    log.exception("run_finalize_failed", attempts=attempt)
+                    return
+                log.warning("run_finalize_retry", attempt=attempt, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
     async def _finalize(self, run: Run, usage: llm.Usage, started: float) -> None:
         latency = time.perf_counter() - started
         answer = run.answer
@@ -248,25 +267,16 @@ class RunRegistry:
         LLM_CALLS.labels(b.provider, b.model, run.status).inc()
         LLM_TOKENS.labels(b.provider, b.model, "prompt").inc(usage.prompt_tokens)
         LLM_TOKENS.labels(b.provider, b.model, "completion").inc(usage.completion_tokens)
-        try:
-            async with self.ctx.db.session() as s:
-                await s.exec(
-                    FINALIZE_MESSAGE,
-                    params={
-                        "b_id": run.message_id,
-                        "status": run.status,
-                        "answer": answer,
-                        "error": run.error,
-                        "message_tokens": usage.prompt_tokens,
-                        "answer_tokens": usage.completion_tokens,
-                        "usage": run.usage,
-                        "latency": latency,
-                        "updated_at": utcnow(),
-                    },
-                )
-                await s.commit()
-        except Exception:  # the sweeper records it as interrupted; the client still gets its end
-            log.exception("run_finalize_failed")
+        await self._store_final(run, {
+            "b_id": run.message_id,
+            "status": run.status,
+            "answer": answer,
+            "error": run.error,
+            "message_tokens": usage.prompt_tokens,
+            "answer_tokens": usage.completion_tokens,
+            "usage": run.usage,
+            "latency": latency,
+        })
         if run.status == "error":
             payload = {
                 **run.envelope("error"),
