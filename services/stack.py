@@ -43,6 +43,9 @@ class Stack:
             s.ensure_secrets()
         else:
             required = ["database_url", "nats_url", "secret_key", "internal_secret"]
+            if self.target == "gateway" and s.gateway.limiter != "memory":
+                # limits must hold across gateway replicas; a lone replica may opt out explicitly
+                required.append("redis_url")
             s.require(*required)
         nats_url = s.nats_url
         if not nats_url:

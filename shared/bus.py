@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
+import nats.errors
 import orjson
 import structlog
 from nats.aio.client import Client
@@ -29,10 +30,21 @@ class Bus:
         self._subs: list[Any] = []
 
     @classmethod
-    async def connect(cls, url: str, name: str = "plexus") -> Bus:
-        nc = await nats.connect(
-            url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5
-        )
+    async def connect(cls, url: str, name: str = "plexus", deadline: float = 15.0) -> Bus:
+        """Connect, or fail within ``deadline`` seconds with one clear error (nats-py alone would retry
+        the first connection forever); once connected, reconnects are unlimited."""
+
+        async def _error(e: Exception) -> None:
+            log.warning("nats_error", url=url, error=repr(e))
+
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                             connect_timeout=min(5.0, deadline), error_cb=_error),
+                deadline,
+            )
+        except (TimeoutError, OSError, nats.errors.NoServersError) as e:
+            raise RuntimeError(f"cannot reach NATS at {url} within {deadline:g} s") from e
         bus = cls(nc, nc.jetstream())
         await bus._ensure_streams()
         return bus

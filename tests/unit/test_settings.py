@@ -50,3 +50,14 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [line for line in settings_table().splitlines()[2:] if line not in readme]
     assert not missing, "README configuration table is stale; regenerate with `python -m shared.settings`:\n" + "\n".join(missing)
+
+
+async def test_split_gateway_needs_redis_unless_memory_is_chosen(tmp_path: Path) -> None:
+    from services.stack import Stack
+
+    prod = dict(database_url="sqlite+aiosqlite:///x.db", nats_url="nats://127.0.0.1:1", secret_key="s",
+                internal_secret="i", data_dir=tmp_path, _env_file=None)
+    with pytest.raises(SystemExit, match="PLEXUS_REDIS_URL"):
+        await Stack(Settings(**prod), "gateway").start()
+    with pytest.raises(SystemExit, match="PLEXUS_NATS_URL"):
+        await Stack(Settings(**{**prod, "nats_url": None}), "runtime").start()

@@ -43,3 +43,11 @@ def test_embedded_nats_starts_and_stops(tmp_path) -> None:
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", n.port), timeout=1)
     assert (tmp_path / "js").exists() and pid
+
+
+async def test_unreachable_nats_fails_fast_and_clearly() -> None:
+    from shared.bus import Bus
+    from shared.natsd import free_port
+
+    with pytest.raises(RuntimeError, match="cannot reach NATS at nats://127.0.0.1"):
+        await Bus.connect(f"nats://127.0.0.1:{free_port()}", deadline=1.0)
