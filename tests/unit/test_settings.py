@@ -55,8 +55,8 @@ def test_readme_documents_every_setting() -> None:
 async def test_split_gateway_needs_redis_unless_memory_is_chosen(tmp_path: Path) -> None:
     from services.stack import Stack
 
-    prod = dict(database_url="sqlite+aiosqlite:///x.db", nats_url="nats://127.0.0.1:1", secret_key="s",
-                internal_secret="i", data_dir=tmp_path, _env_file=None)
+    prod = {"database_url": "sqlite+aiosqlite:///x.db", "nats_url": "nats://127.0.0.1:1", "secret_key": "s",
+                "internal_secret": "i", "data_dir": tmp_path, "_env_file": None}
     with pytest.raises(SystemExit, match="PLEXUS_REDIS_URL"):
         await Stack(Settings(**prod), "gateway").start()
     with pytest.raises(SystemExit, match="PLEXUS_NATS_URL"):
