@@ -21,7 +21,7 @@ import time
 import tomllib
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -62,6 +62,37 @@ def server_version() -> str:
 # request ids: a random per-process prefix and a counter (unique, 32 hex chars, no syscall per request)
 _RID_PREFIX = os.urandom(8).hex()
 _rid_seq = itertools.count(1)
+
+
+class _Headers(NamedTuple):
+    authorization: bytes | None
+    length: bytes | None
+    chunked: bool
+    request_id: bytes
+    forward: list[tuple[bytes, bytes]]
+
+
+def _scan_headers(scope: Scope, keep_authorization: bool) -> _Headers:
+    """One pass over the request headers: what to forward (spoofable identity headers dropped), the
+    body framing for the size limit, the request id, and the Authorization value."""
+    auth = length = rid = None
+    chunked = False
+    fwd: list[tuple[bytes, bytes]] = []
+    for k, v in scope["headers"]:
+        if k in _STRIP:
+            if k == b"x-request-id":
+                rid = v
+            continue
+        if k == b"authorization":
+            auth = v
+            if not keep_authorization:
+                continue
+        elif k == b"content-length":
+            length = v
+        elif k == b"transfer-encoding":
+            chunked = True
+        fwd.append((k, v))
+    return _Headers(auth, length, chunked, _request_id(rid), fwd)
 
 
 def _request_id(given: bytes | None) -> bytes:
@@ -121,23 +152,9 @@ class Gateway:
 
     async def _api(self, scope: Scope, receive: Receive, send: Send, service: str, key_type: str,
                    t0: float) -> None:
-        auth = length = rid = None
-        chunked = False
-        fwd: list[tuple[bytes, bytes]] = []
-        for k, v in scope["headers"]:
-            if k in _STRIP:
-                if k == b"x-request-id":
-                    rid = v
-                continue
-            if k == b"authorization":
-                auth = v  # the key stays here; services get the identity headers
-                continue
-            if k == b"content-length":
-                length = v
-            elif k == b"transfer-encoding":
-                chunked = True
-            fwd.append((k, v))
-        rid = _request_id(rid)
+        # the key stays here: services get the identity headers instead
+        h = _scan_headers(scope, keep_authorization=False)
+        auth, length, chunked, rid, fwd = h.authorization, h.length, h.chunked, h.request_id, h.forward
         method = scope["method"]
         if length is not None and await self._too_large(send, service, method, t0, rid, length):
             return
@@ -180,20 +197,9 @@ class Gateway:
         await self._dispatch(ex, service, fwd, _has_body(length, chunked))
 
     async def _console(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
-        length = rid = None
-        chunked = False
-        fwd: list[tuple[bytes, bytes]] = []
-        for k, v in scope["headers"]:
-            if k in _STRIP:
-                if k == b"x-request-id":
-                    rid = v
-                continue
-            if k == b"content-length":
-                length = v
-            elif k == b"transfer-encoding":
-                chunked = True
-            fwd.append((k, v))
-        rid = _request_id(rid)
+        # the console authenticates its own JWTs, so Authorization passes through
+        h = _scan_headers(scope, keep_authorization=True)
+        length, chunked, rid, fwd = h.length, h.chunked, h.request_id, h.forward
         if length is not None and await self._too_large(send, "console", scope["method"], t0, rid, length):
             return
         fwd.append((b"x-request-id", rid))
