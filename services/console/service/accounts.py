@@ -112,14 +112,20 @@ async def login(db: Database, auth: Auth, *, email: str, password: str) -> Token
     return auth.tokens.issue(account.id)
 
 
-async def refresh(db: Database, auth: Auth, refresh_token: str) -> TokenPair:
-    """A new pair for a valid refresh token; the old refresh token is spent (rotation)."""
+async def _claims(auth: Auth, token: str, kind: str, revoked_message: str) -> dict:
+    """Verified claims of a token of ``kind``; 401 when invalid, expired, of the other kind or revoked."""
     try:
-        claims = auth.tokens.decode(refresh_token, REFRESH)
+        claims = auth.tokens.decode(token, kind)
     except TokenError as e:
         raise unauthorized(str(e)) from None
     if await auth.revoked.is_revoked(claims):
-        raise unauthorized("Invalid Authorization token.")
+        raise unauthorized(revoked_message)
+    return claims
+
+
+async def refresh(db: Database, auth: Auth, refresh_token: str) -> TokenPair:
+    """A new pair for a valid refresh token; the old refresh token is spent (rotation)."""
+    claims = await _claims(auth, refresh_token, REFRESH, revoked_message="Invalid Authorization token.")
     async with db.session() as s:
         account = await s.get(Account, claims["sub"])
     if account is None or account.status != "active":
@@ -141,12 +147,7 @@ async def logout(auth: Auth, principal: Principal, refresh_token: str | None) ->
 
 async def authenticate(db: Database, auth: Auth, access_token: str) -> Principal:
     """The caller behind an access token, in its current workspace; 401 for anything else."""
-    try:
-        claims = auth.tokens.decode(access_token, ACCESS)
-    except TokenError as e:
-        raise unauthorized(str(e)) from None
-    if await auth.revoked.is_revoked(claims):
-        raise unauthorized("Token has been revoked.")
+    claims = await _claims(auth, access_token, ACCESS, revoked_message="Token has been revoked.")
     async with db.session() as s:
         row = (await s.exec(
             select(Account, TenantMember)
