@@ -33,6 +33,7 @@ log = structlog.get_logger("plexus.gateway")
 DISCONNECT: Message = {"type": "http.disconnect"}
 _SSE = b"text/event-stream"
 _STREAMS = ACTIVE_STREAMS.labels("gateway")
+_RELEASES: set[asyncio.Task] = set()  # strong refs: a shielded release must outlive its waiter
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 # hop-by-hop headers (RFC 9110 §7.6.1) and the ones each side sets for itself
 _REQ_DROP = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -266,7 +267,12 @@ class Exchange:
             _STREAMS.dec()
         release, self.release = self.release, None
         if release is not None:
-            await release()
+            # finish() often runs inside the service's send(), which Starlette cancels when the client
+            # goes away; a cancelled HDEL would hold the slot until the stale purge, so shield it
+            task = asyncio.ensure_future(release())
+            _RELEASES.add(task)
+            task.add_done_callback(_RELEASES.discard)
+            await asyncio.shield(task)
 
 
 # --- `all` mode: in-process ------------------------------------------------------------------------
