@@ -21,6 +21,32 @@ H_KEY_TYPE = "x-plexus-key-type"
 H_REQUEST_ID = "x-request-id"
 IDENTITY_HEADERS = (H_SECRET, H_TENANT, H_APP, H_KEY, H_KEY_TYPE)
 
+# Dify's 401 messages (reference §1.1), for app keys at the gateway and console JWTs alike
+AUTH_MISSING = "Authorization header must be provided and start with 'Bearer'"
+AUTH_SCHEME = "Authorization scheme must be 'Bearer'"
+AUTH_INVALID = "Access token is invalid"
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def bearer_token(header: bytes | None) -> bytes:
+    """The token from an ``Authorization`` header, checked the way Dify checks it (bytes: the gateway
+    reads raw ASGI headers)."""
+    if header is None or b" " not in header:
+        raise AuthError(401, AUTH_MISSING)
+    parts = header.split(None, 1)
+    if parts[0].lower() != b"bearer":
+        raise AuthError(401, AUTH_SCHEME)
+    token = parts[1].strip() if len(parts) == 2 else b""
+    if not token:
+        raise AuthError(401, AUTH_INVALID)
+    return token
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -40,7 +66,7 @@ def identity_headers(secret: str, caller: Caller) -> list[tuple[bytes, bytes]]:
 def caller_from_request(request: Request, secret: str) -> Caller:
     h = request.headers
     if not constant_eq(h.get(H_SECRET, ""), secret) or not h.get(H_TENANT):
-        raise unauthorized("Authorization header must be provided and start with 'Bearer'")
+        raise unauthorized(AUTH_MISSING)
     return Caller(
         tenant_id=h[H_TENANT], app_id=h.get(H_APP), key_id=h.get(H_KEY, ""), key_type=h.get(H_KEY_TYPE, "app")
     )

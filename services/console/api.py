@@ -17,6 +17,7 @@ from services.console.service.common import Principal
 from shared.context import Context
 from shared.errors import unauthorized
 from shared.http import create_base_app
+from shared.identity import AuthError, bearer_token
 from shared.models import ApiToken, App, ts
 
 INT32 = 2**31 - 1  # Postgres INTEGER columns
@@ -41,12 +42,12 @@ async def _auth(request: Request) -> Auth:
 
 
 async def _principal(request: Request) -> Principal:
-    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-    if not token.strip():
-        raise unauthorized("Authorization header must be provided and start with 'Bearer'")
-    if scheme.lower() != "bearer":
-        raise unauthorized("Authorization scheme must be 'Bearer'")
-    return await accounts.authenticate(request.app.state.ctx.db, request.app.state.auth, token.strip())
+    header = request.headers.get("authorization")
+    try:
+        token = bearer_token(header.encode("latin-1") if header is not None else None).decode("latin-1")
+    except AuthError as e:
+        raise unauthorized(e.message) from None
+    return await accounts.authenticate(request.app.state.ctx.db, request.app.state.auth, token)
 
 
 Ctx = Annotated[Context, Depends(_ctx)]

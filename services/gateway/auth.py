@@ -29,9 +29,6 @@ from shared.models import ApiToken, App, Tenant, utcnow
 
 log = structlog.get_logger("plexus.gateway.auth")
 
-AUTH_MISSING = "Authorization header must be provided and start with 'Bearer'"
-AUTH_SCHEME = "Authorization scheme must be 'Bearer'"
-AUTH_INVALID = "Access token is invalid"
 APP_GONE = "The app no longer exists."
 APP_ABNORMAL = "The app's status is abnormal."
 APP_API_DISABLED = "The app's API service has been disabled."
@@ -40,26 +37,6 @@ WORKSPACE_ARCHIVED = "The workspace's status is archived."
 NEGATIVE_TTL = 5.0
 TOUCH_INTERVAL = 60.0
 _ARCHIVED = ("archived", "archive")  # our model says "archived"; Dify's enum value is "archive"
-
-
-class AuthError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def bearer_token(header: bytes | None) -> bytes:
-    """The token from an ``Authorization`` header, checked the way Dify checks it."""
-    if header is None or b" " not in header:
-        raise AuthError(401, AUTH_MISSING)
-    parts = header.split(None, 1)
-    if parts[0].lower() != b"bearer":
-        raise AuthError(401, AUTH_SCHEME)
-    token = parts[1].strip() if len(parts) == 2 else b""
-    if not token:
-        raise AuthError(401, AUTH_INVALID)
-    return token
 
 
 @dataclass(slots=True)

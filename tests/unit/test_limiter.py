@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from services.gateway.auth import AUTH_INVALID, AUTH_MISSING, AUTH_SCHEME, AuthError, bearer_token
 from services.gateway.limiter import AppLimits, MemoryLimiter
+from shared.identity import AUTH_INVALID, AUTH_MISSING, AUTH_SCHEME, AuthError, bearer_token
 
 
 class Clock:

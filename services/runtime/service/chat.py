@@ -19,6 +19,7 @@ from services.runtime.service.errors import (
     require_user,
 )
 from services.runtime.service.prompt import chat_messages, completion_messages, context_budget, default_name
+from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Channel, Run
 from shared.app_config import render_prompt, validate_inputs
 from shared.errors import invalid_param
@@ -173,10 +174,7 @@ class ChatService:
             inputs = (
                 await s.exec(
                     select(Conversation.inputs).where(
-                        Conversation.id == conv_id,
-                        Conversation.app_id == app.id,
-                        Conversation.end_user_id == end_user_id,
-                        Conversation.is_deleted.is_(False),
+                        Conversation.id == conv_id, *users_conversations(app.id, end_user_id)
                     )
                 )
             ).first()

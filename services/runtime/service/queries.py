@@ -72,6 +72,15 @@ def message_view(m: Message, rating: str | None) -> dict[str, Any]:
     }
 
 
+
+def users_conversations(app_id: str, end_user_id: str) -> tuple:
+    """The filter every conversation lookup uses: this app's, this end user's, not deleted."""
+    return (
+        Conversation.app_id == app_id,
+        Conversation.end_user_id == end_user_id,
+        Conversation.is_deleted.is_(False),
+    )
+
 class HistoryService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -94,10 +103,7 @@ class HistoryService:
             conv = (
                 await s.exec(
                     select(Conversation).where(
-                        Conversation.id == conv_id,
-                        Conversation.app_id == app.id,
-                        Conversation.end_user_id == end_user_id,
-                        Conversation.is_deleted.is_(False),
+                        Conversation.id == conv_id, *users_conversations(app.id, end_user_id)
                     )
                 )
             ).first()
@@ -243,12 +249,7 @@ class HistoryService:
             if last_id:
                 raise not_found("Last Conversation Not Exists.")
             return {"limit": limit, "has_more": False, "data": []}
-        scope = (
-            Conversation.app_id == app.id,
-            Conversation.end_user_id == end_user_id,
-            Conversation.is_deleted.is_(False),
-            Conversation.from_source == "api",
-        )
+        scope = (*users_conversations(app.id, end_user_id), Conversation.from_source == "api")
         async with self.rt.db.session() as s:
             q = select(Conversation).where(*scope)
             if last_id:
