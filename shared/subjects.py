@@ -26,6 +26,11 @@ def task_stop(task_id: str) -> str:
     return f"{PREFIX}.tasks.{task_id}.stop"
 
 
+def task_of(subject: str) -> str:
+    """The task id in a ``plexus.tasks.<task_id>.*`` subject."""
+    return subject.split(".", 3)[2]
+
+
 def config_changed(kind: str, ident: str) -> str:
     """Payload: {"kind", "id", ...}; receivers drop caches for that object at once."""
     return f"{PREFIX}.config.{kind}.{ident}"

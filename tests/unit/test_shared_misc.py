@@ -29,6 +29,7 @@ def test_credentials_round_trip_and_wrong_key_fails() -> None:
 def test_subjects_are_versionable_and_parseable() -> None:
     assert subjects.task_events("t1") == "plexus.tasks.t1.events"
     assert subjects.task_stop("t1") == "plexus.tasks.t1.stop"
+    assert subjects.task_of(subjects.task_stop("t-1")) == "t-1" == subjects.task_of(subjects.task_events("t-1"))
     assert subjects.parse_config_subject(subjects.config_changed("apikey", "k1")) == ("apikey", "k1")
 
 

@@ -20,6 +20,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime.llm import ModelBinding, bind_model
+from services.runtime.service.errors import DEFAULT_USER
 from shared.app_config import ModelConfig, parse_model_config
 from shared.crypto import decrypt_json
 from shared.db import Database
@@ -182,7 +183,7 @@ class EndUsers:
                             app_id=app_id,
                             type="service_api",
                             session_id=session_id,
-                            is_anonymous=session_id == "DEFAULT-USER",
+                            is_anonymous=session_id == DEFAULT_USER,
                             created_at=utcnow(),
                         )
                     )

@@ -16,9 +16,9 @@ from services.runtime.service.queries import HistoryService
 from services.runtime.service.runs import RunRegistry
 from shared.context import Context
 from shared.errors import unauthorized
-from shared.identity import Caller
+from shared.identity import AUTH_INVALID, Caller
 from shared.models import Message, utcnow
-from shared.subjects import parse_config_subject
+from shared.subjects import parse_config_subject, task_of
 
 log = structlog.get_logger("plexus.runtime")
 
@@ -38,12 +38,12 @@ class Runtime:
 
     async def app_for(self, caller: Caller) -> AppEntry:
         if not caller.app_id or caller.key_type != "app":
-            raise unauthorized("Access token is invalid")
+            raise unauthorized(AUTH_INVALID)
         return await self.apps.get(caller.tenant_id, caller.app_id)
 
     # -- NATS ---------------------------------------------------------------------------------------
     def on_stop(self, subject: str, payload: dict[str, Any]) -> None:
-        task_id = subject.split(".")[2]
+        task_id = task_of(subject)
         user = payload.get("user")
         if isinstance(user, str):
             self.runs.stop(task_id, user, payload.get("app_id"))
