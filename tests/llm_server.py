@@ -5,13 +5,23 @@ mid-stream disconnect); a request takes the first script whose ``match`` is in i
 (or the first one without ``match``). Without a script the answer is deterministic:
 ``"Echo: <last user message>"`` split into tokens. Every request body is recorded in ``requests``.
 
+Embeddings (``POST /v1/embeddings``): each input gets a deterministic unit vector of ``embedding_dim``
+dimensions (or the request's ``dimensions``) from hashed character trigrams, so similar texts get similar
+vectors (``trigram_vector``). Scripts for it are pushed with ``endpoint="embeddings"`` (``match`` is then
+looked for in any input; ``status``/``body``/``first_delay``/``usage``/``dim`` apply); chat scripts never
+answer embedding requests nor the reverse. Embedding requests are recorded in ``embedding_requests``.
+
 The session fixture ``llm`` reaches every test through ``pytest_plugins`` in tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import math
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +63,8 @@ class Script:
     usage: dict[str, int] | None = None  # overrides the computed usage
     match: str | None = None  # only for requests whose last user message contains this
     times: int = 1  # how many requests this script answers
+    endpoint: str = "chat"  # "chat" (chat completions) or "embeddings"
+    dim: int | None = None  # embeddings: vector size for this answer (wins over the server's default)
 
 
 @dataclass
@@ -72,6 +84,16 @@ class Received:
                 return _text(m.get("content"))
         return ""
 
+    @property
+    def inputs(self) -> list[str]:
+        """An embedding request's inputs as text (token-id inputs are rendered as their numbers)."""
+        raw = self.body.get("input", [])
+        if isinstance(raw, str):
+            return [raw]
+        if raw and all(isinstance(x, int) for x in raw):
+            return [" ".join(map(str, raw))]
+        return [x if isinstance(x, str) else " ".join(map(str, x)) for x in raw]
+
 
 def _text(content: Any) -> str:
     if isinstance(content, list):  # content parts
@@ -87,10 +109,26 @@ def split_words(text: str) -> list[str]:
     return [t for t in out if t] or [""]
 
 
+def trigram_vector(text: str, dim: int = 16) -> list[float]:
+    """A unit vector from the signed, hashed character trigrams of the lowercased text (whitespace
+    collapsed): texts sharing trigrams point the same way. The empty text maps to the first axis."""
+    norm = " " + " ".join(text.lower().split()) + " "
+    vec = [0.0] * dim
+    for i in range(max(0, len(norm) - 2)):
+        h = int.from_bytes(hashlib.blake2b(norm[i:i + 3].encode(), digest_size=8).digest(), "big")
+        vec[h % dim] += 1.0 if (h >> 32) & 1 else -1.0
+    length = math.sqrt(sum(x * x for x in vec))
+    if length == 0:
+        return [1.0] + [0.0] * (dim - 1)
+    return [x / length for x in vec]
+
+
 class ScriptedLLM:
     def __init__(self) -> None:
         self.scripts: list[Script] = []
         self.requests: list[Received] = []
+        self.embedding_requests: list[Received] = []
+        self.embedding_dim = 16  # default size of the scripted embeddings
         self.completed = 0  # streams sent to the end
         self.aborted = 0  # streams whose client went away before the end
         self.port = free_port()
@@ -98,6 +136,8 @@ class ScriptedLLM:
         routes = [
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/models", self._models, methods=["GET"]),
         ]
@@ -113,15 +153,20 @@ class ScriptedLLM:
     def reset(self) -> None:
         self.scripts.clear()
         self.requests.clear()
+        self.embedding_requests.clear()
+        self.embedding_dim = 16
         self.completed = 0
         self.aborted = 0
 
     def requests_matching(self, text: str) -> list[Received]:
         return [r for r in self.requests if text in r.last_user]
 
-    def _take(self, received: Received) -> Script | None:
+    def _take(self, received: Received, endpoint: str = "chat") -> Script | None:
+        texts = received.inputs if endpoint == "embeddings" else [received.last_user]
         for i, s in enumerate(self.scripts):
-            if s.match is None or s.match in received.last_user:
+            if s.endpoint != endpoint:
+                continue
+            if s.match is None or any(s.match in t for t in texts):
                 s.times -= 1
                 if s.times <= 0:
                     del self.scripts[i]
@@ -143,6 +188,45 @@ class ScriptedLLM:
             {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "tests"}]}
         )
 
+    @staticmethod
+    def _failure(script: Script) -> Response:
+        payload = (
+            script.body
+            if script.body is not None
+            else {
+                "error": {
+                    "message": f"scripted failure {script.status}",
+                    "type": "server_error",
+                    "code": None,
+                }
+            }
+        )
+        if isinstance(payload, str | bytes):
+            return Response(payload, status_code=script.status, media_type="application/json")
+        return JSONResponse(payload, status_code=script.status)
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        received = Received(request.url.path, body)
+        self.embedding_requests.append(received)
+        script = self._take(received, "embeddings") or Script(endpoint="embeddings")
+        if script.first_delay:
+            await asyncio.sleep(script.first_delay)
+        if script.status != 200:
+            return self._failure(script)
+        dim = script.dim or body.get("dimensions") or self.embedding_dim
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for i, text in enumerate(received.inputs):
+            vec = trigram_vector(text, dim)
+            emb: Any = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode() if as_base64 else vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        tokens = sum(len(t) // 4 + 1 for t in received.inputs)
+        usage = script.usage or {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(
+            {"object": "list", "data": data, "model": body.get("model", "scripted"), "usage": usage}
+        )
+
     async def _chat(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         received = Received(request.url.path, body)
@@ -151,20 +235,7 @@ class ScriptedLLM:
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
         if script.status != 200:
-            payload = (
-                script.body
-                if script.body is not None
-                else {
-                    "error": {
-                        "message": f"scripted failure {script.status}",
-                        "type": "server_error",
-                        "code": None,
-                    }
-                }
-            )
-            if isinstance(payload, str | bytes):
-                return Response(payload, status_code=script.status, media_type="application/json")
-            return JSONResponse(payload, status_code=script.status)
+            return self._failure(script)
 
         if script.tokens is not None:
             tokens = list(script.tokens)
