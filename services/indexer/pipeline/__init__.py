@@ -1,0 +1,1 @@
+"""Pure, synchronous document stages of the indexing pipeline: parse (sniff + extract), clean, split."""
