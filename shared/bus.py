@@ -8,6 +8,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import orjson
 import structlog
 from nats.aio.client import Client
@@ -15,12 +16,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
+from nats.js.object_store import ObjectStore
 
 from shared import subjects
 
 log = structlog.get_logger("plexus.bus")
 
 TASK_EVENTS_MAX_AGE = 3600.0  # seconds a run's event log is kept for resumption
+INDEX_JOBS_DEDUPE = 600.0  # seconds in which a re-published job (same message id) is dropped
 
 
 class Bus:
@@ -28,6 +31,7 @@ class Bus:
         self.nc = nc
         self.js = js
         self._subs: list[Any] = []
+        self._files: ObjectStore | None = None
 
     @classmethod
     async def connect(cls, url: str, name: str = "plexus", deadline: float = 15.0) -> Bus:
@@ -50,24 +54,48 @@ class Bus:
         return bus
 
     async def _ensure_streams(self) -> None:
-        cfg = StreamConfig(
-            name=subjects.TASK_EVENTS_STREAM,
-            subjects=[subjects.TASK_EVENTS_WILDCARD],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=TASK_EVENTS_MAX_AGE,
-        )
-        for attempt in range(50):  # JetStream may still be starting right after the server
-            try:
+        streams = [
+            StreamConfig(
+                name=subjects.TASK_EVENTS_STREAM,
+                subjects=[subjects.TASK_EVENTS_WILDCARD],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=TASK_EVENTS_MAX_AGE,
+            ),
+            # one message per accepted document, kept on disk until a worker acks it
+            StreamConfig(
+                name=subjects.INDEX_JOBS_STREAM,
+                subjects=[subjects.INDEX_JOBS],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=INDEX_JOBS_DEDUPE,
+            ),
+        ]
+        for cfg in streams:
+            for attempt in range(50):  # JetStream may still be starting right after the server
                 try:
-                    await self.js.add_stream(cfg)
-                except BadRequestError:
-                    await self.js.update_stream(cfg)
-                return
-            except Exception:
-                if attempt == 49:
-                    raise
-                await asyncio.sleep(0.1)
+                    try:
+                        await self.js.add_stream(cfg)
+                    except BadRequestError:
+                        await self.js.update_stream(cfg)
+                    break
+                except Exception:
+                    if attempt == 49:
+                        raise
+                    await asyncio.sleep(0.1)
+
+    async def files(self) -> ObjectStore:
+        """The object store for uploaded files (created on first use)."""
+        if self._files is None:
+            try:
+                self._files = await self.js.object_store(subjects.FILES_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                try:
+                    self._files = await self.js.create_object_store(
+                        subjects.FILES_BUCKET, storage=StorageType.FILE)
+                except BadRequestError:  # another process created it first
+                    self._files = await self.js.object_store(subjects.FILES_BUCKET)
+        return self._files
 
     async def publish_json(self, subject: str, payload: dict[str, Any], headers: dict | None = None) -> None:
         await self.nc.publish(subject, orjson.dumps(payload), headers=headers)

@@ -1,7 +1,9 @@
 """Tables, one owner each (see ARCHITECTURE §3). Timestamps are aware UTC; the wire uses Unix seconds.
 
-console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials.
+console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
+app_dataset_joins.
 runtime owns: end_users, conversations, messages, message_feedbacks.
+indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ class Message(SQLModel, table=True):
     usage: dict = _json(dict)
     retriever_resources: list = _json(list)
     agent_thoughts: list = _json(list)
+    trace: dict = _json(dict)  # what the run did besides the LLM call (retrieval: query, hits, timings)
     latency: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -198,3 +201,125 @@ class MessageFeedback(SQLModel, table=True):
     from_end_user_id: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AppDatasetJoin(SQLModel, table=True):
+    """Which datasets an app's current model config links (kept by the console on every config save):
+    a linked dataset cannot be deleted (409 dataset_in_use)."""
+
+    __tablename__ = "app_dataset_joins"
+    __table_args__ = (UniqueConstraint("app_id", "dataset_id", name="uq_app_dataset"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE", index=True)
+    dataset_id: str = Field(max_length=36, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(SQLModel, table=True):
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_datasets_tenant_name"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    name: str = Field(max_length=255)
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    provider: str = Field(default="vendor", max_length=16)
+    permission: str = Field(default="only_me", max_length=32)
+    data_source_type: str | None = Field(default=None, max_length=32)
+    indexing_technique: str | None = Field(default=None, max_length=32)  # high_quality | economy
+    embedding_model: str | None = Field(default=None, max_length=255)
+    embedding_model_provider: str | None = Field(default=None, max_length=255)
+    retrieval_model: dict = _json(dict)
+    process_rule: dict = _json(dict)  # the dataset's rule once a document set one
+    doc_form: str = Field(default="text_model", max_length=32)
+    enable_api: bool = True
+    created_by: str | None = Field(default=None, max_length=36)
+    updated_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class UploadFile(SQLModel, table=True):
+    """An uploaded file: its bytes live in the object store under ``object_name``."""
+
+    __tablename__ = "upload_files"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    name: str = Field(max_length=255)
+    size: int = 0
+    extension: str = Field(max_length=16)
+    mime_type: str = Field(max_length=128)
+    object_name: str = Field(max_length=255)
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Document(SQLModel, table=True):
+    __tablename__ = "documents"
+    __table_args__ = (Index("ix_documents_dataset_position", "dataset_id", "position"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36, index=True)
+    dataset_id: str = Field(foreign_key="datasets.id", max_length=36, ondelete="CASCADE")
+    position: int = 1
+    batch: str = Field(max_length=32, index=True)
+    name: str = Field(max_length=255)
+    data_source_type: str = Field(default="upload_file", max_length=32)
+    upload_file_id: str | None = Field(default=None, max_length=36)
+    process_rule: dict = _json(dict)
+    doc_form: str = Field(default="text_model", max_length=32)
+    doc_language: str | None = Field(default=None, max_length=64)
+    doc_metadata: dict = _json(dict)
+    created_from: str = Field(default="api", max_length=16)
+    created_by: str | None = Field(default=None, max_length=36)
+    # waiting | parsing | cleaning | splitting | indexing | completed | error | paused
+    indexing_status: str = Field(default="waiting", max_length=16, index=True)
+    # bumped by every (re-)index request: a job for an older version is stale and skipped
+    index_version: int = 1
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    enabled: bool = True
+    disabled_at: datetime | None = None
+    disabled_by: str | None = Field(default=None, max_length=36)
+    archived: bool = False
+    archived_at: datetime | None = None
+    word_count: int = 0
+    tokens: int = 0
+    total_segments: int = 0
+    hit_count: int = 0
+    processing_started_at: datetime | None = None
+    parsing_completed_at: datetime | None = None
+    cleaning_completed_at: datetime | None = None
+    splitting_completed_at: datetime | None = None
+    completed_at: datetime | None = None
+    paused_at: datetime | None = None
+    stopped_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DocumentSegment(SQLModel, table=True):
+    """One chunk. Its id is also its vector point id."""
+
+    __tablename__ = "document_segments"
+    __table_args__ = (Index("ix_segments_document_position", "document_id", "position"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36)
+    dataset_id: str = Field(max_length=36, index=True)
+    document_id: str = Field(foreign_key="documents.id", max_length=36, ondelete="CASCADE")
+    position: int
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    answer: str | None = Field(default=None, sa_column=Column(Text))
+    word_count: int = 0
+    tokens: int = 0
+    keywords: list = _json(list)
+    index_node_hash: str = Field(default="", max_length=64)
+    page: int | None = None
+    hit_count: int = 0
+    enabled: bool = True
+    disabled_at: datetime | None = None
+    disabled_by: str | None = Field(default=None, max_length=36)
+    status: str = Field(default="completed", max_length=16)  # waiting | indexing | completed | error
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    indexing_at: datetime | None = None
+    completed_at: datetime | None = None

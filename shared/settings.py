@@ -47,6 +47,22 @@ class RuntimeSettings(BaseModel):
     app_cache_seconds: float = Field(60.0, description="app/config cache TTL (NATS invalidation is immediate)")
 
 
+class KnowledgeSettings(BaseModel):
+    vector_store: Literal["auto", "qdrant", "edge"] = Field(
+        "auto", description="auto = qdrant when PLEXUS_KNOWLEDGE__QDRANT_URL is set, else the embedded engine"
+    )
+    qdrant_url: str | None = Field(None, description="Qdrant server URL (production; shared by indexer replicas)")
+    qdrant_api_key: str | None = Field(None, description="Qdrant API key, if the server needs one")
+    workers: int = Field(2, description="index jobs one indexer process runs at once")
+    parse_processes: int = Field(1, description="processes that parse and split files (off the event loop)")
+    max_attempts: int = Field(3, description="tries per document before it ends in `error`")
+    ack_wait: float = Field(60.0, description="seconds without progress before a job is redelivered")
+    requeue_after: float = Field(120.0, description="a document still `waiting` this long is queued again")
+    max_file_bytes: int = Field(100 * 1024 * 1024, description="larger uploads get 413 file_too_large")
+    embedding_batch: int = Field(32, description="texts per embedding call")
+    retrieve_timeout: float = Field(30.0, description="seconds the runtime waits for the indexer's retrieval")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PLEXUS_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -76,6 +92,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     gateway: GatewaySettings = GatewaySettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
 
     @property
     def effective_database_url(self) -> str:

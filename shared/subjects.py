@@ -12,6 +12,21 @@ TASK_EVENTS_STREAM = "PLEXUS_TASK_EVENTS"
 TASK_EVENTS_WILDCARD = f"{PREFIX}.tasks.*.events"
 TASK_STOP_WILDCARD = f"{PREFIX}.tasks.*.stop"
 
+# Index jobs: a JetStream work queue (one delivery per job across indexer replicas, redelivered until
+# acked). Payload: {"document_id", "version"}; the message id "<document_id>:<version>" de-duplicates.
+INDEX_JOBS_STREAM = "PLEXUS_INDEX_JOBS"
+INDEX_JOBS = f"{PREFIX}.index.jobs"
+INDEX_WORKERS = "plexus-indexer"  # the durable pull consumer every indexer replica shares
+
+# Uploaded files (NATS Object Store bucket); documents keep the object name, never the bytes.
+FILES_BUCKET = "plexus-files"
+
+# Retrieval, served by the indexer (the vector store's only client) in a queue group.
+# Payload: {"tenant_id", "dataset_ids", "query", "retrieval_model"?, "top_k"?, "score_threshold"?}
+# Reply: {"records": [...]} or {"error": {"code", "message", "status"}}.
+KNOWLEDGE_RETRIEVE = f"{PREFIX}.knowledge.retrieve"
+KNOWLEDGE_QUEUE = "plexus-indexer"
+
 # Config change notifications (core pub/sub): kinds are app, apikey, provider, tenant.
 CONFIG_WILDCARD = f"{PREFIX}.config.>"
 

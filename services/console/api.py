@@ -12,8 +12,8 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from services.console.auth import Auth, TokenPair
-from services.console.service import accounts, apps, providers
-from services.console.service.common import Principal
+from services.console.service import accounts, apps, keys, providers
+from services.console.service.common import ADMIN_ROLES, EDITOR_ROLES, Principal
 from shared.context import Context
 from shared.errors import unauthorized
 from shared.http import create_base_app
@@ -252,6 +252,33 @@ async def create_key(ctx: Ctx, caller: Caller, app_id: str) -> dict:
 async def delete_key(ctx: Ctx, caller: Caller, app_id: str, key_id: str) -> Response:
     await apps.delete_key(ctx, caller, app_id, key_id)
     return Response(status_code=204)
+
+
+# ---- knowledge API keys (workspace-wide `dataset-` keys) -------------------------------------------
+
+
+@router.get("/datasets/api-keys")
+async def list_dataset_keys(ctx: Ctx, caller: Caller) -> dict:
+    return {"data": [_key_json(k) for k in await keys.list_keys(ctx.db, caller.tenant_id, "dataset")]}
+
+
+@router.post("/datasets/api-keys", status_code=201)
+async def create_dataset_key(ctx: Ctx, caller: Caller) -> dict:
+    caller.require(EDITOR_ROLES)
+    return _key_json(*await keys.create_key(ctx, caller.tenant_id, "dataset"))
+
+
+@router.delete("/datasets/api-keys/{key_id}", status_code=204)
+async def delete_dataset_key(ctx: Ctx, caller: Caller, key_id: str) -> Response:
+    caller.require(ADMIN_ROLES)
+    await keys.delete_key(ctx, caller.tenant_id, "dataset", key_id)
+    return Response(status_code=204)
+
+
+@router.get("/datasets/api-base-info")
+async def dataset_api_base(request: Request, ctx: Ctx, caller: Caller) -> dict:
+    base = ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
+    return {"api_base_url": f"{base}/v1"}
 
 
 # ---- model providers (provider may be a plugin id with slashes, e.g. langgenius/openai/openai) ------

@@ -106,6 +106,8 @@ class Gateway:
         gs = ctx.settings.gateway
         self.ctx = ctx
         self.max_body = gs.max_body_bytes
+        # knowledge uploads may be larger than other bodies: the file limit plus room for the form around it
+        self.max_upload = max(self.max_body, ctx.settings.knowledge.max_file_bytes + 1024 * 1024)
         self.keys = KeyCache(ctx.db, ctx.internal_secret, gs.key_cache_seconds)
         self.limiter = limiter if limiter is not None else build_limiter(ctx)
         self.http = HttpForwarder(gs.upstream_timeout)
@@ -156,7 +158,8 @@ class Gateway:
         h = _scan_headers(scope, keep_authorization=False)
         auth, length, chunked, rid, fwd = h.authorization, h.length, h.chunked, h.request_id, h.forward
         method = scope["method"]
-        if length is not None and await self._too_large(send, service, method, t0, rid, length):
+        limit = self.max_upload if service == "indexer" else self.max_body
+        if length is not None and await self._too_large(send, service, method, t0, rid, length, limit):
             return
         try:
             entry = await self.keys.lookup(bearer_token(auth))
@@ -193,14 +196,15 @@ class Gateway:
         fwd += entry.headers
         fwd.append((b"x-request-id", rid))
         ex = Exchange(scope, receive, send, meter=self.meter, route=service, t0=t0, request_id=rid,
-                      extra=extra, max_body=self.max_body, release=release)
+                      extra=extra, max_body=limit, release=release)
         await self._dispatch(ex, service, fwd, _has_body(length, chunked))
 
     async def _console(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
         # the console authenticates its own JWTs, so Authorization passes through
         h = _scan_headers(scope, keep_authorization=True)
         length, chunked, rid, fwd = h.length, h.chunked, h.request_id, h.forward
-        if length is not None and await self._too_large(send, "console", scope["method"], t0, rid, length):
+        if length is not None and await self._too_large(send, "console", scope["method"], t0, rid, length,
+                                                        self.max_body):
             return
         fwd.append((b"x-request-id", rid))
         ex = Exchange(scope, receive, send, meter=self.meter, route="console", t0=t0, request_id=rid,
@@ -237,18 +241,22 @@ class Gateway:
             (b"x-request-id", rid)]})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else self._welcome})
 
-    async def _too_large(self, send: Send, route: str, method: str, t0: float, rid: bytes, length: bytes
-                         ) -> bool:
+    async def _too_large(self, send: Send, route: str, method: str, t0: float, rid: bytes, length: bytes,
+                         limit: int) -> bool:
         try:
             n = int(length)
         except ValueError:
             await self._error(send, route, method, t0, rid, 400, "bad_request",
                               "Invalid Content-Length header.")
             return True
-        if n <= self.max_body:
+        if n <= limit:
             return False
-        await self._error(send, route, method, t0, rid, 413, "request_entity_too_large",
-                          f"Request body exceeds the limit of {self.max_body} bytes.")
+        if route == "indexer":  # the knowledge API's word for it (reference §1.2)
+            await self._error(send, route, method, t0, rid, 413, "file_too_large",
+                              f"File size exceeded. The limit is {limit} bytes.")
+        else:
+            await self._error(send, route, method, t0, rid, 413, "request_entity_too_large",
+                              f"Request body exceeds the limit of {limit} bytes.")
         return True
 
     async def _error(self, send: Send, route: str, method: str, t0: float, rid: bytes, status: int, code: str,

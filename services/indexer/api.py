@@ -1,12 +1,267 @@
-"""Knowledge API (/v1/datasets …). Routes arrive with the knowledge issue; health is live now."""
+"""Knowledge API (/v1/datasets …, reference §4), served by the indexer with a workspace-wide ``dataset-``
+key (the gateway authenticates it and forwards the tenant in identity headers)."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated, Any, Literal
 
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.responses import Response
+
+from services.indexer.service import Knowledge
+from services.indexer.service.common import invalid, tenant_of
+from services.indexer.service.datasets import PERMISSIONS, DatasetService
+from services.indexer.service.documents import DocumentService
+from services.indexer.service.retrieval import RetrievalService
+from services.indexer.service.segments import SegmentService
 from shared.context import Context
+from shared.errors import INVALID_JSON, ApiError
 from shared.http import create_base_app
+from shared.identity import caller_from_request
+from shared.knowledge.models import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PROVIDER
+from shared.knowledge.vectors_factory import build_vector_store
+
+DatasetName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
+Description = Annotated[str, StringConstraints(max_length=400)]
+SUCCESS = {"result": "success"}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class DatasetCreate(_Body):
+    name: DatasetName
+    description: Description | None = ""
+    indexing_technique: Literal["high_quality", "economy"] | None = None
+    permission: Literal[PERMISSIONS] | None = "only_me"
+    provider: Literal["vendor", "external"] | None = "vendor"
+    embedding_model: str | None = None
+    embedding_model_provider: str | None = None
+    retrieval_model: dict[str, Any] | None = None
+
+
+class DatasetPatch(_Body):
+    name: DatasetName | None = None
+    description: Description | None = None
+    indexing_technique: Literal["high_quality", "economy"] | None = None
+    permission: Literal[PERMISSIONS] | None = None
+    embedding_model: str | None = None
+    embedding_model_provider: str | None = None
+    retrieval_model: dict[str, Any] | None = None
+
+
+class StatusBody(_Body):
+    document_ids: list[str]
+
+
+class SegmentsBody(_Body):
+    segments: list[Any]
+
+
+class SegmentUpdate(_Body):
+    segment: dict[str, Any]
+
+
+class RetrieveBody(_Body):
+    query: str | None = None
+    retrieval_model: dict[str, Any] | None = None
+    external_retrieval_model: dict[str, Any] | None = None
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", INVALID_JSON)
+    return data
+
+
+async def _multipart(request: Request, docs: DocumentService, *, file_required: bool
+                     ) -> tuple[Any, dict[str, Any]]:
+    """(file source or None, the `data` JSON) of a create/update-by-file form."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "Use multipart/form-data with a 'file' part.")
+    form = await request.form(max_files=10)
+    files = [v for v in form.getlist("file") if isinstance(v, StarletteUpload)]
+    if len(files) > 1:
+        raise ApiError(400, "too_many_files", "Only one file is allowed.")
+    if not files and file_required:
+        raise ApiError(400, "no_file_uploaded", "Please upload your file.")
+    raw = form.get("data")
+    data: Any = {}
+    if isinstance(raw, str) and raw.strip():
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise invalid("data must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise invalid("data must be a JSON object")
+    src = docs.file_source(files[0].filename, files[0].file, files[0].size) if files else None
+    return src, data
+
+
+async def _tenant(request: Request) -> str:
+    """The workspace of the ``dataset-`` key the gateway authenticated."""
+    return tenant_of(caller_from_request(request, request.app.state.knowledge.ctx.internal_secret))
+
+
+Tenant = Annotated[str, Depends(_tenant)]
+Page = Annotated[int, Query(ge=1, le=100_000)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+def build_router(kn: Knowledge) -> APIRouter:
+    r = APIRouter(prefix="/v1")
+    datasets, docs, segs, search = DatasetService(kn), DocumentService(kn), SegmentService(kn), RetrievalService(kn)
+
+    # -- datasets --------------------------------------------------------------------------------------
+    @r.post("/datasets")
+    async def create_dataset(t: Tenant, body: DatasetCreate) -> Response:
+        return json_response(await datasets.create(t, body.model_dump()))
+
+    @r.get("/datasets")
+    async def list_datasets(t: Tenant, page: Page = 1, limit: Limit = 20, keyword: str | None = None) -> Response:
+        return json_response(await datasets.list(t, page=page, limit=limit, keyword=keyword))
+
+    @r.get("/datasets/{dataset_id}")
+    async def get_dataset(t: Tenant, dataset_id: str) -> Response:
+        return json_response(await datasets.get(t, dataset_id))
+
+    @r.api_route("/datasets/{dataset_id}", methods=["PATCH", "POST"])
+    async def patch_dataset(t: Tenant, dataset_id: str, body: DatasetPatch) -> Response:
+        return json_response(await datasets.update(t, dataset_id, body.model_dump(exclude_unset=True)))
+
+    @r.delete("/datasets/{dataset_id}")
+    async def delete_dataset(t: Tenant, dataset_id: str) -> Response:
+        await datasets.delete(t, dataset_id)
+        return Response(status_code=204)
+
+    # -- documents -------------------------------------------------------------------------------------
+    @r.post("/datasets/{dataset_id}/document/create-by-text")
+    @r.post("/datasets/{dataset_id}/document/create_by_text")
+    async def create_by_text(request: Request, t: Tenant, dataset_id: str) -> Response:
+        body = await _json_body(request)
+        return json_response(await docs.create(t, dataset_id, docs.text_source(body.get("name"), body.get("text")),
+                                               body))
+
+    @r.post("/datasets/{dataset_id}/document/create-by-file")
+    @r.post("/datasets/{dataset_id}/document/create_by_file")
+    async def create_by_file(request: Request, t: Tenant, dataset_id: str) -> Response:
+        src, data = await _multipart(request, docs, file_required=True)
+        return json_response(await docs.create(t, dataset_id, src, data))
+
+    @r.post("/datasets/{dataset_id}/documents/{document_id}/update-by-text")
+    @r.post("/datasets/{dataset_id}/documents/{document_id}/update_by_text")
+    async def update_by_text(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
+        body = await _json_body(request)
+        src = None
+        if body.get("text") is not None:
+            name = body.get("name")
+            if not isinstance(name, str) or not name.strip():
+                name = (await docs.get(t, dataset_id, document_id))["name"].removesuffix(".txt")
+            src = docs.text_source(name, body["text"])
+        return json_response(await docs.update(t, dataset_id, document_id, src, body))
+
+    @r.post("/datasets/{dataset_id}/documents/{document_id}/update-by-file")
+    @r.post("/datasets/{dataset_id}/documents/{document_id}/update_by_file")
+    async def update_by_file(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
+        src, data = await _multipart(request, docs, file_required=False)
+        return json_response(await docs.update(t, dataset_id, document_id, src, data))
+
+    @r.get("/datasets/{dataset_id}/documents")
+    async def list_documents(t: Tenant, dataset_id: str, page: Page = 1, limit: Limit = 20,
+                             keyword: str | None = None, status: str | None = None) -> Response:
+        return json_response(await docs.list(t, dataset_id, page=page, limit=limit, keyword=keyword, status=status))
+
+    @r.patch("/datasets/{dataset_id}/documents/status/{action}")
+    @r.patch("/datasets/{dataset_id}/documents/status/{action}/batch")
+    async def document_status(t: Tenant, dataset_id: str, action: str, body: StatusBody) -> Response:
+        await docs.set_status(t, dataset_id, action, body.document_ids)
+        return json_response(SUCCESS)
+
+    @r.get("/datasets/{dataset_id}/documents/{batch}/indexing-status")
+    async def indexing_status(t: Tenant, dataset_id: str, batch: str) -> Response:
+        return json_response(await docs.indexing_status(t, dataset_id, batch))
+
+    @r.get("/datasets/{dataset_id}/documents/{document_id}/upload-file")
+    async def upload_file(t: Tenant, dataset_id: str, document_id: str) -> Response:
+        return json_response(await docs.upload_file(t, dataset_id, document_id))
+
+    @r.get("/datasets/{dataset_id}/documents/{document_id}")
+    async def get_document(t: Tenant, dataset_id: str, document_id: str,
+                           metadata: Literal["all", "only", "without"] = "all") -> Response:
+        return json_response(await docs.get(t, dataset_id, document_id, metadata))
+
+    @r.delete("/datasets/{dataset_id}/documents/{document_id}")
+    async def delete_document(t: Tenant, dataset_id: str, document_id: str) -> Response:
+        await docs.delete(t, dataset_id, document_id)
+        return json_response(SUCCESS)  # 200 + result, as the SDK's live test expects (reference §10.6)
+
+    # -- segments --------------------------------------------------------------------------------------
+    seg_base = "/datasets/{dataset_id}/documents/{document_id}/segments"
+
+    @r.post(seg_base)
+    async def add_segments(t: Tenant, dataset_id: str, document_id: str, body: SegmentsBody) -> Response:
+        return json_response(await segs.add(t, dataset_id, document_id, body.segments))
+
+    @r.get(seg_base)
+    async def list_segments(t: Tenant, dataset_id: str, document_id: str, keyword: str | None = None,
+                            status: str | None = None, page: Page = 1, limit: Limit = 20) -> Response:
+        return json_response(await segs.list(t, dataset_id, document_id, keyword=keyword, status=status,
+                                             page=page, limit=limit))
+
+    @r.get(seg_base + "/{segment_id}")
+    async def get_segment(t: Tenant, dataset_id: str, document_id: str, segment_id: str) -> Response:
+        return json_response(await segs.get(t, dataset_id, document_id, segment_id))
+
+    @r.api_route(seg_base + "/{segment_id}", methods=["POST", "PATCH"])
+    async def update_segment(t: Tenant, dataset_id: str, document_id: str, segment_id: str,
+                             body: SegmentUpdate) -> Response:
+        return json_response(await segs.update(t, dataset_id, document_id, segment_id, body.segment))
+
+    @r.delete(seg_base + "/{segment_id}")
+    async def delete_segment(t: Tenant, dataset_id: str, document_id: str, segment_id: str) -> Response:
+        await segs.delete(t, dataset_id, document_id, segment_id)
+        return json_response(SUCCESS)
+
+    # -- retrieval -------------------------------------------------------------------------------------
+    @r.post("/datasets/{dataset_id}/retrieve")
+    @r.post("/datasets/{dataset_id}/hit-testing")
+    async def retrieve(t: Tenant, dataset_id: str, body: RetrieveBody) -> Response:
+        return json_response(await search.hit_testing(t, dataset_id, body.query, body.retrieval_model))
+
+    # -- models ----------------------------------------------------------------------------------------
+    @r.get("/workspaces/current/models/model-types/{model_type}")
+    async def model_types(t: Tenant, model_type: str) -> Response:
+        data = []
+        if model_type == "text-embedding":
+            data.append({"provider": LOCAL_EMBEDDING_PROVIDER, "label": {"en_US": "Plexus built-in"},
+                         "icon_small": None, "icon_large": None, "status": "active",
+                         "models": [{"model": LOCAL_EMBEDDING_MODEL, "label": {"en_US": LOCAL_EMBEDDING_MODEL},
+                                     "model_type": "text-embedding", "features": [], "fetch_from": "predefined-model",
+                                     "model_properties": {"context_size": 256}, "deprecated": False,
+                                     "status": "active", "load_balancing_enabled": False}]})
+        return json_response({"data": data})
+
+    return r
 
 
 def create_app(ctx: Context) -> FastAPI:
-    return create_base_app("indexer", checks={"database": ctx.db.ping, "nats": ctx.bus.ping})
+    kn = Knowledge(ctx, build_vector_store(ctx.settings))
+    app = create_base_app("indexer", checks={"database": ctx.db.ping, "nats": ctx.bus.ping,
+                                             "vectors": kn.vectors.ping})
+    app.state.knowledge = kn
+    app.include_router(build_router(kn))
+    return app

@@ -1,15 +1,60 @@
-"""NATS subscriptions of the indexer service."""
+"""NATS side of the indexer: the index-job workers (JetStream pull consumer), retrieval requests from the
+runtime (request/reply in a queue group) and config changes (drop cached embedders)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+import structlog
+from nats.aio.msg import Msg
+
+from services.indexer.service import Knowledge
+from services.indexer.service.indexing import IndexWorkers
+from services.indexer.service.retrieval import RetrievalService
 from shared.context import Context
+from shared.errors import ApiError
+from shared.subjects import CONFIG_WILDCARD, KNOWLEDGE_QUEUE, KNOWLEDGE_RETRIEVE
+
+log = structlog.get_logger("plexus.indexer.handlers")
 
 
 async def start(ctx: Context, app: Any) -> None:
-    """No subscriptions yet: the indexer capability lands with its own issue."""
+    kn: Knowledge = app.state.knowledge
+    search = RetrievalService(kn)
+
+    async def _retrieve(msg: Msg) -> None:
+        try:
+            req = orjson.loads(msg.data)
+            records = await search.for_app(str(req["tenant_id"]), [str(i) for i in req.get("dataset_ids") or []],
+                                           str(req.get("query") or ""), req.get("retrieval_model") or None)
+            reply: dict[str, Any] = {"records": records}
+        except ApiError as e:
+            reply = {"error": e.body()}
+        except Exception as e:
+            log.exception("retrieve_failed")
+            reply = {"error": {"code": "internal_server_error", "message": f"retrieval failed: {e}", "status": 500}}
+        await msg.respond(orjson.dumps(reply))
+
+    async def _config(subject: str, payload: dict[str, Any]) -> None:
+        kn.on_config(subject, payload)
+
+    app.state.retrieve_sub = await ctx.bus.nc.subscribe(KNOWLEDGE_RETRIEVE, queue=KNOWLEDGE_QUEUE, cb=_retrieve)
+    await ctx.bus.subscribe_json(CONFIG_WILDCARD, _config)
+    workers = IndexWorkers(kn)
+    app.state.workers = workers
+    await workers.start()
+    await ctx.bus.nc.flush()
 
 
 async def stop(ctx: Context, app: Any) -> None:
-    pass
+    workers: IndexWorkers | None = getattr(app.state, "workers", None)
+    if workers is not None:
+        await workers.stop()
+    sub = getattr(app.state, "retrieve_sub", None)
+    if sub is not None:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001, S110 - closing anyway
+            pass
+    await app.state.knowledge.vectors.close()

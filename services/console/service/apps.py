@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.console.service import keys
 from services.console.service.common import (
     ADMIN_ROLES,
     EDITOR_ROLES,
@@ -20,15 +21,17 @@ from services.console.service.common import (
 )
 from shared.app_config import parse_model_config
 from shared.context import Context
-from shared.crypto import generate_api_key, hash_token, token_hint
 from shared.db import Database
-from shared.errors import ApiError, invalid_param, not_found
+from shared.errors import ApiError, invalid_param
+from shared.knowledge.models import DatasetConfigs
 from shared.llm import is_known_provider
 from shared.models import (
     ApiToken,
     App,
+    AppDatasetJoin,
     AppModelConfig,
     Conversation,
+    Dataset,
     EndUser,
     Message,
     MessageFeedback,
@@ -38,7 +41,6 @@ from shared.models import (
 MODES = ("chat", "agent-chat", "advanced-chat", "workflow", "completion")
 # basic modes keep their config in app_model_configs; graph modes use workflows
 MODEL_CONFIG_MODES = ("chat", "agent-chat", "completion")
-MAX_KEYS = 10
 # columns PUT /apps/{id} may change; those in NULLABLE accept an explicit null
 UPDATABLE = ("name", "description", "icon_type", "icon", "icon_background", "enable_site", "enable_api",
              "api_rpm", "api_rph", "max_active_requests")
@@ -149,7 +151,7 @@ async def delete_app(ctx: Context, p: Principal, app_id: str) -> None:
     async with ctx.db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
         keys = list(await s.exec(select(ApiToken.id, ApiToken.token_hash).where(ApiToken.app_id == app.id)))
-        for model in (MessageFeedback, Message, Conversation, EndUser, AppModelConfig, ApiToken):
+        for model in (MessageFeedback, Message, Conversation, EndUser, AppModelConfig, AppDatasetJoin, ApiToken):
             await s.exec(delete(model).where(model.app_id == app.id))
         await s.exec(delete(App).where(App.id == app.id))
         await s.commit()
@@ -182,13 +184,27 @@ async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[
         raise invalid_from(e) from None
     if not is_known_provider(config.model.provider):
         raise invalid_param(f"Unknown model provider '{config.model.provider}'.", params="model.provider")
+    try:
+        dataset_ids = DatasetConfigs.model_validate(config.dataset_configs).dataset_ids()
+    except ValidationError as e:
+        raise invalid_from(e) from None
     async with ctx.db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
         _basic_mode(app)
+        if dataset_ids:
+            found = set(await s.exec(select(Dataset.id).where(Dataset.tenant_id == p.tenant_id,
+                                                              col(Dataset.id).in_(dataset_ids))))
+            missing = [i for i in dataset_ids if i not in found]
+            if missing:
+                raise invalid_param(f"Dataset {missing[0]} not found.", params="dataset_configs")
         row = AppModelConfig(app_id=app.id, config=config.to_wire(), created_by=p.account_id)
         s.add(row)
         app.app_model_config_id = row.id
         app.updated_at = utcnow()
+        # the links a dataset delete checks (409 dataset_in_use)
+        await s.exec(delete(AppDatasetJoin).where(AppDatasetJoin.app_id == app.id))
+        for ds_id in dataset_ids:
+            s.add(AppDatasetJoin(app_id=app.id, dataset_id=ds_id))
         await s.commit()
     await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
 
@@ -199,49 +215,16 @@ async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[
 async def list_keys(db: Database, p: Principal, app_id: str) -> list[ApiToken]:
     async with db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
-        return list(await s.exec(
-            select(ApiToken).where(ApiToken.app_id == app.id, ApiToken.type == "app")
-            .order_by(col(ApiToken.created_at), col(ApiToken.id))
-        ))
+    return await keys.list_keys(db, p.tenant_id, "app", app.id)
 
 
 async def create_key(ctx: Context, p: Principal, app_id: str) -> tuple[ApiToken, str]:
-    """A new key; the full token is returned here only, the database keeps its hash."""
     p.require(EDITOR_ROLES)
-    token = generate_api_key("app")
-    async with ctx.db.session() as s:
-        # Postgres: the row lock serialises concurrent creates for one app (SQLite omits FOR UPDATE but
-        # serialises writers, and the count below runs after our insert took the write lock).
-        app = (await s.exec(
-            select(App).where(App.id == app_id, App.tenant_id == p.tenant_id).with_for_update()
-        )).first()
-        if app is None:
-            raise not_found("App not found.")
-        key = ApiToken(tenant_id=app.tenant_id, app_id=app.id, type="app", token_hash=hash_token(token),
-                       token_hint=token_hint(token))
-        s.add(key)
-        await s.flush()
-        count = (await s.exec(
-            select(func.count()).select_from(ApiToken).where(ApiToken.app_id == app.id, ApiToken.type == "app")
-        )).one()
-        if count > MAX_KEYS:
-            await s.rollback()
-            raise ApiError(400, "bad_request", f"Cannot create more than {MAX_KEYS} API keys for this resource type.")
-        await s.commit()
-    # a gateway that caches unknown keys must forget this one now
-    await publish_change(ctx.bus, "apikey", key.id, app_id=app.id, token_hash=key.token_hash)
-    return key, token
+    return await keys.create_key(ctx, p.tenant_id, "app", app_id)
 
 
 async def delete_key(ctx: Context, p: Principal, app_id: str, key_id: str) -> None:
     p.require(ADMIN_ROLES)
     async with ctx.db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
-        key = (await s.exec(
-            select(ApiToken).where(ApiToken.id == key_id, ApiToken.app_id == app.id, ApiToken.type == "app")
-        )).first()
-        if key is None:
-            raise not_found("API key not found.")
-        await s.delete(key)
-        await s.commit()
-    await publish_change(ctx.bus, "apikey", key.id, app_id=app.id, token_hash=key.token_hash)
+    await keys.delete_key(ctx, p.tenant_id, "app", key_id, app.id)

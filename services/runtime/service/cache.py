@@ -22,11 +22,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.runtime.llm import ModelBinding, bind_model
 from services.runtime.service.errors import DEFAULT_USER
 from shared.app_config import ModelConfig, parse_model_config
-from shared.crypto import decrypt_json
+from shared.credentials import provider_credentials
 from shared.db import Database
 from shared.errors import forbidden
-from shared.llm import canonical_provider
-from shared.models import Account, App, AppModelConfig, EndUser, ProviderCredential, new_id, utcnow
+from shared.models import Account, App, AppModelConfig, EndUser, new_id, utcnow
 
 log = structlog.get_logger("plexus.runtime.cache")
 
@@ -136,25 +135,10 @@ class AppCache:
         )
 
     async def _bind(self, s: AsyncSession, tenant_id: str, config: ModelConfig) -> ModelBinding | None:
-        provider = config.model.provider
-        names = {provider, canonical_provider(provider)}
-        rows = (
-            await s.exec(
-                select(ProviderCredential.provider, ProviderCredential.encrypted_credentials).where(
-                    ProviderCredential.tenant_id == tenant_id, ProviderCredential.provider.in_(names)
-                )
-            )
-        ).all()
-        if not rows or not self.secret_key:
+        credentials = await provider_credentials(s, self.secret_key, tenant_id, config.model.provider)
+        if credentials is None:
             return None
-        # the exact provider name wins over its canonical alias
-        rows.sort(key=lambda r: r[0] != provider)
-        try:
-            credentials = decrypt_json(self.secret_key, rows[0][1])
-        except Exception:  # noqa: BLE001 - a key rotation or a corrupt row: the provider is not usable
-            log.warning("provider_credentials_undecryptable", tenant_id=tenant_id, provider=provider)
-            return None
-        return bind_model(provider, config.model.name, credentials, config.model.completion_params)
+        return bind_model(config.model.provider, config.model.name, credentials, config.model.completion_params)
 
 
 class EndUsers:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import select
 
+from services.runtime.service import rag
 from services.runtime.service.errors import (
     CHAT_MODES,
     app_unavailable,
@@ -92,6 +93,13 @@ class ChatService:
             raise provider_not_initialize()
 
         system = render_prompt(config.pre_prompt, inputs)
+        retrieved = rag.Retrieved()
+        dc = rag.dataset_configs(config)
+        if dc is not None:
+            retrieved = await rag.retrieve(self.rt.bus, app.tenant_id, dc,
+                                           rag.retrieval_query(endpoint, config, inputs, query),
+                                           self.rt.ctx.settings.knowledge.retrieve_timeout)
+        system = rag.with_context(system, retrieved.context)
         if endpoint == "chat":
             context = binding.context_tokens or self.rt.settings.default_context_tokens
             messages = chat_messages(system, history, query, context_budget(context, binding.max_tokens))
@@ -141,8 +149,9 @@ class ChatService:
                     "message_tokens": 0,
                     "answer_tokens": 0,
                     "usage": {},
-                    "retriever_resources": [],
+                    "retriever_resources": retrieved.resources,
                     "agent_thoughts": [],
+                    "trace": retrieved.trace,
                     "latency": 0.0,
                     "created_at": now,
                     "updated_at": now,
@@ -162,6 +171,8 @@ class ChatService:
             binding=binding,
             messages=messages,
             channel=Channel() if streaming else None,
+            # shown to the client only when the app's retriever_resource feature is on (Dify's default)
+            retriever_resources=retrieved.resources if config.retriever_resource.enabled else [],
         )
         self.rt.runs.start(run)
         return run

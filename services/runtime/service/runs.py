@@ -90,6 +90,7 @@ class Run:
     binding: llm.ModelBinding
     messages: list[dict[str, Any]]
     channel: Channel | None  # None for blocking requests
+    retriever_resources: list[dict[str, Any]] = field(default_factory=list)
     answer_parts: list[str] = field(default_factory=list)
     status: str = "running"  # then normal | stopped | error
     error: str | None = None
@@ -141,7 +142,7 @@ class Run:
         body.update(
             mode=self.mode,
             answer=self.answer,
-            metadata={"usage": self.usage, "retriever_resources": []},
+            metadata={"usage": self.usage, "retriever_resources": self.retriever_resources},
             created_at=self.created_at,
         )
         return body
@@ -289,7 +290,7 @@ class RunRegistry:
                 **run.envelope("message_end"),
                 "task_id": run.task_id,
                 "id": run.message_id,
-                "metadata": {"usage": run.usage, "retriever_resources": []},
+                "metadata": {"usage": run.usage, "retriever_resources": run.retriever_resources},
             }
         data = orjson.dumps(payload)
         if run.channel is not None:

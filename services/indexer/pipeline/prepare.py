@@ -1,0 +1,63 @@
+"""The CPU-bound stages as two picklable calls for the parse process pool: extract (parsing), then clean +
+split + full-text encoding (cleaning, splitting). Running them in child processes keeps the event loop
+(and in `all` mode every other service) responsive, lets a second core work, and confines a parser
+that blows up on a hostile file to a child with a memory cap."""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.indexer.pipeline.parse import Element, extract
+from services.indexer.pipeline.split import split, validate_process_rule
+from shared.knowledge.sparse import encode_document, keywords
+
+CHILD_MEMORY_BYTES = 4 * 1024**3  # address-space cap of a parse process
+
+
+@dataclass(slots=True)
+class PreparedChunk:
+    position: int
+    content: str
+    tokens: int
+    page: int | None
+    content_hash: str
+    keywords: list[str]
+    sparse_indices: list[int]
+    sparse_values: list[float]
+
+
+def init_child() -> None:
+    """Pool initializer: a parse process may not grow past CHILD_MEMORY_BYTES."""
+    try:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = CHILD_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(CHILD_MEMORY_BYTES, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ValueError, OSError):  # not permitted here: the parsers' own limits still apply
+        pass
+
+
+def extract_elements(path: str, kind: str) -> list[Element]:
+    return extract(Path(path), kind)
+
+
+def chunk_elements(elements: list[Element], rule: dict) -> list[PreparedChunk]:
+    chunks = split(elements, validate_process_rule(rule, required=True))
+    out = []
+    for c in chunks:
+        sv = encode_document(c.content)
+        out.append(
+            PreparedChunk(
+                position=c.position,
+                content=c.content,
+                tokens=c.tokens,
+                page=c.page,
+                content_hash=hashlib.sha256(c.content.encode()).hexdigest(),
+                keywords=keywords(c.content, 10),
+                sparse_indices=list(sv.indices),
+                sparse_values=list(sv.values),
+            )
+        )
+    return out

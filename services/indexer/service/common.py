@@ -1,0 +1,124 @@
+"""What the knowledge services share: Dify's knowledge errors, tenant-scoped lookups, wire shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from typing import Any
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from shared.errors import ApiError, forbidden, invalid_param, not_found, unauthorized
+from shared.identity import AUTH_INVALID, Caller
+from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
+from shared.models import Dataset, Document
+
+# document states in which a worker may still be busy with it
+INDEXING_STATES = ("waiting", "parsing", "cleaning", "splitting", "indexing")
+SEGMENT_NS = uuid.UUID("0f1d6a52-3b0b-4cf4-9a53-7c1b8e2f4a10")
+
+
+def dataset_not_found() -> ApiError:
+    return not_found("Dataset not found.")
+
+
+def document_not_found() -> ApiError:
+    return not_found("Document Not Exists.")
+
+
+def segment_not_found() -> ApiError:
+    return not_found("Segment not found.")
+
+
+def name_duplicate() -> ApiError:
+    return ApiError(409, "dataset_name_duplicate", "The dataset name already exists. Please modify your dataset name.")
+
+
+def dataset_in_use() -> ApiError:
+    return ApiError(409, "dataset_in_use", "The dataset is being used by some apps. Please remove the dataset "
+                                           "from the apps before deleting it.")
+
+
+def archived_immutable() -> ApiError:
+    return ApiError(403, "archived_document_immutable", "The archived document is not editable.")
+
+
+def document_indexing() -> ApiError:
+    return ApiError(400, "document_indexing", "Cannot delete document during indexing.")
+
+
+def not_initialized() -> ApiError:
+    return ApiError(400, "dataset_not_initialized",
+                    "The dataset is still being initialized or indexing. Please wait a moment.")
+
+
+def provider_not_initialize(detail: str = "") -> ApiError:
+    msg = ("No valid embedding model provider credentials found. Please go to Settings -> Model Provider to "
+           "complete your provider credentials.")
+    return ApiError(400, "provider_not_initialize", f"{msg} {detail}".strip())
+
+
+def tenant_of(caller: Caller) -> str:
+    if caller.key_type != "dataset":
+        raise unauthorized(AUTH_INVALID)
+    return caller.tenant_id
+
+
+def parse_id(value: str, error: ApiError) -> str:
+    """Dify declares these path params as UUIDs: anything else is a 404."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise error from None
+
+
+async def get_dataset(s: AsyncSession, tenant_id: str, dataset_id: str, *, api: bool = True) -> Dataset:
+    ds = (await s.exec(select(Dataset).where(Dataset.id == parse_id(dataset_id, dataset_not_found()),
+                                             Dataset.tenant_id == tenant_id))).first()
+    if ds is None:
+        raise dataset_not_found()
+    if api and not ds.enable_api:
+        raise forbidden("Dataset api access is not enabled.")
+    return ds
+
+
+async def get_document(s: AsyncSession, ds: Dataset, document_id: str) -> Document:
+    doc = (await s.exec(select(Document).where(Document.id == parse_id(document_id, document_not_found()),
+                                               Document.dataset_id == ds.id))).first()
+    if doc is None:
+        raise document_not_found()
+    return doc
+
+
+def segment_id(document_id: str, version: int, position: int) -> str:
+    """Deterministic: a redelivered job writes the same segment rows and vector points again."""
+    return str(uuid.uuid5(SEGMENT_NS, f"{document_id}:{version}:{position}"))
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_SPACE_RE = re.compile(r"[^a-z0-9]+")
+KEYWORD_SPACE = "kb_keyword"
+
+
+def space_for(technique: str | None, provider: str | None, model: str | None) -> str:
+    """The collection a dataset's points live in: one per embedding model; economy is sparse-only."""
+    if technique != "high_quality":
+        return KEYWORD_SPACE
+    provider = provider or LOCAL_EMBEDDING_PROVIDER
+    base = _SPACE_RE.sub("_", f"{provider}_{model or ''}".lower()).strip("_")[:40]
+    digest = hashlib.sha1(f"{provider}\0{model}".encode()).hexdigest()[:8]
+    return f"kb_{base}_{digest}"
+
+
+def word_count(text: str) -> int:
+    """Dify counts characters for word_count; so do we (it is what the UI shows for CJK text too)."""
+    return len(text)
+
+
+def invalid(message: str, **extra: Any) -> ApiError:
+    return invalid_param(message, **extra)

@@ -1,0 +1,207 @@
+"""Datasets of a workspace (reference §4.1): create, list, get, update, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, delete, select, update
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.indexer.service.common import (
+    dataset_in_use,
+    get_dataset,
+    invalid,
+    name_duplicate,
+    space_for,
+)
+from services.indexer.service.core import Knowledge
+from shared.errors import validation_message
+from shared.knowledge.models import (
+    LOCAL_EMBEDDING_MODEL,
+    LOCAL_EMBEDDING_PROVIDER,
+    RetrievalModel,
+    default_retrieval_model,
+)
+from shared.models import AppDatasetJoin, Dataset, Document, DocumentSegment, UploadFile, ts, utcnow
+
+TECHNIQUES = ("high_quality", "economy")
+PERMISSIONS = ("only_me", "all_team_members", "partial_members")
+
+
+def parse_retrieval_model(raw: Any, technique: str | None) -> RetrievalModel:
+    if raw is None or raw == {}:
+        return default_retrieval_model(technique)
+    try:
+        rm = RetrievalModel.model_validate(raw)
+    except ValidationError as e:
+        raise invalid(f"retrieval_model: {validation_message(e)[1]}") from None
+    if technique == "economy":
+        rm.search_method = "keyword_search"  # economy datasets have no vectors (reference §4.1)
+    elif rm.search_method == "keyword_search":
+        rm.search_method = "full_text_search"
+    return rm
+
+
+async def _counts(s: AsyncSession, ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    """dataset id → (document_count, word_count, app_count)."""
+    if not ids:
+        return {}
+    docs = dict((await s.exec(
+        select(Document.dataset_id, func.count()).where(col(Document.dataset_id).in_(ids))
+        .group_by(Document.dataset_id))).all())
+    words = dict((await s.exec(
+        select(Document.dataset_id, func.coalesce(func.sum(Document.word_count), 0))
+        .where(col(Document.dataset_id).in_(ids)).group_by(Document.dataset_id))).all())
+    apps = dict((await s.exec(
+        select(AppDatasetJoin.dataset_id, func.count()).where(col(AppDatasetJoin.dataset_id).in_(ids))
+        .group_by(AppDatasetJoin.dataset_id))).all())
+    return {i: (int(docs.get(i, 0)), int(words.get(i, 0)), int(apps.get(i, 0))) for i in ids}
+
+
+def detail(ds: Dataset, counts: tuple[int, int, int]) -> dict[str, Any]:
+    rm = parse_retrieval_model(ds.retrieval_model or None, ds.indexing_technique)
+    return {
+        "id": ds.id, "name": ds.name, "description": ds.description, "provider": ds.provider,
+        "permission": ds.permission, "data_source_type": ds.data_source_type,
+        "indexing_technique": ds.indexing_technique, "app_count": counts[2], "document_count": counts[0],
+        "word_count": counts[1], "created_by": ds.created_by, "created_at": ts(ds.created_at),
+        "updated_by": ds.updated_by, "updated_at": ts(ds.updated_at),
+        "embedding_model": ds.embedding_model, "embedding_model_provider": ds.embedding_model_provider,
+        "embedding_available": True, "retrieval_model_dict": rm.wire(), "tags": [], "doc_form": ds.doc_form,
+        "external_knowledge_info": {"external_knowledge_id": None, "external_knowledge_api_id": None,
+                                    "external_knowledge_api_name": None,
+                                    "external_knowledge_api_endpoint": None},
+        "external_retrieval_model": {"top_k": 2, "score_threshold": 0.0, "score_threshold_enabled": False},
+        "doc_metadata": [], "built_in_field_enabled": False, "enable_api": ds.enable_api,
+        "partial_member_list": [],
+    }
+
+
+class DatasetService:
+    def __init__(self, kn: Knowledge) -> None:
+        self.kn = kn
+
+    async def _check_embedding(self, s: AsyncSession, tenant_id: str, provider: str | None, model: str | None
+                               ) -> tuple[str, str]:
+        """The embedding model to store, checked usable now (reference: 400 provider_not_initialize)."""
+        if not provider or provider == LOCAL_EMBEDDING_PROVIDER:
+            return LOCAL_EMBEDDING_PROVIDER, LOCAL_EMBEDDING_MODEL
+        if not model:
+            raise invalid("embedding_model is required with embedding_model_provider")
+        await self.kn.embedder(s, tenant_id, provider, model)
+        return provider, model
+
+    async def create(self, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        technique = body.get("indexing_technique")
+        if technique is not None and technique not in TECHNIQUES:
+            raise invalid("indexing_technique is invalid: choose high_quality or economy")
+        if body.get("provider", "vendor") == "external":
+            raise invalid("External knowledge bases are not supported.")
+        rm = parse_retrieval_model(body.get("retrieval_model"), technique)
+        async with self.kn.db.session() as s:
+            provider = model = None
+            if technique == "high_quality" or body.get("embedding_model_provider"):
+                provider, model = await self._check_embedding(
+                    s, tenant_id, body.get("embedding_model_provider"), body.get("embedding_model"))
+            ds = Dataset(tenant_id=tenant_id, name=body["name"], description=body.get("description") or "",
+                         permission=body.get("permission") or "only_me", indexing_technique=technique,
+                         embedding_model=model, embedding_model_provider=provider,
+                         retrieval_model=rm.model_dump(mode="json"))
+            s.add(ds)
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                raise name_duplicate() from None
+            return detail(ds, (0, 0, 0))
+
+    async def list(self, tenant_id: str, *, page: int, limit: int, keyword: str | None) -> dict[str, Any]:
+        where = [Dataset.tenant_id == tenant_id]
+        if keyword:
+            where.append(col(Dataset.name).icontains(keyword, autoescape=True))
+        async with self.kn.db.session() as s:
+            total = (await s.exec(select(func.count()).select_from(Dataset).where(*where))).one()
+            rows = list(await s.exec(select(Dataset).where(*where)
+                                     .order_by(col(Dataset.created_at).desc(), col(Dataset.id).desc())
+                                     .offset((page - 1) * limit).limit(limit)))
+            counts = await _counts(s, [d.id for d in rows])
+        return {"data": [detail(d, counts[d.id]) for d in rows], "has_more": page * limit < total,
+                "limit": limit, "total": total, "page": page}
+
+    async def get(self, tenant_id: str, dataset_id: str) -> dict[str, Any]:
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            return detail(ds, (await _counts(s, [ds.id]))[ds.id])
+
+    async def update(self, tenant_id: str, dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Partial update. A new indexing technique or embedding model re-indexes every document."""
+        reindex: list[tuple[str, int]] = []
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            old_technique = ds.indexing_technique
+            old_space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+            if "name" in body and body["name"] is not None:
+                taken = (await s.exec(select(Dataset.id).where(
+                    Dataset.tenant_id == tenant_id, Dataset.name == body["name"], Dataset.id != ds.id))).first()
+                if taken:
+                    raise name_duplicate()
+                ds.name = body["name"]
+            if body.get("description") is not None:
+                ds.description = body["description"]
+            if body.get("permission") is not None:
+                ds.permission = body["permission"]
+            technique = body.get("indexing_technique") or ds.indexing_technique
+            if technique not in (None, *TECHNIQUES):
+                raise invalid("indexing_technique is invalid: choose high_quality or economy")
+            provider, model = ds.embedding_model_provider, ds.embedding_model
+            if technique == "high_quality" and (
+                    "embedding_model_provider" in body or "embedding_model" in body or provider is None):
+                provider, model = await self._check_embedding(
+                    s, tenant_id, body.get("embedding_model_provider", provider), body.get("embedding_model", model))
+            ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model = technique, provider, model
+            if "retrieval_model" in body or technique != old_technique:
+                ds.retrieval_model = parse_retrieval_model(
+                    body.get("retrieval_model", ds.retrieval_model), technique).model_dump(mode="json")
+            ds.updated_at = utcnow()
+            if space_for(technique, provider, model) != old_space:
+                docs = list(await s.exec(select(Document).where(Document.dataset_id == ds.id,
+                                                                Document.archived == False)))
+                for d in docs:
+                    d.index_version += 1
+                    d.indexing_status, d.error = "waiting", None
+                    reindex.append((d.id, d.index_version))
+            try:
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                raise name_duplicate() from None
+            out = detail(ds, (await _counts(s, [ds.id]))[ds.id])
+        if reindex:
+            await self.kn.vectors.delete_dataset(old_space, tenant_id, ds.id)
+            for doc_id, version in reindex:
+                await self.kn.enqueue(doc_id, version)
+        return out
+
+    async def delete(self, tenant_id: str, dataset_id: str) -> None:
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            if (await s.exec(select(AppDatasetJoin.id).where(AppDatasetJoin.dataset_id == ds.id))).first():
+                raise dataset_in_use()
+            files = list(await s.exec(
+                select(UploadFile.id, UploadFile.object_name).join(Document, Document.upload_file_id == UploadFile.id)
+                .where(Document.dataset_id == ds.id)))
+            await s.exec(delete(DocumentSegment).where(DocumentSegment.dataset_id == ds.id))
+            # bump versions first: a worker holding a job for one of these documents finds it stale
+            await s.exec(update(Document).where(Document.dataset_id == ds.id).values(index_version=-1))
+            await s.exec(delete(Document).where(Document.dataset_id == ds.id))
+            if files:
+                await s.exec(delete(UploadFile).where(col(UploadFile.id).in_([f[0] for f in files])))
+            await s.delete(ds)
+            await s.commit()
+        await self.kn.vectors.delete_dataset(
+            space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model), tenant_id, ds.id)
+        for _, name in files:
+            await self.kn.files.delete(name)

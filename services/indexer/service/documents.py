@@ -1,0 +1,367 @@
+"""Documents of a dataset (reference §4.2): create/update by text or file, list, get, delete, status,
+indexing status. Creating or updating stores the bytes in the object store, commits the document as
+``waiting`` and queues an index job; the call returns at once."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+from sqlalchemy import func
+from sqlmodel import col, delete, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.indexer.pipeline.parse import UnsupportedFileType, sniff
+from services.indexer.pipeline.split import validate_process_rule
+from services.indexer.service.common import (
+    archived_immutable,
+    document_indexing,
+    get_dataset,
+    get_document,
+    invalid,
+    space_for,
+)
+from services.indexer.service.core import Knowledge
+from services.indexer.service.datasets import TECHNIQUES, DatasetService, parse_retrieval_model
+from shared.errors import ApiError, not_found
+from shared.models import Dataset, Document, DocumentSegment, UploadFile, ts, utcnow
+
+MIME = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "markdown": "text/markdown",
+        "mdx": "text/markdown", "html": "text/html", "htm": "text/html", "csv": "text/csv",
+        "eml": "message/rfc822",
+        "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation"}
+ACTIVE_STATES = ("parsing", "cleaning", "splitting", "indexing")  # a worker is on it: no delete
+STATUS_ACTIONS = ("enable", "disable", "archive", "un_archive")
+SNIFF_BYTES = 8192
+
+
+def new_batch() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + f"{secrets.randbelow(10**6):06d}"
+
+
+def file_too_large(limit: int) -> ApiError:
+    return ApiError(413, "file_too_large", f"File size exceeded. The limit is {limit // (1024 * 1024)} MB.")
+
+
+def unsupported(message: str) -> ApiError:
+    return ApiError(415, "unsupported_file_type", message)
+
+
+def display_status(d: Document) -> str:
+    if d.archived:
+        return "archived"
+    if d.indexing_status == "waiting":
+        return "queuing"
+    if d.indexing_status in ACTIVE_STATES:
+        return "indexing"
+    if d.indexing_status in ("paused", "error"):
+        return d.indexing_status
+    return "available" if d.enabled else "disabled"
+
+
+def _ts(dt: datetime | None) -> float | None:
+    if dt is None:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def document_json(d: Document, f: UploadFile | None, *, metadata: str = "all") -> dict[str, Any]:
+    if metadata == "only":
+        return {"id": d.id, "doc_type": None, "doc_metadata": d.doc_metadata or {}}
+    out: dict[str, Any] = {
+        "id": d.id, "position": d.position, "data_source_type": d.data_source_type,
+        "data_source_info": {"upload_file_id": d.upload_file_id} if d.upload_file_id else {},
+        "data_source_detail_dict": {"upload_file": upload_file_json(f)} if f else {},
+        "dataset_process_rule_id": None, "dataset_process_rule": d.process_rule, "name": d.name,
+        "created_from": d.created_from, "created_by": d.created_by, "created_at": ts(d.created_at),
+        "tokens": d.tokens, "indexing_status": d.indexing_status, "error": d.error, "enabled": d.enabled,
+        "disabled_at": ts(d.disabled_at), "disabled_by": d.disabled_by, "archived": d.archived,
+        "display_status": display_status(d), "word_count": d.word_count, "hit_count": d.hit_count,
+        "doc_form": d.doc_form, "doc_language": d.doc_language, "segment_count": d.total_segments,
+        "updated_at": ts(d.updated_at), "completed_at": ts(d.completed_at),
+    }
+    if metadata != "without":
+        out["doc_type"] = None
+        out["doc_metadata"] = d.doc_metadata or {}
+    return out
+
+
+def upload_file_json(f: UploadFile) -> dict[str, Any]:
+    return {"id": f.id, "name": f.name, "size": f.size, "extension": f.extension, "url": None,
+            "download_url": None, "mime_type": f.mime_type, "created_by": f.created_by,
+            "created_at": ts(f.created_at)}
+
+
+def indexing_status_json(d: Document, completed: int) -> dict[str, Any]:
+    return {"id": d.id, "indexing_status": d.indexing_status,
+            "processing_started_at": _ts(d.processing_started_at),
+            "parsing_completed_at": _ts(d.parsing_completed_at),
+            "cleaning_completed_at": _ts(d.cleaning_completed_at),
+            "splitting_completed_at": _ts(d.splitting_completed_at), "completed_at": _ts(d.completed_at),
+            "paused_at": _ts(d.paused_at), "error": d.error, "stopped_at": _ts(d.stopped_at),
+            "completed_segments": completed, "total_segments": d.total_segments}
+
+
+class Source:
+    """What a create/update call brings: a name and either text or an open file."""
+
+    def __init__(self, name: str, *, text: str | None = None, file: BinaryIO | None = None,
+                 size: int = 0, kind: str = "txt") -> None:
+        self.name, self.text, self.file, self.size, self.kind = name, text, file, size, kind
+
+
+class DocumentService:
+    def __init__(self, kn: Knowledge) -> None:
+        self.kn = kn
+
+    # -- sources --------------------------------------------------------------------------------------
+    def text_source(self, name: Any, text: Any) -> Source:
+        if not isinstance(name, str) or not name.strip():
+            raise invalid("name is required")
+        if not isinstance(text, str):
+            raise invalid("text is required")
+        data = text.encode()
+        if len(data) > self.kn.settings.max_file_bytes:
+            raise file_too_large(self.kn.settings.max_file_bytes)
+        return Source(name.strip()[:255], text=text, size=len(data), kind="txt")
+
+    def file_source(self, filename: str | None, file: BinaryIO, size: int | None) -> Source:
+        if not filename:
+            raise ApiError(400, "filename_not_exists_error", "The specified filename does not exist.")
+        limit = self.kn.settings.max_file_bytes
+        file.seek(0, io.SEEK_END)
+        size = file.tell()
+        file.seek(0)
+        if size > limit:
+            raise file_too_large(limit)
+        head = file.read(SNIFF_BYTES)
+        file.seek(0)
+        try:
+            kind = sniff(filename, head)
+        except UnsupportedFileType as e:
+            raise unsupported(str(e)) from None
+        return Source(filename.rsplit("/", 1)[-1][:255], file=file, size=size, kind=kind)
+
+    # -- create / update ----------------------------------------------------------------------------------
+    async def _prepare_dataset(self, s: AsyncSession, ds: Dataset, body: dict[str, Any], tenant_id: str
+                               ) -> dict[str, Any]:
+        """First upload configures the dataset (technique, rule, model); returns the rule to use."""
+        if ds.indexing_technique is None:
+            technique = body.get("indexing_technique")
+            if technique is None:
+                raise invalid("indexing_technique is required.")
+            if technique not in TECHNIQUES:
+                raise invalid("indexing_technique is invalid: choose high_quality or economy")
+            if technique == "high_quality":
+                provider, model = await DatasetService(self.kn)._check_embedding(
+                    s, tenant_id, body.get("embedding_model_provider"), body.get("embedding_model"))
+                ds.embedding_model_provider, ds.embedding_model = provider, model
+            ds.indexing_technique = technique
+            ds.retrieval_model = parse_retrieval_model(body.get("retrieval_model"), technique).model_dump(mode="json")
+        raw_rule = body.get("process_rule")
+        rule = validate_process_rule(raw_rule if raw_rule is not None else (ds.process_rule or None),
+                                     required=True)
+        rule_dict = rule.model_dump(mode="json")
+        if not ds.process_rule or raw_rule is not None:
+            ds.process_rule = rule_dict
+        if ds.data_source_type is None:
+            ds.data_source_type = "upload_file"
+        return rule_dict
+
+    async def _store(self, tenant_id: str, src: Source) -> UploadFile:
+        ext = "txt" if src.text is not None else src.kind
+        name = src.name if src.text is None else f"{src.name}.txt"
+        row = UploadFile(tenant_id=tenant_id, name=name, size=src.size, extension=ext,
+                         mime_type=MIME.get(ext, "application/octet-stream"), object_name="")
+        row.object_name = f"upload/{tenant_id}/{row.id}"
+        data: Any = src.text.encode() if src.text is not None else src.file
+        row.size = await self.kn.files.put(row.object_name, data) or src.size
+        return row
+
+    async def create(self, tenant_id: str, dataset_id: str, src: Source, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("original_document_id"):
+            return await self.update(tenant_id, dataset_id, str(body["original_document_id"]), src, body)
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            rule = await self._prepare_dataset(s, ds, body, tenant_id)
+            await s.commit()  # the dataset's configuration stands even if the upload below fails
+        f = await self._store(tenant_id, src)
+        batch = new_batch()
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            position = (await s.exec(select(func.coalesce(func.max(Document.position), 0))
+                                     .where(Document.dataset_id == ds.id))).one() + 1
+            doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position, batch=batch, name=f.name,
+                           upload_file_id=f.id, process_rule=rule, doc_form=body.get("doc_form") or ds.doc_form,
+                           doc_language=body.get("doc_language"), created_by=None)
+            s.add(f)
+            s.add(doc)
+            await s.commit()
+        await self.kn.enqueue(doc.id, doc.index_version)
+        return {"document": document_json(doc, f), "batch": batch}
+
+    async def update(self, tenant_id: str, dataset_id: str, document_id: str, src: Source | None,
+                     body: dict[str, Any]) -> dict[str, Any]:
+        """New content and/or rule → a new index version; a rename alone does not re-index."""
+        old_file: UploadFile | None = None
+        new_file: UploadFile | None = None
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            doc = await get_document(s, ds, document_id)
+            if doc.archived:
+                raise archived_immutable()
+        if src is not None:
+            new_file = await self._store(tenant_id, src)
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            doc = await get_document(s, ds, document_id)
+            reindex = new_file is not None
+            if body.get("process_rule") is not None:
+                doc.process_rule = validate_process_rule(body["process_rule"], required=True).model_dump(mode="json")
+                reindex = True
+            if body.get("doc_form"):
+                doc.doc_form = body["doc_form"]
+            if new_file is not None:
+                old_file = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
+                s.add(new_file)
+                doc.upload_file_id = new_file.id
+                doc.name = new_file.name
+            if isinstance(body.get("name"), str) and body["name"].strip():
+                doc.name = body["name"].strip()[:255] if new_file is None or new_file.extension != "txt" \
+                    else f"{body['name'].strip()[:250]}.txt"
+            if reindex:
+                doc.index_version += 1
+                doc.indexing_status, doc.error = "waiting", None
+                doc.batch = new_batch()
+                for attr in ("processing_started_at", "parsing_completed_at", "cleaning_completed_at",
+                             "splitting_completed_at", "completed_at", "stopped_at", "paused_at"):
+                    setattr(doc, attr, None)
+            doc.updated_at = utcnow()
+            if old_file is not None:
+                await s.delete(old_file)
+            await s.commit()
+            f = new_file or (await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None)
+        if old_file is not None:
+            await self.kn.files.delete(old_file.object_name)
+        if reindex:
+            await self.kn.enqueue(doc.id, doc.index_version)
+        return {"document": document_json(doc, f), "batch": doc.batch}
+
+    # -- read -----------------------------------------------------------------------------------------------
+    async def list(self, tenant_id: str, dataset_id: str, *, page: int, limit: int, keyword: str | None,
+                   status: str | None) -> dict[str, Any]:
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            where = [Document.dataset_id == ds.id]
+            if keyword:
+                where.append(col(Document.name).icontains(keyword, autoescape=True))
+            if status:
+                where.extend(_status_filter(status))
+            total = (await s.exec(select(func.count()).select_from(Document).where(*where))).one()
+            docs = list(await s.exec(select(Document).where(*where)
+                                     .order_by(col(Document.created_at).desc(), col(Document.position).desc())
+                                     .offset((page - 1) * limit).limit(limit)))
+            files = await _files(s, docs)
+        return {"data": [document_json(d, files.get(d.upload_file_id or "")) for d in docs],
+                "has_more": page * limit < total, "limit": limit, "total": total, "page": page}
+
+    async def get(self, tenant_id: str, dataset_id: str, document_id: str, metadata: str = "all") -> dict[str, Any]:
+        async with self.kn.db.session() as s:
+            doc = await get_document(s, await get_dataset(s, tenant_id, dataset_id), document_id)
+            f = (await _files(s, [doc])).get(doc.upload_file_id or "")
+        return document_json(doc, f, metadata=metadata)
+
+    async def upload_file(self, tenant_id: str, dataset_id: str, document_id: str) -> dict[str, Any]:
+        async with self.kn.db.session() as s:
+            doc = await get_document(s, await get_dataset(s, tenant_id, dataset_id), document_id)
+            f = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
+        if f is None:
+            raise not_found("Upload file not found.")
+        return upload_file_json(f)
+
+    async def indexing_status(self, tenant_id: str, dataset_id: str, batch: str) -> dict[str, Any]:
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            docs = list(await s.exec(select(Document).where(Document.dataset_id == ds.id, Document.batch == batch)
+                                     .order_by(col(Document.position))))
+            if not docs:
+                raise not_found("Documents not found.")
+            done = dict((await s.exec(
+                select(DocumentSegment.document_id, func.count())
+                .where(col(DocumentSegment.document_id).in_([d.id for d in docs]),
+                       DocumentSegment.status == "completed")
+                .group_by(DocumentSegment.document_id))).all())
+        return {"data": [indexing_status_json(d, int(done.get(d.id, 0))) for d in docs]}
+
+    # -- delete / status ----------------------------------------------------------------------------------
+    async def delete(self, tenant_id: str, dataset_id: str, document_id: str) -> None:
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            doc = await get_document(s, ds, document_id)
+            if doc.indexing_status in ACTIVE_STATES:
+                raise document_indexing()
+            f = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
+            await s.exec(delete(DocumentSegment).where(DocumentSegment.document_id == doc.id))
+            await s.delete(doc)
+            if f is not None:
+                await s.delete(f)
+            await s.commit()
+        await self.kn.vectors.delete_document(_space(ds), tenant_id, ds.id, doc.id)
+        if f is not None:
+            await self.kn.files.delete(f.object_name)
+
+    async def set_status(self, tenant_id: str, dataset_id: str, action: str, document_ids: list[str]) -> None:
+        if action not in STATUS_ACTIONS:
+            raise ApiError(400, "invalid_action", f"Invalid action: {action}.")
+        now = utcnow()
+        changed: list[tuple[str, bool]] = []  # (document id, retrievable)
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            for doc_id in dict.fromkeys(document_ids):
+                doc = await get_document(s, ds, doc_id)
+                if action in ("enable", "disable"):
+                    if doc.archived:
+                        raise archived_immutable()
+                    doc.enabled = action == "enable"
+                    doc.disabled_at = None if doc.enabled else now
+                else:
+                    doc.archived = action == "archive"
+                    doc.archived_at = now if doc.archived else None
+                doc.updated_at = now
+                changed.append((doc.id, doc.enabled and not doc.archived))
+            await s.commit()
+        space = _space(ds)
+        for doc_id, retrievable in changed:
+            await self.kn.vectors.set_enabled(space, retrievable, tenant_id=tenant_id, dataset_id=ds.id,
+                                              document_id=doc_id)
+
+
+def _space(ds: Dataset) -> str:
+    return space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+
+
+def _status_filter(status: str) -> list[Any]:
+    """Dify's display_status values as filters on the document columns."""
+    m = {"queuing": [Document.indexing_status == "waiting"],
+         "indexing": [col(Document.indexing_status).in_(ACTIVE_STATES)],
+         "paused": [Document.indexing_status == "paused"], "error": [Document.indexing_status == "error"],
+         "available": [Document.indexing_status == "completed", Document.enabled == True,
+                       Document.archived == False],
+         "disabled": [Document.indexing_status == "completed", Document.enabled == False,
+                      Document.archived == False],
+         "archived": [Document.archived == True]}
+    if status not in m:
+        raise invalid(f"status must be one of {list(m)}")
+    return m[status]
+
+
+async def _files(s: AsyncSession, docs: list[Document]) -> dict[str, UploadFile]:
+    ids = [d.upload_file_id for d in docs if d.upload_file_id]
+    if not ids:
+        return {}
+    return {f.id: f for f in await s.exec(select(UploadFile).where(col(UploadFile.id).in_(ids)))}
+

@@ -1,0 +1,349 @@
+"""The indexing pipeline (ARCHITECTURE §2 `plexus.index.jobs`): durable pull consumer → extract → clean →
+split → embed → store, ack only after the vector store and database writes.
+
+Exactly-once effect on top of at-least-once delivery:
+- a job names (document id, index version); every status write is guarded by that version, so a job
+  made stale by a newer upload, a delete or a dataset change stops at its next write;
+- segment ids (= vector point ids) are derived from (document, version, position): a redelivered job
+  rewrites the same rows and points, and the points of earlier versions are deleted at the end;
+- JetStream redelivers a job whose worker died (no ack within ack_wait); a delivery past
+  ``max_attempts`` ends the document in ``error`` with the reason (poison documents stop);
+- a file the parser rejects (encrypted, corrupt, zip bomb) ends in ``error`` at once, without retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy import update
+from sqlmodel import col, delete, select
+
+from services.indexer.pipeline.parse import ParseError
+from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, extract_elements, init_child
+from services.indexer.service.common import segment_id, space_for
+from services.indexer.service.core import Knowledge
+from shared import subjects
+from shared.knowledge.embeddings import Embedder
+from shared.knowledge.vectors import (
+    P_DATASET,
+    P_DOCUMENT,
+    P_ENABLED,
+    P_METADATA,
+    P_SEGMENT,
+    P_TENANT,
+    SparseVector,
+    VectorPoint,
+)
+from shared.models import Dataset, Document, DocumentSegment, UploadFile, utcnow
+
+log = structlog.get_logger("plexus.indexer.pipeline")
+
+_DOCS = Document.__table__
+
+
+class Stale(Exception):
+    """The document changed (new version, deleted) while this job worked on it: drop the job."""
+
+
+class Transient(Exception):
+    """Worth another try (provider or store unreachable)."""
+
+
+def point_for(ds: Dataset, doc: Document, seg_id: str, dense: list[float] | None, sparse: SparseVector,
+              enabled: bool) -> VectorPoint:
+    return VectorPoint(id=seg_id, dense=dense, sparse=sparse, payload={
+        P_TENANT: ds.tenant_id, P_DATASET: ds.id, P_DOCUMENT: doc.id, P_SEGMENT: seg_id,
+        P_ENABLED: enabled, P_METADATA: doc.doc_metadata or {}})
+
+
+async def embed_points(kn: Knowledge, ds: Dataset, doc: Document, items: list[tuple[str, str, SparseVector, bool]],
+                       embedder: Embedder | None) -> tuple[str, list[VectorPoint]]:
+    """(space, points) for (segment id, text, sparse vector, enabled) items; dense only for high_quality."""
+    space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+    dense: list[list[float] | None] = [None] * len(items)
+    if embedder is not None:
+        vectors = await embedder.embed_documents([t for _, t, _, _ in items])
+        dense = list(vectors)
+        await kn.vectors.ensure_space(space, len(vectors[0]) if vectors else embedder.dim)
+    else:
+        await kn.vectors.ensure_space(space, None)
+    return space, [point_for(ds, doc, sid, d, sv, en) for (sid, _, sv, en), d in zip(items, dense, strict=True)]
+
+
+class IndexWorkers:
+    def __init__(self, kn: Knowledge) -> None:
+        self.kn = kn
+        self.settings = kn.settings
+        self._tasks: list[asyncio.Task] = []
+        self._pool: ProcessPoolExecutor | None = None
+        self._stopping = False
+        self.processed = 0  # jobs finished by this process (observability and tests)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        js = self.kn.bus.js
+        cfg = ConsumerConfig(
+            durable_name=subjects.INDEX_WORKERS, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.settings.ack_wait, max_deliver=-1,  # our attempt count decides, never a silent drop
+            filter_subject=subjects.INDEX_JOBS, max_ack_pending=max(64, self.settings.workers * 4))
+        try:
+            await js.add_consumer(subjects.INDEX_JOBS_STREAM, cfg)
+        except nats.js.errors.BadRequestError:  # exists with other settings (e.g. ack_wait changed)
+            await js.update_consumer(subjects.INDEX_JOBS_STREAM, cfg)
+        for i in range(max(1, self.settings.workers)):
+            sub = await js.pull_subscribe(subjects.INDEX_JOBS, durable=subjects.INDEX_WORKERS,
+                                          stream=subjects.INDEX_JOBS_STREAM)
+            self._tasks.append(asyncio.create_task(self._worker(sub), name=f"index-worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._sweep(), name="index-requeue"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: a fork of a process with running threads (uvloop, onnxruntime) is not safe
+            self._pool = ProcessPoolExecutor(max_workers=max(1, self.settings.parse_processes),
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=init_child)
+        return self._pool
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.wrap_future(self._executor().submit(fn, *args))
+        except BrokenProcessPool:
+            # the child died (out of memory, a crash in a C parser): a fresh pool for the next job
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise ParseError("The parser process stopped while reading this file "
+                             "(it may be too large or malformed).") from None
+
+    # -- the loop ------------------------------------------------------------------------------------
+    async def _worker(self, sub: Any) -> None:
+        while not self._stopping:
+            try:
+                msgs = await sub.fetch(1, timeout=2)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("index_fetch_failed", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            for msg in msgs:
+                await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            job = orjson.loads(msg.data)
+            doc_id, version = str(job["document_id"]), int(job["version"])
+        except Exception:  # noqa: BLE001 - not a job we can read: drop it, loudly
+            log.error("index_job_unreadable", data=msg.data[:200])
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered or 1
+        structlog.contextvars.bind_contextvars(document_id=doc_id)
+        try:
+            async with self._heartbeat(msg):
+                await self.process(doc_id, version, attempt)
+            await msg.ack()
+            self.processed += 1
+        except Stale:
+            await msg.ack()
+        except Transient as e:
+            if attempt >= self.settings.max_attempts:
+                await self._fail(doc_id, version, f"Gave up after {attempt} attempts: {e}")
+                await msg.ack()
+            else:
+                log.warning("index_job_retry", attempt=attempt, error=str(e))
+                await msg.nak(delay=min(2.0**attempt, 30.0))
+        except asyncio.CancelledError:
+            raise  # shutting down: no ack, so the job is redelivered to a live worker
+        except Exception as e:
+            log.exception("index_job_failed", attempt=attempt)
+            if attempt >= self.settings.max_attempts:
+                await self._fail(doc_id, version, f"Gave up after {attempt} attempts: {type(e).__name__}: {e}")
+                await msg.ack()
+            else:
+                await msg.nak(delay=min(2.0**attempt, 30.0))
+        finally:
+            structlog.contextvars.unbind_contextvars("document_id")
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, msg: Msg) -> AsyncIterator[None]:
+        """Tell JetStream the job is alive while a long stage runs (else it is redelivered after ack_wait)."""
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(max(self.settings.ack_wait / 3, 0.5))
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    # -- one job ---------------------------------------------------------------------------------------
+    async def _set(self, doc_id: str, version: int, **values: Any) -> None:
+        """A version-guarded status write: nothing happens (Stale) if the document moved on."""
+        async with self.kn.db.session() as s:
+            res = await s.exec(update(_DOCS).where(_DOCS.c.id == doc_id, _DOCS.c.index_version == version)
+                               .values(updated_at=utcnow(), **values))
+            await s.commit()
+        if res.rowcount == 0:
+            raise Stale
+
+    async def _fail(self, doc_id: str, version: int, reason: str) -> None:
+        log.warning("index_document_failed", reason=reason)
+        with contextlib.suppress(Stale):
+            await self._set(doc_id, version, indexing_status="error", error=reason[:2000], stopped_at=utcnow())
+
+    async def process(self, doc_id: str, version: int, attempt: int = 1) -> None:
+        async with self.kn.db.session() as s:
+            doc = await s.get(Document, doc_id)
+            if doc is None or doc.index_version != version or doc.indexing_status in ("completed", "error"):
+                raise Stale
+            ds = await s.get(Dataset, doc.dataset_id)
+            f = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
+        if ds is None or f is None:
+            raise Stale
+        if attempt > self.settings.max_attempts:
+            # earlier deliveries ended without an ack (the worker died mid-job): a poison document
+            await self._fail(doc_id, version, f"Gave up after {attempt - 1} attempts: indexing stopped during "
+                                              f"'{doc.indexing_status}' each time (the worker ended).")
+            raise Stale
+        t0 = time.perf_counter()
+        await self._set(doc_id, version, indexing_status="parsing", processing_started_at=utcnow(), error=None)
+        try:
+            with tempfile.TemporaryDirectory(prefix="plexus-index-") as tmp:
+                path = Path(tmp) / "source"
+                try:
+                    await self.kn.files.get_to(f.object_name, path)
+                except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError):
+                    await self._fail(doc_id, version, "The uploaded file is missing from the object store.")
+                    raise Stale from None
+                except Exception as e:
+                    raise Transient(f"object store unavailable: {e}") from e
+                elements = await self._in_pool(extract_elements, str(path), f.extension)
+            await self._set(doc_id, version, indexing_status="cleaning", parsing_completed_at=utcnow())
+            chunks: list[PreparedChunk] = await self._in_pool(chunk_elements, elements, doc.process_rule)
+        except ParseError as e:
+            await self._fail(doc_id, version, str(e))
+            raise Stale from None
+        now = utcnow()
+        await self._set(doc_id, version, indexing_status="splitting", cleaning_completed_at=now)
+        await self._write_segments(ds, doc, version, chunks)
+        await self._embed_and_store(ds, doc, version, chunks)
+        await self._set(doc_id, version, indexing_status="completed", completed_at=utcnow(),
+                        word_count=sum(len(c.content) for c in chunks), tokens=sum(c.tokens for c in chunks))
+        log.info("index_document_completed", segments=len(chunks), seconds=round(time.perf_counter() - t0, 3))
+
+    async def _write_segments(self, ds: Dataset, doc: Document, version: int, chunks: list[PreparedChunk]) -> None:
+        """Replace the document's segments with this version's (status indexing), in one transaction."""
+        now = utcnow()
+        async with self.kn.db.session() as s:
+            res = await s.exec(update(_DOCS).where(_DOCS.c.id == doc.id, _DOCS.c.index_version == version)
+                               .values(indexing_status="indexing", splitting_completed_at=now,
+                                       total_segments=len(chunks), updated_at=now))
+            if res.rowcount == 0:
+                await s.rollback()
+                raise Stale
+            await s.exec(delete(DocumentSegment).where(DocumentSegment.document_id == doc.id))
+            for c in chunks:
+                s.add(DocumentSegment(
+                    id=segment_id(doc.id, version, c.position), tenant_id=ds.tenant_id, dataset_id=ds.id,
+                    document_id=doc.id, position=c.position, content=c.content, word_count=len(c.content),
+                    tokens=c.tokens, keywords=c.keywords, index_node_hash=c.content_hash, page=c.page,
+                    status="indexing", indexing_at=now, created_at=now, updated_at=now))
+            await s.commit()
+
+    async def _embed_and_store(self, ds: Dataset, doc: Document, version: int, chunks: list[PreparedChunk]) -> None:
+        embedder = None
+        if ds.indexing_technique == "high_quality":
+            async with self.kn.db.session() as s:
+                embedder = await self.kn.embedder(s, ds.tenant_id, ds.embedding_model_provider, ds.embedding_model)
+        space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+        retrievable = doc.enabled and not doc.archived
+        batch = max(1, self.settings.embedding_batch)
+        ids = [segment_id(doc.id, version, c.position) for c in chunks]
+        for start in range(0, len(chunks), batch):
+            part = chunks[start:start + batch]
+            items = [(ids[start + i], c.content, SparseVector(c.sparse_indices, c.sparse_values), retrievable)
+                     for i, c in enumerate(part)]
+            try:
+                space, points = await embed_points(self.kn, ds, doc, items, embedder)
+                await self.kn.vectors.upsert(space, points)
+            except Exception as e:
+                raise Transient(f"{type(e).__name__}: {e}") from e
+            async with self.kn.db.session() as s:
+                await s.exec(update(DocumentSegment).where(col(DocumentSegment.id).in_(ids[start:start + batch]))
+                             .values(status="completed", completed_at=utcnow()))
+                await s.commit()
+        try:  # points of earlier versions (and of chunks this version no longer has)
+            await self.kn.vectors.delete_document(space, ds.tenant_id, ds.id, doc.id, keep_ids=ids)
+        except Exception as e:
+            raise Transient(f"{type(e).__name__}: {e}") from e
+
+    # -- requeue sweep ---------------------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        """A document committed as waiting whose job never reached the queue (the publish failed after the
+        commit) is queued again once the queue is empty and the document has waited ``requeue_after``."""
+        interval = max(min(self.settings.requeue_after / 4, 30.0), 0.5)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            try:
+                await self.requeue_lost()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("index_requeue_failed", exc_info=True)
+
+    async def requeue_lost(self) -> int:
+        info = await self.kn.bus.js.stream_info(subjects.INDEX_JOBS_STREAM)
+        if info.state.messages:
+            return 0
+        cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after)
+        async with self.kn.db.session() as s:
+            rows = (await s.exec(select(Document.id, Document.index_version).where(
+                Document.indexing_status == "waiting", Document.updated_at < cutoff).limit(500))).all()
+            if rows:
+                await s.exec(update(_DOCS).where(_DOCS.c.id.in_([r[0] for r in rows])).values(updated_at=utcnow()))
+                await s.commit()
+        for doc_id, version in rows:
+            await self.kn.enqueue(doc_id, version)
+        if rows:
+            log.warning("index_jobs_requeued", count=len(rows))
+        return len(rows)
+
+
+async def pending_jobs(kn: Knowledge) -> int:
+    info = await kn.bus.js.stream_info(subjects.INDEX_JOBS_STREAM)
+    return int(info.state.messages)
+

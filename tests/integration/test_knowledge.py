@@ -1,0 +1,472 @@
+"""The knowledge API end to end through the gateway (`all` stack: real NATS work queue and object store,
+the embedded vector engine, the built-in embedding model, SQLite and Postgres): dataset keys, datasets,
+documents by text and file, the indexing pipeline, segments, retrieval, and RAG in chat."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from shared.settings import KnowledgeSettings
+from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=db_params())
+async def kstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
+                 ) -> AsyncIterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("knowledge")
+    settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
+                             knowledge=KnowledgeSettings(max_file_bytes=2 * MB, ack_wait=5, requeue_after=2))
+    srv = await start_live(settings)
+    yield srv
+    await srv.stop()
+
+
+class KB:
+    """A signed-in admin, a dataset key, and helpers to drive the knowledge API."""
+
+    def __init__(self, c: httpx.AsyncClient, admin: dict[str, str], key: str) -> None:
+        self.c, self.admin, self.key = c, admin, key
+        self.h = {"Authorization": f"Bearer {key}"}
+
+    async def dataset(self, **body: Any) -> dict[str, Any]:
+        body.setdefault("name", f"kb-{uuid.uuid4().hex[:10]}")
+        r = await self.c.post("/v1/datasets", headers=self.h, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def text_doc(self, ds: str, name: str, text: str, **extra: Any) -> dict[str, Any]:
+        body = {"name": name, "text": text, "indexing_technique": "high_quality",
+                "process_rule": {"mode": "automatic"}, **extra}
+        r = await self.c.post(f"/v1/datasets/{ds}/document/create-by-text", headers=self.h, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def file_doc(self, ds: str, filename: str, data: bytes, meta: dict | None = None,
+                       path: str = "create-by-file") -> httpx.Response:
+        meta = meta if meta is not None else {"indexing_technique": "high_quality",
+                                              "process_rule": {"mode": "automatic"}}
+        return await self.c.post(f"/v1/datasets/{ds}/document/{path}", headers=self.h,
+                                 files={"file": (filename, data)}, data={"data": orjson.dumps(meta).decode()})
+
+    async def wait(self, ds: str, batch: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = await self.c.get(f"/v1/datasets/{ds}/documents/{batch}/indexing-status", headers=self.h)
+            assert r.status_code == 200, r.text
+            data = r.json()["data"]
+            if all(d["indexing_status"] in ("completed", "error") for d in data):
+                return data
+            assert time.monotonic() < deadline, data
+            await asyncio.sleep(0.1)
+
+    async def retrieve(self, ds: str, query: str, **rm: Any) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"query": query}
+        if rm:
+            body["retrieval_model"] = {"search_method": "semantic_search", "reranking_enable": False,
+                                       "top_k": 3, "score_threshold_enabled": False, **rm}
+        r = await self.c.post(f"/v1/datasets/{ds}/retrieve", headers=self.h, json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["query"] == {"content": query}
+        return r.json()["records"]
+
+
+async def _admin(c: httpx.AsyncClient) -> dict[str, str]:
+    if (await c.get("/console/api/setup")).json()["step"] == "not_started":
+        r = await c.post("/console/api/setup", json={"email": "kb@example.com", "name": "K", "password": "passw0rd-x"})
+        assert r.status_code == 201, r.text
+    r = await c.post("/console/api/login", json={"email": "kb@example.com", "password": "passw0rd-x"})
+    return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+
+
+@pytest.fixture
+async def kb(kstack: LiveServer) -> AsyncIterator[KB]:
+    async with httpx.AsyncClient(base_url=kstack.base_url, timeout=60) as c:
+        admin = await _admin(c)
+        r = await c.post("/console/api/datasets/api-keys", headers=admin)
+        assert r.status_code == 201, r.text
+        yield KB(c, admin, r.json()["token"])
+        # keys are per workspace (max 10): leave room for the next test
+        await c.delete(f"/console/api/datasets/api-keys/{r.json()['id']}", headers=admin)
+
+
+FAQ = """# Account help
+
+## Resetting a password
+To reset your password open Settings, choose Security and press "Forgot password". A link arrives by e-mail.
+
+## Shipping times
+Orders inside the EU arrive within 3 to 5 working days. Express shipping takes one day.
+
+## Refund policy
+You can return any item within 30 days for a full refund, as long as it is unused.
+"""
+
+
+# ---- keys -------------------------------------------------------------------------------------------
+
+
+async def test_dataset_keys_are_scoped_to_the_knowledge_api(kb: KB) -> None:
+    assert kb.key.startswith("dataset-") and len(kb.key) == len("dataset-") + 24
+    r = await kb.c.get("/v1/datasets", headers=kb.h)
+    assert r.status_code == 200 and r.json()["page"] == 1
+    # a dataset key on an app route, and an app key on a dataset route: 401, as a wrong-type key in Dify
+    assert (await kb.c.get("/v1/parameters", headers=kb.h)).status_code == 401
+    app = (await kb.c.post("/console/api/apps", headers=kb.admin, json={"name": f"a{time.monotonic_ns()}",
+                                                                         "mode": "chat"})).json()
+    app_key = (await kb.c.post(f"/console/api/apps/{app['id']}/api-keys", headers=kb.admin)).json()["token"]
+    r = await kb.c.get("/v1/datasets", headers={"Authorization": f"Bearer {app_key}"})
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+    listed = (await kb.c.get("/console/api/datasets/api-keys", headers=kb.admin)).json()["data"]
+    assert all(k["type"] == "dataset" and "…" in k["token"] for k in listed)
+
+
+async def test_deleted_dataset_key_is_rejected(kb: KB) -> None:
+    r = await kb.c.post("/console/api/datasets/api-keys", headers=kb.admin)
+    key, key_id = r.json()["token"], r.json()["id"]
+    h = {"Authorization": f"Bearer {key}"}
+    assert (await kb.c.get("/v1/datasets", headers=h)).status_code == 200
+    assert (await kb.c.delete(f"/console/api/datasets/api-keys/{key_id}", headers=kb.admin)).status_code == 204
+    deadline, status = time.monotonic() + 1.0, 200
+    while time.monotonic() < deadline and status != 401:
+        status = (await kb.c.get("/v1/datasets", headers=h)).status_code
+        await asyncio.sleep(0.02)
+    assert status == 401
+
+
+# ---- datasets ---------------------------------------------------------------------------------------
+
+
+async def test_dataset_crud_and_errors(kb: KB) -> None:
+    name = f"Manuals {uuid.uuid4().hex[:6]}"
+    ds = await kb.dataset(name=name, description="product manuals", indexing_technique="economy")
+    assert ds["name"] == name and ds["indexing_technique"] == "economy" and ds["document_count"] == 0
+    assert ds["retrieval_model_dict"]["search_method"] == "keyword_search"
+    r = await kb.c.post("/v1/datasets", headers=kb.h, json={"name": name})
+    assert r.status_code == 409 and r.json()["code"] == "dataset_name_duplicate"
+    r = await kb.c.post("/v1/datasets", headers=kb.h, json={"name": "x" * 41})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+    r = await kb.c.post("/v1/datasets", headers=kb.h, json={"name": ""})
+    assert r.status_code == 400
+    r = await kb.c.get("/v1/datasets", headers=kb.h, params={"keyword": name[-6:], "limit": 1})
+    body = r.json()
+    assert body["total"] == 1 and body["data"][0]["id"] == ds["id"] and body["has_more"] is False
+    r = await kb.c.patch(f"/v1/datasets/{ds['id']}", headers=kb.h, json={"description": "v2"})
+    assert r.status_code == 200 and r.json()["description"] == "v2" and r.json()["name"] == name
+    assert (await kb.c.get(f"/v1/datasets/{ds['id']}", headers=kb.h)).json()["description"] == "v2"
+    r = await kb.c.get(f"/v1/datasets/{uuid.uuid4()}", headers=kb.h)
+    assert r.status_code == 404 and r.json() == {"code": "not_found", "message": "Dataset not found.",
+                                                 "status": 404}
+    assert (await kb.c.get("/v1/datasets/not-a-uuid", headers=kb.h)).status_code == 404
+    assert (await kb.c.delete(f"/v1/datasets/{ds['id']}", headers=kb.h)).status_code == 204
+    assert (await kb.c.get(f"/v1/datasets/{ds['id']}", headers=kb.h)).status_code == 404
+
+
+async def test_dataset_in_use_cannot_be_deleted(kb: KB, llm) -> None:
+    ds = await kb.dataset()
+    app = (await kb.c.post("/console/api/apps", headers=kb.admin,
+                           json={"name": f"rag{time.monotonic_ns()}", "mode": "chat"})).json()
+    cfg = {"model": {"provider": "openai-compatible", "name": "scripted"},
+           "dataset_configs": {"retrieval_model": "multiple",
+                               "datasets": {"datasets": [{"dataset": {"enabled": True, "id": ds["id"]}}]}}}
+    assert (await kb.c.post(f"/console/api/apps/{app['id']}/model-config", headers=kb.admin,
+                            json=cfg)).status_code == 200
+    r = await kb.c.delete(f"/v1/datasets/{ds['id']}", headers=kb.h)
+    assert r.status_code == 409 and r.json()["code"] == "dataset_in_use"
+    assert (await kb.c.get(f"/v1/datasets/{ds['id']}", headers=kb.h)).json()["app_count"] == 1
+    # an unknown dataset in a model config is refused by the console
+    cfg["dataset_configs"]["datasets"]["datasets"][0]["dataset"]["id"] = str(uuid.uuid4())
+    r = await kb.c.post(f"/console/api/apps/{app['id']}/model-config", headers=kb.admin, json=cfg)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+    assert (await kb.c.delete(f"/console/api/apps/{app['id']}", headers=kb.admin)).status_code == 204
+    assert (await kb.c.delete(f"/v1/datasets/{ds['id']}", headers=kb.h)).status_code == 204
+
+
+# ---- documents and the pipeline -----------------------------------------------------------------------
+
+
+async def test_text_document_indexes_with_stage_timestamps(kb: KB) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "faq", FAQ)
+    doc, batch = created["document"], created["batch"]
+    assert doc["indexing_status"] == "waiting" and doc["display_status"] == "queuing"
+    assert doc["name"] == "faq.txt" and len(batch) == 20 and batch.isdigit()
+    (st,) = await kb.wait(ds["id"], batch)
+    assert st["indexing_status"] == "completed", st
+    assert st["total_segments"] > 0 and st["completed_segments"] == st["total_segments"]
+    stamps = [st[k] for k in ("processing_started_at", "parsing_completed_at", "cleaning_completed_at",
+                              "splitting_completed_at", "completed_at")]
+    assert all(isinstance(x, float) for x in stamps) and stamps == sorted(stamps)
+    got = (await kb.c.get(f"/v1/datasets/{ds['id']}/documents/{doc['id']}", headers=kb.h)).json()
+    assert got["display_status"] == "available" and got["word_count"] > 0
+    listed = (await kb.c.get(f"/v1/datasets/{ds['id']}/documents", headers=kb.h)).json()
+    assert listed["total"] == 1 and listed["data"][0]["id"] == doc["id"]
+    detail = (await kb.c.get(f"/v1/datasets/{ds['id']}", headers=kb.h)).json()
+    assert detail["document_count"] == 1 and detail["indexing_technique"] == "high_quality"
+    assert detail["embedding_model_provider"] == "plexus"
+    r = await kb.c.get(f"/v1/datasets/{ds['id']}/documents/20990101000000000000/indexing-status", headers=kb.h)
+    assert r.status_code == 404 and r.json()["message"] == "Documents not found."
+
+
+async def test_retrieval_methods(kb: KB) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "faq", FAQ,
+                                process_rule={"mode": "custom", "rules": {
+                                    "pre_processing_rules": [{"id": "remove_extra_spaces", "enabled": True}],
+                                    "segmentation": {"separator": "##", "max_tokens": 100, "chunk_overlap": 0}}})
+    await kb.wait(ds["id"], created["batch"])
+    for method in ("semantic_search", "full_text_search", "hybrid_search"):
+        recs = await kb.retrieve(ds["id"], "how long does shipping take", search_method=method)
+        assert recs, method
+        assert "working days" in recs[0]["segment"]["content"], (method, recs[0]["segment"]["content"])
+        assert recs[0]["segment"]["document"]["name"] == "faq.txt"
+        assert 0 <= recs[0]["score"] <= 1
+    recs = await kb.retrieve(ds["id"], "refund", search_method="hybrid_search",
+                             weights={"vector_setting": {"vector_weight": 0.3}, "keyword_setting": {"keyword_weight": 0.7}})
+    assert "refund" in recs[0]["segment"]["content"]
+    # top_k and score threshold
+    assert len(await kb.retrieve(ds["id"], "password", top_k=1)) == 1
+    assert await kb.retrieve(ds["id"], "password", score_threshold_enabled=True, score_threshold=0.99) == []
+    # the dataset default applies without a retrieval_model (alias path too)
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/hit-testing", headers=kb.h, json={"query": "reset my password"})
+    assert r.status_code == 200 and "password" in r.json()["records"][0]["segment"]["content"]
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/retrieve", headers=kb.h, json={"query": "x" * 251})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+
+
+async def test_economy_dataset_and_chinese_full_text(kb: KB) -> None:
+    ds = await kb.dataset(indexing_technique="economy")
+    text = ("北京大学是中国著名的高等学府，位于北京市海淀区。\n\n"
+            "人工智能是计算机科学的一个分支，研究如何让机器具有智能。\n\n"
+            "长城是中国古代的军事防御工程，绵延数千公里。")
+    created = await kb.text_doc(ds["id"], "zh", text, indexing_technique="economy",
+                                process_rule={"mode": "custom", "rules": {
+                                    "pre_processing_rules": [], "segmentation": {"separator": "\\n\\n",
+                                                                                "max_tokens": 60}}})
+    (st,) = await kb.wait(ds["id"], created["batch"])
+    assert st["indexing_status"] == "completed" and st["total_segments"] == 3
+    recs = await kb.retrieve(ds["id"], "人工智能", search_method="keyword_search")
+    assert recs and "人工智能" in recs[0]["segment"]["content"]
+    recs = await kb.retrieve(ds["id"], "长城在哪里", search_method="semantic_search")  # economy: keyword only
+    assert recs and "长城" in recs[0]["segment"]["content"]
+
+
+async def test_disable_and_archive_remove_from_retrieval_at_once(kb: KB) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "faq", FAQ)
+    await kb.wait(ds["id"], created["batch"])
+    doc_id = created["document"]["id"]
+    assert await kb.retrieve(ds["id"], "refund policy")
+    for action, visible in (("disable", False), ("enable", True), ("archive", False), ("un_archive", True)):
+        r = await kb.c.patch(f"/v1/datasets/{ds['id']}/documents/status/{action}", headers=kb.h,
+                             json={"document_ids": [doc_id]})
+        assert r.status_code == 200 and r.json() == {"result": "success"}
+        assert bool(await kb.retrieve(ds["id"], "refund policy")) is visible, action
+    r = await kb.c.patch(f"/v1/datasets/{ds['id']}/documents/status/explode", headers=kb.h,
+                         json={"document_ids": [doc_id]})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_action"
+
+
+async def test_segments_crud_reembeds_and_toggles(kb: KB) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "faq", FAQ)
+    await kb.wait(ds["id"], created["batch"])
+    base = f"/v1/datasets/{ds['id']}/documents/{created['document']['id']}/segments"
+    r = await kb.c.post(base, headers=kb.h, json={"segments": [{"content": "Our office cat is named Biscuit."}]})
+    assert r.status_code == 200, r.text
+    seg = r.json()["data"][0]
+    assert seg["status"] == "completed" and seg["enabled"] and r.json()["doc_form"] == "text_model"
+    recs = await kb.retrieve(ds["id"], "what is the cat called")
+    assert recs[0]["segment"]["id"] == seg["id"]
+    listed = (await kb.c.get(base, headers=kb.h, params={"keyword": "Biscuit"})).json()
+    assert listed["total"] == 1 and listed["data"][0]["id"] == seg["id"]
+    assert (await kb.c.get(f"{base}/{seg['id']}", headers=kb.h)).json()["data"]["content"].endswith("Biscuit.")
+    r = await kb.c.post(f"{base}/{seg['id']}", headers=kb.h,
+                        json={"segment": {"content": "The office dog is named Pretzel."}})
+    assert r.status_code == 200 and "Pretzel" in r.json()["data"]["content"]
+    recs = await kb.retrieve(ds["id"], "what is the dog called", search_method="full_text_search")
+    assert recs[0]["segment"]["id"] == seg["id"] and "Pretzel" in recs[0]["segment"]["content"]
+    r = await kb.c.post(f"{base}/{seg['id']}", headers=kb.h, json={"segment": {"enabled": False}})
+    assert r.status_code == 200 and r.json()["data"]["enabled"] is False
+    assert all(x["segment"]["id"] != seg["id"] for x in await kb.retrieve(ds["id"], "Pretzel dog"))
+    r = await kb.c.delete(f"{base}/{seg['id']}", headers=kb.h)
+    assert r.status_code == 200 and r.json() == {"result": "success"}
+    assert (await kb.c.get(f"{base}/{seg['id']}", headers=kb.h)).status_code == 404
+    r = await kb.c.post(base, headers=kb.h, json={"segments": [{"content": ""}]})
+    assert r.status_code == 400
+
+
+async def test_update_by_text_reindexes_without_stale_chunks(kb: KB) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "notes", "Zebras are striped horses of Africa.")
+    await kb.wait(ds["id"], created["batch"])
+    doc_id = created["document"]["id"]
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/documents/{doc_id}/update_by_text", headers=kb.h,
+                        json={"name": "notes", "text": "Penguins are flightless birds of Antarctica."})
+    assert r.status_code == 200, r.text
+    (st,) = await kb.wait(ds["id"], r.json()["batch"])
+    assert st["indexing_status"] == "completed"
+    recs = await kb.retrieve(ds["id"], "zebra stripes", search_method="full_text_search")
+    assert recs == []
+    recs = await kb.retrieve(ds["id"], "penguins", search_method="full_text_search")
+    assert len(recs) == 1 and "Antarctica" in recs[0]["segment"]["content"]
+    segs = (await kb.c.get(f"/v1/datasets/{ds['id']}/documents/{doc_id}/segments", headers=kb.h)).json()
+    assert segs["total"] == 1
+    r = await kb.c.delete(f"/v1/datasets/{ds['id']}/documents/{doc_id}", headers=kb.h)
+    assert r.status_code == 200 and r.json() == {"result": "success"}
+    assert await kb.retrieve(ds["id"], "penguins", search_method="full_text_search") == []
+
+
+async def test_files_index_and_bad_files_are_refused(kb: KB) -> None:
+    from docx import Document as Docx
+    from fpdf import FPDF
+    from pypdf import PdfReader, PdfWriter
+
+    ds = await kb.dataset()
+    d = Docx()
+    d.add_heading("Warranty", level=1)
+    d.add_paragraph("Every kettle has a two year warranty covering the heating element.")
+    buf = io.BytesIO()
+    d.save(buf)
+    pdf = FPDF()
+    for i in range(3):
+        pdf.add_page()
+        pdf.set_font("helvetica", size=12)
+        pdf.multi_cell(0, 8, f"Page {i + 1}: the descaling procedure uses citric acid and warm water.")
+    pdf_bytes = bytes(pdf.output())
+    batches = []
+    for name, data in (("manual.docx", buf.getvalue()), ("guide.pdf", pdf_bytes),
+                       ("readme.md", b"# Setup\n\nPlug the kettle into a grounded socket.\n")):
+        r = await kb.file_doc(ds["id"], name, data)
+        assert r.status_code == 200, r.text
+        assert r.json()["document"]["data_source_info"]["upload_file_id"]
+        batches.append(r.json()["batch"])
+    for b in batches:
+        (st,) = await kb.wait(ds["id"], b)
+        assert st["indexing_status"] == "completed", st
+    recs = await kb.retrieve(ds["id"], "warranty for the heating element", search_method="hybrid_search")
+    assert recs[0]["segment"]["document"]["name"] == "manual.docx"
+    recs = await kb.retrieve(ds["id"], "citric acid descaling", search_method="full_text_search")
+    assert recs[0]["segment"]["document"]["name"] == "guide.pdf"
+    # a lying extension, an unknown one, and one over the size limit
+    r = await kb.file_doc(ds["id"], "photo.pdf", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_file_type"
+    r = await kb.file_doc(ds["id"], "tool.exe", b"MZ\x90\x00" + b"\0" * 100)
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_file_type"
+    r = await kb.file_doc(ds["id"], "big.txt", b"a" * (2 * MB + 1))
+    assert r.status_code == 413 and r.json()["code"] == "file_too_large"
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/document/create_by_file", headers=kb.h,
+                        data={"data": "{}"}, files={"other": ("x.txt", b"x")})
+    assert r.status_code == 400 and r.json()["code"] == "no_file_uploaded"
+    # an encrypted PDF is accepted, then ends in `error` with a readable reason (never a stuck document)
+    w = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf_bytes)))
+    w.encrypt("secret-password")
+    enc = io.BytesIO()
+    w.write(enc)
+    r = await kb.file_doc(ds["id"], "locked.pdf", enc.getvalue())
+    assert r.status_code == 200, r.text
+    (st,) = await kb.wait(ds["id"], r.json()["batch"])
+    assert st["indexing_status"] == "error" and "encrypted" in st["error"].lower()
+
+
+async def test_process_rule_errors(kb: KB) -> None:
+    ds = await kb.dataset()
+    url = f"/v1/datasets/{ds['id']}/document/create-by-text"
+    cases = [
+        ({"indexing_technique": "high_quality"}, "process_rule is required."),
+        ({"indexing_technique": "high_quality", "process_rule": {"mode": "magic"}}, "Process rule mode is invalid"),
+        ({"indexing_technique": "high_quality", "process_rule": {"mode": "custom"}},
+         "Process rule rules is required"),
+        ({"process_rule": {"mode": "automatic"}}, "indexing_technique is required."),
+    ]
+    for extra, message in cases:
+        r = await kb.c.post(url, headers=kb.h, json={"name": "n", "text": "t", **extra})
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["code"] == "invalid_param" and r.json()["message"] == message, r.json()
+    r = await kb.c.post(url, headers=kb.h, content=b"not json", )
+    assert r.status_code == 400 and r.json()["code"] == "bad_request"
+
+
+# ---- RAG in chat ----------------------------------------------------------------------------------------
+
+
+async def test_chat_answers_from_linked_dataset_with_citations(kb: KB, llm) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "faq", FAQ)
+    await kb.wait(ds["id"], created["batch"])
+    r = await kb.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                        headers=kb.admin, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
+    assert r.status_code == 200
+    app = (await kb.c.post("/console/api/apps", headers=kb.admin,
+                           json={"name": f"support{time.monotonic_ns()}", "mode": "chat"})).json()
+    cfg = {"model": {"provider": "openai-compatible", "name": "scripted"},
+           "pre_prompt": "You are the shop's assistant.",
+           "dataset_configs": {"retrieval_model": "multiple", "top_k": 2,
+                               "datasets": {"datasets": [{"dataset": {"enabled": True, "id": ds["id"]}}]}}}
+    assert (await kb.c.post(f"/console/api/apps/{app['id']}/model-config", headers=kb.admin,
+                            json=cfg)).status_code == 200
+    key = (await kb.c.post(f"/console/api/apps/{app['id']}/api-keys", headers=kb.admin)).json()["token"]
+    ah = {"Authorization": f"Bearer {key}"}
+    q = f"How many days do I have for a refund? {uuid.uuid4().hex[:6]}"
+    r = await kb.c.post("/v1/chat-messages", headers=ah, json={"inputs": {}, "query": q, "user": "u1",
+                                                                 "response_mode": "streaming"})
+    assert r.status_code == 200
+    events = [orjson.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    end = events[-1]
+    assert end["event"] == "message_end", end
+    res = end["metadata"]["retriever_resources"]
+    assert 1 <= len(res) <= 2 and "30 days" in res[0]["content"]
+    for f in ("position", "dataset_id", "dataset_name", "document_id", "document_name", "segment_id", "score",
+              "content"):
+        assert res[0][f] is not None, f
+    assert res[0]["position"] == 1 and res[0]["dataset_id"] == ds["id"] and isinstance(res[0]["score"], float)
+    system = llm.requests_matching(q)[-1].messages[0]["content"]
+    assert "30 days" in system and "You are the shop's assistant." in system
+    msgs = (await kb.c.get("/v1/messages", headers=ah, params={"user": "u1",
+                                                                "conversation_id": end["conversation_id"]})).json()
+    assert msgs["data"][-1]["retriever_resources"][0]["segment_id"] == res[0]["segment_id"]
+    r = await kb.c.post("/v1/chat-messages", headers=ah, json={"inputs": {}, "query": "shipping " + q,
+                                                                 "user": "u1", "response_mode": "blocking"})
+    assert r.status_code == 200 and r.json()["metadata"]["retriever_resources"], r.text
+
+
+async def test_provider_embeddings_and_giving_up_after_max_attempts(kb: KB, llm) -> None:
+    r = await kb.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                        headers=kb.admin, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
+    assert r.status_code == 200
+    ds = await kb.dataset(indexing_technique="high_quality", embedding_model_provider="openai-compatible",
+                          embedding_model="trigram-embed")
+    assert ds["embedding_model_provider"] == "openai-compatible"
+    before = len(llm.embedding_requests)
+    created = await kb.text_doc(ds["id"], "faq", FAQ)
+    (st,) = await kb.wait(ds["id"], created["batch"])
+    assert st["indexing_status"] == "completed", st
+    assert len(llm.embedding_requests) > before  # the workspace's provider embedded it, not the built-in model
+    recs = await kb.retrieve(ds["id"], "refund policy for unused items")
+    assert recs and "refund" in recs[0]["segment"]["content"]
+    # the provider fails every time: the document ends in `error` with the reason after max_attempts (3)
+    marker = f"poison-{uuid.uuid4().hex[:8]}"
+    llm.push(endpoint="embeddings", match=marker, status=500, body={"error": {"message": "embedder down"}},
+             times=100)
+    try:
+        created = await kb.text_doc(ds["id"], "bad", f"{marker} cannot be embedded today.")
+        (st,) = await kb.wait(ds["id"], created["batch"], timeout=90)
+    finally:
+        llm.scripts[:] = [s for s in llm.scripts if s.match != marker]
+    assert st["indexing_status"] == "error", st
+    assert "Gave up after 3 attempts" in st["error"] and st["stopped_at"]
+    r = await kb.c.post("/v1/datasets", headers=kb.h, json={"name": f"x{uuid.uuid4().hex[:6]}",
+                                                             "indexing_technique": "high_quality",
+                                                             "embedding_model_provider": "anthropic",
+                                                             "embedding_model": "none"})
+    assert r.status_code == 400 and r.json()["code"] == "provider_not_initialize"
