@@ -133,6 +133,34 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
         r = await c.get("/metrics")
         assert "plexus_http_requests_total" in r.text
 
+        # knowledge: a dataset key, a document indexed by the embedded pipeline, linked to the app
+        r = await c.post("/console/api/datasets/api-keys", headers=h)
+        assert r.status_code == 201, r.text
+        dk = {"Authorization": f"Bearer {r.json()['token']}"}
+        ds = (await c.post("/v1/datasets", headers=dk, json={"name": "Handbook"})).json()
+        r = await c.post(f"/v1/datasets/{ds['id']}/document/create_by_text", headers=dk, json={
+            "name": "tea", "text": "Green tea is steeped at 80 degrees for two minutes.\n\n"
+                                   "Black tea is steeped at 95 degrees for four minutes.",
+            "indexing_technique": "high_quality", "process_rule": {"mode": "automatic"}})
+        assert r.status_code == 200, r.text
+        batch = r.json()["batch"]
+        deadline = time.monotonic() + 60
+        while True:
+            st = (await c.get(f"/v1/datasets/{ds['id']}/documents/{batch}/indexing-status", headers=dk)).json()
+            if st["data"][0]["indexing_status"] in ("completed", "error") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert st["data"][0]["indexing_status"] == "completed", st
+        r = await c.post(f"/console/api/apps/{app_id}/model-config", headers=h, json={
+            "model": {"provider": "openai-compatible", "name": "scripted", "completion_params": {}},
+            "pre_prompt": "You help with {{topic}}.",
+            "user_input_form": [{"text-input": {"label": "Topic", "variable": "topic", "required": False}}],
+            "opening_statement": "Hi!",
+            "dataset_configs": {"retrieval_model": "multiple", "top_k": 2,
+                                "datasets": {"datasets": [{"dataset": {"enabled": True, "id": ds["id"]}}]}},
+        })
+        assert r.status_code == 200, r.text
+
     # both Dify SDKs, each in its own virtualenv, against the running server
     for sdk, python in SDKS.items():
         if not python.exists():
@@ -152,13 +180,21 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
             assert out["parameters"]["opening_statement"] == "Hi!"
         else:
             assert out["blocking"]["answer"] == "Echo: Hello from dify-client-python"
+            # the SDK's pydantic models accepted the retriever resources of the linked dataset
+            resources = out["blocking"]["metadata"]["retriever_resources"]
+            assert resources and resources[0]["dataset_name"] == "Handbook"
             assert isinstance(out["stream_usage"]["total_price"], str)
 
     # Ctrl-C: the server exits 0 and leaves no nats-server behind
     nats_children = _children(proc.pid)
     assert nats_children, "embedded nats-server child not found"
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 0
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"plexus run did not exit within 30 s of Ctrl-C:\n{proc.stdout.read()[-5000:]}")
+    assert code == 0
     deadline = time.monotonic() + 5
     while any(_alive(p) for p in nats_children) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)

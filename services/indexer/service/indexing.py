@@ -91,6 +91,7 @@ class IndexWorkers:
         self.kn = kn
         self.settings = kn.settings
         self._tasks: list[asyncio.Task] = []
+        self._subs: list[Any] = []
         self._pool: ProcessPoolExecutor | None = None
         self._stopping = False
         self.processed = 0  # jobs finished by this process (observability and tests)
@@ -109,6 +110,7 @@ class IndexWorkers:
         for i in range(max(1, self.settings.workers)):
             sub = await js.pull_subscribe(subjects.INDEX_JOBS, durable=subjects.INDEX_WORKERS,
                                           stream=subjects.INDEX_JOBS_STREAM)
+            self._subs.append(sub)
             self._tasks.append(asyncio.create_task(self._worker(sub), name=f"index-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._sweep(), name="index-requeue"))
 
@@ -120,6 +122,11 @@ class IndexWorkers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        # unsubscribe, not drain: a pull subscription's late fetch replies would hold a drain for its timeout
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
