@@ -232,10 +232,24 @@ class Dataset(SQLModel, table=True):
     process_rule: dict = _json(dict)  # the dataset's rule once a document set one
     doc_form: str = Field(default="text_model", max_length=32)
     enable_api: bool = True
+    built_in_field_enabled: bool = False  # documents also carry document_name, upload_date … as metadata
     created_by: str | None = Field(default=None, max_length=36)
     updated_by: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DatasetMetadataField(SQLModel, table=True):
+    """A metadata field a dataset's documents may carry (reference §4.6); values live in doc_metadata."""
+
+    __tablename__ = "dataset_metadata_fields"
+    __table_args__ = (UniqueConstraint("dataset_id", "name", name="uq_dataset_metadata_name"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36)
+    dataset_id: str = Field(foreign_key="datasets.id", max_length=36, ondelete="CASCADE", index=True)
+    name: str = Field(max_length=255)
+    type: str = Field(max_length=16)  # string | number | time
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class UploadFile(SQLModel, table=True):

@@ -15,6 +15,7 @@ from services.indexer.service import Knowledge
 from services.indexer.service.common import invalid, tenant_of
 from services.indexer.service.datasets import PERMISSIONS, DatasetService
 from services.indexer.service.documents import DocumentService
+from services.indexer.service.metadata import MetadataService
 from services.indexer.service.retrieval import RetrievalService
 from services.indexer.service.segments import SegmentService
 from shared.context import Context
@@ -125,6 +126,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 def build_router(kn: Knowledge) -> APIRouter:
     r = APIRouter(prefix="/v1")
     datasets, docs, segs, search = DatasetService(kn), DocumentService(kn), SegmentService(kn), RetrievalService(kn)
+    meta = MetadataService(kn)
 
     # -- datasets --------------------------------------------------------------------------------------
     @r.post("/datasets")
@@ -241,6 +243,41 @@ def build_router(kn: Knowledge) -> APIRouter:
     @r.post("/datasets/{dataset_id}/hit-testing")
     async def retrieve(t: Tenant, dataset_id: str, body: RetrieveBody) -> Response:
         return json_response(await search.hit_testing(t, dataset_id, body.query, body.retrieval_model))
+
+    # -- metadata (reference §4.6) ---------------------------------------------------------------------
+    @r.get("/datasets/{dataset_id}/metadata")
+    async def list_metadata(t: Tenant, dataset_id: str) -> Response:
+        return json_response(await meta.list(t, dataset_id))
+
+    @r.post("/datasets/{dataset_id}/metadata")
+    async def create_metadata(request: Request, t: Tenant, dataset_id: str) -> Response:
+        body = await _json_body(request)
+        return json_response(await meta.create(t, dataset_id, body.get("type"), body.get("name")))
+
+    @r.get("/datasets/{dataset_id}/metadata/built-in")
+    async def built_in_metadata(t: Tenant, dataset_id: str) -> Response:
+        return json_response(meta.built_in_fields())
+
+    @r.post("/datasets/{dataset_id}/metadata/built-in/{action}")
+    async def toggle_built_in(t: Tenant, dataset_id: str, action: Literal["enable", "disable"]) -> Response:
+        await meta.set_built_in(t, dataset_id, action == "enable")
+        return json_response(SUCCESS)
+
+    @r.patch("/datasets/{dataset_id}/metadata/{field_id}")
+    async def rename_metadata(request: Request, t: Tenant, dataset_id: str, field_id: str) -> Response:
+        body = await _json_body(request)
+        return json_response(await meta.rename(t, dataset_id, field_id, body.get("name")))
+
+    @r.delete("/datasets/{dataset_id}/metadata/{field_id}")
+    async def delete_metadata(t: Tenant, dataset_id: str, field_id: str) -> Response:
+        await meta.delete(t, dataset_id, field_id)
+        return json_response(SUCCESS)
+
+    @r.post("/datasets/{dataset_id}/documents/metadata")
+    async def document_metadata(request: Request, t: Tenant, dataset_id: str) -> Response:
+        body = await _json_body(request)
+        await meta.update_documents(t, dataset_id, body.get("operation_data"))
+        return json_response(SUCCESS)
 
     # -- models ----------------------------------------------------------------------------------------
     @r.get("/workspaces/current/models/model-types/{model_type}")

@@ -95,6 +95,10 @@ class VectorStore(Protocol):
                           document_id: str | None = None) -> None:
         """Flip ``enabled`` on points by id, or on every point of a document."""
 
+    async def set_document_metadata(self, space: str, tenant_id: str, dataset_id: str, document_id: str,
+                                    metadata: dict[str, Any]) -> None:
+        """Replace ``doc_metadata`` on every point of a document (metadata filters read it)."""
+
     async def search_dense(self, space: str, vector: list[float], flt: VectorFilter, limit: int,
                            score_threshold: float | None = None) -> list[VectorHit]:
         """Cosine similarity, best first."""

@@ -283,7 +283,14 @@ class EdgeStore:
     async def set_enabled(self, space: str, enabled: bool, *, ids: list[str] | None = None,
                           tenant_id: str | None = None, dataset_id: str | None = None,
                           document_id: str | None = None) -> None:
-        payload = {P_ENABLED: enabled}
+        await self._set_payload(space, {P_ENABLED: enabled}, ids, tenant_id, dataset_id, document_id)
+
+    async def set_document_metadata(self, space: str, tenant_id: str, dataset_id: str, document_id: str,
+                                    metadata: dict[str, Any]) -> None:
+        await self._set_payload(space, {P_METADATA: metadata}, None, tenant_id, dataset_id, document_id)
+
+    async def _set_payload(self, space: str, payload: dict[str, Any], ids: list[str] | None,
+                           tenant_id: str | None, dataset_id: str | None, document_id: str | None) -> None:
         if ids is not None:
             if not ids:
                 return
@@ -292,7 +299,7 @@ class EdgeStore:
             flt = qe.Filter(must=_document_filter(tenant_id, dataset_id, document_id))
             op = qe.UpdateOperation.set_payload_by_filter(flt, payload)
         else:
-            raise ValueError("set_enabled needs ids, or tenant_id + dataset_id + document_id")
+            raise ValueError("a payload update needs ids, or tenant_id + dataset_id + document_id")
         await self._write(space, lambda: [op], must_exist=False)
 
     async def optimize(self, space: str) -> bool:

@@ -225,6 +225,14 @@ class QdrantStore:
     async def set_enabled(self, space: str, enabled: bool, *, ids: list[str] | None = None,
                           tenant_id: str | None = None, dataset_id: str | None = None,
                           document_id: str | None = None) -> None:
+        await self._set_payload(space, {P_ENABLED: enabled}, ids, tenant_id, dataset_id, document_id)
+
+    async def set_document_metadata(self, space: str, tenant_id: str, dataset_id: str, document_id: str,
+                                    metadata: dict[str, Any]) -> None:
+        await self._set_payload(space, {P_METADATA: metadata}, None, tenant_id, dataset_id, document_id)
+
+    async def _set_payload(self, space: str, payload: dict[str, Any], ids: list[str] | None,
+                           tenant_id: str | None, dataset_id: str | None, document_id: str | None) -> None:
         if ids is not None:
             if not ids:
                 return
@@ -232,9 +240,9 @@ class QdrantStore:
         elif tenant_id and dataset_id and document_id:
             selector = m.Filter(must=_document_filter(tenant_id, dataset_id, document_id))
         else:
-            raise ValueError("set_enabled needs ids, or tenant_id + dataset_id + document_id")
+            raise ValueError("a payload update needs ids, or tenant_id + dataset_id + document_id")
         try:
-            await self._client.set_payload(space, payload={P_ENABLED: enabled}, points=selector, wait=True)
+            await self._client.set_payload(space, payload=payload, points=selector, wait=True)
         except Exception as exc:
             if not _missing(exc):
                 raise

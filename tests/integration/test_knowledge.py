@@ -470,3 +470,53 @@ async def test_provider_embeddings_and_giving_up_after_max_attempts(kb: KB, llm)
                                                              "embedding_model_provider": "anthropic",
                                                              "embedding_model": "none"})
     assert r.status_code == 400 and r.json()["code"] == "provider_not_initialize"
+
+
+async def test_metadata_fields_values_and_filtered_retrieval(kb: KB) -> None:
+    ds = await kb.dataset()
+    base = f"/v1/datasets/{ds['id']}"
+    docs = []
+    for name, text in (("en", "Kettles boil water quickly."), ("de", "Kettles boil water quietly.")):
+        created = await kb.text_doc(ds["id"], name, text)
+        await kb.wait(ds["id"], created["batch"])
+        docs.append(created["document"]["id"])
+    lang = (await kb.c.post(f"{base}/metadata", headers=kb.h, json={"type": "string", "name": "lang"})).json()
+    year = (await kb.c.post(f"{base}/metadata", headers=kb.h, json={"type": "number", "name": "year"})).json()
+    assert lang["name"] == "lang" and lang["type"] == "string"
+    r = await kb.c.post(f"{base}/metadata", headers=kb.h, json={"type": "string", "name": "lang"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_metadata"
+    r = await kb.c.post(f"{base}/documents/metadata", headers=kb.h, json={"operation_data": [
+        {"document_id": docs[0], "metadata_list": [{"id": lang["id"], "name": "lang", "value": "en"},
+                                                   {"id": year["id"], "name": "year", "value": "2021"}]},
+        {"document_id": docs[1], "metadata_list": [{"id": lang["id"], "name": "lang", "value": "de"},
+                                                   {"id": year["id"], "name": "year", "value": 2024}]}]})
+    assert r.status_code == 200, r.text
+    got = (await kb.c.get(f"{base}/documents/{docs[0]}", headers=kb.h)).json()
+    assert got["doc_metadata"] == {"lang": "en", "year": 2021}
+    listed = (await kb.c.get(f"{base}/metadata", headers=kb.h)).json()
+    assert {m["name"]: m["use_count"] for m in listed["doc_metadata"]} == {"lang": 2, "year": 2}
+
+    async def filtered(*conditions: dict, logic: str = "and") -> set[str]:
+        recs = await kb.retrieve(ds["id"], "kettles boil water", top_k=5, metadata_filtering_conditions={
+            "logical_operator": logic, "conditions": list(conditions)})
+        return {x["segment"]["document"]["id"] for x in recs}
+
+    assert await filtered({"name": "lang", "comparison_operator": "is", "value": "de"}) == {docs[1]}
+    assert await filtered({"name": "year", "comparison_operator": "<", "value": 2022}) == {docs[0]}
+    assert await filtered({"name": "lang", "comparison_operator": "is", "value": "fr"},
+                          {"name": "year", "comparison_operator": ">", "value": 2023}, logic="or") == {docs[1]}
+    # renaming a field renames it on the documents (and in the vector store, which the filter reads)
+    r = await kb.c.patch(f"{base}/metadata/{lang['id']}", headers=kb.h, json={"name": "language"})
+    assert r.status_code == 200 and r.json()["name"] == "language"
+    assert await filtered({"name": "language", "comparison_operator": "is", "value": "en"}) == {docs[0]}
+    assert await filtered({"name": "lang", "comparison_operator": "is", "value": "en"}) == set()
+    assert (await kb.c.delete(f"{base}/metadata/{year['id']}", headers=kb.h)).status_code == 200
+    got = (await kb.c.get(f"{base}/documents/{docs[1]}", headers=kb.h)).json()
+    assert got["doc_metadata"] == {"language": "de"}
+    # built-in fields
+    fields = (await kb.c.get(f"{base}/metadata/built-in", headers=kb.h)).json()["fields"]
+    assert {"name": "document_name", "type": "string"} in fields
+    assert (await kb.c.post(f"{base}/metadata/built-in/enable", headers=kb.h)).status_code == 200
+    got = (await kb.c.get(f"{base}/documents/{docs[1]}", headers=kb.h)).json()
+    assert got["doc_metadata"]["document_name"] == "de.txt" and got["doc_metadata"]["language"] == "de"
+    assert await filtered({"name": "document_name", "comparison_operator": "start with", "value": "en"}) == {docs[0]}

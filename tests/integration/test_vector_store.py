@@ -336,6 +336,19 @@ async def test_metadata_filters(sp: Space, conditions: tuple[MetadataCondition, 
     assert await s.count(space, f) == len(want)
 
 
+async def test_set_document_metadata_changes_what_filters_match(sp: Space) -> None:
+    s, space = sp.store, await sp.new()
+    mine = [pt(doc="doc-1", dense=unit(1, i), meta={"lang": "en"}) for i in range(3)]
+    other = pt(doc="doc-2", dense=unit(1), meta={"lang": "en"})
+    await s.upsert(space, [*mine, other])
+    de = flt(metadata=(cond("lang", "is", "de"),))
+    assert await s.count(space, de) == 0
+    await s.set_document_metadata(space, TA, DS1, "doc-1", {"lang": "de", "year": 2024})
+    assert set(ids(await s.search_dense(space, unit(1), de, 10))) == {p.id for p in mine}
+    assert await s.count(space, flt(metadata=(cond("lang", "is", "en"),))) == 1  # only doc-2 left
+    assert await s.count(space, flt(metadata=(cond("year", ">", 2000),))) == 3
+
+
 async def test_end_with_recheck_fills_the_limit(sp: Space) -> None:
     # "end with" runs as a substring match in the engine: the adapter must over-fetch past the decoys.
     s, space = sp.store, await sp.new()

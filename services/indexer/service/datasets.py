@@ -75,7 +75,7 @@ def detail(ds: Dataset, counts: tuple[int, int, int]) -> dict[str, Any]:
                                     "external_knowledge_api_name": None,
                                     "external_knowledge_api_endpoint": None},
         "external_retrieval_model": {"top_k": 2, "score_threshold": 0.0, "score_threshold_enabled": False},
-        "doc_metadata": [], "built_in_field_enabled": False, "enable_api": ds.enable_api,
+        "doc_metadata": [], "built_in_field_enabled": ds.built_in_field_enabled, "enable_api": ds.enable_api,
         "partial_member_list": [],
     }
 

@@ -25,6 +25,7 @@ from services.indexer.service.common import (
 )
 from services.indexer.service.core import Knowledge
 from services.indexer.service.datasets import TECHNIQUES, DatasetService, parse_retrieval_model
+from services.indexer.service.metadata import built_in_values
 from shared.errors import ApiError, not_found
 from shared.models import Dataset, Document, DocumentSegment, UploadFile, ts, utcnow
 
@@ -198,6 +199,8 @@ class DocumentService:
             doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position, batch=batch, name=f.name,
                            upload_file_id=f.id, process_rule=rule, doc_form=body.get("doc_form") or ds.doc_form,
                            doc_language=body.get("doc_language"), created_by=None)
+            if ds.built_in_field_enabled:
+                doc.doc_metadata = built_in_values(doc, f)
             s.add(f)
             s.add(doc)
             await s.commit()

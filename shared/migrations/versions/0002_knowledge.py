@@ -1,8 +1,8 @@
-"""knowledge: datasets, documents, segments, upload files, app dataset joins, message trace
+"""knowledge: datasets, metadata fields, upload files, documents, segments, app dataset joins, message trace
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-30 17:19:53.667250
+Create Date: 2026-11-30 17:55:33.425301
 """
 import sqlalchemy as sa
 import sqlmodel
@@ -31,6 +31,7 @@ def upgrade() -> None:
     sa.Column('process_rule', sa.JSON(), nullable=True),
     sa.Column('doc_form', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('enable_api', sa.Boolean(), nullable=False),
+    sa.Column('built_in_field_enabled', sa.Boolean(), nullable=False),
     sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=True),
     sa.Column('updated_by', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=True),
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -70,6 +71,20 @@ def upgrade() -> None:
     with op.batch_alter_table('app_dataset_joins', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_app_dataset_joins_app_id'), ['app_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_app_dataset_joins_dataset_id'), ['dataset_id'], unique=False)
+
+    op.create_table('dataset_metadata_fields',
+    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+    sa.Column('tenant_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+    sa.Column('dataset_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+    sa.Column('type', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('dataset_id', 'name', name='uq_dataset_metadata_name')
+    )
+    with op.batch_alter_table('dataset_metadata_fields', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_dataset_metadata_fields_dataset_id'), ['dataset_id'], unique=False)
 
     op.create_table('documents',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
@@ -170,6 +185,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_documents_batch'))
 
     op.drop_table('documents')
+    with op.batch_alter_table('dataset_metadata_fields', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_dataset_metadata_fields_dataset_id'))
+
+    op.drop_table('dataset_metadata_fields')
     with op.batch_alter_table('app_dataset_joins', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_app_dataset_joins_dataset_id'))
         batch_op.drop_index(batch_op.f('ix_app_dataset_joins_app_id'))
