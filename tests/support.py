@@ -37,3 +37,12 @@ async def serve(app: Any, port: int | None = None, log_level: str = "warning") -
             raise RuntimeError("uvicorn did not start")
         await asyncio.sleep(0.01)
     return Served(server, task, f"http://127.0.0.1:{port}", port)
+
+
+async def console_admin(c: Any, email: str = "a@example.com", password: str = "passw0rd-x") -> dict[str, str]:
+    """Authorization headers of the workspace owner (set up on first use) of a stack behind ``c``."""
+    if (await c.get("/console/api/setup")).json()["step"] == "not_started":
+        r = await c.post("/console/api/setup", json={"email": email, "name": "Admin", "password": password})
+        assert r.status_code == 201, r.text
+    r = await c.post("/console/api/login", json={"email": email, "password": password})
+    return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}

@@ -17,6 +17,7 @@ import pytest
 
 from shared.settings import KnowledgeSettings
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.support import console_admin
 
 MB = 1024 * 1024
 
@@ -81,18 +82,10 @@ class KB:
         return r.json()["records"]
 
 
-async def _admin(c: httpx.AsyncClient) -> dict[str, str]:
-    if (await c.get("/console/api/setup")).json()["step"] == "not_started":
-        r = await c.post("/console/api/setup", json={"email": "kb@example.com", "name": "K", "password": "passw0rd-x"})
-        assert r.status_code == 201, r.text
-    r = await c.post("/console/api/login", json={"email": "kb@example.com", "password": "passw0rd-x"})
-    return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
-
-
 @pytest.fixture
 async def kb(kstack: LiveServer) -> AsyncIterator[KB]:
     async with httpx.AsyncClient(base_url=kstack.base_url, timeout=60) as c:
-        admin = await _admin(c)
+        admin = await console_admin(c)
         r = await c.post("/console/api/datasets/api-keys", headers=admin)
         assert r.status_code == 201, r.text
         yield KB(c, admin, r.json()["token"])

@@ -11,19 +11,12 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-
-
-async def _admin(c: httpx.AsyncClient) -> dict[str, str]:
-    if (await c.get("/console/api/setup")).json()["step"] == "not_started":
-        r = await c.post("/console/api/setup", json={"email": "a@example.com", "name": "A", "password": "passw0rd-x"})
-        assert r.status_code == 201, r.text
-    r = await c.post("/console/api/login", json={"email": "a@example.com", "password": "passw0rd-x"})
-    return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+from tests.support import console_admin
 
 
 @pytest.fixture
 async def chat_app(client: httpx.AsyncClient, llm) -> tuple[dict, str, str]:
-    h = await _admin(client)
+    h = await console_admin(client)
     r = await client.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
                           headers=h, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
     assert r.status_code == 200, r.text
@@ -125,7 +118,7 @@ async def test_answer_is_stored_when_the_database_is_briefly_unavailable(tmp_pat
     srv = await start_live(settings)
     try:
         async with httpx.AsyncClient(base_url=srv.base_url, timeout=30) as c:
-            h = await _admin(c)
+            h = await console_admin(c)
             await c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
                          headers=h, json={"credentials": {"api_key": "k", "api_base": llm.base_url}})
             app_id = (await c.post("/console/api/apps", headers=h, json={"name": "db-blip", "mode": "chat"})).json()["id"]
