@@ -144,11 +144,98 @@ def test_without_overlap_nothing_is_lost_or_repeated() -> None:
     assert squeeze("".join(chunk.content for chunk in chunks)) == squeeze(body)
 
 
-def test_small_pieces_are_merged_up_to_max_tokens() -> None:
-    lines = [f"Line {n} of the file." for n in range(100)]
-    chunks = split([text("\n".join(lines))], custom(100))
-    assert all(chunk.tokens > 80 for chunk in chunks[:-1])
+def test_automatic_mode_merges_small_pieces_up_to_max_tokens() -> None:
+    lines = [f"Line {n} of the file." for n in range(300)]
+    chunks = split([text("\n".join(lines))], ProcessRule.automatic())
+    assert len(chunks) > 2
+    assert all(chunk.tokens > 400 for chunk in chunks[:-1])
     assert chunks[0].content.startswith("Line 0 of the file.\nLine 1 of the file.\n")
+    paragraphs = [text(f"Paragraph {n}.") for n in range(5)]
+    assert [c.content for c in split(paragraphs, ProcessRule.automatic())] == [
+        "\n\n".join(f"Paragraph {n}." for n in range(5))
+    ]
+
+
+# ------------------------------------------------------------------------------ custom separators
+
+CHINESE_PARAGRAPHS = [
+    "北京大学是中国著名的高等学府，位于北京市海淀区。",
+    "人工智能是计算机科学的一个分支，研究如何让机器具有智能。",
+    "长城是中国古代的军事防御工程，绵延数千公里。",
+]
+
+
+def test_custom_separator_is_a_hard_boundary() -> None:
+    raw = {
+        "mode": "custom",
+        "rules": {"pre_processing_rules": [], "segmentation": {"separator": "\\n\\n", "max_tokens": 60}},
+    }
+    rule = validate_process_rule(raw, required=True)
+    chunks = split([text("\n\n".join(CHINESE_PARAGRAPHS))], rule)
+    assert [chunk.content for chunk in chunks] == CHINESE_PARAGRAPHS
+    assert [chunk.position for chunk in chunks] == [1, 2, 3]
+    # the same paragraphs as separate elements (how .txt files are parsed) give the same chunks
+    assert [c.content for c in split([text(p) for p in CHINESE_PARAGRAPHS], rule)] == CHINESE_PARAGRAPHS
+    # small pieces are never merged or overlapped across the separator, whatever the room left
+    lines = [f"Line {n} of the file." for n in range(20)]
+    chunks = split([text("\n".join(lines))], custom(500, overlap=100, separator="\\n"))
+    assert [chunk.content for chunk in chunks] == lines
+    chunks = split([text("a***b***c"), text("d"), text("e***f")], custom(100, separator="***"))
+    assert [chunk.content for chunk in chunks] == ["a", "b", "c\n\nd\n\ne", "f"]
+    # hierarchical rules chunk like custom ones
+    hierarchical = validate_process_rule({**raw, "mode": "hierarchical"}, required=True)
+    assert [c.content for c in split([text("\n\n".join(CHINESE_PARAGRAPHS))], hierarchical)] == (
+        CHINESE_PARAGRAPHS
+    )
+
+
+def test_element_boundaries_follow_the_separator() -> None:
+    elements = [
+        Element("list_item", "first"),
+        Element("list_item", "second"),
+        text("After the list."),
+        Element("table", "| a | b |\n| 1 | 2 |"),
+    ]
+    blank_lines = split(elements, custom(100, separator="\\n\\n"))
+    assert [c.content for c in blank_lines] == [
+        "- first\n- second",
+        "After the list.",
+        "| a | b |\n| 1 | 2 |",
+    ]
+    assert len(split(elements, custom(100, separator="\\n"))) == 4
+    assert len(split(elements, custom(100, separator="***"))) == 1
+
+
+def test_split_by_title_keeps_a_heading_with_the_first_piece_under_it() -> None:
+    elements = [
+        Element("title", "Guide", 1),
+        Element("title", "Setup", 2),
+        text("Step one.\n\nStep two."),
+        text("Step three."),
+    ]
+    chunks = split(elements, custom(100, separator="\\n\\n", split_by_title=True))
+    assert [(c.title_path, c.content) for c in chunks] == [
+        ("Guide > Setup", "Guide\n\nSetup\n\nStep one."),
+        ("Guide > Setup", "Step two."),
+        ("Guide > Setup", "Step three."),
+    ]
+
+
+def test_an_oversized_piece_is_split_and_merged_within_itself_with_overlap() -> None:
+    body = "\n\n".join(["Short intro.", sentences(40), "Short outro."])
+    chunks = split([text(body)], custom(100, overlap=30, separator="\\n\\n"))
+    assert_within_limit(chunks, 100)
+    assert chunks[0].content == "Short intro." and chunks[-1].content == "Short outro."
+    middle = chunks[1:-1]
+    assert len(middle) > 3
+    assert middle[0].content.startswith("Sentence number 0 ")
+    assert all("Short" not in chunk.content for chunk in middle)
+    assert all(chunk.tokens > 60 for chunk in middle[:-1])  # sub-pieces are merged up to max_tokens
+    for previous, following in itertools.pairwise(middle):
+        edge = shared_edge(previous.content, following.content)
+        assert edge.startswith("Sentence number") and 0 < count_tokens(edge) <= 30
+    assert not shared_edge(chunks[0].content, chunks[1].content)
+    assert not shared_edge(middle[-1].content, chunks[-1].content)
 
 
 # ----------------------------------------------------------------------------------------- overlap
@@ -218,8 +305,9 @@ def test_split_by_title_starts_chunks_at_headings_with_the_heading_path() -> Non
         ("Manual > Usage", "Usage\n\nStart the app."),
         ("Appendix", "Appendix\n\nExtra notes."),
     ]
-    merged = split(elements, custom(500))
+    merged = split(elements, custom(500, separator="***"))
     assert len(merged) == 1 and merged[0].title_path == ""
+    assert len(split(elements, custom(500))) == len(elements)  # "\n" separates every element
 
 
 def test_automatic_mode_splits_by_title_and_later_chunks_keep_the_path() -> None:
@@ -280,7 +368,11 @@ def test_only_a_row_longer_than_max_tokens_is_cut() -> None:
 
 def test_small_table_joins_the_surrounding_text() -> None:
     elements = [text("Before."), Element("table", "| a | b |\n| 1 | 2 |"), text("After.")]
-    assert [c.content for c in split(elements, custom(100))] == ["Before.\n\n| a | b |\n| 1 | 2 |\n\nAfter."]
+    joined = ["Before.\n\n| a | b |\n| 1 | 2 |\n\nAfter."]
+    assert [c.content for c in split(elements, ProcessRule.automatic())] == joined
+    assert [c.content for c in split(elements, custom(100, separator="***"))] == joined
+    # a separator found between the elements keeps them apart, but never cuts the table itself
+    assert [c.content for c in split(elements, custom(100))] == ["Before.", "| a | b |\n| 1 | 2 |", "After."]
 
 
 # ----------------------------------------------------------------------------------------- details
@@ -290,7 +382,8 @@ def test_separator_is_unescaped_and_marker_separators_are_dropped() -> None:
     assert unescape_separator("\\n\\n") == "\n\n"
     assert custom(separator="\\n\\n").segmentation.delimiter == "\n\n"
     chunks = split([text("part one***part two***part three")], custom(100, separator="***"))
-    assert [c.content for c in chunks] == ["part one\npart two\npart three"]
+    assert [c.content for c in chunks] == ["part one", "part two", "part three"]
+    assert split([text("******"), text("x")], custom(100, separator="***"))[0].content == "x"
     big = "***".join(sentences(8, start) for start in range(0, 80, 8))
     chunks = split([text(big)], custom(100, separator="***"))
     assert all("***" not in chunk.content for chunk in chunks)
@@ -305,7 +398,7 @@ def test_lists_code_pages_and_empty_elements() -> None:
         Element("code", "def f():\n    return 1", page=2),
         text(sentences(40), page=3),
     ]
-    chunks = split(elements, custom(100, overlap=20))
+    chunks = split(elements, custom(100, overlap=20, separator="***"))
     assert chunks[0].content.startswith("- first\n  - nested\n\ndef f():\n    return 1")
     assert chunks[0].page == 1
     assert [chunk.page for chunk in chunks[1:]] == [3] * (len(chunks) - 1)
@@ -314,7 +407,7 @@ def test_lists_code_pages_and_empty_elements() -> None:
 def test_pre_processing_rules_are_applied_per_element() -> None:
     elements = [text("See   https://example.com  now"), Element("code", "x  =  1")]
     rule = custom(100, remove_urls_emails=True)
-    assert split(elements, rule)[0].content == "See now\n\nx  =  1"
+    assert [c.content for c in split(elements, rule)] == ["See now", "x  =  1"]
     assert split(elements, custom(100, remove_extra_spaces=False))[0].content.startswith("See   https://")
 
 

@@ -5,13 +5,23 @@ is one section):
 1. each element is cleaned (clean.py) and split by the rule's separator, then - only where a piece is
    still larger than max_tokens - recursively by blank lines, lines, sentence ends (. ! ? 。！？), clauses,
    spaces and finally characters;
-2. pieces are merged greedily up to max_tokens; consecutive chunks of a section share up to chunk_overlap
-   tokens (whole trailing pieces, or the word-aligned tail of the last piece);
+2. pieces are merged greedily up to max_tokens (see below for where); consecutive chunks that were merged
+   this way share up to chunk_overlap tokens (whole trailing pieces, or the word-aligned tail of the last
+   piece), never across a section or a hard boundary;
 3. tables are split between rows only (a row is cut only when it alone exceeds max_tokens) and every part of a
    large table starts with the header row again.
 
-Unlike Dify's custom mode, where every separator-delimited piece becomes its own segment, small pieces are
-merged up to max_tokens: the separator marks preferred boundaries, not mandatory ones.
+Where merging may happen depends on the mode:
+- custom and hierarchical (Dify's FixedRecursiveCharacterTextSplitter): the user's separator is a hard
+  boundary. Every separator-delimited piece becomes its own chunk, or several when the piece alone exceeds
+  max_tokens (only those sub-pieces are merged, with overlap); nothing is merged or overlapped across a
+  separator. Elements count as joined by a blank line (a line break between consecutive list items), as in
+  the document's text, so an element boundary is a hard one when that joiner contains the separator: with
+  "\n\n" (or "\n") every paragraph is a chunk of its own, with "***" only the marker splits. With
+  `split_by_title`, a heading stays with the start of the text under it. The separator does not cut inside
+  tables and code blocks.
+- automatic: the separator ("\n") marks preferred boundaries only: small pieces of a section are merged up to
+  max_tokens.
 """
 
 from __future__ import annotations
@@ -297,6 +307,7 @@ class _Unit:
     joiner: str  # whitespace put before this unit when it follows another one in a chunk
     page: int | None
     atomic: bool = False  # table blocks: no partial tail is cut from them for an overlap
+    boundary: bool = False  # after a user separator: starts a new chunk in custom / hierarchical mode
     cjk: int = 0
     other: int = 0
 
@@ -318,14 +329,30 @@ class _Section:
 def split(elements: list[Element], rule: ProcessRule) -> list[Chunk]:
     """Chunks no longer than rule.segmentation.max_tokens (per count_tokens), positions 1..n."""
     segmentation = rule.segmentation
+    hard = rule.mode != "automatic"  # custom / hierarchical: never merge across a user separator
     chunks: list[Chunk] = []
     for section in _sections(elements, rule):
-        packer = _Packer(segmentation.max_tokens, segmentation.chunk_overlap)
-        for unit in section.units:
-            packer.add(unit)
-        for content, page in packer.finish():
-            chunks.append(Chunk(content, len(chunks) + 1, count_tokens(content), section.title_path, page))
+        for group in _groups(section.units, hard):
+            packer = _Packer(segmentation.max_tokens, segmentation.chunk_overlap)
+            for unit in group:
+                packer.add(unit)
+            for content, page in packer.finish():
+                chunks.append(
+                    Chunk(content, len(chunks) + 1, count_tokens(content), section.title_path, page)
+                )
     return chunks
+
+
+def _groups(units: list[_Unit], hard: bool) -> list[list[_Unit]]:
+    """The units packed independently: split at every boundary when separators are hard, else all of them."""
+    if not hard:
+        return [units]
+    groups: list[list[_Unit]] = []
+    for unit in units:
+        if unit.boundary or not groups:
+            groups.append([])
+        groups[-1].append(unit)
+    return groups
 
 
 # ---------------------------------------------------------------------------------------- sections
@@ -340,7 +367,8 @@ def _sections(elements: list[Element], rule: ProcessRule) -> list[_Section]:
     previous: Element | None = None
     for element in elements:
         text = _render(element, pre)
-        if not text:
+        units = _units(element, text, forced, segmentation.max_tokens) if text else []
+        if not units:  # empty, or nothing but separators
             continue
         if element.type == "title" and segmentation.split_by_title:
             level = max(element.level, 1)
@@ -352,8 +380,11 @@ def _sections(elements: list[Element], rule: ProcessRule) -> list[_Section]:
                 sections.append(_Section(path))
             else:
                 sections[-1].title_path = path
-        units = _units(element, text, forced, segmentation.max_tokens)
         units[0].joiner = _element_joiner(previous, element)
+        # the elements' joiner stands for the text between them: a separator it contains is a boundary,
+        # except that split_by_title keeps a heading with what follows it
+        glued = segmentation.split_by_title and "title" in (previous.type if previous else "", element.type)
+        units[0].boundary = previous is not None and not glued and segmentation.delimiter in units[0].joiner
         sections[-1].units.extend(units)
         sections[-1].has_body |= element.type != "title"
         previous = element
@@ -361,7 +392,8 @@ def _sections(elements: list[Element], rule: ProcessRule) -> list[_Section]:
 
 
 def _separator_joiner(delimiter: str) -> str:
-    # Whitespace separators are put back when pieces merge; marker separators such as "***" are dropped.
+    # Whitespace separators are put back when pieces merge (automatic mode only: elsewhere pieces on either
+    # side of a separator never share a chunk); marker separators such as "***" are dropped.
     return delimiter if delimiter.isspace() else "\n"
 
 
@@ -384,10 +416,14 @@ def _units(element: Element, text: str, forced: _Level, max_tokens: int) -> list
     if element.type == "table":
         return [_Unit(block, "\n", element.page, atomic=True) for block in _table_blocks(text, max_tokens)]
     if element.type == "code":
-        pieces = _split_text(text, None, _CODE_LEVELS, max_tokens, keep_indent=True)
+        groups = _split_text(text, None, _CODE_LEVELS, max_tokens, keep_indent=True)
     else:
-        pieces = _split_text(text, forced, _TEXT_LEVELS, max_tokens, keep_indent=element.type == "list_item")
-    return [_Unit(piece, joiner, element.page) for piece, joiner in pieces]
+        groups = _split_text(text, forced, _TEXT_LEVELS, max_tokens, keep_indent=element.type == "list_item")
+    return [
+        _Unit(piece, joiner, element.page, boundary=index > 0 and position == 0)
+        for index, group in enumerate(groups)
+        for position, (piece, joiner) in enumerate(group)
+    ]
 
 
 # --------------------------------------------------------------------------------------- splitting
@@ -424,13 +460,16 @@ _Piece = tuple[str, str]  # (text, joiner before it)
 
 def _split_text(
     text: str, forced: _Level | None, levels: tuple[_Level, ...], max_tokens: int, *, keep_indent: bool
-) -> list[_Piece]:
-    """Split by `forced` unconditionally, then split further only what still exceeds max_tokens."""
+) -> list[list[_Piece]]:
+    """Split by `forced` unconditionally (one group per piece), then split further only what still exceeds
+    max_tokens (into the pieces of that group)."""
     pieces = _cut(text, forced, keep_indent) if forced else [(text, "")]
-    out: list[_Piece] = []
+    groups: list[list[_Piece]] = []
     for piece, joiner in pieces:
+        out: list[_Piece] = []
         _refine(piece, joiner, levels, max_tokens, keep_indent, out)
-    return out
+        groups.append(out)
+    return groups
 
 
 def _refine(
@@ -516,7 +555,8 @@ def _table_blocks(text: str, max_tokens: int) -> list[str]:
     pieces = [
         piece
         for row in rows
-        for piece, _ in _split_text(row, None, _TEXT_LEVELS, max_tokens, keep_indent=False)
+        for group in _split_text(row, None, _TEXT_LEVELS, max_tokens, keep_indent=False)
+        for piece, _ in group
     ]
     blocks: list[str] = []
     current: list[str] = []

@@ -266,11 +266,25 @@ class IndexWorkers:
             raise Stale from None
         now = utcnow()
         await self._set(doc_id, version, indexing_status="splitting", cleaning_completed_at=now)
-        await self._write_segments(ds, doc, version, chunks)
-        await self._embed_and_store(ds, doc, version, chunks)
-        await self._set(doc_id, version, indexing_status="completed", completed_at=utcnow(),
-                        word_count=sum(len(c.content) for c in chunks), tokens=sum(c.tokens for c in chunks))
+        try:
+            await self._write_segments(ds, doc, version, chunks)
+            await self._embed_and_store(ds, doc, version, chunks)
+            await self._set(doc_id, version, indexing_status="completed", completed_at=utcnow(),
+                            word_count=sum(len(c.content) for c in chunks), tokens=sum(c.tokens for c in chunks))
+        except Stale:
+            await self._drop_if_deleted(ds, doc_id)
+            raise
         log.info("index_document_completed", segments=len(chunks), seconds=round(time.perf_counter() - t0, 3))
+
+    async def _drop_if_deleted(self, ds: Dataset, doc_id: str) -> None:
+        """The document (or its dataset) was deleted while this job wrote points: remove them. (A newer
+        version of a live document removes them itself, with its keep_ids.)"""
+        async with self.kn.db.session() as s:
+            if await s.get(Document, doc_id) is not None:
+                return
+        space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+        with contextlib.suppress(Exception):
+            await self.kn.vectors.delete_document(space, ds.tenant_id, ds.id, doc_id)
 
     async def _write_segments(self, ds: Dataset, doc: Document, version: int, chunks: list[PreparedChunk]) -> None:
         """Replace the document's segments with this version's (status indexing), in one transaction."""
