@@ -113,6 +113,10 @@ class VectorStore(Protocol):
 
     async def count(self, space: str, flt: VectorFilter, include_disabled: bool = False) -> int: ...
 
+    async def optimize(self, space: str) -> bool:
+        """Build the space's search index now (the embedded engine never does it by itself); False when
+        there was nothing to do or the engine optimizes on its own (a Qdrant server)."""
+
     async def ping(self) -> None:
         """Raise when the store cannot serve (readiness probes)."""
 

@@ -303,8 +303,8 @@ class EdgeStore:
         await self._write(space, lambda: [op], must_exist=False)
 
     async def optimize(self, space: str) -> bool:
-        """Build HNSW / merge segments (blocking, seconds per 10k points; reads and writes continue).
-        Not part of the port: for a maintenance job."""
+        """Build HNSW / merge segments (seconds per 10k points, on one of the store's threads; reads and
+        writes continue meanwhile)."""
         def work() -> bool:
             shard = self._open(space)
             return bool(shard and shard.optimize())

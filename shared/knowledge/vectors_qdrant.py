@@ -309,6 +309,9 @@ class QdrantStore:
                 return 0
             raise
 
+    async def optimize(self, space: str) -> bool:
+        return False  # a Qdrant server builds its indexes by itself (optimizer thresholds)
+
     async def ping(self) -> None:
         await self._client.get_collections()
 

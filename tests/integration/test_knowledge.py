@@ -27,7 +27,8 @@ async def kstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
                  ) -> AsyncIterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("knowledge")
     settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
-                             knowledge=KnowledgeSettings(max_file_bytes=2 * MB, ack_wait=5, requeue_after=2))
+                             knowledge=KnowledgeSettings(max_file_bytes=2 * MB, ack_wait=5, requeue_after=2,
+                                                                 optimize_after=1))
     srv = await start_live(settings)
     yield srv
     await srv.stop()
@@ -82,13 +83,27 @@ class KB:
         return r.json()["records"]
 
 
+async def _optimized(kb: KB) -> None:
+    """Wait for the indexer's background index build (optimize_after=1 here), so searches run on it."""
+    workers = kb.stack.ctx.local_apps["indexer"].state.workers
+    deadline = time.monotonic() + 60
+    while workers._optimizing is None or not workers._optimizing.done():
+        assert time.monotonic() < deadline, "the index build never ran"
+        await asyncio.sleep(0.1)
+    workers._maybe_optimize()  # spaces that grew meanwhile
+    if workers._optimizing is not None:
+        await workers._optimizing
+
+
 @pytest.fixture
 async def kb(kstack: LiveServer) -> AsyncIterator[KB]:
     async with httpx.AsyncClient(base_url=kstack.base_url, timeout=60) as c:
         admin = await console_admin(c)
         r = await c.post("/console/api/datasets/api-keys", headers=admin)
         assert r.status_code == 201, r.text
-        yield KB(c, admin, r.json()["token"])
+        kb = KB(c, admin, r.json()["token"])
+        kb.stack = kstack
+        yield kb
         # keys are per workspace (max 10): leave room for the next test
         await c.delete(f"/console/api/datasets/api-keys/{r.json()['id']}", headers=admin)
 
@@ -218,6 +233,7 @@ async def test_retrieval_methods(kb: KB) -> None:
                                     "pre_processing_rules": [{"id": "remove_extra_spaces", "enabled": True}],
                                     "segmentation": {"separator": "##", "max_tokens": 100, "chunk_overlap": 0}}})
     await kb.wait(ds["id"], created["batch"])
+    await _optimized(kb)
     for method in ("semantic_search", "full_text_search", "hybrid_search"):
         recs = await kb.retrieve(ds["id"], "how long does shipping take", search_method=method)
         assert recs, method

@@ -43,8 +43,16 @@ def extract_elements(path: str, kind: str) -> list[Element]:
     return extract(Path(path), kind)
 
 
-def chunk_elements(elements: list[Element], rule: dict) -> list[PreparedChunk]:
-    chunks = split(elements, validate_process_rule(rule, required=True))
+def chunk_elements(elements: list[Element], rule: dict, automatic_max_tokens: int | None = None
+                   ) -> list[PreparedChunk]:
+    """``automatic_max_tokens``: a smaller chunk size for the automatic rule (an embedding model with a
+    short input limit, which would otherwise drop the end of each chunk)."""
+    pr = validate_process_rule(rule, required=True)
+    if pr.mode == "automatic" and automatic_max_tokens:
+        seg = pr.segmentation
+        seg.max_tokens = min(seg.max_tokens, automatic_max_tokens)
+        seg.chunk_overlap = min(seg.chunk_overlap, seg.max_tokens // 10)
+    chunks = split(elements, pr)
     out = []
     for c in chunks:
         sv = encode_document(c.content)

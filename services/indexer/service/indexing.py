@@ -39,7 +39,8 @@ from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, ext
 from services.indexer.service.common import segment_id, space_for
 from services.indexer.service.core import Knowledge
 from shared import subjects
-from shared.knowledge.embeddings import Embedder
+from shared.knowledge.embeddings import LOCAL_MAX_TOKENS, Embedder
+from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
 from shared.knowledge.vectors import (
     P_DATASET,
     P_DOCUMENT,
@@ -55,6 +56,14 @@ from shared.models import Dataset, Document, DocumentSegment, UploadFile, utcnow
 log = structlog.get_logger("plexus.indexer.pipeline")
 
 _DOCS = Document.__table__
+
+
+def automatic_chunk_tokens(ds: Dataset) -> int | None:
+    """The built-in model embeds at most 256 of its tokens: the automatic rule makes chunks it sees whole
+    (our token estimate runs ~10 % under its count for English)."""
+    if ds.indexing_technique == "high_quality" and ds.embedding_model_provider in (None, LOCAL_EMBEDDING_PROVIDER):
+        return int(LOCAL_MAX_TOKENS * 0.85)
+    return None
 
 
 class Stale(Exception):
@@ -95,6 +104,8 @@ class IndexWorkers:
         self._pool: ProcessPoolExecutor | None = None
         self._stopping = False
         self.processed = 0  # jobs finished by this process (observability and tests)
+        self._written: dict[str, int] = {}  # space → points written since its index was last built
+        self._optimizing: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -116,6 +127,8 @@ class IndexWorkers:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._optimizing is not None:
+            self._tasks.append(self._optimizing)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -260,7 +273,8 @@ class IndexWorkers:
                     raise Transient(f"object store unavailable: {e}") from e
                 elements = await self._in_pool(extract_elements, str(path), f.extension)
             await self._set(doc_id, version, indexing_status="cleaning", parsing_completed_at=utcnow())
-            chunks: list[PreparedChunk] = await self._in_pool(chunk_elements, elements, doc.process_rule)
+            chunks: list[PreparedChunk] = await self._in_pool(chunk_elements, elements, doc.process_rule,
+                                                              automatic_chunk_tokens(ds))
         except ParseError as e:
             await self._fail(doc_id, version, str(e))
             raise Stale from None
@@ -321,6 +335,7 @@ class IndexWorkers:
             try:
                 space, points = await embed_points(self.kn, ds, doc, items, embedder)
                 await self.kn.vectors.upsert(space, points)
+                self._written[space] = self._written.get(space, 0) + len(points)
             except Exception as e:
                 raise Transient(f"{type(e).__name__}: {e}") from e
             async with self.kn.db.session() as s:
@@ -345,6 +360,30 @@ class IndexWorkers:
                 raise
             except Exception:
                 log.warning("index_requeue_failed", exc_info=True)
+            self._maybe_optimize()
+
+    def _maybe_optimize(self) -> None:
+        """Rebuild the search index of a space that grew by ``optimize_after`` points, one space at a time,
+        in the background (the embedded engine searches an unindexed segment by brute force)."""
+        if self._optimizing is not None and not self._optimizing.done():
+            return
+        due = [s for s, n in self._written.items() if n >= self.settings.optimize_after]
+        if not due:
+            return
+        space = due[0]
+        self._written[space] = 0
+
+        async def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                built = await self.kn.vectors.optimize(space)
+            except Exception:  # searches still work on the unindexed segment
+                log.warning("vector_optimize_failed", space=space, exc_info=True)
+                return
+            if built:
+                log.info("vector_space_optimized", space=space, seconds=round(time.perf_counter() - t0, 2))
+
+        self._optimizing = asyncio.create_task(run(), name=f"optimize-{space}")
 
     async def requeue_lost(self) -> int:
         info = await self.kn.bus.js.stream_info(subjects.INDEX_JOBS_STREAM)

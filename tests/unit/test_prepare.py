@@ -1,0 +1,25 @@
+"""The pool-side stages of the indexer: chunking with the automatic-rule cap, and full-text encoding."""
+
+from services.indexer.pipeline.parse import Element
+from services.indexer.pipeline.prepare import chunk_elements
+from shared.knowledge.sparse import encode_document
+
+TEXT = " ".join(f"Sentence number {i} talks about kettles and tea." for i in range(400))
+
+
+def test_automatic_rule_is_capped_for_short_input_models_and_custom_rules_are_not() -> None:
+    plain = chunk_elements([Element("text", TEXT)], {"mode": "automatic"})
+    capped = chunk_elements([Element("text", TEXT)], {"mode": "automatic"}, 200)
+    assert max(c.tokens for c in plain) > 400 and max(c.tokens for c in capped) <= 200
+    assert len(capped) > len(plain)
+    custom = {"mode": "custom", "rules": {"pre_processing_rules": [],
+                                          "segmentation": {"separator": "\\n\\n", "max_tokens": 1000}}}
+    assert [c.tokens for c in chunk_elements([Element("text", TEXT)], custom, 200)] == \
+        [c.tokens for c in chunk_elements([Element("text", TEXT)], custom)]
+
+
+def test_chunks_carry_their_full_text_vector_hash_and_keywords() -> None:
+    (c,) = chunk_elements([Element("text", "Kettles boil water. Kettles whistle.")], {"mode": "automatic"})
+    sv = encode_document(c.content)
+    assert (c.sparse_indices, c.sparse_values) == (list(sv.indices), list(sv.values))
+    assert c.keywords[0] == "kettles" and len(c.content_hash) == 64 and c.position == 1
