@@ -8,6 +8,7 @@ import asyncio
 import io
 import time
 import uuid
+import zipfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -386,6 +387,23 @@ async def test_files_index_and_bad_files_are_refused(kb: KB) -> None:
     assert r.status_code == 200, r.text
     (st,) = await kb.wait(ds["id"], r.json()["batch"])
     assert st["indexing_status"] == "error" and "encrypted" in st["error"].lower()
+    # a zip bomb dressed as .docx (600 MB of zeros, ~600 KB packed) and a damaged docx: `error`, not a crash
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        with archive.open("word/document.xml", "w", force_zip64=True) as member:
+            for _ in range(600):
+                member.write(bytes(MB))
+    for name, data, words in (("bomb.docx", bomb.getvalue(), "zip bomb"),
+                              ("broken.docx", buf.getvalue()[: len(buf.getvalue()) // 2], "damaged")):
+        r = await kb.file_doc(ds["id"], name, data)
+        assert r.status_code == 200, r.text
+        (st,) = await kb.wait(ds["id"], r.json()["batch"])
+        assert st["indexing_status"] == "error" and words in st["error"], st
+    # the worker survived all of it
+    r = await kb.file_doc(ds["id"], "after.md", b"# After\n\nStill indexing fine.\n")
+    (st,) = await kb.wait(ds["id"], r.json()["batch"])
+    assert st["indexing_status"] == "completed"
 
 
 async def test_process_rule_errors(kb: KB) -> None:
