@@ -226,7 +226,7 @@ async def pipeline_document(path: Path, kind: str, rule: dict, kn: Any, ds: Any,
     from services.indexer.pipeline.parse import extract
     from services.indexer.pipeline.prepare import chunk_elements
     from services.indexer.service.common import segment_id
-    from services.indexer.service.indexing import embed_points
+    from services.indexer.service.indexing import automatic_chunk_tokens, embed_points
     from shared.knowledge.vectors import SparseVector
     from shared.models import Document
 
@@ -235,7 +235,7 @@ async def pipeline_document(path: Path, kind: str, rule: dict, kn: Any, ds: Any,
     t0 = time.perf_counter()
     elements = extract(path, kind)
     t1 = time.perf_counter()
-    chunks = chunk_elements(elements, rule)
+    chunks = chunk_elements(elements, rule, automatic_chunk_tokens(ds))  # as the indexer chunks it
     t2 = time.perf_counter()
     st.extract += t1 - t0
     st.chunk += t2 - t1
@@ -335,8 +335,8 @@ async def bench_parse(args: argparse.Namespace, work: Path, paras: list[str]) ->
                 rows))
     print()
     print(f"- Input: a PDF of {args.pdf_pages} pages and {pdf_chars:,} characters (fpdf2, seed {SEED + 1}); "
-          f"{args.md_docs} markdown files of {md_kb:.1f} KB on average. Process rule `automatic` (500 "
-          f"tokens, overlap 50, split by title), embedding batches of {batch} per document, the built-in "
+          f"{args.md_docs} markdown files of {md_kb:.1f} KB on average. Process rule `automatic` (for the "
+          f"built-in model: 217 tokens, overlap 21, split by title), embedding batches of {batch} per document, the built-in "
           f"model on {LOCAL_THREADS} thread(s). Rates: pages/s for the PDF, docs/s for markdown.")
     print("- parser = `parse.extract` alone, median of 3 runs. pipeline = one run of extract + "
           "`prepare.chunk_elements` + `indexing.embed_points` + `EdgeStore.upsert`, all in this process. "

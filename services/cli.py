@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # litellm reads these at import: no network at import time, no HF hub (see offline notes).
@@ -27,6 +30,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises a caught SIGTERM/SIGINT once it has shut down, which ends the process before the
+        stack stops (index workers, live runs, the NATS drain). Here the signals only ask the server to
+        exit; ``_serve`` then stops the stack and returns normally (exit 0), as an orchestrator expects."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+    return Server
+
+
 async def _serve(settings: Settings, target: str) -> None:
     import uvicorn
 
@@ -45,7 +70,7 @@ async def _serve(settings: Settings, target: str) -> None:
             http="auto",
             timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = _server_class()(config)
         if target == "all":
             await _first_start_hint(stack, settings)
         print(f"plexus {target} listening on http://{settings.host}:{settings.port}", flush=True)

@@ -93,3 +93,4 @@ class Stack:
         if self.nats:
             self.nats.stop()
             self.nats = None
+        log.info("stack_stopped", target=self.target)

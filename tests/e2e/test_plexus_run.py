@@ -195,6 +195,7 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
         proc.kill()
         pytest.fail(f"plexus run did not exit within 30 s of Ctrl-C:\n{proc.stdout.read()[-5000:]}")
     assert code == 0
+    assert '"stack_stopped"' in proc.stdout.read()  # the services stopped in order before the exit
     deadline = time.monotonic() + 5
     while any(_alive(p) for p in nats_children) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
