@@ -38,6 +38,8 @@ class Retrieved:
 
 
 def dataset_configs(config: ModelConfig) -> DatasetConfigs | None:
+    if not config.dataset_configs:  # most apps: nothing to parse on the request path
+        return None
     try:
         dc = DatasetConfigs.model_validate(config.dataset_configs or {})
     except ValidationError:
