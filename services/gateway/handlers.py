@@ -22,7 +22,7 @@ async def start(ctx: Context, app: Gateway) -> None:
             log.debug("key_cache_invalidated", kind=kind, id=ident, dropped=dropped)
 
     await ctx.bus.subscribe_json(CONFIG_WILDCARD, on_config)
-    await ctx.bus.nc.flush()  # the subscription is live on the server before we take traffic
+    await ctx.bus.sync()  # the subscription is live on the server before we take traffic
     await app.startup()
 
 

@@ -44,7 +44,7 @@ async def start(ctx: Context, app: Any) -> None:
     workers = IndexWorkers(kn)
     app.state.workers = workers
     await workers.start()
-    await ctx.bus.nc.flush()
+    await ctx.bus.sync()
 
 
 async def stop(ctx: Context, app: Any) -> None:

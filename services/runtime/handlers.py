@@ -22,7 +22,7 @@ async def start(ctx: Context, app: Any) -> None:
     # no queue group: a stop must reach the one replica that owns the run, a config change every cache
     await ctx.bus.subscribe_json(TASK_STOP_WILDCARD, _stop)
     await ctx.bus.subscribe_json(CONFIG_WILDCARD, _config)
-    await ctx.bus.nc.flush()  # subscriptions are live before the first request can name a task
+    await ctx.bus.sync()  # subscriptions are live before the first request can name a task
     await runtime.start()
 
 

@@ -55,6 +55,6 @@ async def publish_change(bus: Bus, kind: str, ident: str, **payload: Any) -> Non
     try:
         await bus.publish_json(subjects.config_changed(kind, ident), {"kind": kind, "id": ident, **payload})
         # Answer only once the server has routed it: a client's next request then finds caches dropped.
-        await bus.nc.flush(timeout=1)
+        await bus.sync(timeout=1)
     except Exception:
         log.warning("config_publish_failed", kind=kind, id=ident, exc_info=True)
