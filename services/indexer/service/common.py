@@ -115,6 +115,11 @@ def space_for(technique: str | None, provider: str | None, model: str | None) ->
     return f"kb_{base}_{digest}"
 
 
+def dataset_space(ds: Dataset) -> str:
+    """The collection a dataset's points live in now."""
+    return space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+
+
 def word_count(text: str) -> int:
     """Dify counts characters for word_count; so do we (it is what the UI shows for CJK text too)."""
     return len(text)

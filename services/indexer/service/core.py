@@ -7,7 +7,6 @@ import hashlib
 from typing import Any
 
 import orjson
-import structlog
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.indexer.service.common import provider_not_initialize
@@ -19,8 +18,6 @@ from shared.knowledge.embeddings import Embedder, LiteLLMEmbedder, local_embedde
 from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
 from shared.knowledge.vectors import VectorStore
 from shared.subjects import parse_config_subject
-
-log = structlog.get_logger("plexus.indexer")
 
 
 class Knowledge:

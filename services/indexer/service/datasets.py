@@ -7,11 +7,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, delete, select, update
+from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.indexer.service.common import (
     dataset_in_use,
+    dataset_space,
     get_dataset,
     invalid,
     name_duplicate,
@@ -142,7 +143,7 @@ class DatasetService:
         async with self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
             old_technique = ds.indexing_technique
-            old_space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+            old_space = dataset_space(ds)
             if "name" in body and body["name"] is not None:
                 taken = (await s.exec(select(Dataset.id).where(
                     Dataset.tenant_id == tenant_id, Dataset.name == body["name"], Dataset.id != ds.id))).first()
@@ -194,14 +195,12 @@ class DatasetService:
                 select(UploadFile.id, UploadFile.object_name).join(Document, Document.upload_file_id == UploadFile.id)
                 .where(Document.dataset_id == ds.id)))
             await s.exec(delete(DocumentSegment).where(DocumentSegment.dataset_id == ds.id))
-            # bump versions first: a worker holding a job for one of these documents finds it stale
-            await s.exec(update(Document).where(Document.dataset_id == ds.id).values(index_version=-1))
             await s.exec(delete(Document).where(Document.dataset_id == ds.id))
             if files:
                 await s.exec(delete(UploadFile).where(col(UploadFile.id).in_([f[0] for f in files])))
             await s.delete(ds)
             await s.commit()
         await self.kn.vectors.delete_dataset(
-            space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model), tenant_id, ds.id)
+            dataset_space(ds), tenant_id, ds.id)
         for _, name in files:
             await self.kn.files.delete(name)

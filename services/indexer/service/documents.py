@@ -17,11 +17,11 @@ from services.indexer.pipeline.parse import UnsupportedFileType, sniff
 from services.indexer.pipeline.split import validate_process_rule
 from services.indexer.service.common import (
     archived_immutable,
+    dataset_space,
     document_indexing,
     get_dataset,
     get_document,
     invalid,
-    space_for,
 )
 from services.indexer.service.core import Knowledge
 from services.indexer.service.datasets import TECHNIQUES, DatasetService, parse_retrieval_model
@@ -313,7 +313,7 @@ class DocumentService:
             if f is not None:
                 await s.delete(f)
             await s.commit()
-        await self.kn.vectors.delete_document(_space(ds), tenant_id, ds.id, doc.id)
+        await self.kn.vectors.delete_document(dataset_space(ds), tenant_id, ds.id, doc.id)
         if f is not None:
             await self.kn.files.delete(f.object_name)
 
@@ -337,14 +337,11 @@ class DocumentService:
                 doc.updated_at = now
                 changed.append((doc.id, doc.enabled and not doc.archived))
             await s.commit()
-        space = _space(ds)
+        space = dataset_space(ds)
         for doc_id, retrievable in changed:
             await self.kn.vectors.set_enabled(space, retrievable, tenant_id=tenant_id, dataset_id=ds.id,
                                               document_id=doc_id)
 
-
-def _space(ds: Dataset) -> str:
-    return space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
 
 
 def _status_filter(status: str) -> list[Any]:

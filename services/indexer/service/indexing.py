@@ -36,7 +36,7 @@ from sqlmodel import col, delete, select
 
 from services.indexer.pipeline.parse import ParseError
 from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, extract_elements, init_child
-from services.indexer.service.common import segment_id, space_for
+from services.indexer.service.common import dataset_space, segment_id
 from services.indexer.service.core import Knowledge
 from shared import subjects
 from shared.knowledge.embeddings import LOCAL_MAX_TOKENS, Embedder
@@ -84,7 +84,7 @@ def point_for(ds: Dataset, doc: Document, seg_id: str, dense: list[float] | None
 async def embed_points(kn: Knowledge, ds: Dataset, doc: Document, items: list[tuple[str, str, SparseVector, bool]],
                        embedder: Embedder | None) -> tuple[str, list[VectorPoint]]:
     """(space, points) for (segment id, text, sparse vector, enabled) items; dense only for high_quality."""
-    space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+    space = dataset_space(ds)
     dense: list[list[float] | None] = [None] * len(items)
     if embedder is not None:
         vectors = await embedder.embed_documents([t for _, t, _, _ in items])
@@ -296,7 +296,7 @@ class IndexWorkers:
         async with self.kn.db.session() as s:
             if await s.get(Document, doc_id) is not None:
                 return
-        space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+        space = dataset_space(ds)
         with contextlib.suppress(Exception):
             await self.kn.vectors.delete_document(space, ds.tenant_id, ds.id, doc_id)
 
@@ -324,7 +324,7 @@ class IndexWorkers:
         if ds.indexing_technique == "high_quality":
             async with self.kn.db.session() as s:
                 embedder = await self.kn.embedder(s, ds.tenant_id, ds.embedding_model_provider, ds.embedding_model)
-        space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+        space = dataset_space(ds)
         retrievable = doc.enabled and not doc.archived
         batch = max(1, self.settings.embedding_batch)
         ids = [segment_id(doc.id, version, c.position) for c in chunks]

@@ -11,7 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.indexer.service.common import get_dataset, get_document, invalid, parse_id, space_for
+from services.indexer.service.common import (
+    dataset_space,
+    get_dataset,
+    get_document,
+    invalid,
+    parse_id,
+)
 from services.indexer.service.core import Knowledge
 from shared.errors import ApiError, not_found
 from shared.models import Dataset, DatasetMetadataField, Document, UploadFile, ts
@@ -64,7 +70,7 @@ class MetadataService:
 
     async def _sync(self, ds: Dataset, docs: list[Document]) -> None:
         """Push the documents' metadata into their vector points."""
-        space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+        space = dataset_space(ds)
         for d in docs:
             await self.kn.vectors.set_document_metadata(space, ds.tenant_id, ds.id, d.id, d.doc_metadata or {})
 

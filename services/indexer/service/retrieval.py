@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from services.indexer.service.common import get_dataset, invalid, not_initialized, space_for
+from services.indexer.service.common import dataset_space, get_dataset, invalid, not_initialized
 from services.indexer.service.core import Knowledge
 from services.indexer.service.segments import segment_json
 from shared.credentials import provider_credentials
@@ -108,7 +108,7 @@ class RetrievalService:
         return records
 
     async def _search_dataset(self, tenant_id: str, ds: Dataset, query: str, rm: RetrievalModel) -> list[Scored]:
-        space = space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
+        space = dataset_space(ds)
         flt = VectorFilter(tenant_id=tenant_id, dataset_ids=(ds.id,), metadata=_conditions(rm),
                            metadata_logic=(rm.metadata_filtering_conditions.logical_operator
                                            if rm.metadata_filtering_conditions else "and"))

@@ -14,12 +14,12 @@ from services.indexer.pipeline.split import count_tokens
 from services.indexer.service.common import (
     archived_immutable,
     content_hash,
+    dataset_space,
     get_dataset,
     get_document,
     invalid,
     parse_id,
     segment_not_found,
-    space_for,
 )
 from services.indexer.service.core import Knowledge
 from services.indexer.service.indexing import embed_points
@@ -169,7 +169,7 @@ class SegmentService:
                 await self._index(ds, doc, [g])
             await s.commit()
         if not reembed and enabled is not None:
-            await self.kn.vectors.set_enabled(_space(ds), bool(g.enabled and doc.enabled and not doc.archived),
+            await self.kn.vectors.set_enabled(dataset_space(ds), bool(g.enabled and doc.enabled and not doc.archived),
                                               ids=[g.id])
         return {"data": segment_json(g), "doc_form": doc.doc_form}
 
@@ -180,11 +180,8 @@ class SegmentService:
             await s.delete(g)
             await s.exec(_bump_document(doc.id, [g], sign=-1))
             await s.commit()
-        await self.kn.vectors.delete_ids(_space(ds), [g.id])
+        await self.kn.vectors.delete_ids(dataset_space(ds), [g.id])
 
-
-def _space(ds: Dataset) -> str:
-    return space_for(ds.indexing_technique, ds.embedding_model_provider, ds.embedding_model)
 
 
 def _bump_document(doc_id: str, segs: list[DocumentSegment], sign: int = 1) -> Any:
