@@ -111,6 +111,36 @@ class Bus:
 
         self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=_cb))
 
+    async def serve_json(
+        self, subject: str, handler: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]], *, queue: str,
+        concurrency: int,
+    ) -> None:
+        """Answer requests on ``subject`` in a queue group, up to ``concurrency`` at once. nats-py runs one
+        subscription's callbacks one after another, so each request gets its own task; past the limit the
+        callback waits, and further requests queue in the subscription (its pending limits apply)."""
+        gate = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task] = set()
+
+        async def _answer(msg: Msg) -> None:
+            try:
+                try:
+                    reply = await handler(msg.subject, orjson.loads(msg.data) if msg.data else {})
+                except Exception as e:
+                    log.exception("bus_request_failed", subject=msg.subject)
+                    reply = {"ok": False, "error": {"code": "internal_error", "message": f"{type(e).__name__}: {e}"}}
+                if msg.reply:
+                    await msg.respond(orjson.dumps(reply))
+            finally:
+                gate.release()
+
+        async def _cb(msg: Msg) -> None:
+            await gate.acquire()
+            task = asyncio.create_task(_answer(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=_cb))
+
     async def sync(self, timeout: float = 2.0) -> None:
         """Return once the server has processed everything this connection sent before the call (and so
         has delivered what we published to our own subscriptions ahead of its reply). nats-py writes a

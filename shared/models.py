@@ -1,7 +1,7 @@
 """Tables, one owner each (see ARCHITECTURE §3). Timestamps are aware UTC; the wire uses Unix seconds.
 
 console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
-app_dataset_joins.
+app_dataset_joins, tool_providers (the tools service and the runtime read them).
 runtime owns: end_users, conversations, messages, message_feedbacks.
 indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments.
 """
@@ -127,6 +127,27 @@ class ProviderCredential(SQLModel, table=True):
     tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
     provider: str = Field(max_length=64)
     encrypted_credentials: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ToolProvider(SQLModel, table=True):
+    """A workspace's custom tools: an OpenAPI 3 document (one tool per operation) or one webhook definition.
+    ``tools`` is derived from ``schema_text`` on every save (shared.tool_schema.ToolSpec dicts), so readers never
+    parse documents; credentials (auth and the optional signing secret) are encrypted like provider credentials."""
+
+    __tablename__ = "tool_providers"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_tool_provider_name"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    name: str = Field(max_length=64)
+    schema_type: str = Field(max_length=16)  # openapi | webhook
+    schema_text: str = Field(sa_column=Column(Text, nullable=False))
+    tools: list = _json(list)
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    icon: dict = _json(dict)
+    encrypted_credentials: str = Field(sa_column=Column(Text, nullable=False))
+    created_by: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -45,6 +45,21 @@ class RuntimeSettings(BaseModel):
     run_timeout: float = Field(600.0, description="a run still going after this is stopped and recorded")
     default_context_tokens: int = Field(8192, description="context window assumed for models litellm does not know")
     app_cache_seconds: float = Field(60.0, description="app/config cache TTL (NATS invalidation is immediate)")
+    agent_max_iterations: int = Field(
+        99, description="upper bound for an agent app's `max_iteration` (model calls per answer)"
+    )
+
+
+class ToolsSettings(BaseModel):
+    default_timeout: float = Field(10.0, description="seconds a tool call may take unless its tool says otherwise")
+    max_timeout: float = Field(60.0, description="upper bound for a tool's own timeout")
+    max_response_bytes: int = Field(256 * 1024, description="larger tool responses end the call with an error")
+    rate_limit_per_minute: int = Field(0, description="calls per tool per minute unless the tool says (0 = unlimited)")
+    concurrency: int = Field(64, description="tool calls one tools process runs at once (the rest queue)")
+    egress_allowlist: list[str] = Field(
+        default_factory=list,
+        description="CIDRs or host names exempt from the SSRF guard, as a JSON list (e.g. `[\"10.1.0.0/16\"]`)",
+    )
 
 
 class KnowledgeSettings(BaseModel):
@@ -96,6 +111,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     runtime: RuntimeSettings = RuntimeSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    tools: ToolsSettings = ToolsSettings()
 
     @property
     def effective_database_url(self) -> str:
@@ -137,7 +153,8 @@ def settings_table() -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name.upper()}__")
                 continue
-            default = f.default if f.default is not None else ""
+            default = f.get_default(call_default_factory=True)
+            default = "" if default is None else default
             if isinstance(default, Path):
                 default = str(default)
             rows.append(f"| `{prefix}{name.upper()}` | `{default}` | {f.description or ''} |")

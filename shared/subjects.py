@@ -27,7 +27,19 @@ FILES_BUCKET = "plexus-files"
 KNOWLEDGE_RETRIEVE = f"{PREFIX}.knowledge.retrieve"
 KNOWLEDGE_QUEUE = "plexus-indexer"
 
-# Config change notifications (core pub/sub): kinds are app, apikey, provider, tenant.
+# Tool calls, served by the tools service in a queue group; <provider> is "builtin" or a provider id.
+# Payload: {"tenant_id", "provider_type": "builtin"|"api", "provider_id", "tool", "arguments": {...}, "app_id"?}
+# Reply: {"ok": true, "output": str, "elapsed": s} or {"ok": false, "error": {"code", "message"}, "elapsed": s}:
+# a failing tool is a result the agent can react to, never a missing reply.
+TOOLS_INVOKE_WILDCARD = f"{PREFIX}.tools.invoke.*"
+TOOLS_QUEUE = "plexus-tools"
+
+
+def tools_invoke(provider_id: str) -> str:
+    return f"{PREFIX}.tools.invoke.{provider_id}"
+
+
+# Config change notifications (core pub/sub): kinds are app, apikey, provider, tenant, tool_provider.
 CONFIG_WILDCARD = f"{PREFIX}.config.>"
 
 

@@ -5,6 +5,11 @@ mid-stream disconnect); a request takes the first script whose ``match`` is in i
 (or the first one without ``match``). Without a script the answer is deterministic:
 ``"Echo: <last user message>"`` split into tokens. Every request body is recorded in ``requests``.
 
+Function calling: a script with ``tool_calls`` answers with those calls, streamed in fragments the way
+OpenAI does; ``match_last`` (text of the last message of any role, e.g. a tool result) and ``with_tools``
+select the turn of an agent loop a script answers. Requests offering tools are recorded with their
+``tools`` in the body.
+
 Embeddings (``POST /v1/embeddings``): each input gets a deterministic unit vector of ``embedding_dim``
 dimensions (or the request's ``dimensions``) from hashed character trigrams, so similar texts get similar
 vectors (``trigram_vector``). Scripts for it are pushed with ``endpoint="embeddings"`` (``match`` is then
@@ -65,6 +70,12 @@ class Script:
     times: int = 1  # how many requests this script answers
     endpoint: str = "chat"  # "chat" (chat completions) or "embeddings"
     dim: int | None = None  # embeddings: vector size for this answer (wins over the server's default)
+    # function calling: answer with these calls ({"name", "arguments": str | dict, "id"?}) after any reply
+    # tokens; arguments are streamed in fragments of ``chunk_args`` characters, finish_reason "tool_calls"
+    tool_calls: list[dict[str, Any]] | None = None
+    chunk_args: int = 7
+    match_last: str | None = None  # only for requests whose last message (any role) contains this
+    with_tools: bool | None = None  # only for requests that offer tools (True) or do not (False)
 
 
 @dataclass
@@ -83,6 +94,10 @@ class Received:
             if m.get("role") == "user":
                 return _text(m.get("content"))
         return ""
+
+    @property
+    def last_text(self) -> str:
+        return _text(self.messages[-1].get("content")) if self.messages else ""
 
     @property
     def inputs(self) -> list[str]:
@@ -166,11 +181,16 @@ class ScriptedLLM:
         for i, s in enumerate(self.scripts):
             if s.endpoint != endpoint:
                 continue
-            if s.match is None or any(s.match in t for t in texts):
-                s.times -= 1
-                if s.times <= 0:
-                    del self.scripts[i]
-                return s
+            if s.match is not None and not any(s.match in t for t in texts):
+                continue
+            if s.match_last is not None and s.match_last not in received.last_text:
+                continue
+            if s.with_tools is not None and s.with_tools != bool(received.body.get("tools")):
+                continue
+            s.times -= 1
+            if s.times <= 0:
+                del self.scripts[i]
+            return s
         return None
 
     # -- server --------------------------------------------------------------------------------
@@ -239,6 +259,8 @@ class ScriptedLLM:
 
         if script.tokens is not None:
             tokens = list(script.tokens)
+        elif script.tool_calls and script.reply is None:
+            tokens = []  # a pure function-calling turn has no text
         else:
             tokens = split_words(script.reply if script.reply is not None else f"Echo: {received.last_user}")
         prompt_tokens = sum(len(_text(m.get("content"))) for m in received.messages) // 4 + 1
@@ -251,11 +273,22 @@ class ScriptedLLM:
         cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
 
+        calls = [
+            {"id": c.get("id") or f"call_{uuid.uuid4().hex[:8]}", "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(c["arguments"], str)
+                          else orjson.dumps(c["arguments"]).decode()}}
+            for c in script.tool_calls or []
+        ]
+        finish_reason = "tool_calls" if calls else "stop"
+
         if not body.get("stream"):
             for _ in tokens:
                 if script.delay:
                     await asyncio.sleep(script.delay)
             self.completed += 1
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+            if calls:
+                message["tool_calls"] = calls
             return JSONResponse(
                 {
                     "id": cid,
@@ -265,8 +298,8 @@ class ScriptedLLM:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(tokens)},
-                            "finish_reason": "stop",
+                            "message": message,
+                            "finish_reason": finish_reason,
                         }
                     ],
                     "usage": usage,
@@ -299,7 +332,14 @@ class ScriptedLLM:
                     yield chunk({"content": tok})
                 if script.malformed_after is not None and script.malformed_after >= len(tokens):
                     yield b"data: {this is not json\n\n"
-                yield chunk({}, "stop")
+                for i, call in enumerate(calls):
+                    fn = call["function"]
+                    yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                 "function": {"name": fn["name"], "arguments": ""}}]})
+                    args = fn["arguments"]
+                    for j in range(0, len(args), script.chunk_args):
+                        yield chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j:j + script.chunk_args]}}]})
+                yield chunk({}, finish_reason)
                 if include_usage:
                     data = {
                         "id": cid,

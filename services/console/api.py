@@ -12,10 +12,10 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from services.console.auth import Auth, TokenPair
-from services.console.service import accounts, apps, keys, providers
+from services.console.service import accounts, apps, keys, providers, tools
 from services.console.service.common import ADMIN_ROLES, EDITOR_ROLES, Principal
 from shared.context import Context
-from shared.errors import unauthorized
+from shared.errors import not_found, unauthorized
 from shared.http import create_base_app
 from shared.identity import AuthError, bearer_token
 from shared.models import ApiToken, App, ts
@@ -306,6 +306,63 @@ async def save_credentials(ctx: Ctx, caller: Caller, provider: str, body: Creden
 async def delete_credentials(ctx: Ctx, caller: Caller, provider: str) -> dict:
     await providers.delete_credentials(ctx, caller, provider)
     return SUCCESS
+
+
+# ---- tool providers (Dify's console paths; schema_type "webhook" is Plexus' own) ----------------------
+
+ToolBody = Annotated[dict[str, Any], Body()]
+TOOLS = "/workspaces/current/tool-provider"
+
+
+@router.get("/workspaces/current/tool-providers")
+async def list_tool_providers(ctx: Ctx, caller: Caller) -> list[dict]:
+    return await tools.list_providers(ctx, caller)
+
+
+@router.get(TOOLS + "/builtin/{provider}/tools")
+async def builtin_tools(caller: Caller, provider: str) -> list[dict]:
+    found = next((p for p in tools.builtin_views() if p["name"] == provider), None)
+    if found is None:
+        raise not_found(f"Built-in tool provider {provider!r} not found.")
+    return found["tools"]
+
+
+@router.post(TOOLS + "/api/add")
+async def add_tool_provider(ctx: Ctx, caller: Caller, body: ToolBody) -> dict:
+    return {**SUCCESS, **await tools.save_provider(ctx, caller, body)}
+
+
+@router.post(TOOLS + "/api/update")
+async def update_tool_provider(ctx: Ctx, caller: Caller, body: ToolBody) -> dict:
+    original = body.get("original_provider") or body.get("provider")
+    return {**SUCCESS, **await tools.save_provider(ctx, caller, body, original=original)}
+
+
+@router.post(TOOLS + "/api/delete")
+async def delete_tool_provider(ctx: Ctx, caller: Caller, body: ToolBody) -> dict:
+    await tools.delete_provider(ctx, caller, body.get("provider"))
+    return SUCCESS
+
+
+@router.get(TOOLS + "/api/get")
+async def get_tool_provider(ctx: Ctx, caller: Caller, provider: str) -> dict:
+    return await tools.get_provider(ctx, caller, provider)
+
+
+@router.get(TOOLS + "/api/tools")
+async def list_provider_tools(ctx: Ctx, caller: Caller, provider: str) -> list[dict]:
+    return (await tools.get_provider(ctx, caller, provider))["tools"]
+
+
+@router.post(TOOLS + "/api/schema")
+async def preview_tool_schema(caller: Caller, body: ToolBody) -> dict:
+    return tools.preview_schema(body)
+
+
+@router.post(TOOLS + "/api/test/pre")
+@router.post(TOOLS + "/api/test")
+async def test_tool(ctx: Ctx, caller: Caller, body: ToolBody) -> dict:
+    return await tools.test_call(ctx, caller, body)
 
 
 # ---- the app ----------------------------------------------------------------------------------------

@@ -28,11 +28,11 @@ import structlog
 from starlette.types import Message, Receive, Scope, Send
 
 from services.gateway.auth import KeyCache
-from services.gateway.limiter import Limiter, LimiterUnavailable, build_limiter
 from services.gateway.proxy import Exchange, HttpForwarder, Meter, forward_local, reply
 from shared.context import Context
 from shared.http import create_base_app
 from shared.identity import AUTH_INVALID, H_REQUEST_ID, IDENTITY_HEADERS, AuthError, bearer_token
+from shared.limiter import Limiter, LimiterUnavailable, build_limiter
 from shared.metrics import RATE_LIMITED
 
 log = structlog.get_logger("plexus.gateway")

@@ -21,10 +21,10 @@ from typing import Any
 import structlog
 from sqlalchemy import bindparam, select, update
 
-from services.gateway.limiter import AppLimits
 from shared.crypto import hash_token
 from shared.db import Database
 from shared.identity import Caller, identity_headers
+from shared.limiter import AppLimits
 from shared.models import ApiToken, App, Tenant, utcnow
 
 log = structlog.get_logger("plexus.gateway.auth")

@@ -89,13 +89,31 @@ class Usage:
     from_provider: bool = False
 
 
+@dataclass(slots=True)
+class ToolCall:
+    """A function call the model asked for, assembled from streamed fragments."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""  # JSON text as the model wrote it (may be malformed)
+
+
 async def stream_chat(
-    binding: ModelBinding, messages: list[dict[str, Any]], timeout: float, usage: Usage
+    binding: ModelBinding, messages: list[dict[str, Any]], timeout: float, usage: Usage, *,
+    tools: list[dict[str, Any]] | None = None, tool_calls: list[ToolCall] | None = None,
+    stop: list[str] | None = None,
 ) -> AsyncIterator[str]:
-    """Yield answer deltas; fills ``usage`` from the provider's include_usage chunk when it comes."""
+    """Yield answer deltas; fills ``usage`` from the provider's include_usage chunk when it comes. With
+    ``tools``, the calls the model makes are assembled into ``tool_calls`` (by their stream index)."""
+    extra: dict[str, Any] = {}
+    if tools:
+        extra["tools"] = tools
+    if stop:
+        extra["stop"] = stop
     stream = await litellm().acompletion(
         **binding.kwargs,
         **binding.params,
+        **extra,
         messages=messages,
         stream=True,
         stream_options={"include_usage": True},
@@ -103,6 +121,7 @@ async def stream_chat(
         num_retries=0,
         max_retries=0,
     )
+    calls: dict[int, ToolCall] = {}
     try:
         async for chunk in stream:
             u = getattr(chunk, "usage", None)
@@ -112,12 +131,23 @@ async def stream_chat(
                 usage.from_provider = True
             choices = chunk.choices
             if choices:
-                delta = choices[0].delta.content
+                d = choices[0].delta
+                if tools is not None and d.tool_calls:
+                    for frag in d.tool_calls:
+                        call = calls.setdefault(frag.index or 0, ToolCall())
+                        call.id = frag.id or call.id
+                        fn = frag.function
+                        if fn is not None:
+                            call.name = call.name or fn.name or ""  # sent once, in the first fragment
+                            call.arguments += fn.arguments or ""
+                delta = d.content
                 if delta:
                     yield delta
     finally:
         # release the provider connection at once on stop/error (cleanup is shielded inside litellm)
         await stream.aclose()
+    if tool_calls is not None:
+        tool_calls.extend(calls[i] for i in sorted(calls))
 
 
 async def complete_text(

@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 import services.gateway as gateway_module
-from services.gateway.limiter import MemoryLimiter, RedisLimiter, build_limiter
+from shared.limiter import MemoryLimiter, RedisLimiter, build_limiter
 from shared.natsd import free_port
 from tests.conftest import REDIS_URL, needs_redis
 from tests.integration.gateway_env import (

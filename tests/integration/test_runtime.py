@@ -584,7 +584,8 @@ async def test_mode_gates(world: World) -> None:
         return r.status_code, r.json()["code"], r.json()["message"]
 
     unavailable = (400, "app_unavailable", "App unavailable, please check your app configurations.")
-    assert await code("agent") == unavailable
+    # chat() is blocking, which agent apps refuse before anything else (test_agent covers streaming)
+    assert await code("agent") == (400, "invalid_param", "Agent Chat App does not support blocking mode")
     assert await code("advanced") == unavailable
     assert (await code("workflow"))[:2] == (400, "not_chat_app")
     assert (await code("completion"))[:2] == (400, "not_chat_app")

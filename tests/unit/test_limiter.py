@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.gateway.limiter import AppLimits, MemoryLimiter
+from shared.limiter import AppLimits, MemoryLimiter
 from shared.identity import AUTH_INVALID, AUTH_MISSING, AUTH_SCHEME, AuthError, bearer_token
 
 

@@ -37,6 +37,8 @@ from shared.models import (
     MessageFeedback,
     utcnow,
 )
+from shared.settings import Settings
+from shared.tool_catalog import AGENT_STRATEGIES, ToolResolutionError, resolve_agent_tools
 
 MODES = ("chat", "agent-chat", "advanced-chat", "workflow", "completion")
 # basic modes keep their config in app_model_configs; graph modes use workflows
@@ -191,6 +193,8 @@ async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[
     async with ctx.db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
         _basic_mode(app)
+        if app.mode == "agent-chat":
+            await _check_agent(s, p.tenant_id, config.agent_mode, ctx.settings)
         if dataset_ids:
             found = set(await s.exec(select(Dataset.id).where(Dataset.tenant_id == p.tenant_id,
                                                               col(Dataset.id).in_(dataset_ids))))
@@ -207,6 +211,20 @@ async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[
             s.add(AppDatasetJoin(app_id=app.id, dataset_id=ds_id))
         await s.commit()
     await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+
+
+async def _check_agent(s: AsyncSession, tenant_id: str, agent_mode: dict[str, Any], settings: Settings) -> None:
+    strategy = agent_mode.get("strategy") or "function_call"
+    if strategy not in AGENT_STRATEGIES:
+        raise invalid_param(f"agent_mode.strategy must be one of {list(AGENT_STRATEGIES)}", params="agent_mode")
+    steps = agent_mode.get("max_iteration", 5)
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= settings.runtime.agent_max_iterations:
+        raise invalid_param(f"agent_mode.max_iteration must be an integer from 1 to "
+                            f"{settings.runtime.agent_max_iterations}", params="agent_mode")
+    try:
+        await resolve_agent_tools(s, tenant_id, agent_mode.get("tools") or [], settings.tools)
+    except ToolResolutionError as e:
+        raise invalid_param(str(e), params="agent_mode") from None
 
 
 # ---- API keys -------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 - ``AppCache``: App + parsed model config + decrypted credentials (as a ready ``ModelBinding``) per app
   id, for ``app_cache_seconds``, dropped at once by NATS config messages (kind "app" → that app,
-  "provider"/"tenant" → every app of that tenant). Loads are single-flight per app.
+  "provider"/"tenant"/"tool_provider" → every app of that tenant). Loads are single-flight per app.
 - ``EndUsers``: (app, session id) → end-user id; end users are never deleted while their app lives.
 """
 
@@ -20,11 +20,14 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime.llm import ModelBinding, bind_model
+from services.runtime.service.agent import AgentPlan
 from services.runtime.service.errors import DEFAULT_USER
 from shared.app_config import ModelConfig, parse_model_config
 from shared.credentials import provider_credentials
 from shared.db import Database
 from shared.errors import forbidden
+from shared.settings import Settings
+from shared.tool_catalog import resolve_agent_tools
 from shared.models import Account, App, AppModelConfig, EndUser, new_id, utcnow
 
 log = structlog.get_logger("plexus.runtime.cache")
@@ -41,13 +44,15 @@ class AppEntry:
     config: ModelConfig | None  # None: no (valid) model config → app_unavailable
     binding: ModelBinding | None  # None: the provider has no usable credentials → provider_not_initialize
     loaded_at: float
+    agent: AgentPlan | None = None  # agent-chat apps: strategy and the tools that resolved
 
 
 class AppCache:
-    def __init__(self, db: Database, secret_key: str | None, ttl: float) -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
-        self.secret_key = secret_key
-        self.ttl = ttl
+        self.settings = settings
+        self.secret_key = settings.secret_key
+        self.ttl = settings.runtime.app_cache_seconds
         self._entries: dict[str, AppEntry] = {}
         self._loading: dict[str, asyncio.Future[AppEntry]] = {}
         self._generation = 0  # bumped by every invalidation: a load that raced one is not stored
@@ -119,9 +124,13 @@ class AppCache:
                     config = parse_model_config(raw)
                 except ValueError as e:
                     log.warning("app_config_invalid", app_id=app_id, error=str(e))
-            binding = None
+            binding = agent = None
             if config is not None:
                 binding = await self._bind(s, app.tenant_id, config)
+                if app.mode == "agent-chat":
+                    tools = await resolve_agent_tools(s, app.tenant_id, config.agent_mode.get("tools") or [],
+                                                      self.settings.tools, strict=False)
+                    agent = AgentPlan.build(config.agent_mode, tools, self.settings.runtime.agent_max_iterations)
         return AppEntry(
             id=app.id,
             tenant_id=app.tenant_id,
@@ -132,6 +141,7 @@ class AppCache:
             config=config,
             binding=binding,
             loaded_at=time.monotonic(),
+            agent=agent,
         )
 
     async def _bind(self, s: AsyncSession, tenant_id: str, config: ModelConfig) -> ModelBinding | None:

@@ -39,13 +39,16 @@ TOUCH_CONVERSATION = update(_CONV).where(_CONV.c.id == bindparam("b_id"))  # SET
 INSERT_MESSAGE = insert(Message.__table__)
 
 
-def gate(endpoint: str, mode: str) -> None:
-    """Mode gates of reference §2: agent-chat and advanced-chat are not served yet."""
+def gate(endpoint: str, mode: str, streaming: bool) -> None:
+    """Mode gates of reference §2 (advanced-chat is not served yet)."""
     if endpoint == "completion":
         if mode != "completion":
             raise app_unavailable()
-    elif mode in ("agent-chat", "advanced-chat"):
+    elif mode == "advanced-chat":
         raise app_unavailable()
+    elif mode == "agent-chat":
+        if not streaming:
+            raise invalid_param("Agent Chat App does not support blocking mode")
     elif mode != "chat":
         raise not_chat_app()
 
@@ -67,7 +70,7 @@ class ChatService:
     ) -> Run:
         session_id = require_user(user)
         app = await self.rt.app_for(caller)
-        gate(endpoint, app.mode)
+        gate(endpoint, app.mode, streaming)
         if inputs is None:
             raise invalid_param("inputs is required")
         if endpoint == "chat" and query is None:
@@ -173,6 +176,9 @@ class ChatService:
             channel=Channel() if streaming else None,
             # shown to the client only when the app's retriever_resource feature is on (Dify's default)
             retriever_resources=retrieved.resources if config.retriever_resource.enabled else [],
+            tenant_id=app.tenant_id,
+            agent=app.agent,
+            trace=retrieved.trace,
         )
         self.rt.runs.start(run)
         return run

@@ -29,7 +29,7 @@ class Runtime:
         self.settings = ctx.settings.runtime
         self.db = ctx.db
         self.bus = ctx.bus
-        self.apps = AppCache(ctx.db, ctx.settings.secret_key, self.settings.app_cache_seconds)
+        self.apps = AppCache(ctx.db, ctx.settings)
         self.end_users = EndUsers(ctx.db)
         self.runs = RunRegistry(ctx)
         self.chat = ChatService(self)
@@ -54,6 +54,8 @@ class Runtime:
             self.apps.invalidate_app(ident)
         elif kind in ("provider", "tenant"):
             self.apps.invalidate_tenant(ident)
+        elif kind == "tool_provider" and isinstance(payload.get("tenant_id"), str):
+            self.apps.invalidate_tenant(payload["tenant_id"])
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:

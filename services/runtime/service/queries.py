@@ -65,7 +65,7 @@ def message_view(m: Message, rating: str | None) -> dict[str, Any]:
         "message_files": [],
         "feedback": {"rating": rating} if rating else None,
         "retriever_resources": m.retriever_resources or [],
-        "agent_thoughts": [],
+        "agent_thoughts": m.agent_thoughts or [],
         "created_at": ts(m.created_at),
         "status": "error" if m.status == "error" else "normal",  # stopped (and a live run) show as normal
         "error": m.error,

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import bindparam, update
 
 from services.runtime import llm
+from services.runtime.service.agent import AgentIncomplete, AgentLoop, AgentPlan
 from services.runtime.service.prompt import MESSAGE_OVERHEAD, approx_tokens
 from shared.metrics import LLM_CALLS, LLM_TOKENS, RUNS_ACTIVE
 from shared.models import Message, utcnow
@@ -85,12 +86,17 @@ class Run:
     app_id: str
     end_user_id: str
     session_id: str
-    mode: str  # the app's mode: chat | completion
+    mode: str  # the app's mode: chat | completion | agent-chat
     created_at: int
     binding: llm.ModelBinding
     messages: list[dict[str, Any]]
     channel: Channel | None  # None for blocking requests
     retriever_resources: list[dict[str, Any]] = field(default_factory=list)
+    tenant_id: str = ""
+    agent: AgentPlan | None = None  # agent-chat: the tools and strategy
+    trace: dict[str, Any] = field(default_factory=dict)  # as stored at the start (retrieval)
+    thoughts: list[dict[str, Any]] = field(default_factory=list)  # agent_thoughts, stored shape
+    tool_trace: list[dict[str, Any]] = field(default_factory=list)  # every tool call: input, output, latency
     answer_parts: list[str] = field(default_factory=list)
     status: str = "running"  # then normal | stopped | error
     error: str | None = None
@@ -197,7 +203,18 @@ class RunRegistry:
         try:
             run.streaming = True
             try:
-                if run.stop_reason is None:
+                if run.stop_reason is None and run.agent is not None:
+                    async def emit(data: bytes) -> None:
+                        nonlocal lost_events
+                        if channel is not None:
+                            channel.put(b"data: " + data + b"\n\n")
+                        try:
+                            await nc.publish(subject, data)
+                        except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
+                            lost_events += 1
+
+                    await AgentLoop(self.ctx, run, run.agent, run.tenant_id, emit, usage).execute()
+                elif run.stop_reason is None:
                     deltas = llm.stream_chat(run.binding, run.messages, rt.llm_timeout, usage)
                     async with aclosing(deltas):
                         async for delta in deltas:
@@ -217,6 +234,8 @@ class RunRegistry:
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 run.status = "stopped"
+            except AgentIncomplete as e:
+                run.status, run.error = "error", str(e)
             except Exception as e:  # noqa: BLE001 - any provider failure ends the run as an error event
                 run.status, run.error = "error", llm.error_message(e, run.binding.provider)
                 log.info("run_llm_failed", error=run.error)
@@ -268,7 +287,7 @@ class RunRegistry:
         LLM_CALLS.labels(b.provider, b.model, run.status).inc()
         LLM_TOKENS.labels(b.provider, b.model, "prompt").inc(usage.prompt_tokens)
         LLM_TOKENS.labels(b.provider, b.model, "completion").inc(usage.completion_tokens)
-        await self._store_final(run, {
+        params = {
             "b_id": run.message_id,
             "status": run.status,
             "answer": answer,
@@ -277,7 +296,11 @@ class RunRegistry:
             "answer_tokens": usage.completion_tokens,
             "usage": run.usage,
             "latency": latency,
-        })
+        }
+        if run.agent is not None:
+            params["agent_thoughts"] = run.thoughts
+            params["trace"] = {**run.trace, "tools": run.tool_trace}
+        await self._store_final(run, params)
         if run.status == "error":
             payload = {
                 **run.envelope("error"),

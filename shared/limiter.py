@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import structlog
 
-log = structlog.get_logger("plexus.gateway.limiter")
+log = structlog.get_logger("plexus.limiter")
 
 MINUTE = 60.0
 HOUR = 3600.0

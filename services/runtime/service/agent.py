@@ -1,0 +1,291 @@
+"""agent-chat runs: the model calls tools through the tools service until it can answer.
+
+Two strategies (``agent_mode.strategy``): ``function_call`` passes the tools as functions (litellm
+function calling; several calls in one turn run in parallel), ``react`` describes them in the prompt and
+reads one JSON action per turn, for models without native function calling. Either way a turn that calls
+tools becomes an ``agent_thought`` (sent once when the calls are known, again with the observation), the
+model's text streams as ``agent_message``, and after ``max_iteration`` tool rounds the model is asked once
+more without tools. A failing, unknown or badly called tool is an observation the model can react to;
+only a failing model call ends the run with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from services.runtime import llm
+from shared.models import new_id
+from shared.tool_catalog import AGENT_STRATEGIES, AgentTool, call_tool
+
+if TYPE_CHECKING:
+    from services.runtime.service.runs import Run
+    from shared.context import Context
+
+OBSERVATION_CHARS = 16_000  # what one tool result may take of the model's context
+REACT_STOP = ["Observation:", "\nObservation"]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPlan:
+    strategy: str  # function_call | react
+    max_iteration: int
+    tools: tuple[AgentTool, ...]
+    by_function: dict[str, AgentTool] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, agent_mode: dict[str, Any], tools: list[AgentTool], limit: int) -> AgentPlan:
+        steps = agent_mode.get("max_iteration", 5)
+        steps = steps if isinstance(steps, int) and not isinstance(steps, bool) else 5
+        return cls(strategy=AGENT_STRATEGIES.get(agent_mode.get("strategy") or "", "function_call"),
+                   max_iteration=max(1, min(steps, limit)), tools=tuple(tools),
+                   by_function={t.function: t for t in tools})
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        return [t.openai() for t in self.tools]
+
+
+@dataclass(slots=True)
+class _Call:
+    """One requested call: what the model asked, and what came back."""
+
+    name: str
+    raw_arguments: str
+    call_id: str = ""
+    arguments: dict[str, Any] | None = None
+    output: str = ""
+    ok: bool = False
+    trace: dict[str, Any] = field(default_factory=dict)
+
+
+class AgentLoop:
+    def __init__(self, ctx: Context, run: Run, plan: AgentPlan, tenant_id: str,
+                 emit: Callable[[bytes], Awaitable[None]], usage: llm.Usage) -> None:
+        self.ctx, self.run, self.plan, self.tenant_id = ctx, run, plan, tenant_id
+        self.emit = emit
+        self.usage = usage  # summed over every model call of the run
+        self.usage.from_provider = True
+        self.timeout = ctx.settings.runtime.llm_timeout
+        self._msg_prefix = orjson.dumps(run.envelope("agent_message") | {"task_id": run.task_id,
+                                                                          "id": run.message_id})[:-1] + b',"answer":'
+
+    # -- events -----------------------------------------------------------------------------------
+    async def _say(self, delta: str) -> None:
+        self.run.answer_parts.append(delta)
+        await self.emit(self._msg_prefix + orjson.dumps(delta) + b"}")
+
+    async def _thought(self, thought: dict[str, Any]) -> None:
+        event = {**self.run.envelope("agent_thought"), "task_id": self.run.task_id, **thought,
+                 "message_files": []}
+        event.pop("chain_id", None)
+        event.pop("files", None)
+        await self.emit(orjson.dumps(event))
+
+    def _new_thought(self, text: str, calls: list[_Call]) -> dict[str, Any]:
+        labels = {}
+        for c in calls:
+            tool = self.plan.by_function.get(c.name)
+            label = tool.label if tool else c.name
+            labels[c.name] = {"en_US": label, "zh_Hans": label}
+        thought = {
+            "id": new_id(), "chain_id": None, "message_id": self.run.message_id,
+            "position": len(self.run.thoughts) + 1, "thought": text,
+            "tool": ";".join(c.name for c in calls), "tool_labels": labels,
+            "tool_input": json.dumps({c.name: c.arguments if c.arguments is not None else c.raw_arguments
+                                      for c in calls}, ensure_ascii=False) if calls else "",
+            "created_at": int(time.time()), "observation": "", "files": [],
+        }
+        self.run.thoughts.append(thought)
+        return thought
+
+    # -- the model ----------------------------------------------------------------------------------
+    async def _model(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None,
+                     stream_text: bool, stop: list[str] | None = None) -> tuple[str, list[llm.ToolCall]]:
+        usage = llm.Usage()
+        calls: list[llm.ToolCall] = []
+        parts: list[str] = []
+        try:
+            async for delta in llm.stream_chat(self.run.binding, messages, self.timeout, usage, tools=tools,
+                                               tool_calls=calls, stop=stop):
+                parts.append(delta)
+                if stream_text:
+                    await self._say(delta)
+        finally:
+            self._add_usage(usage, messages, "".join(parts))
+        return "".join(parts), calls
+
+    def _add_usage(self, u: llm.Usage, messages: list[dict[str, Any]], text: str) -> None:
+        from services.runtime.service.prompt import MESSAGE_OVERHEAD, approx_tokens
+
+        if not u.from_provider:  # stopped or failed before the usage chunk: estimate this call
+            u.prompt_tokens = sum(approx_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD for m in messages)
+            u.completion_tokens = approx_tokens(text)
+        self.usage.prompt_tokens += u.prompt_tokens
+        self.usage.completion_tokens += u.completion_tokens
+
+    # -- tools --------------------------------------------------------------------------------------
+    async def _execute(self, call: _Call) -> None:
+        t0 = time.perf_counter()
+        tool = self.plan.by_function.get(call.name)
+        call.trace = {"tool": call.name, "arguments": call.arguments if call.arguments is not None
+                      else call.raw_arguments}
+        if tool is None:
+            call.output = f"there is not a tool named {call.name}"
+            call.trace.update(ok=False, error={"code": "tool_not_found", "message": call.output})
+        elif call.arguments is None:
+            call.output = f"tool error: the arguments of {call.name} are not a valid JSON object: {call.raw_arguments!r}"
+            call.trace.update(ok=False, error={"code": "invalid_arguments", "message": call.output})
+        else:
+            payload = {"tenant_id": self.tenant_id, "app_id": self.run.app_id, "provider_type": tool.provider_type,
+                       "provider_id": tool.provider_id, "tool": tool.tool_name,
+                       "arguments": tool.arguments(call.arguments)}
+            result = await call_tool(self.ctx.bus, tool.provider_id, payload, tool.timeout)
+            call.ok = result["ok"]
+            if call.ok:
+                call.output = str(result.get("output", ""))
+            else:
+                err = result["error"]
+                call.output = f"tool error ({err.get('code')}): {err.get('message')}"
+            call.trace.update(provider_type=tool.provider_type, provider_id=tool.provider_id,
+                              tool_name=tool.tool_name, ok=call.ok, tools_elapsed=result.get("elapsed"),
+                              **({"output": call.output} if call.ok else {"error": result["error"]}))
+        if len(call.output) > OBSERVATION_CHARS:
+            call.output = call.output[:OBSERVATION_CHARS] + f"\n[truncated at {OBSERVATION_CHARS} characters]"
+        call.trace["latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+
+    async def _run_calls(self, text: str, calls: list[_Call]) -> dict[str, Any]:
+        thought = self._new_thought(text, calls)
+        await self._thought(thought)
+        await asyncio.gather(*(self._execute(c) for c in calls))
+        for c in calls:
+            self.run.tool_trace.append({"thought_id": thought["id"], "position": thought["position"], **c.trace})
+        thought["observation"] = json.dumps({c.name: c.output for c in calls}, ensure_ascii=False)
+        await self._thought(thought)
+        return thought
+
+    async def _finish(self, text: str) -> None:
+        await self._thought(self._new_thought(text, []))
+        if not self.run.answer:
+            raise AgentIncomplete(f"the agent used all {self.plan.max_iteration} tool rounds without answering")
+
+    # -- strategies ---------------------------------------------------------------------------------
+    async def execute(self) -> None:
+        if self.plan.strategy == "react":
+            await self._react()
+        else:
+            await self._function_calling()
+
+    async def _function_calling(self) -> None:
+        messages = list(self.run.messages)
+        tools = self.plan.openai_tools() or None
+        for step in range(1, self.plan.max_iteration + 2):
+            last = step > self.plan.max_iteration or tools is None
+            text, asked = await self._model(messages, tools=None if last else tools, stream_text=True)
+            if last or not asked:  # an answer (calls asked for without tools on offer are not run)
+                await self._finish(text)
+                return
+            calls = []
+            for i, a in enumerate(asked):
+                call = _Call(name=a.name, raw_arguments=a.arguments, call_id=a.id or f"call_{step}_{i}")
+                call.arguments = _json_object(a.arguments)
+                calls.append(call)
+            await self._run_calls(text, calls)
+            messages.append({"role": "assistant", "content": text or None, "tool_calls": [
+                {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.raw_arguments}}
+                for c in calls]})
+            messages.extend({"role": "tool", "tool_call_id": c.call_id, "content": c.output} for c in calls)
+
+    async def _react(self) -> None:
+        messages = list(self.run.messages)
+        messages[0:0] = [{"role": "system", "content": react_instructions(self.plan.tools)}]
+        if len(messages) > 1 and messages[1].get("role") == "system":  # one system message: merge
+            messages[0:2] = [{"role": "system", "content": messages[1]["content"] + "\n\n" + messages[0]["content"]}]
+        for step in range(1, self.plan.max_iteration + 2):
+            last = step > self.plan.max_iteration
+            if last:
+                messages.append({"role": "user", "content": "Now give your final answer to the question."})
+            text, _ = await self._model(messages, tools=None, stream_text=False, stop=REACT_STOP)
+            action = parse_react(text)
+            if action is None or action[0] == FINAL or last:
+                answer = action[1] if action is not None and action[0] == FINAL else _strip_react(text)
+                if isinstance(answer, str) and answer:
+                    await self._say(answer)
+                elif answer:
+                    await self._say(json.dumps(answer, ensure_ascii=False))
+                await self._finish(_thought_part(text))
+                return
+            name, args = action
+            call = _Call(name=name, raw_arguments=json.dumps(args, ensure_ascii=False), call_id=f"react_{step}")
+            call.arguments = args if isinstance(args, dict) else _json_object(args) if isinstance(args, str) else None
+            await self._run_calls(_thought_part(text), [call])
+            messages.append({"role": "assistant", "content": text.rstrip()})
+            messages.append({"role": "user", "content": f"Observation: {call.output}"})
+
+
+class AgentIncomplete(Exception):
+    """The model never answered: it kept calling tools, or answered with nothing."""
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# -- ReAct ------------------------------------------------------------------------------------------
+FINAL = "Final Answer"
+_BLOB = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
+_ACTION = re.compile(r"Action:\s*(\{.*\})", re.DOTALL)
+
+
+def react_instructions(tools: tuple[AgentTool, ...]) -> str:
+    specs = "\n".join(json.dumps({"name": t.function, "description": t.description, "parameters": t.parameters},
+                                 ensure_ascii=False) for t in tools)
+    names = ", ".join(json.dumps(t.function) for t in tools)
+    return (
+        "Answer the user's question as helpfully and accurately as you can. You may use these tools:\n"
+        f"{specs}\n\n"
+        "To use a tool, reply with a thought and exactly one action as a JSON blob, then stop:\n"
+        "Thought: what you will do and why\n"
+        "Action:\n```\n{\"action\": <tool name>, \"action_input\": <arguments object>}\n```\n"
+        "You will then get \"Observation: <the tool's result>\". Repeat as needed. When you can answer:\n"
+        "Thought: I can answer now\n"
+        "Action:\n```\n{\"action\": \"Final Answer\", \"action_input\": <your answer to the user>}\n```\n"
+        f"Valid actions: \"Final Answer\", {names}."
+    )
+
+
+def parse_react(text: str) -> tuple[str, Any] | None:
+    """(action, action_input) from a ReAct turn; None when the turn holds no action (a plain answer)."""
+    for pattern in (_BLOB, _ACTION):
+        for m in pattern.finditer(text):
+            try:
+                blob = json.loads(m.group(1))
+            except ValueError:
+                continue
+            if isinstance(blob, dict) and isinstance(blob.get("action"), str):
+                return blob["action"], blob.get("action_input", {})
+    if "Final Answer:" in text:
+        return FINAL, text.split("Final Answer:", 1)[1].strip()
+    return None
+
+
+def _thought_part(text: str) -> str:
+    """The thought of a ReAct turn, without the action blob and the "Thought:" label."""
+    head = re.split(r"\n?Action:|```", text, maxsplit=1)[0]
+    return head.replace("Thought:", "", 1).strip()
+
+
+def _strip_react(text: str) -> str:
+    return re.sub(r"^\s*(Thought|Final Answer):\s*", "", text).strip()
