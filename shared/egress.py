@@ -13,7 +13,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -255,8 +255,8 @@ class Egress:
             self._session = None
 
     async def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-                      params: Mapping[str, Any] | Sequence[tuple[str, str]] | None = None, content: bytes | None = None,
-                      timeout: float = 10.0, max_bytes: int = 1_000_000, max_redirects: int = 5,
+                      params: Mapping[str, Any] | Sequence[tuple[str, str]] | None = None,
+                      content: bytes | None = None, timeout: float = 10.0, max_bytes: int = 1_000_000, max_redirects: int = 5,
                       sensitive_headers: Iterable[str] = ()) -> EgressResponse:
         """One call, redirects included, within ``timeout`` seconds. ``sensitive_headers`` (besides
         Authorization, Cookie, Proxy-Authorization) are dropped when a redirect changes origin."""

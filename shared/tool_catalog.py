@@ -101,12 +101,6 @@ class ToolCredentials(BaseModel):
         elif self.auth_type == "api_key_query":
             params.append((self.api_key_query_param, self.api_key_value))
 
-    def masked(self) -> dict[str, Any]:
-        d = self.model_dump()
-        if d["api_key_value"]:
-            d["api_key_value"] = d["api_key_value"][:2] + "******" + d["api_key_value"][-2:]
-        return d
-
 
 class ToolResolutionError(ValueError):
     """An agent_mode.tools entry that cannot be used (the console answers 400 with this message)."""

@@ -19,17 +19,17 @@ from typing import Any
 import jsonschema
 import orjson
 import structlog
-from shared.egress import Egress, EgressError, EgressPolicy
-from shared.tool_schema import ToolSchemaError, ToolSpec, prepare_request
 from sqlmodel import select
 
 from services.tools import builtin
 from shared.context import Context
 from shared.crypto import decrypt_json
+from shared.egress import Egress, EgressError, EgressPolicy
 from shared.limiter import AppLimits, LimiterUnavailable, build_limiter
 from shared.models import ToolProvider
 from shared.subjects import parse_config_subject
 from shared.tool_catalog import BUILTIN_TOOLS, ToolCredentials, effective_timeout
+from shared.tool_schema import ToolSchemaError, ToolSpec, prepare_request
 
 log = structlog.get_logger("plexus.tools")
 

@@ -446,6 +446,6 @@ async def test_builtin_http_request_is_ssrf_guarded(w: dict[str, Any]) -> None:
         {"name": "http_request", "arguments": {"url": "http://169.254.169.254/latest/meta-data/"}}])
     llm.push(match_last="ssrf_blocked", reply="I cannot reach that address.")
     events = await stream(w, key, "fetch metadata")
-    obs = json.loads([e for e in events if e["event"] == "agent_thought" and e["observation"]][0]["observation"])
+    obs = json.loads(next(e for e in events if e["event"] == "agent_thought" and e["observation"])["observation"])
     assert "ssrf_blocked" in obs["http_request"] and "169.254.169.254" in obs["http_request"]
     assert answer(events) == "I cannot reach that address."

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from shared.limiter import AppLimits, MemoryLimiter
 from shared.identity import AUTH_INVALID, AUTH_MISSING, AUTH_SCHEME, AuthError, bearer_token
+from shared.limiter import AppLimits, MemoryLimiter
 
 
 class Clock:

@@ -45,7 +45,7 @@ def mask_credentials(creds: dict[str, Any]) -> dict[str, Any]:
     return {k: mask(v) if SECRET_KEY_RE.search(k) else v for k, v in creds.items()}
 
 
-def _merge_hidden(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+def merge_hidden(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
     """Keep a stored secret where the client echoed its masked form (or Dify's placeholder)."""
     if not stored:
         return new
@@ -90,7 +90,7 @@ async def save_credentials(ctx: Context, p: Principal, provider: str, credential
     p.require(ADMIN_ROLES)
     _check_provider(provider)
     row = await _stored(ctx, p.tenant_id, provider)
-    creds = _merge_hidden(credentials, _decrypt(ctx, row) if row else None)
+    creds = merge_hidden(credentials, _decrypt(ctx, row) if row else None)
     blob = encrypt_json(ctx.settings.secret_key, creds)
     for attempt in range(2):  # upsert; a concurrent first save makes the insert fail once, then we update
         async with ctx.db.session() as s:
@@ -128,7 +128,7 @@ async def validate_credentials(ctx: Context, p: Principal, provider: str, creden
     p.require(ADMIN_ROLES)
     _check_provider(provider)
     row = await _stored(ctx, p.tenant_id, provider)
-    creds = _merge_hidden(credentials, _decrypt(ctx, row) if row else None)
+    creds = merge_hidden(credentials, _decrypt(ctx, row) if row else None)
     # the first litellm import takes seconds: do it off the event loop, which serves every service
     await asyncio.to_thread(llm.litellm)
     try:

@@ -8,18 +8,18 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from shared.tool_schema import ToolSchemaError, ToolSpec, parse_provider_schema
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.console.service.common import ADMIN_ROLES, EDITOR_ROLES, Principal, invalid_from, publish_change
-from services.console.service.providers import HIDDEN
+from services.console.service.providers import HIDDEN, mask_credentials, merge_hidden
 from shared.context import Context
 from shared.crypto import decrypt_json, encrypt_json
 from shared.errors import ApiError, invalid_param, not_found
 from shared.models import ToolProvider, utcnow
 from shared.tool_catalog import BUILTIN_TOOLS, ToolCredentials, call_tool, effective_timeout
+from shared.tool_schema import ToolSchemaError, ToolSpec, parse_provider_schema
 
 NAME_RE = re.compile(r"^[\w .-]{1,64}$")
 SCHEMA_TYPES = ("openapi", "webhook")
@@ -45,11 +45,11 @@ def _specs(schema_type: Any, schema: Any) -> tuple[str, str, list[ToolSpec]]:
 
 
 def _credentials(raw: Any, stored: dict[str, Any] | None) -> ToolCredentials:
-    raw = dict(raw or {})
-    if stored and raw.get("api_key_value") in (HIDDEN, ToolCredentials.model_validate(stored).masked()["api_key_value"]):
-        raw["api_key_value"] = stored.get("api_key_value", "")  # the client echoed the masked secret: unchanged
+    if not isinstance(raw, dict | None):
+        raise invalid_param("credentials must be an object", params="credentials")
     try:
-        return ToolCredentials.model_validate(raw)
+        # a masked secret echoed back by the client means "unchanged", as for model providers
+        return ToolCredentials.model_validate(merge_hidden(raw or {}, stored))
     except ValidationError as e:
         raise invalid_from(e) from None
 
@@ -70,7 +70,7 @@ def provider_view(ctx: Context, row: ToolProvider, *, detail: bool = False) -> d
     if detail:
         secrets = _secrets(ctx, row)
         out["schema"] = row.schema_text
-        out["credentials"] = ToolCredentials.model_validate(secrets.get("auth") or {}).masked()
+        out["credentials"] = mask_credentials(ToolCredentials.model_validate(secrets.get("auth") or {}).model_dump())
         out["signing"] = bool(secrets.get("signing_secret"))
     return out
 

@@ -26,9 +26,9 @@ from shared.app_config import ModelConfig, parse_model_config
 from shared.credentials import provider_credentials
 from shared.db import Database
 from shared.errors import forbidden
+from shared.models import Account, App, AppModelConfig, EndUser, new_id, utcnow
 from shared.settings import Settings
 from shared.tool_catalog import resolve_agent_tools
-from shared.models import Account, App, AppModelConfig, EndUser, new_id, utcnow
 
 log = structlog.get_logger("plexus.runtime.cache")
 
