@@ -161,13 +161,27 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
         })
         assert r.status_code == 200, r.text
 
+        # an agent-chat app with the built-in calculator (the tools service answers over NATS)
+        r = await c.post("/console/api/apps", headers=h, json={"name": "E2E agent", "mode": "agent-chat"})
+        agent_id = r.json()["id"]
+        r = await c.post(f"/console/api/apps/{agent_id}/model-config", headers=h, json={
+            "model": {"provider": "openai-compatible", "name": "scripted", "completion_params": {}},
+            "agent_mode": {"enabled": True, "strategy": "function_call", "tools": [
+                {"provider_type": "builtin", "provider_id": "calculator", "tool_name": "calculator"}]}})
+        assert r.status_code == 200, r.text
+        agent_key = (await c.post(f"/console/api/apps/{agent_id}/api-keys", headers=h)).json()["token"]
+        llm.push(match="6 * 7", with_tools=True, tool_calls=[{"name": "calculator",
+                                                              "arguments": {"expression": "6 * 7"}}])
+        llm.push(match_last="42", reply="It is 42.")
+
     # both Dify SDKs, each in its own virtualenv, against the running server
     for sdk, python in SDKS.items():
         if not python.exists():
             pytest.fail(f"{sdk} virtualenv missing: run `make install`")
         script = ROOT / "tests/sdk" / f"drive_{sdk.replace('-', '_')}.py"
         # off the event loop: the scripted LLM serving the SDK's chats runs on this loop
-        run = await asyncio.to_thread(subprocess.run, [str(python), str(script), base, key],
+        args = [str(python), str(script), base, key] + ([agent_key] if sdk == "dify-client-python" else [])
+        run = await asyncio.to_thread(subprocess.run, args,
                                       capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, f"{sdk} failed:\n{run.stdout}\n{run.stderr}"
         out = json.loads(run.stdout)
@@ -184,6 +198,10 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
             resources = out["blocking"]["metadata"]["retriever_resources"]
             assert resources and resources[0]["dataset_name"] == "Handbook"
             assert isinstance(out["stream_usage"]["total_price"], str)
+            # the SDK's pydantic models accepted the agent's events
+            assert out["agent_events"][-1] == "message_end" and out["agent_answer"] == "It is 42."
+            assert out["agent_thoughts"][1]["observation"] == '{"calculator": "42"}'
+            assert out["agent_thoughts"][1]["tool"] == "calculator" and out["agent_thoughts"][0]["position"] == 1
 
     # Ctrl-C: the server exits 0 and leaves no nats-server behind
     nats_children = _children(proc.pid)

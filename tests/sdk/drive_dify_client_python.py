@@ -1,5 +1,5 @@
 """Run in the `dify-client-python` virtualenv: this SDK validates every response with pydantic, so a
-missing or mistyped field fails here. Usage: python drive_dify_client_python.py BASE_URL APP_KEY."""
+missing or mistyped field fails here. Usage: python drive_dify_client_python.py BASE_URL APP_KEY [AGENT_APP_KEY]."""
 
 import json
 import sys
@@ -30,4 +30,12 @@ fb = client.feedback_messages(resp.message_id, models.FeedbackRequest(rating=mod
 out["feedback"] = fb.model_dump(mode="json")
 stop = client.stop_chat_messages("00000000-0000-0000-0000-000000000000", models.StopRequest(user=user))
 out["stop"] = stop.model_dump(mode="json")
+
+if len(sys.argv) > 3:  # an agent-chat app: agent_thought / agent_message must parse into the SDK's models
+    agent = Client(api_key=sys.argv[3], api_base=base.rstrip("/") + "/v1")
+    events = list(agent.chat_messages(models.ChatRequest(
+        query="What is 6 * 7?", inputs={}, user=user, response_mode=models.ResponseMode.STREAMING)))
+    out["agent_events"] = [str(e.event) for e in events]
+    out["agent_thoughts"] = [e.model_dump(mode="json") for e in events if str(e.event) == "agent_thought"]
+    out["agent_answer"] = "".join(e.answer for e in events if str(e.event) == "agent_message")
 print(json.dumps(out))
