@@ -26,6 +26,7 @@ from shared.context import Context
 from shared.crypto import decrypt_json
 from shared.egress import Egress, EgressError, EgressPolicy
 from shared.limiter import AppLimits, LimiterUnavailable, build_limiter
+from shared.metrics import TOOL_CALLS, TOOL_SECONDS
 from shared.models import ToolProvider
 from shared.subjects import parse_config_subject
 from shared.tool_catalog import BUILTIN_TOOLS, ToolCredentials, effective_timeout
@@ -79,12 +80,14 @@ class ToolsService:
         self.egress = Egress(EgressPolicy.from_allowlist(self.settings.egress_allowlist))
         self.limiter = build_limiter(ctx, prefix="plexus:tool-limits")
         self._providers: dict[str, _Provider] = {}
+        self._generation = 0  # bumped by every invalidation: a load that raced one is not cached
 
     async def close(self) -> None:
         await self.egress.close()
 
     def on_config(self, subject: str, payload: dict[str, Any]) -> None:
         kind, ident = parse_config_subject(subject)
+        self._generation += 1
         if kind == "tool_provider":
             self._providers.pop(ident, None)
         elif kind == "tenant":
@@ -103,7 +106,11 @@ class ToolsService:
         except Exception as e:
             log.exception("tool_call_crashed", tool=tool)
             result = {"ok": False, "error": {"code": "internal_error", "message": f"{type(e).__name__}: {e}"}}
-        result["elapsed"] = round(time.perf_counter() - t0, 6)
+        elapsed = time.perf_counter() - t0
+        result["elapsed"] = round(elapsed, 6)
+        ptype = req.get("provider_type") if req.get("provider_type") in ("builtin", "api", "inline") else "other"
+        TOOL_CALLS.labels(ptype, "ok" if result["ok"] else result["error"]["code"]).inc()
+        TOOL_SECONDS.labels(ptype).observe(elapsed)
         if not result["ok"]:
             log.info("tool_call_failed", tool=tool, **result["error"])
         return result
@@ -196,6 +203,7 @@ class ToolsService:
         cached = self._providers.get(provider_id)
         if cached is not None and time.monotonic() - cached.loaded_at < PROVIDER_CACHE_SECONDS:
             return cached
+        generation = self._generation
         async with self.ctx.db.session() as s:
             row = (await s.exec(select(ToolProvider).where(ToolProvider.id == provider_id))).first()
         if row is None:
@@ -211,5 +219,6 @@ class ToolsService:
             specs={t["name"]: ToolSpec.model_validate(t) for t in row.tools or []},
             credentials=ToolCredentials.model_validate(secrets.get("auth") or {}),
             signing_secret=secrets.get("signing_secret") or None, loaded_at=time.monotonic())
-        self._providers[provider_id] = provider
+        if generation == self._generation:
+            self._providers[provider_id] = provider
         return provider

@@ -449,3 +449,53 @@ async def test_builtin_http_request_is_ssrf_guarded(w: dict[str, Any]) -> None:
     obs = json.loads(next(e for e in events if e["event"] == "agent_thought" and e["observation"])["observation"])
     assert "ssrf_blocked" in obs["http_request"] and "169.254.169.254" in obs["http_request"]
     assert answer(events) == "I cannot reach that address."
+
+
+async def test_builtin_knowledge_retrieval_searches_the_preset_datasets(w: dict[str, Any]) -> None:
+    c, admin, llm = w["c"], w["admin"], w["llm"]
+    dk = {"Authorization": "Bearer " + (await c.post("/console/api/datasets/api-keys", headers=admin)).json()["token"]}
+    ds = (await c.post("/v1/datasets", headers=dk, json={"name": f"tea-{uuid.uuid4().hex[:6]}"})).json()
+    r = await c.post(f"/v1/datasets/{ds['id']}/document/create-by-text", headers=dk, json={
+        "name": "tea guide", "text": "Green tea is steeped at 80 degrees for two minutes.",
+        "indexing_technique": "high_quality", "process_rule": {"mode": "automatic"}})
+    batch = r.json()["batch"]
+    deadline = time.monotonic() + 60
+    while (st := (await c.get(f"/v1/datasets/{ds['id']}/documents/{batch}/indexing-status", headers=dk)
+                  ).json()["data"][0]["indexing_status"]) not in ("completed", "error"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert st == "completed"
+    key = await agent_app(w, [builtin("knowledge", "knowledge_retrieval", dataset_ids=[ds["id"]])])
+    llm.push(with_tools=True, tool_calls=[{"name": "knowledge_retrieval",
+                                           "arguments": {"query": "green tea temperature",
+                                                         "dataset_ids": ["someone-elses-dataset"]}}])
+    llm.push(match_last="80 degrees", reply="Steep it at 80 degrees.")
+    events = await stream(w, key, "How hot for green tea?")
+    offered = llm.requests[0].body["tools"][0]["function"]["parameters"]["properties"]
+    assert "dataset_ids" not in offered  # fixed by the app, never chosen by the model
+    obs = json.loads(next(e for e in events if e["event"] == "agent_thought" and e["observation"])["observation"])
+    assert "tea guide" in obs["knowledge_retrieval"] and "80 degrees" in obs["knowledge_retrieval"]
+    assert answer(events) == "Steep it at 80 degrees."
+    msg = await stored(w, events[-1]["message_id"])
+    assert msg.trace["tools"][0]["arguments"] == {"query": "green tea temperature",
+                                                  "dataset_ids": ["someone-elses-dataset"]}
+
+
+async def test_client_disconnect_does_not_stop_the_agent(w: dict[str, Any]) -> None:
+    llm, c = w["llm"], w["c"]
+    key = await agent_app(w, [builtin("calculator", "calculator")])
+    llm.push(with_tools=True, first_delay=0.3, tool_calls=[{"name": "calculator", "arguments": {"expression": "2**8"}}])
+    llm.push(match_last="256", reply="It is 256.", delay=0.05)
+    async with c.stream("POST", "/v1/chat-messages", headers={"Authorization": f"Bearer {key}"}, json={
+            "inputs": {}, "query": "powers", "user": "u1", "response_mode": "streaming"}) as s:
+        async for line in s.aiter_lines():
+            if line.startswith("data: "):
+                message_id = orjson.loads(line[6:])["message_id"]
+                break  # the client goes away at the first event
+    deadline = time.monotonic() + 10
+    while (msg := await stored(w, message_id)).status == "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert msg.status == "normal" and msg.answer == "It is 256." and len(msg.agent_thoughts) == 2
+    metrics = (await c.get("/metrics")).text
+    assert 'plexus_tool_calls_total{outcome="ok",provider_type="builtin"}' in metrics
