@@ -34,6 +34,11 @@ class BuiltinTool:
     description: str
     parameters: dict[str, Any]
     required_presets: tuple[str, ...] = ()  # set by the app builder in tool_parameters, never by the model
+    emoji: str = "🔧"
+
+    @property
+    def icon(self) -> dict[str, str]:
+        return {"background": "#EFF1F5", "content": self.emoji}
 
 
 def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -46,23 +51,24 @@ BUILTIN_TOOLS: dict[tuple[str, str], BuiltinTool] = {
         BuiltinTool("time", "current_time", "Current Time",
                     "Get the current date and time, optionally in a given IANA timezone.",
                     _obj({"timezone": {"type": "string", "description": "IANA timezone, e.g. Asia/Shanghai; UTC if empty"},
-                          "format": {"type": "string", "description": "strftime format; ISO 8601 if empty"}}, [])),
+                          "format": {"type": "string", "description": "strftime format; ISO 8601 if empty"}}, []),
+                    emoji="🕒"),
         BuiltinTool("calculator", "calculator", "Calculator",
                     "Evaluate an arithmetic expression (+ - * / // % **, parentheses, sqrt, log, sin, pi, e …).",
                     _obj({"expression": {"type": "string", "description": "e.g. (3 + 4) * sqrt(2)"}},
-                         ["expression"])),
+                         ["expression"]), emoji="🧮"),
         BuiltinTool("http", "http_request", "HTTP Request",
                     "Fetch a public URL with GET, or POST a JSON body to it; returns the status and the body.",
                     _obj({"url": {"type": "string", "description": "absolute http(s) URL"},
                           "method": {"type": "string", "enum": ["GET", "POST"], "description": "GET if empty"},
                           "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                          "body": {"description": "JSON body for POST"}}, ["url"])),
+                          "body": {"description": "JSON body for POST"}}, ["url"]), emoji="🌐"),
         BuiltinTool("knowledge", "knowledge_retrieval", "Knowledge Retrieval",
                     "Search the app's knowledge bases for passages relevant to a query.",
                     _obj({"query": {"type": "string", "description": "what to look for"},
                           "dataset_ids": {"type": "array", "items": {"type": "string"}},
                           "top_k": {"type": "integer", "minimum": 1, "maximum": 20}}, ["query", "dataset_ids"]),
-                    required_presets=("dataset_ids",)),
+                    required_presets=("dataset_ids",), emoji="📚"),
     )
 }
 
@@ -117,6 +123,7 @@ class AgentTool:
     label: str
     timeout: float
     presets: dict[str, Any] = field(default_factory=dict)
+    icon: dict[str, str] | str = field(default_factory=dict)  # what GET /v1/meta shows for it
 
     def openai(self) -> dict[str, Any]:
         return {"type": "function",
@@ -197,6 +204,7 @@ def _resolve(e: dict[str, Any], providers: dict[str, ToolProvider], settings: To
             raise ToolResolutionError(f"built-in tool {pid}/{tname} needs tool_parameters {missing}")
         desc, params, label, timeout, provider_id = (b.description, b.parameters, b.label,
                                                      effective_timeout(None, settings), pid)
+        icon: dict[str, str] | str = b.icon
     elif ptype == "api":
         p = providers.get(pid)
         if p is None:
@@ -206,6 +214,7 @@ def _resolve(e: dict[str, Any], providers: dict[str, ToolProvider], settings: To
             raise ToolResolutionError(f"tool provider {p.name!r} has no tool named {tname!r}")
         desc, params, label, timeout, provider_id = (spec.description, spec.parameters, tname,
                                                      effective_timeout(spec.timeout, settings), p.id)
+        icon = p.icon or {"background": "#EFF1F5", "content": "🔧"}
     else:
         raise ToolResolutionError(
             f"tool {tname!r}: provider_type {ptype!r} is not supported (use 'builtin' or 'api')")
@@ -214,7 +223,7 @@ def _resolve(e: dict[str, Any], providers: dict[str, ToolProvider], settings: To
         raise ToolResolutionError(f"tool {tname!r}: tool_parameters {sorted(unknown)} are not parameters of it")
     return AgentTool(function=tname, description=desc, parameters=_without(params, set(presets)),
                      provider_type=ptype, provider_id=provider_id, tool_name=tname, label=label,
-                     timeout=timeout, presets=presets)
+                     timeout=timeout, presets=presets, icon=icon)
 
 
 async def call_tool(bus: Bus, provider_id: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:

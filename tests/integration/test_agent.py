@@ -317,6 +317,10 @@ async def test_single_tool_call_end_to_end(w: dict[str, Any]) -> None:
     assert call["ok"] and call["tool_name"] == "lookup_order" and call["latency_ms"] > 0
     assert call["arguments"] == {"order_id": "A1"}
 
+    meta = (await w["c"].get("/v1/meta", headers={"Authorization": f"Bearer {key}"})).json()
+    assert meta["tool_icons"]["current_time"] == {"background": "#EFF1F5", "content": "🕒"}
+    assert set(meta["tool_icons"]) == {"lookup_order", "current_time"}
+
     r = await w["c"].get("/v1/messages", headers={"Authorization": f"Bearer {key}"},
                          params={"conversation_id": end["conversation_id"], "user": "u1"})
     (item,) = r.json()["data"]

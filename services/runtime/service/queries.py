@@ -341,5 +341,6 @@ class HistoryService:
         }
 
     async def meta(self, caller: Caller) -> dict[str, Any]:
-        await self.rt.app_for(caller)
-        return {"tool_icons": {}}
+        app = await self.rt.app_for(caller)
+        tools = app.agent.tools if app.agent is not None else ()
+        return {"tool_icons": {t.tool_name: t.icon for t in tools}}
