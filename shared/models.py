@@ -1,8 +1,10 @@
 """Tables, one owner each (see ARCHITECTURE §3). Timestamps are aware UTC; the wire uses Unix seconds.
 
 console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
-app_dataset_joins, tool_providers (the tools service and the runtime read them).
-runtime owns: end_users, conversations, messages, message_feedbacks.
+app_dataset_joins, tool_providers (the tools service and the runtime read them), workflows (drafts and published
+versions; the runtime reads them).
+runtime owns: end_users, conversations, messages, message_feedbacks, workflow_runs, workflow_node_executions,
+conversation_variables.
 indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments.
 """
 
@@ -93,6 +95,7 @@ class App(SQLModel, table=True):
     max_active_requests: int | None = None
     status: str = Field(default="normal", max_length=16)
     app_model_config_id: str | None = Field(default=None, max_length=36)
+    workflow_id: str | None = Field(default=None, max_length=36)  # graph modes: the published version served
     created_by: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -152,6 +155,100 @@ class ToolProvider(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class Workflow(SQLModel, table=True):
+    """A graph app's workflow: one ``draft`` per app, edited in place, and immutable published versions."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (UniqueConstraint("app_id", "version", name="uq_workflow_app_version"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE", index=True)
+    type: str = Field(max_length=16)  # workflow | chat (advanced-chat)
+    version: str = Field(max_length=64)  # "draft" or the publish time, e.g. "2026-12-01 00:20:31.123456"
+    graph: dict = _json(dict)
+    features: dict = _json(dict)
+    environment_variables: list = _json(list)
+    conversation_variables: list = _json(list)
+    hash: str = Field(default="", max_length=64)  # of the draft's content: a stale editor's save gets 409
+    marked_name: str = Field(default="", max_length=255)
+    marked_comment: str = Field(default="", max_length=255)
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_by: str | None = Field(default=None, max_length=36)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class WorkflowRun(SQLModel, table=True):
+    __tablename__ = "workflow_runs"
+    __table_args__ = (Index("ix_workflow_runs_app_created", "app_id", "created_at"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE")
+    workflow_id: str = Field(max_length=36)
+    type: str = Field(max_length=16)  # workflow | chat
+    triggered_from: str = Field(default="app-run", max_length=32)
+    version: str = Field(max_length=64)
+    task_id: str = Field(max_length=36, index=True)
+    conversation_id: str | None = Field(default=None, max_length=36)
+    message_id: str | None = Field(default=None, max_length=36)
+    inputs: dict = _json(dict)
+    status: str = Field(default="running", max_length=32, index=True)  # running|succeeded|failed|stopped|partial-succeeded
+    outputs: dict = _json(dict)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    elapsed_time: float = 0.0
+    total_tokens: int = 0
+    total_steps: int = 0
+    exceptions_count: int = 0
+    created_by_role: str = Field(default="end_user", max_length=16)
+    created_by: str = Field(max_length=36)  # end user id
+    created_from: str = Field(default="service-api", max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)  # the owning replica touches running runs
+    finished_at: datetime | None = None
+
+
+class WorkflowNodeExecution(SQLModel, table=True):
+    __tablename__ = "workflow_node_executions"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36)
+    app_id: str = Field(max_length=36)
+    workflow_id: str = Field(max_length=36)
+    workflow_run_id: str = Field(foreign_key="workflow_runs.id", max_length=36, ondelete="CASCADE", index=True)
+    index: int = 1
+    predecessor_node_id: str | None = Field(default=None, max_length=255)
+    node_id: str = Field(max_length=255)
+    node_type: str = Field(max_length=64)
+    title: str = Field(default="", max_length=255)
+    inputs: dict = _json(dict)
+    process_data: dict = _json(dict)
+    outputs: dict = _json(dict)
+    status: str = Field(default="running", max_length=16)  # running|succeeded|failed|exception|stopped
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    elapsed_time: float = 0.0
+    execution_metadata: dict = _json(dict)
+    iteration_id: str | None = Field(default=None, max_length=255)
+    iteration_index: int | None = None
+    retry_index: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class ConversationVariable(SQLModel, table=True):
+    """An advanced-chat conversation's variable (declared in the workflow, valued per conversation)."""
+
+    __tablename__ = "conversation_variables"
+    id: str = Field(primary_key=True, max_length=36)  # the variable's id in the workflow declaration
+    conversation_id: str = Field(foreign_key="conversations.id", primary_key=True, max_length=36,
+                                 ondelete="CASCADE")
+    app_id: str = Field(max_length=36, index=True)
+    name: str = Field(max_length=255)
+    value_type: str = Field(max_length=32)
+    value: Any = _json(None)
+    description: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class EndUser(SQLModel, table=True):
     __tablename__ = "end_users"
     __table_args__ = (UniqueConstraint("app_id", "session_id", name="uq_end_user_session"),)
@@ -204,6 +301,7 @@ class Message(SQLModel, table=True):
     retriever_resources: list = _json(list)
     agent_thoughts: list = _json(list)
     trace: dict = _json(dict)  # what the run did besides the LLM call (retrieval: query, hits, timings)
+    workflow_run_id: str | None = Field(default=None, max_length=36)  # advanced-chat
     latency: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
