@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark, one after another, each in a fresh interpreter (so one's imports,
 fd limits and leftovers cannot colour the next), and let each print its own tables.
 
-    python -m bench.run_all [--only gateway_overhead,streaming,open_streams,knowledge]
+    python -m bench.run_all [--only gateway_overhead,streaming,open_streams,knowledge,tools]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 from bench.common import ROOT, print_machine, python_env
 
-BENCHES = ("gateway_overhead", "streaming", "open_streams", "knowledge")
+BENCHES = ("gateway_overhead", "streaming", "open_streams", "knowledge", "tools")
 
 
 def main(argv: list[str] | None = None) -> int:
