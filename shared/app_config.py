@@ -121,10 +121,20 @@ def parse_model_config(data: dict[str, Any]) -> ModelConfig:
 
 def validate_inputs(config: ModelConfig, inputs: dict[str, Any]) -> dict[str, Any]:
     """Clean ``inputs`` against the form with Dify's messages (ValueError → 400 invalid_param)."""
+    return validate_form(config.form(), inputs)
+
+
+def start_form(variables: list[dict[str, Any]]) -> list[FormItem]:
+    """A workflow start node's ``variables`` as form items (same fields, the type inline)."""
+    return [FormItem(type=str(v.get("type") or "text-input"), field=FormField.model_validate(v))
+            for v in variables if isinstance(v, dict) and v.get("variable")]
+
+
+def validate_form(form: list[FormItem], inputs: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(inputs, dict):
         raise ValueError("inputs must be an object")  # noqa: TRY004 - ValueError is the 400 invalid_param path
     cleaned: dict[str, Any] = {}
-    for item in config.form():
+    for item in form:
         f = item.field
         value = inputs.get(f.variable)
         if value is None or value == "":

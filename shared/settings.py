@@ -50,6 +50,18 @@ class RuntimeSettings(BaseModel):
     )
 
 
+class WorkflowSettings(BaseModel):
+    max_steps: int = Field(500, description="node executions one workflow run may make")
+    max_execution_time: float = Field(1200.0, description="seconds a workflow run may take before it is stopped")
+    node_timeout: float = Field(600.0, description="seconds one node may take (LLM, tool and HTTP nodes also have their own)")
+    max_parallelism: int = Field(10, description="upper bound for an iteration's parallel_nums")
+    code_cpu_seconds: float = Field(5.0, description="code node: CPU seconds per run")
+    code_wall_seconds: float = Field(10.0, description="code node: wall-clock seconds per run")
+    code_memory_mb: int = Field(256, description="code node: address-space limit (MiB)")
+    http_timeout: float = Field(30.0, description="http-request node: seconds unless the node sets its own")
+    http_max_response_bytes: int = Field(10 * 1024 * 1024, description="http-request node: larger bodies fail the node")
+
+
 class ToolsSettings(BaseModel):
     default_timeout: float = Field(10.0, description="seconds a tool call may take unless its tool says otherwise")
     max_timeout: float = Field(60.0, description="upper bound for a tool's own timeout")
@@ -112,6 +124,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
     tools: ToolsSettings = ToolsSettings()
+    workflow: WorkflowSettings = WorkflowSettings()
 
     @property
     def effective_database_url(self) -> str:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from services.console.auth import Auth, TokenPair
-from services.console.service import accounts, apps, keys, providers, tools
+from services.console.service import accounts, apps, dsl, keys, providers, tools, workflows
 from services.console.service.common import ADMIN_ROLES, EDITOR_ROLES, Principal
 from shared.context import Context
 from shared.errors import not_found, unauthorized
@@ -233,6 +233,46 @@ async def save_model_config(ctx: Ctx, caller: Caller, app_id: str, config: Annot
                             ) -> dict:
     await apps.save_model_config(ctx, caller, app_id, config)
     return SUCCESS
+
+
+@router.post("/apps/imports")
+async def import_app(ctx: Ctx, caller: Caller, body: Annotated[dict[str, Any], Body()]) -> dict:
+    return await dsl.import_app(ctx, caller, body)
+
+
+@router.get("/apps/{app_id}/export")
+async def export_app(ctx: Ctx, caller: Caller, app_id: str, include_secret: bool = False) -> dict:
+    return await dsl.export_app(ctx, caller, app_id, include_secret)
+
+
+# ---- workflows (graph apps) -------------------------------------------------------------------------
+
+
+@router.get("/apps/{app_id}/workflows/draft")
+async def get_workflow_draft(ctx: Ctx, caller: Caller, app_id: str) -> dict:
+    return await workflows.get_draft(ctx, caller, app_id)
+
+
+@router.post("/apps/{app_id}/workflows/draft")
+async def save_workflow_draft(ctx: Ctx, caller: Caller, app_id: str, body: Annotated[dict[str, Any], Body()]
+                              ) -> dict:
+    return await workflows.save_draft(ctx, caller, app_id, body)
+
+
+@router.post("/apps/{app_id}/workflows/publish")
+async def publish_workflow(ctx: Ctx, caller: Caller, app_id: str,
+                           body: Annotated[dict[str, Any] | None, Body()] = None) -> dict:
+    return await workflows.publish(ctx, caller, app_id, body or {})
+
+
+@router.get("/apps/{app_id}/workflows/publish")
+async def published_workflow(ctx: Ctx, caller: Caller, app_id: str) -> dict | None:
+    return await workflows.published(ctx, caller, app_id)
+
+
+@router.get("/apps/{app_id}/workflows")
+async def workflow_versions(ctx: Ctx, caller: Caller, app_id: str, page: int = 1, limit: int = 20) -> dict:
+    return await workflows.versions(ctx, caller, app_id, page, limit)
 
 
 # ---- app API keys ---------------------------------------------------------------------------------

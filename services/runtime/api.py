@@ -7,6 +7,7 @@ full path, so routes are declared with the /v1 prefix.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -15,7 +16,9 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response, StreamingResponse
 
 from services.runtime.service import Runtime
+from services.runtime.service.resume import last_event_id as last_event_id_of
 from services.runtime.service.runs import PING, Run
+from services.runtime.workflow.service import WorkflowTask
 from shared.context import Context
 from shared.errors import INVALID_JSON, ApiError
 from shared.http import create_base_app
@@ -53,6 +56,17 @@ class FeedbackBody(UserBody):
     content: str | None = None
 
 
+class WorkflowBody(_Body):
+    inputs: dict[str, Any] | None = None
+    response_mode: Literal["blocking", "streaming"] | None = None
+    user: str | None = None
+    files: list[Any] | None = None
+
+
+class VariableBody(UserBody):
+    value: Any = None
+
+
 class RenameBody(UserBody):
     name: str | None = None
     auto_generate: bool = False
@@ -62,7 +76,7 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-async def sse(run: Run, ping_interval: float) -> AsyncIterator[bytes]:
+async def sse(run: Run | WorkflowTask, ping_interval: float) -> AsyncIterator[bytes]:
     """The run's events as SSE; a client that goes away cancels only this reader, never the run."""
     channel = run.channel
     assert channel is not None
@@ -77,6 +91,15 @@ async def sse(run: Run, ping_interval: float) -> AsyncIterator[bytes]:
         _ACTIVE.dec()
 
 
+async def counted(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    _ACTIVE.inc()
+    try:
+        async for chunk in events:
+            yield chunk
+    finally:
+        _ACTIVE.dec()
+
+
 def build_router(rt: Runtime, secret: str) -> APIRouter:
     router = APIRouter(prefix="/v1")
     ping_interval = rt.settings.ping_interval
@@ -86,11 +109,13 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
 
     who = Depends(identify)  # resolved before the body, so an unauthenticated call is a 401 first
 
-    async def respond(run: Run) -> Response:
+    async def respond(run: Run | WorkflowTask) -> Response:
         if run.channel is not None:
             return StreamingResponse(
                 sse(run, ping_interval), media_type="text/event-stream", headers=SSE_HEADERS
             )
+        if isinstance(run, WorkflowTask):  # advanced-chat
+            return json_response(await rt.chatflow.result(run))
         return json_response(await rt.chat.result(run))
 
     @router.post("/completion-messages")
@@ -118,6 +143,72 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
             streaming=body.response_mode == "streaming",
         )
         return await respond(run)
+
+    async def run_workflow(body: WorkflowBody, caller: Caller, workflow_id: str | None = None) -> Response:
+        task = await rt.workflows.run(caller, inputs=body.inputs, user=body.user,
+                                      streaming=body.response_mode == "streaming", workflow_id=workflow_id)
+        if task.channel is not None:
+            return StreamingResponse(sse(task, ping_interval), media_type="text/event-stream", headers=SSE_HEADERS)
+        return json_response(await rt.workflows.result(task))
+
+    @router.post("/workflows/run")
+    async def workflows_run(body: WorkflowBody, caller: Caller = who) -> Response:
+        return await run_workflow(body, caller)
+
+    @router.post("/workflows/{workflow_id}/run")
+    async def workflows_run_version(workflow_id: str, body: WorkflowBody, caller: Caller = who) -> Response:
+        return await run_workflow(body, caller, workflow_id)
+
+    @router.get("/workflows/run/{run_id}")
+    async def workflow_run(run_id: str, caller: Caller = who) -> Response:
+        return json_response(await rt.workflows.get_run(caller, run_id))
+
+    @router.post("/workflows/tasks/{task_id}/stop")
+    @router.post("/workflows/{task_id}/stop")  # the legacy path dify-client-python falls back to
+    async def stop_workflow(task_id: str, body: UserBody, caller: Caller = who) -> Response:
+        await rt.workflows.stop(caller, task_id, body.user)
+        return json_response({"result": "success"})
+
+    async def replay(request: Request, found: tuple[str, bool, bool], last_event_id: str | None) -> Response:
+        after = last_event_id_of(request.headers.get("last-event-id"), last_event_id)
+        task_id, finished, chat_workflow = found
+        return StreamingResponse(counted(rt.resume.events(task_id, after, finished, chat_workflow)),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @router.get("/workflows/run/{run_id}/events")
+    async def workflow_events(request: Request, run_id: str, caller: Caller = who, user: str | None = None,
+                              last_event_id: str | None = None) -> Response:
+        return await replay(request, await rt.resume.workflow_task(caller, run_id, user), last_event_id)
+
+    @router.get("/chat-messages/{task_id}/events")
+    @router.get("/completion-messages/{task_id}/events")
+    async def chat_events(request: Request, task_id: str, caller: Caller = who, user: str | None = None,
+                          last_event_id: str | None = None) -> Response:
+        return await replay(request, await rt.resume.chat_task(caller, task_id, user), last_event_id)
+
+    @router.get("/workflows/logs")
+    async def workflow_logs(
+        caller: Caller = who, keyword: str | None = None, status: str | None = None, page: int = 1,
+        limit: int = 20, created_at__before: datetime | None = None, created_at__after: datetime | None = None,
+        created_by_end_user_session_id: str | None = None, created_by_account: str | None = None,
+    ) -> Response:
+        return json_response(await rt.workflows.logs(
+            caller, keyword=keyword, status=status, page=page, limit=limit, before=created_at__before,
+            after=created_at__after, session_id=created_by_end_user_session_id))
+
+    @router.get("/conversations/{conversation_id}/variables")
+    async def conversation_variables(conversation_id: str, caller: Caller = who, user: str | None = None,
+                                     last_id: str | None = None, limit: int = 20,
+                                     variable_name: str | None = None) -> Response:
+        return json_response(await rt.chatflow.variables(caller, conversation_id, user=user, last_id=last_id,
+                                                         limit=limit, variable_name=variable_name))
+
+    @router.put("/conversations/{conversation_id}/variables/{variable_id}")
+    @router.patch("/conversations/{conversation_id}/variables/{variable_id}")  # dify-client sends PATCH
+    async def update_conversation_variable(conversation_id: str, variable_id: str, body: VariableBody,
+                                           caller: Caller = who) -> Response:
+        return json_response(await rt.chatflow.update_variable(caller, conversation_id, variable_id,
+                                                               value=body.value, user=body.user))
 
     @router.post("/completion-messages/{task_id}/stop")
     async def stop_completion(task_id: str, body: UserBody, caller: Caller = who) -> Response:

@@ -282,12 +282,15 @@ def _fresh_script(llm: ScriptedLLM) -> None:
 def parse_frames(raw: bytes) -> list[Any]:
     out: list[Any] = []
     assert raw.endswith(b"\n\n"), raw[-80:]
+    expected = 1  # every event carries its position in the run's event log as its SSE id
     for frame in raw.split(b"\n\n")[:-1]:
         if frame == b"event: ping":
             out.append("ping")
         else:
-            assert frame.startswith(b"data: "), frame
-            out.append(orjson.loads(frame[6:]))
+            head, _, data = frame.partition(b"\n")
+            assert head == b"id: %d" % expected and data.startswith(b"data: "), frame
+            expected += 1
+            out.append(orjson.loads(data[6:]))
     return out
 
 
@@ -305,7 +308,7 @@ async def iter_events(resp: httpx.Response) -> AsyncIterator[Any]:
         buf += chunk
         while b"\n\n" in buf:
             frame, buf = buf.split(b"\n\n", 1)
-            yield "ping" if frame == b"event: ping" else orjson.loads(frame.removeprefix(b"data: "))
+            yield "ping" if frame == b"event: ping" else orjson.loads(frame.partition(b"data: ")[2])
 
 
 def chat(query: str, user: str = "u1", **kw: Any) -> dict[str, Any]:
@@ -1081,3 +1084,53 @@ async def test_no_message_left_running(world: World) -> None:
         ).scalar_one()
         total = (await s.execute(select(func.count()).select_from(Message))).scalar_one()
     assert running == 0 and total > 30
+
+
+async def test_resume_on_the_other_replica_with_last_event_id(world: World) -> None:
+    """Disconnect mid-stream from replica a, resume from replica b: every remaining event exactly once."""
+    w = world
+    tokens = [f"t{i} " for i in range(12)]
+    w.llm.push(match="resume me", tokens=tokens, delay=0.05)
+    seen: list[tuple[int, dict]] = []
+    async with w.a.client.stream("POST", "/v1/chat-messages", headers=w.h("chat"),
+                                 json=chat("resume me", response_mode="streaming")) as r:
+        buf = b""
+        async for chunk in r.aiter_bytes():
+            buf += chunk
+            while b"\n\n" in buf and len(seen) < 4:
+                frame, buf = buf.split(b"\n\n", 1)
+                if frame.startswith(b"id: "):
+                    head, _, data = frame.partition(b"\n")
+                    seen.append((int(head[4:]), orjson.loads(data[6:])))
+            if len(seen) >= 4:
+                break  # the client goes away after 4 events
+    task_id = seen[0][1]["task_id"]
+    assert [i for i, _ in seen] == [1, 2, 3, 4]
+    async with w.b.client.stream("GET", f"/v1/chat-messages/{task_id}/events", headers={
+            **w.h("chat"), "Last-Event-ID": "4"}, params={"user": "u1"}) as r:
+        assert r.status_code == 200
+        rest = parse_resumed(await r.aread())
+    assert [i for i, _ in rest] == list(range(5, 5 + len(rest)))
+    events = [e for _, e in seen] + [e for _, e in rest]
+    assert events[-1]["event"] == "message_end"
+    assert "".join(e["answer"] for e in events if e["event"] == "message") == "".join(tokens)
+    # from the start, by query parameter, after the run has finished
+    async with w.b.client.stream("GET", f"/v1/chat-messages/{task_id}/events", headers=w.h("chat"),
+                                 params={"user": "u1", "last_event_id": "0"}) as r:
+        again = parse_resumed(await r.aread())
+    assert [e for _, e in again] == events
+    r = await w.b.client.get(f"/v1/chat-messages/{task_id}/events", headers=w.h("chat"), params={"user": "u2"})
+    assert r.status_code == 404  # another user's run
+    r = await w.b.client.get(f"/v1/chat-messages/{task_id}/events", headers={**w.h("chat"), "Last-Event-ID": "x"},
+                             params={"user": "u1"})
+    assert r.status_code == 400
+
+
+def parse_resumed(raw: bytes) -> list[tuple[int, dict]]:
+    out = []
+    for frame in raw.split(b"\n\n")[:-1]:
+        if frame == b"event: ping":
+            continue
+        head, _, data = frame.partition(b"\n")
+        out.append((int(head[4:]), orjson.loads(data[6:])))
+    return out

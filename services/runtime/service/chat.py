@@ -22,6 +22,7 @@ from services.runtime.service.errors import (
 from services.runtime.service.prompt import chat_messages, completion_messages, context_budget, default_name
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Channel, Run
+from services.runtime.workflow.service import WorkflowTask
 from shared.app_config import render_prompt, validate_inputs
 from shared.errors import invalid_param
 from shared.identity import Caller
@@ -40,16 +41,14 @@ INSERT_MESSAGE = insert(Message.__table__)
 
 
 def gate(endpoint: str, mode: str, streaming: bool) -> None:
-    """Mode gates of reference §2 (advanced-chat is not served yet)."""
+    """Mode gates of reference §2."""
     if endpoint == "completion":
         if mode != "completion":
             raise app_unavailable()
-    elif mode == "advanced-chat":
-        raise app_unavailable()
     elif mode == "agent-chat":
         if not streaming:
             raise invalid_param("Agent Chat App does not support blocking mode")
-    elif mode != "chat":
+    elif mode not in ("chat", "advanced-chat"):
         raise not_chat_app()
 
 
@@ -67,7 +66,7 @@ class ChatService:
         query: Any,
         conversation_id: str | None,
         streaming: bool,
-    ) -> Run:
+    ) -> Run | WorkflowTask:
         session_id = require_user(user)
         app = await self.rt.app_for(caller)
         gate(endpoint, app.mode, streaming)
@@ -76,6 +75,9 @@ class ChatService:
         if endpoint == "chat" and query is None:
             raise invalid_param("query is required")
         query = query or ""
+        if app.mode == "advanced-chat":  # a workflow run per message
+            return await self.rt.chatflow.create(app, session_id=session_id, inputs=inputs, query=query,
+                                                 conversation_id=conversation_id, streaming=streaming)
         config = app.config
         if config is None:
             raise app_unavailable()
@@ -229,6 +231,7 @@ class ChatService:
             task_id = str(uuid.UUID(task_id))
         except ValueError:
             return  # never a task of ours, and not safe to put into a subject
-        if not self.rt.runs.stop(task_id, session_id, app.id):
+        if not self.rt.runs.stop(task_id, session_id, app.id) and \
+                not self.rt.workflows.stop_local(task_id, session_id, app.id):
             # not ours (or not this user's): the owning replica decides
             await self.rt.bus.publish_json(task_stop(task_id), {"user": session_id, "app_id": app.id})

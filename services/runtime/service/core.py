@@ -13,11 +13,14 @@ from sqlalchemy import update
 from services.runtime.service.cache import AppCache, AppEntry, EndUsers
 from services.runtime.service.chat import ChatService
 from services.runtime.service.queries import HistoryService
+from services.runtime.service.resume import Resumer
 from services.runtime.service.runs import RunRegistry
+from services.runtime.workflow.chatflow import ChatflowService
+from services.runtime.workflow.service import WorkflowService
 from shared.context import Context
 from shared.errors import unauthorized
 from shared.identity import AUTH_INVALID, Caller
-from shared.models import Message, utcnow
+from shared.models import Message, WorkflowRun, utcnow
 from shared.subjects import parse_config_subject, task_of
 
 log = structlog.get_logger("plexus.runtime")
@@ -34,6 +37,9 @@ class Runtime:
         self.runs = RunRegistry(ctx)
         self.chat = ChatService(self)
         self.history = HistoryService(self)
+        self.workflows = WorkflowService(self)
+        self.chatflow = ChatflowService(self)
+        self.resume = Resumer(self)
         self._sweeper: asyncio.Task | None = None
 
     async def app_for(self, caller: Caller) -> AppEntry:
@@ -45,8 +51,8 @@ class Runtime:
     def on_stop(self, subject: str, payload: dict[str, Any]) -> None:
         task_id = task_of(subject)
         user = payload.get("user")
-        if isinstance(user, str):
-            self.runs.stop(task_id, user, payload.get("app_id"))
+        if isinstance(user, str) and not self.runs.stop(task_id, user, payload.get("app_id")):
+            self.workflows.stop_local(task_id, user, payload.get("app_id"))
 
     def on_config(self, subject: str, payload: dict[str, Any]) -> None:
         kind, ident = parse_config_subject(subject)
@@ -76,6 +82,7 @@ class Runtime:
                 pass
             self._sweeper = None
         await self.runs.shutdown()
+        await self.workflows.close()
 
     async def sweep(self) -> int:
         """Messages left "running" past the run timeout belong to a replica that died: record them."""
@@ -84,10 +91,18 @@ class Runtime:
         local = list(self.runs.runs)
         if local:
             stmt = stmt.where(Message.task_id.not_in(local))
+        # a workflow run may legitimately take up to its own time limit
+        wf_cutoff = utcnow() - timedelta(seconds=max(self.settings.run_timeout,
+                                                     self.ctx.settings.workflow.max_execution_time) + 60)
+        wf = update(WorkflowRun).where(WorkflowRun.status == "running", WorkflowRun.updated_at < wf_cutoff)
+        if self.workflows.tasks:
+            wf = wf.where(WorkflowRun.task_id.not_in(list(self.workflows.tasks)))
         async with self.db.session() as s:
             result = await s.exec(stmt.values(status="error", error="interrupted", updated_at=utcnow()))
+            wf_result = await s.exec(wf.values(status="failed", error="interrupted: the replica running it stopped",
+                                                updated_at=utcnow(), finished_at=utcnow()))
             await s.commit()
-        return result.rowcount or 0
+        return (result.rowcount or 0) + (wf_result.rowcount or 0)
 
     async def _sweep_forever(self) -> None:
         interval = max(min(self.settings.run_timeout / 2, 300.0), 1.0)

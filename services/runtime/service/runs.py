@@ -30,6 +30,12 @@ from shared.subjects import task_events
 log = structlog.get_logger("plexus.runtime.runs")
 
 PING = b"event: ping\n\n"
+
+
+def frame(seq: int, data: bytes) -> bytes:
+    """One SSE event. ``id`` is the event's position in the run's event log (1-based), which is also its
+    position in the run's JetStream subject: a client resumes with Last-Event-ID from any replica."""
+    return b"id: " + str(seq).encode() + b"\ndata: " + data + b"\n\n"
 # SET clause from the execution params: compiled once instead of per run
 FINALIZE_MESSAGE = update(Message.__table__).where(Message.__table__.c.id == bindparam("b_id"))
 FINALIZE_ATTEMPTS = 8  # ~30 s of backoff in all
@@ -103,6 +109,7 @@ class Run:
     usage: dict[str, Any] | None = None
     stop_reason: str | None = None
     task: asyncio.Task | None = None
+    seq: int = 0  # events emitted so far
     streaming: bool = False  # inside the LLM phase: the only phase a stop may cancel
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     _prefix: bytes = b""  # the JSON envelope shared by every event of this run, without the closing brace
@@ -206,8 +213,9 @@ class RunRegistry:
                 if run.stop_reason is None and run.agent is not None:
                     async def emit(data: bytes) -> None:
                         nonlocal lost_events
+                        run.seq += 1
                         if channel is not None:
-                            channel.put(b"data: " + data + b"\n\n")
+                            channel.put(frame(run.seq, data))
                         try:
                             await nc.publish(subject, data)
                         except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
@@ -220,8 +228,9 @@ class RunRegistry:
                         async for delta in deltas:
                             run.answer_parts.append(delta)
                             data = prefix + orjson.dumps(delta) + b"}"
+                            run.seq += 1
                             if channel is not None:
-                                channel.put(b"data: " + data + b"\n\n")
+                                channel.put(frame(run.seq, data))
                             try:
                                 await nc.publish(subject, data)
                             except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
@@ -316,8 +325,9 @@ class RunRegistry:
                 "metadata": {"usage": run.usage, "retriever_resources": run.retriever_resources},
             }
         data = orjson.dumps(payload)
+        run.seq += 1
         if run.channel is not None:
-            run.channel.put(b"data: " + data + b"\n\n")
+            run.channel.put(frame(run.seq, data))
         try:
             await self.ctx.bus.nc.publish(task_events(run.task_id), data)
         except Exception:  # noqa: BLE001 - the event log is best effort; the run's result is in the DB

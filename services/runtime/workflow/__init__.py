@@ -1,0 +1,1 @@
+"""Workflow engine: graph execution, node implementations and their pure logic."""

@@ -1,0 +1,233 @@
+"""advanced-chat (chatflow) apps: a conversation whose every message is a workflow run.
+
+The user's query is ``sys.query``; answer nodes stream ``message`` events; the run ends with
+``message_end`` and ``workflow_finished`` (a failed run: ``workflow_finished`` then ``error``). A
+conversation keeps its inputs, its history (LLM nodes with memory see earlier turns) and its
+conversation variables, which assigner nodes change and the API reads and updates (reference §2.8).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import insert, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.runtime.service.chat import INSERT_CONVERSATION, INSERT_MESSAGE
+from services.runtime.service.errors import (
+    completion_request_error,
+    conversation_not_exists,
+    parse_uuid,
+    require_user,
+)
+from services.runtime.service.prompt import default_name
+from services.runtime.service.queries import users_conversations
+from services.runtime.workflow import logic
+from services.runtime.workflow.engine import Engine
+from services.runtime.workflow.service import WorkflowTask
+from shared.errors import ApiError, invalid_param, not_found
+from shared.identity import Caller
+from shared.models import Conversation, ConversationVariable, Message, new_id, ts, utcnow
+
+if TYPE_CHECKING:
+    from services.runtime.service.cache import AppEntry
+    from services.runtime.service.core import Runtime
+
+VARIABLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+@dataclass
+class ChatPart:
+    conversation_id: str
+    message_id: str
+    query: str
+    dialogue_count: int
+    variables: dict[str, Any]  # conversation variable name → value (the run's "conversation" root)
+    types: dict[str, str]
+    ids: dict[str, str]  # name → declared variable id
+    history: list[tuple[str, str]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    answer: str = ""
+    rt: Any = None
+
+    def metadata(self) -> dict[str, Any]:
+        return {"usage": self.usage, "retriever_resources": []}
+
+    async def finish(self, task: WorkflowTask, engine: Engine) -> None:
+        """Store the answer on the message and the conversation variables the run changed."""
+        self.usage = _usage(engine, task.elapsed)
+        self.answer = "".join(engine.answer_parts)
+        status = {"succeeded": "normal", "partial-succeeded": "normal", "stopped": "stopped"}.get(task.status, "error")
+        now = utcnow()
+        async with self.rt.db.session() as s:
+            await s.exec(update(Message.__table__).where(Message.__table__.c.id == self.message_id).values(
+                answer=self.answer, status=status, error=task.error, usage=self.usage,
+                message_tokens=self.usage["prompt_tokens"], answer_tokens=self.usage["completion_tokens"],
+                latency=task.elapsed, updated_at=now))
+            for name, value in engine.conversation_changed.items():
+                await s.exec(update(ConversationVariable.__table__).where(
+                    ConversationVariable.__table__.c.conversation_id == self.conversation_id,
+                    ConversationVariable.__table__.c.id == self.ids[name]).values(value=value, updated_at=now))
+            await s.commit()
+
+
+def _usage(engine: Engine, elapsed: float) -> dict[str, Any]:
+    """The run's LLM usage summed over its LLM nodes, in the 12-key shape of reference §3.4."""
+    prompt = completion = 0
+    p_price = c_price = Decimal(0)
+    unit: dict[str, Any] = {}
+    for ex in engine.executions:
+        u = (ex.result.outputs if ex.result else {}).get("usage") if ex.node.type == "llm" else None
+        if isinstance(u, dict):
+            prompt += int(u.get("prompt_tokens") or 0)
+            completion += int(u.get("completion_tokens") or 0)
+            p_price += Decimal(str(u.get("prompt_price") or 0))
+            c_price += Decimal(str(u.get("completion_price") or 0))
+            unit = u
+    return {"prompt_tokens": prompt, "prompt_unit_price": unit.get("prompt_unit_price", "0"),
+            "prompt_price_unit": unit.get("prompt_price_unit", "0.000001"), "prompt_price": format(p_price, "f"),
+            "completion_tokens": completion, "completion_unit_price": unit.get("completion_unit_price", "0"),
+            "completion_price_unit": unit.get("completion_price_unit", "0.000001"),
+            "completion_price": format(c_price, "f"), "total_tokens": prompt + completion,
+            "total_price": format(p_price + c_price, "f"), "currency": "USD", "latency": round(elapsed, 3)}
+
+
+class ChatflowService:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def create(self, app: AppEntry, *, session_id: str, inputs: Any, query: str,
+                     conversation_id: str | None, streaming: bool) -> WorkflowTask:
+        wf = self.rt.workflows
+        end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
+        assert end_user_id is not None
+        conv_id = parse_uuid(conversation_id, invalid_param("conversation_id must be a valid UUID")) \
+            if conversation_id else None
+        history: list[tuple[str, str]] = []
+        stored: dict[str, Any] = {}
+        parent_id = None
+        if conv_id is not None:
+            async with self.rt.db.session() as s:
+                conv_inputs = (await s.exec(select(Conversation.inputs).where(
+                    Conversation.id == conv_id, *users_conversations(app.id, end_user_id)))).first()
+                if conv_inputs is None:
+                    raise conversation_not_exists()
+                rows = (await s.exec(select(Message.id, Message.query, Message.answer).where(
+                    Message.conversation_id == conv_id, Message.status.in_(("normal", "stopped")))
+                    .order_by(col(Message.created_at).desc(), col(Message.id).desc())
+                    .limit(self.rt.settings.memory_turns))).all()
+                stored = {v.id: v.value for v in (await s.exec(select(ConversationVariable).where(
+                    ConversationVariable.conversation_id == conv_id))).all()}
+            inputs = dict(conv_inputs)
+            parent_id = rows[0][0] if rows else None
+            history = [(q, a) for _, q, a in reversed(rows) if a]
+        workflow, graph, cleaned = await wf.prepare(app.id, None, inputs if conv_id is None else {})
+        if conv_id is not None:
+            cleaned = inputs  # a conversation keeps the inputs it started with
+        declared = workflow.conversation_variables or []
+        variables = {v["name"]: stored.get(v["id"], v.get("value")) for v in declared}
+        task = wf.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
+        new_conversation = conv_id is None
+        conv_id = conv_id or new_id()
+        task.chat = ChatPart(conversation_id=conv_id, message_id=new_id(), query=query,
+                             dialogue_count=len(history) + 1, variables=variables,
+                             types={v["name"]: v.get("value_type", "string") for v in declared},
+                             ids={v["name"]: v["id"] for v in declared}, history=history, rt=self.rt)
+
+        async def rows(s: AsyncSession) -> None:
+            now = utcnow()
+            if new_conversation:
+                await s.exec(INSERT_CONVERSATION, params={
+                    "id": conv_id, "app_id": app.id, "end_user_id": end_user_id, "mode": app.mode,
+                    "name": default_name(query), "inputs": cleaned, "introduction": "", "status": "normal",
+                    "from_source": "api", "is_deleted": False, "created_at": now, "updated_at": now})
+                for v in declared:
+                    await s.exec(insert(ConversationVariable.__table__).values(
+                        id=v["id"], conversation_id=conv_id, app_id=app.id, name=v["name"],
+                        value_type=v.get("value_type", "string"), value=v.get("value"),
+                        description=v.get("description") or "", created_at=now, updated_at=now))
+            else:
+                await s.exec(update(Conversation.__table__).where(Conversation.__table__.c.id == conv_id)
+                             .values(updated_at=now))
+            await s.exec(INSERT_MESSAGE, params={
+                "id": task.chat.message_id, "app_id": app.id, "conversation_id": conv_id,
+                "end_user_id": end_user_id, "parent_message_id": parent_id, "task_id": task.task_id,
+                "inputs": cleaned, "query": query, "answer": "", "status": "running", "error": None,
+                "model_provider": None, "model_id": None, "message_tokens": 0, "answer_tokens": 0, "usage": {},
+                "retriever_resources": [], "agent_thoughts": [], "trace": {}, "workflow_run_id": task.run_id,
+                "latency": 0.0, "created_at": now, "updated_at": now})
+
+        await wf.launch(task, before=rows)
+        return task
+
+    async def result(self, task: WorkflowTask) -> dict[str, Any]:
+        await task.finished.wait()
+        chat = task.chat
+        if task.status == "failed":
+            raise completion_request_error(task.error or "Workflow run failed.")
+        return {"event": "message", "task_id": task.task_id, "id": chat.message_id, "message_id": chat.message_id,
+                "conversation_id": chat.conversation_id, "mode": "advanced-chat",
+                "answer": chat.answer, "metadata": chat.metadata(), "created_at": task.created_at}
+
+    # -- conversation variables (reference §2.8) -------------------------------------------------------
+    async def _conversation(self, caller: Caller, conversation_id: str, user: str | None) -> tuple[str, str]:
+        session_id = require_user(user)
+        app = await self.rt.app_for(caller)
+        if app.mode != "advanced-chat":
+            raise ApiError(400, "not_chat_app", "Please check if your app mode matches the right API route.")
+        end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id, create=False)
+        cid = parse_uuid(conversation_id, conversation_not_exists())
+        async with self.rt.db.session() as s:
+            found = end_user_id and (await s.exec(select(Conversation.id).where(
+                Conversation.id == cid, *users_conversations(app.id, end_user_id)))).first()
+        if not found:
+            raise conversation_not_exists()
+        return app.id, cid
+
+    async def variables(self, caller: Caller, conversation_id: str, *, user: str | None, last_id: str | None,
+                        limit: int, variable_name: str | None) -> dict[str, Any]:
+        if not 1 <= limit <= 100:
+            raise invalid_param("limit must be between 1 and 100")
+        if variable_name is not None and not set(variable_name) <= VARIABLE_NAME_CHARS:
+            raise invalid_param("variable_name may contain only letters, digits, '_', '.' and '-'")
+        _, cid = await self._conversation(caller, conversation_id, user)
+        q = select(ConversationVariable).where(ConversationVariable.conversation_id == cid)
+        if variable_name:
+            q = q.where(ConversationVariable.name == variable_name)
+        async with self.rt.db.session() as s:
+            rows = list((await s.exec(q.order_by(col(ConversationVariable.created_at),
+                                                 col(ConversationVariable.id)))).all())
+        if last_id:
+            ids = [r.id for r in rows]
+            if last_id not in ids:
+                raise not_found("Last Conversation Variable Not Exists.")
+            rows = rows[ids.index(last_id) + 1:]
+        page = rows[:limit]
+        return {"limit": limit, "has_more": len(rows) > limit, "data": [_variable_view(v) for v in page]}
+
+    async def update_variable(self, caller: Caller, conversation_id: str, variable_id: str, *, value: Any,
+                              user: str | None) -> dict[str, Any]:
+        _, cid = await self._conversation(caller, conversation_id, user)
+        async with self.rt.db.session() as s:
+            row = (await s.exec(select(ConversationVariable).where(
+                ConversationVariable.conversation_id == cid, ConversationVariable.id == variable_id))).first()
+            if row is None:
+                raise not_found("Conversation Variable Not Exists.")
+            try:
+                row.value = logic.coerce(value, row.value_type)
+            except ValueError as e:
+                raise ApiError(400, "bad_request", f"Type mismatch for {row.name!r} ({row.value_type}): {e}") from None
+            row.updated_at = utcnow()
+            await s.commit()
+            await s.refresh(row)
+            return _variable_view(row)
+
+
+def _variable_view(v: ConversationVariable) -> dict[str, Any]:
+    value = v.value if isinstance(v.value, str) else json.dumps(v.value, ensure_ascii=False)
+    return {"id": v.id, "name": v.name, "value_type": v.value_type, "value": value, "description": v.description,
+            "created_at": ts(v.created_at), "updated_at": ts(v.updated_at)}

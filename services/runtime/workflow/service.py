@@ -1,0 +1,362 @@
+"""Workflow app runs (reference §2.15): start a run of the published (or a named) version, stream or
+collect its events, stop it, read it back, list the logs.
+
+A run is a task owned by this replica, like a chat run: its events go to the SSE channel and to the
+run's NATS subject (the JetStream event log); its row is written when it starts and when it ends,
+with every node execution in one insert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from sqlalchemy import Text, cast, func, insert, update
+from sqlmodel import col, select
+
+from services.runtime.service.errors import parse_uuid, require_user
+from services.runtime.service.runs import Channel, frame
+from services.runtime.workflow.engine import Engine, RunFailed, VariablePool
+from services.runtime.workflow.nodes import IMPLS, RunServices
+from shared.app_config import start_form, validate_form
+from shared.egress import Egress, EgressPolicy
+from shared.errors import ApiError, invalid_param, not_found
+from shared.identity import Caller
+from shared.models import App, EndUser, Workflow, WorkflowNodeExecution, WorkflowRun, new_id, ts, utcnow
+from shared.subjects import task_events, task_stop
+from shared.workflow import Graph, parse_graph
+
+if TYPE_CHECKING:
+    from services.runtime.service.core import Runtime
+
+log = structlog.get_logger("plexus.runtime.workflow")
+RUN = WorkflowRun.__table__
+INSERT_EXECUTIONS = insert(WorkflowNodeExecution.__table__)
+
+
+def not_workflow_app() -> ApiError:
+    return ApiError(400, "not_workflow_app", "Please check if your app mode matches the right API route.")
+
+
+@dataclass(eq=False)
+class WorkflowTask:
+    task_id: str
+    run_id: str
+    workflow: Workflow
+    graph: Graph
+    app_id: str
+    tenant_id: str
+    end_user_id: str
+    session_id: str
+    inputs: dict[str, Any]
+    created_at: int
+    channel: Channel | None
+    status: str = "running"
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    elapsed: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    finished_at: int | None = None
+    stop_reason: str | None = None
+    task: asyncio.Task | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    chat: Any = None  # advanced-chat: services.runtime.workflow.chatflow.ChatPart
+    seq: int = 0  # events emitted so far (the SSE ids)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None and not self.finished.is_set():
+            self.stop_reason = reason
+            if self.task is not None:
+                self.task.cancel()
+
+    def data(self) -> dict[str, Any]:
+        return {"id": self.run_id, "workflow_id": self.workflow.id, "status": self.status, "outputs": self.outputs,
+                "error": self.error, "elapsed_time": round(self.elapsed, 6), "total_tokens": self.tokens,
+                "total_steps": self.steps, "created_at": self.created_at, "finished_at": self.finished_at}
+
+
+class WorkflowService:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.settings = rt.ctx.settings.workflow
+        self.egress = Egress(EgressPolicy.from_allowlist(rt.ctx.settings.tools.egress_allowlist))
+        self.tasks: dict[str, WorkflowTask] = {}
+        self._graphs: OrderedDict[str, Graph] = OrderedDict()  # published versions never change
+
+    async def close(self) -> None:
+        for t in list(self.tasks.values()):
+            t.request_stop("shutdown")
+        pending = [t.task for t in self.tasks.values() if t.task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        await self.egress.close()
+
+    # -- starting ------------------------------------------------------------------------------------
+    async def run(self, caller: Caller, *, inputs: Any, user: str | None, streaming: bool,
+                  workflow_id: str | None = None) -> WorkflowTask:
+        session_id = require_user(user)
+        app = await self.rt.app_for(caller)
+        if app.mode != "workflow":
+            raise not_workflow_app()
+        workflow, graph, cleaned = await self.prepare(app.id, workflow_id, inputs)
+        end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
+        assert end_user_id is not None
+        task = self.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
+        await self.launch(task)
+        return task
+
+    async def prepare(self, app_id: str, workflow_id: str | None, inputs: Any) -> tuple[Workflow, Graph, dict]:
+        """The version to run, its graph, and the inputs checked against its start node."""
+        if inputs is None:
+            raise invalid_param("inputs is required")
+        workflow = await self._workflow(app_id, workflow_id)
+        graph = self._graph(workflow)
+        start = graph.nodes[graph.start_id]
+        try:
+            return workflow, graph, validate_form(start_form(start.data.get("variables") or []), inputs)
+        except ValueError as e:
+            raise invalid_param(str(e)) from None
+
+    def new_task(self, tenant_id: str, app_id: str, workflow: Workflow, graph: Graph, inputs: dict[str, Any],
+                 end_user_id: str, session_id: str, streaming: bool) -> WorkflowTask:
+        return WorkflowTask(task_id=new_id(), run_id=new_id(), workflow=workflow, graph=graph, app_id=app_id,
+                            tenant_id=tenant_id, end_user_id=end_user_id, session_id=session_id, inputs=inputs,
+                            created_at=int(time.time()), channel=Channel() if streaming else None)
+
+    async def launch(self, task: WorkflowTask, before: Callable[[Any], Awaitable[None]] | None = None) -> None:
+        """Write the run row (with whatever ``before`` adds in the same transaction), then start the run."""
+        now = utcnow()
+        chat = task.chat
+        async with self.rt.db.session() as s:
+            if before is not None:
+                await before(s)
+            await s.exec(insert(RUN).values(
+                id=task.run_id, tenant_id=task.tenant_id, app_id=task.app_id, workflow_id=task.workflow.id,
+                type="chat" if chat else "workflow", triggered_from="app-run", version=task.workflow.version,
+                task_id=task.task_id, conversation_id=chat.conversation_id if chat else None,
+                message_id=chat.message_id if chat else None, inputs=task.inputs, status="running", outputs={},
+                elapsed_time=0.0, total_tokens=0, total_steps=0, exceptions_count=0, created_by_role="end_user",
+                created_by=task.end_user_id, created_from="service-api", created_at=now, updated_at=now))
+            await s.commit()
+        self.tasks[task.task_id] = task
+        task.task = asyncio.create_task(self._execute(task), name=f"workflow-{task.task_id}")
+
+    async def _workflow(self, app_id: str, workflow_id: str | None) -> Workflow:
+        async with self.rt.db.session() as s:
+            if workflow_id is None:
+                current = (await s.exec(select(Workflow).join_from(Workflow, App, App.workflow_id == Workflow.id)
+                                        .where(App.id == app_id))).first()
+                if current is None:
+                    raise invalid_param("Workflow not published")
+                return current
+            wid = parse_uuid(workflow_id, ApiError(400, "workflow_id_format_error", "Invalid workflow_id format."))
+            found = (await s.exec(select(Workflow).where(Workflow.id == wid, Workflow.app_id == app_id))).first()
+        if found is None:
+            raise not_found("Workflow not found.")
+        if found.version == "draft":
+            raise ApiError(400, "draft_workflow_error", "Draft workflow cannot be run through the API; publish it.")
+        return found
+
+    def _graph(self, workflow: Workflow) -> Graph:
+        graph = self._graphs.get(workflow.id)
+        if graph is None:
+            graph = self._graphs[workflow.id] = parse_graph(workflow.graph)
+            if len(self._graphs) > 256:
+                self._graphs.popitem(last=False)
+        return graph
+
+    # -- the run -------------------------------------------------------------------------------------
+    async def _execute(self, task: WorkflowTask) -> None:
+        subject = task_events(task.task_id)
+        nc = self.rt.bus.nc
+        channel = task.channel
+        started = time.perf_counter()
+
+        chat = task.chat
+        # chunk envelopes (reference §3.2): chat runs carry the conversation and message on every event
+        envelope: dict[str, Any] = {"workflow_run_id": task.run_id, "task_id": task.task_id}
+        if chat is not None:
+            envelope = {"conversation_id": chat.conversation_id, "message_id": chat.message_id,
+                        "created_at": task.created_at, **envelope}
+
+        async def emit(event: str, fields: dict[str, Any]) -> None:
+            if event == "message":  # an answer delta: Dify's message chunk, id = the message id
+                fields = {"id": chat.message_id, **fields}
+            data = orjson.dumps({"event": event, **envelope, **fields})
+            task.seq += 1
+            if channel is not None:
+                channel.put(frame(task.seq, data))
+            try:
+                await nc.publish(subject, data)
+            except Exception:  # noqa: BLE001, S110 - the event log is best effort; the run's result is in the DB
+                pass
+
+        env = {v["name"]: v.get("value") for v in task.workflow.environment_variables or []}
+        system = {"user_id": task.session_id, "app_id": task.app_id, "workflow_id": task.workflow.id,
+                  "workflow_run_id": task.run_id, "files": []}
+        roots: dict[str, dict[str, Any]] = {"sys": system, "env": env, task.graph.start_id: dict(task.inputs)}
+        services = RunServices(ctx=self.rt.ctx, tenant_id=task.tenant_id, app_id=task.app_id,
+                               user_id=task.end_user_id, egress=self.egress)
+        if chat is not None:
+            system.update(query=chat.query, conversation_id=chat.conversation_id, dialogue_count=chat.dialogue_count)
+            roots["conversation"] = chat.variables
+            services.history = chat.history
+            services.conversation_types = chat.types
+        pool = VariablePool(roots)
+        engine = Engine(task.graph, pool, mode="advanced-chat" if chat is not None else "workflow",
+                        settings=self.settings, impls=IMPLS, emit=emit, services=services)
+        await emit("workflow_started", {"data": {"id": task.run_id, "workflow_id": task.workflow.id,
+                                                 "inputs": task.inputs, "created_at": task.created_at}})
+        try:
+            await engine.run()
+            task.status = "partial-succeeded" if engine.exceptions else "succeeded"
+        except asyncio.CancelledError:
+            task.status = "stopped"
+            task.error = {"user": None, "shutdown": "interrupted"}.get(task.stop_reason or "", None)
+            if task.stop_reason is None:  # cancelled by the event loop's teardown, not by us
+                task.error = "interrupted"
+            else:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except RunFailed as e:
+            task.status, task.error = "failed", str(e)
+        except Exception as e:
+            log.exception("workflow_run_crashed")
+            task.status, task.error = "failed", f"{type(e).__name__}: {e}"
+        finally:
+            task.outputs = engine.outputs if task.status in ("succeeded", "partial-succeeded") else {}
+            task.elapsed, task.steps, task.tokens = time.perf_counter() - started, engine.steps, engine.tokens
+            task.finished_at = int(time.time())
+            try:
+                await asyncio.shield(self._store(task, engine))
+                if chat is not None:
+                    await asyncio.shield(chat.finish(task, engine))
+            finally:
+                if chat is not None and task.status != "failed":  # a failed chat run ends without message_end
+                    await emit("message_end", {"id": chat.message_id, "metadata": chat.metadata(), "files": []})
+                await emit("workflow_finished", {"data": {
+                    **task.data(), "created_by": {"id": task.end_user_id, "user": task.session_id},
+                    "exceptions_count": engine.exceptions, "files": []}})
+                if task.status == "failed":  # as Dify: the failure also as an error event, after the summary
+                    await emit("error", {"code": "internal_server_error", "message": task.error, "status": 500})
+                if channel is not None:
+                    channel.close()
+                self.tasks.pop(task.task_id, None)
+                task.finished.set()
+
+    async def _store(self, task: WorkflowTask, engine: Engine) -> None:
+        now = utcnow()
+        rows = []
+        for ex in engine.executions:
+            r = ex.result
+            rows.append({
+                "id": ex.id, "tenant_id": task.tenant_id, "app_id": task.app_id, "workflow_id": task.workflow.id,
+                "workflow_run_id": task.run_id, "index": ex.index, "predecessor_node_id": ex.predecessor,
+                "node_id": ex.node.id, "node_type": ex.node.type, "title": ex.node.title[:255],
+                "inputs": r.inputs if r else {}, "process_data": r.process_data if r else {},
+                "outputs": r.outputs if r else {}, "status": "stopped" if ex.status == "running" else ex.status,
+                "error": ex.error, "elapsed_time": ex.elapsed, "execution_metadata": (r.metadata if r else {}) or {},
+                "iteration_id": ex.iteration_id, "iteration_index": ex.iteration_index, "retry_index": ex.retry_index,
+                "created_at": datetime.fromtimestamp(ex.created_at, tz=now.tzinfo),
+                "finished_at": datetime.fromtimestamp(ex.finished_at, tz=now.tzinfo) if ex.finished_at else now})
+        for attempt in range(5):
+            try:
+                async with self.rt.db.session() as s:
+                    if rows:
+                        await s.exec(INSERT_EXECUTIONS, params=rows)
+                    await s.exec(update(RUN).where(RUN.c.id == task.run_id).values(
+                        status=task.status, outputs=task.outputs, error=task.error, elapsed_time=task.elapsed,
+                        total_tokens=task.tokens, total_steps=task.steps, exceptions_count=engine.exceptions,
+                        finished_at=now, updated_at=now))
+                    await s.commit()
+                return
+            except Exception:
+                log.warning("workflow_store_retry", attempt=attempt, exc_info=True)
+                await asyncio.sleep(0.25 * 2**attempt)
+        log.error("workflow_store_failed", run_id=task.run_id)
+
+    async def result(self, task: WorkflowTask) -> dict[str, Any]:
+        await task.finished.wait()
+        return {"task_id": task.task_id, "workflow_run_id": task.run_id, "data": task.data()}
+
+    # -- control and history ---------------------------------------------------------------------------
+    def stop_local(self, task_id: str, user: str, app_id: str | None) -> bool:
+        task = self.tasks.get(task_id)
+        if task is None or user not in (task.end_user_id, task.session_id):
+            return False
+        if app_id is not None and app_id != task.app_id:
+            return False
+        task.request_stop("user")
+        return True
+
+    async def stop(self, caller: Caller, task_id: str, user: str | None) -> None:
+        session_id = require_user(user)
+        app = await self.rt.app_for(caller)
+        if app.mode != "workflow":
+            raise not_workflow_app()
+        try:
+            task_id = str(uuid.UUID(task_id))
+        except ValueError:
+            return
+        if not self.stop_local(task_id, session_id, app.id):
+            await self.rt.bus.publish_json(task_stop(task_id), {"user": session_id, "app_id": app.id})
+
+    async def get_run(self, caller: Caller, run_id: str) -> dict[str, Any]:
+        app = await self.rt.app_for(caller)
+        if app.mode not in ("workflow", "advanced-chat"):
+            raise not_workflow_app()
+        rid = parse_uuid(run_id, not_found("Workflow run not found."))
+        async with self.rt.db.session() as s:
+            r = (await s.exec(select(WorkflowRun).where(WorkflowRun.id == rid, WorkflowRun.app_id == app.id))).first()
+        if r is None:
+            raise not_found("Workflow run not found.")
+        return {"id": r.id, "workflow_id": r.workflow_id, "status": r.status, "inputs": r.inputs or {},
+                "outputs": r.outputs or {}, "error": r.error, "total_steps": r.total_steps,
+                "total_tokens": r.total_tokens, "created_at": ts(r.created_at), "finished_at": ts(r.finished_at),
+                "elapsed_time": r.elapsed_time}
+
+    async def logs(self, caller: Caller, *, keyword: str | None, status: str | None, page: int, limit: int,
+                   before: datetime | None, after: datetime | None, session_id: str | None) -> dict[str, Any]:
+        app = await self.rt.app_for(caller)
+        if app.mode not in ("workflow", "advanced-chat"):
+            raise not_workflow_app()
+        if not 1 <= page <= 99999 or not 1 <= limit <= 100:
+            raise invalid_param("page must be 1-99999 and limit 1-100")
+        if status is not None and status not in ("succeeded", "failed", "stopped", "partial-succeeded", "running"):
+            raise invalid_param("status must be succeeded, failed, stopped, partial-succeeded or running")
+        where = [WorkflowRun.app_id == app.id]
+        if status:
+            where.append(WorkflowRun.status == status)
+        if before:
+            where.append(WorkflowRun.created_at < before)
+        if after:
+            where.append(WorkflowRun.created_at > after)
+        if keyword:
+            pattern = f"%{keyword}%"
+            where.append(cast(WorkflowRun.inputs, Text).like(pattern)
+                         | cast(WorkflowRun.outputs, Text).like(pattern))
+        q = select(WorkflowRun, EndUser).join(EndUser, EndUser.id == WorkflowRun.created_by, isouter=True).where(*where)
+        if session_id:
+            q = q.where(EndUser.session_id == session_id)
+        async with self.rt.db.session() as s:
+            total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
+            rows = (await s.exec(q.order_by(col(WorkflowRun.created_at).desc())
+                                 .offset((page - 1) * limit).limit(limit))).all()
+        data = [{"id": r.id, "workflow_run": {"id": r.id, "version": r.version, "status": r.status, "error": r.error,
+                                               "elapsed_time": r.elapsed_time, "total_tokens": r.total_tokens,
+                                               "total_steps": r.total_steps, "created_at": ts(r.created_at),
+                                               "finished_at": ts(r.finished_at)},
+                 "created_from": r.created_from, "created_by_role": r.created_by_role, "created_by_account": None,
+                 "created_by_end_user": {"id": u.id, "type": u.type, "is_anonymous": u.is_anonymous,
+                                         "session_id": u.session_id} if u else None,
+                 "created_at": ts(r.created_at)} for r, u in rows]
+        return {"page": page, "limit": limit, "total": total, "has_more": page * limit < total, "data": data}
+

@@ -1,0 +1,483 @@
+"""Workflow apps end to end through the gateway (`all` stack on SQLite and Postgres, real NATS, the real
+litellm path against the scripted model, a real local HTTP server): drafts, validation, publish and
+versions in the console; runs of the example graphs in tests/workflow_graphs.py, blocking and streaming,
+with their events, persistence, error strategies, stop and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlmodel import select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shared.models import WorkflowNodeExecution
+from shared.settings import ToolsSettings
+from tests import workflow_graphs as g
+from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.llm_server import ScriptedLLM
+from tests.support import Served, console_admin, serve
+
+
+class Upstream:
+    """The HTTP service the http-request nodes call."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.fails = 0
+        self.in_flight = 0
+        self.peak = 0
+        self.both = asyncio.Event()
+        self.release = asyncio.Event()
+        self.app = Starlette(routes=[Route("/weather", self.weather, methods=["POST"]),
+                                     Route("/side", self.side, methods=["GET"]),
+                                     Route("/fail", self.fail, methods=["GET"]),
+                                     Route("/hang", self.hang, methods=["GET"])])
+        self.served: Served | None = None
+
+    async def weather(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        self.seen.append({"body": body, "trace": request.headers.get("x-trace"), "query": dict(request.query_params)})
+        return JSONResponse({"city": body["city"], "temp": 21})
+
+    async def side(self, request: Request) -> Response:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        if self.in_flight >= 2:
+            self.both.set()
+        try:
+            await asyncio.wait_for(self.both.wait(), 5)  # answers once both branches are in flight
+        except TimeoutError:
+            pass
+        finally:
+            self.in_flight -= 1
+        return Response(request.query_params["side"])
+
+    async def fail(self, request: Request) -> Response:
+        self.fails += 1
+        return JSONResponse({"error": "down"}, status_code=500)
+
+    async def hang(self, request: Request) -> Response:
+        try:
+            await asyncio.wait_for(self.release.wait(), 10)
+        except TimeoutError:
+            pass
+        return Response("late")
+
+
+@pytest.fixture(scope="module", params=db_params())
+async def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str,
+                llm: ScriptedLLM) -> AsyncIterator[dict[str, Any]]:
+    up = Upstream()
+    up.served = await serve(up.app)
+    tmp = tmp_path_factory.mktemp("workflows")
+    settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
+                             tools=ToolsSettings(egress_allowlist=["127.0.0.1/32"]))
+    srv: LiveServer = await start_live(settings)
+    async with httpx.AsyncClient(base_url=srv.base_url, timeout=30) as c:
+        admin = await console_admin(c)
+        r = await c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                         headers=admin, json={"credentials": {"api_key": "sk-test", "api_base": llm.base_url}})
+        assert r.status_code == 200, r.text
+        yield {"c": c, "admin": admin, "srv": srv, "up": up, "llm": llm, "base": up.served.url}
+    await srv.stop()
+    await up.served.stop()
+
+
+@pytest.fixture
+def w(world: dict[str, Any]) -> dict[str, Any]:
+    world["llm"].reset()
+    up = world["up"]
+    up.seen.clear()
+    up.fails = 0
+    up.peak = 0
+    up.both.clear()
+    up.release.clear()
+    return world
+
+
+async def new_app(w: dict[str, Any], mode: str = "workflow") -> str:
+    r = await w["c"].post("/console/api/apps", headers=w["admin"],
+                          json={"name": f"wf-{uuid.uuid4().hex[:8]}", "mode": mode})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def publish(w: dict[str, Any], graph: dict[str, Any], app_id: str | None = None) -> tuple[str, str]:
+    """(app id, app key) of a workflow app whose published version is ``graph``."""
+    c, admin = w["c"], w["admin"]
+    app_id = app_id or await new_app(w)
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin, json={"graph": graph, "features": {}})
+    assert r.status_code == 200, r.text
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=admin, json={})
+    assert r.status_code == 200, r.text
+    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+    return app_id, key
+
+
+def h(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def run(w: dict[str, Any], key: str, inputs: dict[str, Any], path: str = "/v1/workflows/run") -> dict[str, Any]:
+    r = await w["c"].post(path, headers=h(key), json={"inputs": inputs, "user": "u1", "response_mode": "blocking"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def stream(w: dict[str, Any], key: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    async with w["c"].stream("POST", "/v1/workflows/run", headers=h(key), json={
+            "inputs": inputs, "user": "u1", "response_mode": "streaming"}) as s:
+        assert s.status_code == 200, await s.aread()
+        return [orjson.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+
+
+def started(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["title"] for e in events if e["event"] == "node_started"]
+
+
+# ---- console ----------------------------------------------------------------------------------------
+
+
+async def test_draft_validation_publish_and_versions(w: dict[str, Any]) -> None:
+    c, admin = w["c"], w["admin"]
+    app_id = await new_app(w)
+    base = f"/console/api/apps/{app_id}/workflows"
+    r = await c.get(base + "/draft", headers=admin)
+    assert r.status_code == 404 and r.json()["code"] == "draft_workflow_not_exist"
+
+    bad = g.linear_llm()
+    bad["nodes"][2]["data"]["outputs"][0]["value_selector"] = [g.LLM, "txt"]
+    r = await c.post(base + "/draft", headers=admin, json={"graph": bad})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+    assert "txt" in r.json()["message"] and "End" in r.json()["message"] and r.json()["node_id"] == g.END
+
+    r = await c.post(base + "/draft", headers=admin, json={"graph": g.linear_llm()})
+    first_hash = r.json()["hash"]
+    r = await c.post(base + "/draft", headers=admin, json={"graph": g.linear_llm(), "hash": "stale"})
+    assert r.status_code == 409 and r.json()["code"] == "draft_workflow_not_sync"
+    draft = (await c.get(base + "/draft", headers=admin)).json()
+    assert draft["hash"] == first_hash and draft["version"] == "draft" and len(draft["graph"]["nodes"]) == 3
+
+    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+    r = await c.post("/v1/workflows/run", headers=h(key), json={"inputs": {"topic": "x"}, "user": "u1"})
+    assert r.status_code == 400 and r.json()["message"] == "Workflow not published"
+
+    v1 = (await c.post(base + "/publish", headers=admin, json={"marked_name": "first"})).json()
+    # change the draft: runs keep using the published version until the next publish
+    other = g.tool_graph()
+    assert (await c.post(base + "/draft", headers=admin, json={"graph": other, "hash": first_hash})).status_code == 200
+    w["llm"].push(reply="published v1")
+    assert (await run(w, key, {"topic": "tea"}))["data"]["outputs"] == {"text": "published v1"}
+    v2 = (await c.post(base + "/publish", headers=admin, json={})).json()
+    assert v2["version"] > v1["version"]
+    assert (await run(w, key, {"expr": "6*7"}))["data"]["outputs"] == {"value": "42"}
+    w["llm"].push(reply="old version")
+    assert (await run(w, key, {"topic": "tea"}, f"/v1/workflows/{v1['id']}/run"))["data"]["outputs"] == {
+        "text": "old version"}
+    listed = (await c.get(base, headers=admin)).json()
+    assert [i["id"] for i in listed["items"]] == [v2["id"], v1["id"]] and listed["items"][0]["is_current"]
+    r = await c.post(f"/v1/workflows/{draft['id']}/run", headers=h(key), json={"inputs": {}, "user": "u1"})
+    assert r.status_code == 400 and r.json()["code"] == "draft_workflow_error"
+    r = await c.post("/v1/workflows/not-a-uuid/run", headers=h(key), json={"inputs": {}, "user": "u1"})
+    assert r.status_code == 400 and r.json()["code"] == "workflow_id_format_error"
+
+
+async def test_inputs_and_mode_errors(w: dict[str, Any]) -> None:
+    _, key = await publish(w, g.linear_llm())
+    r = await w["c"].post("/v1/workflows/run", headers=h(key), json={"inputs": {}, "user": "u1"})
+    assert r.status_code == 400 and r.json()["message"] == "topic is required in input form"
+    r = await w["c"].post("/v1/workflows/run", headers=h(key), json={"user": "u1"})
+    assert r.status_code == 400 and r.json()["message"] == "inputs is required"
+    chat_app = await new_app(w, "chat")
+    chat_key = (await w["c"].post(f"/console/api/apps/{chat_app}/api-keys", headers=w["admin"])).json()["token"]
+    r = await w["c"].post("/v1/workflows/run", headers=h(chat_key), json={"inputs": {}, "user": "u1"})
+    assert r.status_code == 400 and r.json()["code"] == "not_workflow_app"
+
+
+# ---- runs -----------------------------------------------------------------------------------------------
+
+
+async def test_linear_llm_streams_text_chunks_and_persists(w: dict[str, Any]) -> None:
+    w["llm"].push(match="Write about tea", tokens=["Tea ", "is ", "calm."])
+    _, key = await publish(w, g.linear_llm())
+    events = await stream(w, key, {"topic": "tea"})
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "workflow_started" and kinds[-1] == "workflow_finished", kinds
+    assert started(events) == ["Start", "Writer", "End"]
+    chunks = [e for e in events if e["event"] == "text_chunk"]
+    assert "".join(e["data"]["text"] for e in chunks) == "Tea is calm."
+    assert chunks[0]["data"]["from_variable_selector"] == [g.LLM, "text"]
+    # the chunks left while the model was writing: before the LLM node finished
+    llm_done = next(i for i, e in enumerate(events) if e["event"] == "node_finished" and e["data"]["node_id"] == g.LLM)
+    assert kinds.index("text_chunk") < llm_done
+    finished = events[-1]["data"]
+    assert finished["status"] == "succeeded" and finished["outputs"] == {"text": "Tea is calm."}
+    assert finished["total_steps"] == 3 and finished["total_tokens"] > 0
+    llm_finished = events[llm_done]["data"]
+    assert llm_finished["execution_metadata"]["total_tokens"] > 0 and llm_finished["outputs"]["text"] == "Tea is calm."
+    assert all(e["workflow_run_id"] == finished["id"] and e["task_id"] == events[0]["task_id"] for e in events)
+    assert w["llm"].requests[-1].messages[-1]["content"] == "Write about tea."
+
+    r = await w["c"].get(f"/v1/workflows/run/{finished['id']}", headers=h(key))
+    assert r.json()["status"] == "succeeded" and r.json()["outputs"] == {"text": "Tea is calm."}
+    assert r.json()["inputs"] == {"topic": "tea"} and r.json()["total_steps"] == 3
+    async with w["srv"].ctx.db.session() as s:
+        rows = (await s.exec(select(WorkflowNodeExecution).where(
+            WorkflowNodeExecution.workflow_run_id == finished["id"]).order_by(WorkflowNodeExecution.index))).all()
+    assert [(x.node_type, x.status) for x in rows] == [("start", "succeeded"), ("llm", "succeeded"),
+                                                       ("end", "succeeded")]
+
+
+async def test_branching_takes_one_path(w: dict[str, Any]) -> None:
+    _, key = await publish(w, g.branching())
+    assert (await run(w, key, {"n": 20}))["data"]["outputs"] == {"result": "big: 20"}
+    assert (await run(w, key, {"n": -5}))["data"]["outputs"] == {"result": "not big: -5"}
+    events = await stream(w, key, {"n": 3})
+    assert events[-1]["data"]["outputs"] == {"result": "not big: 3"}
+    assert started(events) == ["Start", "Size?", "Not big", "Pick", "End"]  # "Big" was skipped
+    if_done = next(e for e in events if e["event"] == "node_finished" and e["data"]["node_id"] == g.IF)
+    assert if_done["data"]["outputs"] == {"result": False, "selected_case_id": "false"}
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+async def test_iteration(w: dict[str, Any], parallel: bool) -> None:
+    _, key = await publish(w, g.iteration(parallel))
+    events = await stream(w, key, {"csv": "a, b,c"})
+    assert events[-1]["data"]["outputs"] == {"items": ["A#0", "B#1", "C#2"]}, events[-1]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("iteration_next") == 3 and kinds.count("iteration_started") == 1
+    done = next(e for e in events if e["event"] == "iteration_completed")["data"]
+    assert done["outputs"] == {"output": ["A#0", "B#1", "C#2"]} and done["steps"] == 3
+    inner = [e["data"] for e in events if e["event"] == "node_started" and e["data"]["node_id"] == g.T]
+    assert len(inner) == 3 and all(d["iteration_id"] == g.ITER for d in inner)
+
+
+async def test_code_template_http(w: dict[str, Any]) -> None:
+    _, key = await publish(w, g.code_template_http(w["base"] + "/weather"))
+    out = await run(w, key, {"city": "paris"})
+    assert out["data"]["status"] == "succeeded", out
+    assert out["data"]["outputs"] == {"report": '200: {"city":"Paris","temp":21}'}
+    assert w["up"].seen == [{"body": {"city": "Paris"}, "trace": "paris", "query": {"units": "metric"}}]
+
+
+async def test_tool_node(w: dict[str, Any]) -> None:
+    _, key = await publish(w, g.tool_graph())
+    assert (await run(w, key, {"expr": "2 ** 10"}))["data"]["outputs"] == {"value": "1024"}
+    out = await run(w, key, {"expr": "2 ^ 10"})
+    assert out["data"]["status"] == "failed" and "**" in out["data"]["error"]
+
+
+async def test_classifier_extractor_list_operator(w: dict[str, Any]) -> None:
+    llm = w["llm"]
+    llm.push(match="I want", reply='{"category_id": "order", "category_name": "Order question"}')
+    llm.push(match="I want", reply='Sure: {"skus": ["SKU-1", "X-2", "SKU-3", "SKU-9"], "qty": "3"}')
+    _, key = await publish(w, g.classify_extract_list())
+    out = await run(w, key, {"text": "I want SKU-1, X-2, SKU-3 and SKU-9, three each"})
+    assert out["data"]["outputs"] == {"skus": ["SKU-9", "SKU-3"], "qty": 3, "kind": "Order question"}, out
+    llm.push(match="weather", reply='{"category_id": "other"}')
+    out = await run(w, key, {"text": "How is the weather?"})
+    assert out["data"]["outputs"] == {"kind": "Anything else"}
+
+
+async def test_independent_branches_run_concurrently(w: dict[str, Any]) -> None:
+    _, key = await publish(w, g.parallel_branches(w["base"] + "/side"))
+    out = await run(w, key, {})
+    assert out["data"]["outputs"] == {"left": "left", "right": "right"}
+    assert w["up"].peak == 2  # both calls were in flight at once
+
+
+async def test_error_strategies_and_retries(w: dict[str, Any]) -> None:
+    url = w["base"] + "/fail"
+    up = w["up"]
+    _, key = await publish(w, g.failing_http(url, None))
+    out = await run(w, key, {})  # as Dify: without a strategy an error status is just the node's output
+    assert out["data"]["status"] == "succeeded" and out["data"]["outputs"] == {"body": '{"error":"down"}'}
+
+    _, key = await publish(w, g.failing_http(url, "default-value"))
+    out = await run(w, key, {})
+    assert out["data"]["status"] == "partial-succeeded" and out["data"]["outputs"] == {"body": "fallback"}
+
+    _, key = await publish(w, g.failing_http(url, "fail-branch"))
+    out = await run(w, key, {})
+    assert out["data"]["status"] == "partial-succeeded" and out["data"]["outputs"]["body"].startswith("failed: ")
+
+    up.fails = 0
+    _, key = await publish(w, g.failing_http(url, "default-value", retries=2))
+    events = await stream(w, key, {})
+    assert [e["event"] for e in events].count("node_retry") == 2 and up.fails == 3
+    assert [e["data"]["retry_index"] for e in events if e["event"] == "node_retry"] == [1, 2]
+    assert events[-1]["data"]["outputs"] == {"body": "fallback"}
+
+
+async def test_http_node_is_ssrf_guarded(w: dict[str, Any]) -> None:
+    _, key = await publish(w, g.failing_http("http://169.254.169.254/latest/meta-data/", None))
+    out = await run(w, key, {})
+    assert out["data"]["status"] == "failed" and "ssrf_blocked" in out["data"]["error"]
+    events = await stream(w, key, {})
+    assert [e["event"] for e in events][-2:] == ["workflow_finished", "error"]
+    assert events[-2]["data"]["status"] == "failed" and events[-1]["message"] == events[-2]["data"]["error"]
+
+
+async def test_code_node_sandbox_refuses_network(w: dict[str, Any]) -> None:
+    graph = g.iteration()
+    graph["nodes"][1]["data"]["code"] = (
+        "import socket\ndef main(csv: str) -> dict:\n"
+        "    socket.create_connection(('127.0.0.1', 9))\n    return {'parts': []}\n")
+    _, key = await publish(w, graph)
+    out = await run(w, key, {"csv": "a"})
+    assert out["data"]["status"] == "failed" and "forbidden" in out["data"]["error"]
+
+
+async def test_stop_and_logs(w: dict[str, Any]) -> None:
+    c, up = w["c"], w["up"]
+    _, key = await publish(w, g.failing_http(w["base"] + "/hang", None))
+    events: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    async with c.stream("POST", "/v1/workflows/run", headers=h(key),
+                        json={"inputs": {}, "user": "u1", "response_mode": "streaming"}) as s:
+        async for line in s.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(orjson.loads(line[6:]))
+            if events[-1]["event"] == "node_started" and events[-1]["data"]["node_type"] == "http-request":
+                r = await c.post(f"/v1/workflows/tasks/{events[-1]['task_id']}/stop", headers=h(key),
+                                 json={"user": "u1"})
+                assert r.json() == {"result": "success"}
+    up.release.set()
+    assert events[-1]["event"] == "workflow_finished" and events[-1]["data"]["status"] == "stopped"
+    assert time.monotonic() - t0 < 5
+    run_id = events[-1]["data"]["id"]
+    assert (await c.get(f"/v1/workflows/run/{run_id}", headers=h(key))).json()["status"] == "stopped"
+
+    w["llm"].push(reply="logged")
+    _, key2 = await publish(w, g.linear_llm())
+    await run(w, key2, {"topic": "needle-in-inputs"})
+    r = await c.post("/v1/workflows/run", headers=h(key2), json={"inputs": {"topic": "x"}, "user": "someone-else"})
+    assert r.status_code == 200
+    logs = (await c.get("/v1/workflows/logs", headers=h(key2))).json()
+    assert logs["total"] == 2 and {d["workflow_run"]["status"] for d in logs["data"]} == {"succeeded"}
+    found = (await c.get("/v1/workflows/logs", headers=h(key2), params={"keyword": "needle"})).json()
+    assert found["total"] == 1 and found["data"][0]["created_by_end_user"]["session_id"] == "u1"
+    mine = (await c.get("/v1/workflows/logs", headers=h(key2),
+                        params={"created_by_end_user_session_id": "someone-else"})).json()
+    assert mine["total"] == 1
+    assert (await c.get("/v1/workflows/logs", headers=h(key2), params={"status": "failed"})).json()["total"] == 0
+    r = await c.get("/v1/workflows/logs", headers=h(key2), params={"status": "bogus"})
+    assert r.status_code == 400
+
+
+async def test_knowledge_and_llm(w: dict[str, Any]) -> None:
+    c, admin, llm = w["c"], w["admin"], w["llm"]
+    dk = h((await c.post("/console/api/datasets/api-keys", headers=admin)).json()["token"])
+    ds = (await c.post("/v1/datasets", headers=dk, json={"name": f"kb-{uuid.uuid4().hex[:6]}"})).json()
+    r = await c.post(f"/v1/datasets/{ds['id']}/document/create-by-text", headers=dk, json={
+        "name": "tea", "text": "Oolong tea is steeped at 90 degrees.", "indexing_technique": "high_quality",
+        "process_rule": {"mode": "automatic"}})
+    batch = r.json()["batch"]
+    deadline = time.monotonic() + 60
+    while (await c.get(f"/v1/datasets/{ds['id']}/documents/{batch}/indexing-status", headers=dk)
+           ).json()["data"][0]["indexing_status"] != "completed":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    llm.push(match="oolong", reply="90 degrees.")
+    _, key = await publish(w, g.knowledge_llm(ds["id"]))
+    out = await run(w, key, {"q": "How hot for oolong?"})
+    assert out["data"]["outputs"]["answer"] == "90 degrees."
+    assert out["data"]["outputs"]["sources"][0]["metadata"]["document_name"].startswith("tea")
+    assert "Oolong tea is steeped at 90 degrees." in llm.requests[-1].messages[0]["content"]
+    assert json.dumps(out)  # the whole body is JSON-serialisable
+
+
+# ---- advanced-chat ---------------------------------------------------------------------------------------
+
+
+async def test_advanced_chat_conversation(w: dict[str, Any]) -> None:
+    c, admin, llm = w["c"], w["admin"], w["llm"]
+    app_id = await new_app(w, "advanced-chat")
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin, json={
+        "graph": g.chatflow(), "features": {}, "conversation_variables": g.CONVERSATION_VARIABLES})
+    assert r.status_code == 200, r.text
+    assert (await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=admin, json={})).status_code == 200
+    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+
+    llm.push(match="hello", tokens=["Hi ", "there."])
+    async with c.stream("POST", "/v1/chat-messages", headers=h(key), json={
+            "inputs": {}, "query": "hello", "user": "u1", "response_mode": "streaming"}) as s:
+        events = [orjson.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "workflow_started" and kinds[-2:] == ["message_end", "workflow_finished"], kinds
+    assert "".join(e["answer"] for e in events if e["event"] == "message") == "Turn 1: Hi there."
+    conv, msg = events[0]["conversation_id"], events[0]["message_id"]
+    assert all(e["conversation_id"] == conv and e["message_id"] == msg for e in events)
+    assert events[-2]["metadata"]["usage"]["total_tokens"] > 0
+
+    llm.push(match="again", reply="Still here.")
+    r = await c.post("/v1/chat-messages", headers=h(key), json={
+        "inputs": {}, "query": "again", "user": "u1", "response_mode": "blocking", "conversation_id": conv})
+    body = r.json()
+    assert r.status_code == 200 and body["mode"] == "advanced-chat" and body["answer"] == "Turn 2: Still here."
+    # memory: the second turn saw the first
+    assert [m["role"] for m in llm.requests[-1].messages] == ["system", "user", "assistant", "user"]
+    assert llm.requests[-1].messages[2]["content"] == "Turn 1: Hi there."
+
+    r = await c.get(f"/v1/conversations/{conv}/variables", headers=h(key), params={"user": "u1"})
+    (var,) = r.json()["data"]
+    assert var["name"] == "turns" and var["value"] == "2" and var["value_type"] == "number"
+    r = await c.patch(f"/v1/conversations/{conv}/variables/{var['id']}", headers=h(key),
+                      json={"value": "not a number", "user": "u1"})
+    assert r.status_code == 400 and r.json()["code"] == "bad_request"
+    r = await c.put(f"/v1/conversations/{conv}/variables/{var['id']}", headers=h(key), json={"value": 10, "user": "u1"})
+    assert r.status_code == 200 and r.json()["value"] == "10"
+    llm.push(match="third", reply="ok")
+    r = await c.post("/v1/chat-messages", headers=h(key), json={
+        "inputs": {}, "query": "third", "user": "u1", "conversation_id": conv})
+    assert r.json()["answer"] == "Turn 11: ok"
+    r = await c.get(f"/v1/conversations/{conv}/variables", headers=h(key), params={"user": "someone-else"})
+    assert r.status_code == 404
+
+    msgs = (await c.get("/v1/messages", headers=h(key), params={"conversation_id": conv, "user": "u1"})).json()
+    assert [m["answer"] for m in msgs["data"]] == ["Turn 1: Hi there.", "Turn 2: Still here.", "Turn 11: ok"]
+    run_id = events[-1]["workflow_run_id"]
+    assert (await c.get(f"/v1/workflows/run/{run_id}", headers=h(key))).json()["status"] == "succeeded"
+
+
+async def test_dsl_export_import_round_trip(w: dict[str, Any]) -> None:
+    c, admin = w["c"], w["admin"]
+    app_id = await new_app(w)
+    env = [{"name": "api_token", "value_type": "secret", "value": "s3cret"},
+           {"name": "units", "value_type": "string", "value": "metric"}]
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin,
+                     json={"graph": g.tool_graph(), "features": {"opening_statement": "hi"},
+                           "environment_variables": env})
+    assert r.status_code == 200, r.text
+    exported = (await c.get(f"/console/api/apps/{app_id}/export", headers=admin)).json()["data"]
+    assert "s3cret" not in exported and "kind: app" in exported
+    with_secret = (await c.get(f"/console/api/apps/{app_id}/export", headers=admin,
+                               params={"include_secret": "true"})).json()["data"]
+    assert "s3cret" in with_secret
+    r = await c.post("/console/api/apps/imports", headers=admin,
+                     json={"mode": "yaml-content", "yaml_content": with_secret, "name": f"copy-{uuid.uuid4().hex[:6]}"})
+    assert r.status_code == 200 and r.json()["status"] == "completed" and r.json()["app_mode"] == "workflow"
+    copy = r.json()["app_id"]
+    draft = (await c.get(f"/console/api/apps/{copy}/workflows/draft", headers=admin)).json()
+    assert draft["graph"]["nodes"] == g.tool_graph()["nodes"] and draft["features"] == {"opening_statement": "hi"}
+    assert {v["name"] for v in draft["environment_variables"]} == {"api_token", "units"}
+    # a broken document is refused and leaves no app behind
+    before = (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"]
+    broken = with_secret.replace(g.TOOL, "nowhere", 1)
+    r = await c.post("/console/api/apps/imports", headers=admin, json={"yaml_content": broken, "name": "broken-copy"})
+    assert r.status_code == 400 and "invalid" in r.json()["message"]
+    assert (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"] == before
+    r = await c.post("/console/api/apps/imports", headers=admin, json={"yaml_content": "a: [unclosed"})
+    assert r.status_code == 400 and "YAML" in r.json()["message"]
