@@ -589,7 +589,7 @@ async def test_mode_gates(world: World) -> None:
     unavailable = (400, "app_unavailable", "App unavailable, please check your app configurations.")
     # chat() is blocking, which agent apps refuse before anything else (test_agent covers streaming)
     assert await code("agent") == (400, "invalid_param", "Agent Chat App does not support blocking mode")
-    assert await code("advanced") == unavailable
+    assert await code("advanced") == (400, "invalid_param", "Workflow not published")  # served, nothing published
     assert (await code("workflow"))[:2] == (400, "not_chat_app")
     assert (await code("completion"))[:2] == (400, "not_chat_app")
     assert await code("chat", "/v1/completion-messages") == unavailable

@@ -45,6 +45,7 @@ class AppEntry:
     binding: ModelBinding | None  # None: the provider has no usable credentials → provider_not_initialize
     loaded_at: float
     agent: AgentPlan | None = None  # agent-chat apps: strategy and the tools that resolved
+    workflow_id: str | None = None  # graph apps: the published version
 
 
 class AppCache:
@@ -142,6 +143,7 @@ class AppCache:
             binding=binding,
             loaded_at=time.monotonic(),
             agent=agent,
+            workflow_id=app.workflow_id,
         )
 
     async def _bind(self, s: AsyncSession, tenant_id: str, config: ModelConfig) -> ModelBinding | None:

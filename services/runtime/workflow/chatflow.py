@@ -125,7 +125,7 @@ class ChatflowService:
             inputs = dict(conv_inputs)
             parent_id = rows[0][0] if rows else None
             history = [(q, a) for _, q, a in reversed(rows) if a]
-        workflow, graph, cleaned = await wf.prepare(app.id, None, inputs if conv_id is None else {})
+        workflow, graph, cleaned = await wf.prepare(app, None, inputs if conv_id is None else {})
         if conv_id is not None:
             cleaned = inputs  # a conversation keeps the inputs it started with
         declared = workflow.conversation_variables or []
