@@ -466,7 +466,18 @@ def _loop_variables(node: Node) -> dict[str, str]:
     return out
 
 
+ERROR_OUTPUTS = {"error_message": "string", "error_type": "string"}
+
+
 def _declared(types: TypeResolver, node: Node) -> dict[str, str]:
+    """A node's outputs; with an error strategy it may also carry the error (Dify's error_message/type)."""
+    out = _declared_by_type(types, node)
+    if node.data.get("error_strategy") in ("fail-branch", "default-value"):
+        out = {**out, **ERROR_OUTPUTS}
+    return out
+
+
+def _declared_by_type(types: TypeResolver, node: Node) -> dict[str, str]:
     data, kind = node.data, node.type
     if kind == "start":
         out = {}
