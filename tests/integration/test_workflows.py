@@ -481,3 +481,54 @@ async def test_dsl_export_import_round_trip(w: dict[str, Any]) -> None:
     assert (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"] == before
     r = await c.post("/console/api/apps/imports", headers=admin, json={"yaml_content": "a: [unclosed"})
     assert r.status_code == 400 and "YAML" in r.json()["message"]
+
+
+async def test_resume_a_workflow_stream(w: dict[str, Any]) -> None:
+    c, up = w["c"], w["up"]
+    _, key = await publish(w, g.failing_http(w["base"] + "/hang", None))
+    seen: list[tuple[int, dict[str, Any]]] = []
+    async with c.stream("POST", "/v1/workflows/run", headers=h(key),
+                        json={"inputs": {}, "user": "u1", "response_mode": "streaming"}) as s:
+        buf = b""
+        async for chunk in s.aiter_bytes():
+            buf += chunk
+            while b"\n\n" in buf:
+                frame, buf = buf.split(b"\n\n", 1)
+                head, _, data = frame.partition(b"\n")
+                if head.startswith(b"id: "):
+                    seen.append((int(head[4:]), orjson.loads(data[6:])))
+            if seen and seen[-1][1]["event"] == "node_started" and seen[-1][1]["data"]["node_type"] == "http-request":
+                break  # the client goes away while the HTTP node waits
+    up.release.set()
+    run_id = seen[0][1]["workflow_run_id"]
+    last = seen[-1][0]
+    async with c.stream("GET", f"/v1/workflows/run/{run_id}/events", headers={**h(key), "Last-Event-ID": str(last)},
+                        params={"user": "u1"}) as s:
+        raw = await s.aread()
+    rest = [(int(f.partition(b"\n")[0][4:]), orjson.loads(f.partition(b"\n")[2][6:]))
+            for f in raw.split(b"\n\n")[:-1] if f.startswith(b"id: ")]
+    assert [i for i, _ in rest] == list(range(last + 1, last + 1 + len(rest)))
+    assert [e["event"] for _, e in rest] == ["node_finished", "node_started", "node_finished", "workflow_finished"]
+    assert rest[-1][1]["data"]["status"] == "succeeded" and rest[-1][1]["data"]["outputs"] == {"body": "late"}
+    r = await c.get(f"/v1/workflows/run/{run_id}/events", headers=h(key), params={"user": "stranger"})
+    assert r.status_code == 404
+
+
+async def test_a_run_left_by_a_dead_replica_is_marked_failed(w: dict[str, Any]) -> None:
+    from datetime import timedelta
+
+    from shared.models import WorkflowRun, new_id, utcnow
+
+    srv = w["srv"]
+    app_id, key = await publish(w, g.tool_graph())
+    workflow_id = (await w["c"].get(f"/console/api/apps/{app_id}/workflows/publish", headers=w["admin"])).json()["id"]
+    stale = utcnow() - timedelta(hours=2)
+    run_id = new_id()
+    async with srv.ctx.db.session() as s:
+        s.add(WorkflowRun(id=run_id, tenant_id="t", app_id=app_id, workflow_id=workflow_id, type="workflow",
+                          version="v", task_id=new_id(), created_by=new_id(), created_at=stale, updated_at=stale))
+        await s.commit()
+    runtime = srv.ctx.local_apps["runtime"].state.runtime
+    assert await runtime.sweep() >= 1
+    got = (await w["c"].get(f"/v1/workflows/run/{run_id}", headers=h(key))).json()
+    assert got["status"] == "failed" and "interrupted" in got["error"]
