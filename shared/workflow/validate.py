@@ -173,7 +173,7 @@ def _check_reachable(graph: Graph, mode: Mode) -> None:
     reached = _reach(graph, start.id)
     for node in graph.nodes.values():
         if node.parent_id is None and node.id not in reached:
-            raise _err(node, f"it is not connected: it cannot be reached from the start node {start.label}")
+            raise _err(node, f"it is not connected: it cannot be reached from the start {start.label}")
     for container in graph.nodes.values():
         if container.type not in CONTAINER_TYPES:
             continue
