@@ -312,19 +312,26 @@ class BenchApp:
     tenant_id: str
 
 
+def ok(r: httpx.Response) -> dict[str, Any]:
+    """A console response's JSON, or a clear error naming the call."""
+    if r.status_code >= 300:
+        raise RuntimeError(f"{r.request.method} {r.request.url.path} -> {r.status_code}: {r.text[:500]}")
+    return r.json() if r.content else {}
+
+
+def console_admin(c: httpx.Client) -> dict[str, str]:
+    """Authorization headers of the bench admin (set up on first use)."""
+    if c.get("/console/api/setup").json().get("step") != "finished":
+        ok(c.post("/console/api/setup", json=ADMIN))
+    token = ok(c.post("/console/api/login", json={"email": ADMIN["email"], "password": ADMIN["password"]}))
+    return {"Authorization": f"Bearer {token['data']['access_token']}"}
+
+
 def setup_chat_app(base: str, llm_base: str, db_path: Path, name: str = "Bench bot") -> BenchApp:
     """Admin, provider at the scripted LLM, a chat app without limits, its model config and a key —
     the same console calls as tests/e2e/test_plexus_run.py, through the gateway at ``base``."""
     with httpx.Client(base_url=base, timeout=60) as c:
-        def ok(r: httpx.Response) -> dict[str, Any]:
-            if r.status_code >= 300:
-                raise RuntimeError(f"{r.request.method} {r.request.url.path} -> {r.status_code}: {r.text[:500]}")
-            return r.json() if r.content else {}
-
-        if c.get("/console/api/setup").json().get("step") != "finished":
-            ok(c.post("/console/api/setup", json=ADMIN))
-        token = ok(c.post("/console/api/login", json={"email": ADMIN["email"], "password": ADMIN["password"]}))
-        h = {"Authorization": f"Bearer {token['data']['access_token']}"}
+        h = console_admin(c)
         ok(c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials", headers=h,
                   json={"credentials": {"api_key": "sk-bench", "api_base": llm_base}}))
         app_id = ok(c.post("/console/api/apps", headers=h, json={"name": name, "mode": "chat"}))["id"]

@@ -20,10 +20,11 @@ import httpx
 import orjson
 
 from bench.common import (
-    ADMIN,
     HttpConn,
+    console_admin,
     cpu_seconds,
     host_port,
+    ok,
     percentile,
     print_machine,
     run_async,
@@ -50,15 +51,7 @@ GRAPH = {
 def setup(base: str) -> str:
     """Admin, a workflow app without limits with GRAPH published, and its key."""
     with httpx.Client(base_url=base, timeout=60) as c:
-        def ok(r: httpx.Response) -> dict[str, Any]:
-            if r.status_code >= 300:
-                raise RuntimeError(f"{r.request.method} {r.request.url.path} -> {r.status_code}: {r.text[:300]}")
-            return r.json() if r.content else {}
-
-        if c.get("/console/api/setup").json().get("step") != "finished":
-            ok(c.post("/console/api/setup", json=ADMIN))
-        token = ok(c.post("/console/api/login", json={"email": ADMIN["email"], "password": ADMIN["password"]}))
-        h = {"Authorization": f"Bearer {token['data']['access_token']}"}
+        h = console_admin(c)
         app_id = ok(c.post("/console/api/apps", headers=h, json={"name": "Empty workflow", "mode": "workflow"}))["id"]
         ok(c.put(f"/console/api/apps/{app_id}", headers=h, json={"api_rpm": 0, "api_rph": 0,
                                                                   "max_active_requests": None}))

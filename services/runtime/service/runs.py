@@ -209,32 +209,27 @@ class RunRegistry:
         lost_events = 0
         try:
             run.streaming = True
+
+            async def emit(data: bytes) -> None:
+                """One event: into the SSE channel and onto the run's subject (the JetStream event log)."""
+                nonlocal lost_events
+                run.seq += 1
+                if channel is not None:
+                    channel.put(frame(run.seq, data))
+                try:
+                    await nc.publish(subject, data)
+                except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
+                    lost_events += 1
+
             try:
                 if run.stop_reason is None and run.agent is not None:
-                    async def emit(data: bytes) -> None:
-                        nonlocal lost_events
-                        run.seq += 1
-                        if channel is not None:
-                            channel.put(frame(run.seq, data))
-                        try:
-                            await nc.publish(subject, data)
-                        except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
-                            lost_events += 1
-
                     await AgentLoop(self.ctx, run, run.agent, run.tenant_id, emit, usage).execute()
                 elif run.stop_reason is None:
                     deltas = llm.stream_chat(run.binding, run.messages, rt.llm_timeout, usage)
                     async with aclosing(deltas):
                         async for delta in deltas:
                             run.answer_parts.append(delta)
-                            data = prefix + orjson.dumps(delta) + b"}"
-                            run.seq += 1
-                            if channel is not None:
-                                channel.put(frame(run.seq, data))
-                            try:
-                                await nc.publish(subject, data)
-                            except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
-                                lost_events += 1
+                            await emit(prefix + orjson.dumps(delta) + b"}")
                 run.status = "normal" if run.stop_reason is None else "stopped"
             except asyncio.CancelledError:
                 if run.stop_reason is None:  # not ours (event loop teardown): record it, then obey
