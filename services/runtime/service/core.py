@@ -85,15 +85,19 @@ class Runtime:
         await self.workflows.close()
 
     async def sweep(self) -> int:
-        """Messages left "running" past the run timeout belong to a replica that died: record them."""
+        """Messages and workflow runs left "running" past their time limit belong to a replica that died:
+        record them as interrupted."""
         cutoff = utcnow() - timedelta(seconds=self.settings.run_timeout)
-        stmt = update(Message).where(Message.status == "running", Message.updated_at < cutoff)
-        local = list(self.runs.runs)
-        if local:
-            stmt = stmt.where(Message.task_id.not_in(local))
-        # a workflow run may legitimately take up to its own time limit
+        # a workflow run (and an advanced-chat message, which is one) may take up to its own time limit
         wf_cutoff = utcnow() - timedelta(seconds=max(self.settings.run_timeout,
                                                      self.ctx.settings.workflow.max_execution_time) + 60)
+        stmt = update(Message).where(
+            Message.status == "running",
+            ((Message.workflow_run_id.is_(None)) & (Message.updated_at < cutoff))
+            | ((Message.workflow_run_id.is_not(None)) & (Message.updated_at < wf_cutoff)))
+        local = list(self.runs.runs) + list(self.workflows.tasks)
+        if local:
+            stmt = stmt.where(Message.task_id.not_in(local))
         wf = update(WorkflowRun).where(WorkflowRun.status == "running", WorkflowRun.updated_at < wf_cutoff)
         if self.workflows.tasks:
             wf = wf.where(WorkflowRun.task_id.not_in(list(self.workflows.tasks)))
