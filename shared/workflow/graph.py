@@ -14,12 +14,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-NODE_TYPES: frozenset[str] = frozenset({
-    "start", "end", "answer", "llm", "knowledge-retrieval", "question-classifier", "if-else", "code",
-    "template-transform", "http-request", "tool", "variable-aggregator", "variable-assigner", "assigner",
-    "iteration", "iteration-start", "loop", "loop-start", "loop-end", "parameter-extractor",
-    "list-operator", "document-extractor",
-})
+NODE_TYPES: frozenset[str] = frozenset(
+    {
+        "start",
+        "end",
+        "answer",
+        "llm",
+        "knowledge-retrieval",
+        "question-classifier",
+        "if-else",
+        "code",
+        "template-transform",
+        "http-request",
+        "tool",
+        "variable-aggregator",
+        "variable-assigner",
+        "assigner",
+        "iteration",
+        "iteration-start",
+        "loop",
+        "loop-start",
+        "loop-end",
+        "parameter-extractor",
+        "list-operator",
+        "document-extractor",
+    }
+)
 CONTAINER_TYPES: frozenset[str] = frozenset({"iteration", "loop"})
 
 # Dify's VariableTemplateParser: {{#node_id.var.path#}}, the path 1..10 segments deep.
@@ -39,18 +59,42 @@ SYS_VARIABLES: dict[str, str] = {
 }
 CHAT_ONLY_SYS: frozenset[str] = frozenset({"query", "conversation_id", "dialogue_count"})
 
-VALUE_TYPES: frozenset[str] = frozenset({
-    "string", "number", "boolean", "object", "file", "array[string]", "array[number]", "array[object]",
-    "array[file]", "array[boolean]", "array[any]", "any",
-})
+VALUE_TYPES: frozenset[str] = frozenset(
+    {
+        "string",
+        "number",
+        "boolean",
+        "object",
+        "file",
+        "array[string]",
+        "array[number]",
+        "array[object]",
+        "array[file]",
+        "array[boolean]",
+        "array[any]",
+        "any",
+    }
+)
 _TYPE_ALIASES = {
-    "integer": "number", "float": "number", "bool": "boolean", "secret": "string", "select": "string",
-    "array[bool]": "array[boolean]", "array[integer]": "array[number]", "array[float]": "array[number]",
+    "integer": "number",
+    "float": "number",
+    "bool": "boolean",
+    "secret": "string",
+    "select": "string",
+    "array[bool]": "array[boolean]",
+    "array[integer]": "array[number]",
+    "array[float]": "array[number]",
     "array": "array[any]",
 }
 _START_TYPES = {
-    "text-input": "string", "paragraph": "string", "select": "string", "number": "number",
-    "checkbox": "boolean", "json_object": "object", "file": "file", "file-list": "array[file]",
+    "text-input": "string",
+    "paragraph": "string",
+    "select": "string",
+    "number": "number",
+    "checkbox": "boolean",
+    "json_object": "object",
+    "file": "file",
+    "file-list": "array[file]",
 }
 _SCALAR_TYPES = frozenset({"string", "number", "boolean"})
 
@@ -261,8 +305,11 @@ def selectors(node: Node) -> list[tuple[list[str], str]]:
     def vision() -> None:
         cfg = _dict(data.get("vision"))
         if cfg.get("enabled"):
-            sel(_dict(cfg.get("configs")).get("variable_selector"), "vision.configs.variable_selector",
-                optional=True)
+            sel(
+                _dict(cfg.get("configs")).get("variable_selector"),
+                "vision.configs.variable_selector",
+                optional=True,
+            )
 
     kind = node.type
     if kind == "end":
@@ -274,8 +321,10 @@ def selectors(node: Node) -> list[tuple[list[str], str]]:
         messages = prompt if isinstance(prompt, list) else [prompt]
         for i, msg in enumerate(messages):
             if isinstance(msg, Mapping) and msg.get("edition_type") != "jinja2":
-                text(msg.get("text"), f"prompt_template[{i}].text" if isinstance(prompt, list)
-                     else "prompt_template.text")
+                text(
+                    msg.get("text"),
+                    f"prompt_template[{i}].text" if isinstance(prompt, list) else "prompt_template.text",
+                )
         for i, var in enumerate(_list(_dict(data.get("prompt_config")).get("jinja2_variables"))):
             if isinstance(var, Mapping):
                 sel(var.get("value_selector"), f"prompt_config.jinja2_variables[{i}].value_selector")
@@ -405,8 +454,12 @@ def descend(value_type: str, path: list) -> str | None:
 class TypeResolver:
     """Declared outputs per node (cached) and lenient selector typing: what is unknown is ``any``."""
 
-    def __init__(self, graph: Graph, environment: Mapping[str, str] | None = None,
-                 conversation: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        environment: Mapping[str, str] | None = None,
+        conversation: Mapping[str, str] | None = None,
+    ):
         self.graph = graph
         self.environment = environment or {}
         self.conversation = conversation or {}
@@ -424,8 +477,11 @@ class TypeResolver:
         elif root == "conversation":
             base = normalize_type(self.conversation.get(name))
         elif root in self.graph.nodes:
-            base = self.outputs(self.graph.nodes[root]).get(name) or self.inner(
-                self.graph.nodes[root]).get(name) or "any"
+            base = (
+                self.outputs(self.graph.nodes[root]).get(name)
+                or self.inner(self.graph.nodes[root]).get(name)
+                or "any"
+            )
         else:
             base = "any"
         return descend(base, path) or "any"
@@ -486,8 +542,12 @@ def _declared_by_type(types: TypeResolver, node: Node) -> dict[str, str]:
                 out[var["variable"]] = _START_TYPES.get(var.get("type"), "any")
         return out
     if kind == "llm":
-        return {"text": "string", "usage": "object", "reasoning_content": "string",
-                "structured_output": "object"}
+        return {
+            "text": "string",
+            "usage": "object",
+            "reasoning_content": "string",
+            "structured_output": "object",
+        }
     if kind == "knowledge-retrieval":
         return {"result": "array[object]"}
     if kind == "question-classifier":
@@ -495,8 +555,11 @@ def _declared_by_type(types: TypeResolver, node: Node) -> dict[str, str]:
     if kind == "if-else":
         return {"result": "boolean", "selected_case_id": "string"}
     if kind == "code":
-        return {name: normalize_type(_dict(spec).get("type"))
-                for name, spec in _dict(data.get("outputs")).items() if isinstance(name, str)}
+        return {
+            name: normalize_type(_dict(spec).get("type"))
+            for name, spec in _dict(data.get("outputs")).items()
+            if isinstance(name, str)
+        }
     if kind == "template-transform":
         return {"output": "string"}
     if kind == "http-request":
@@ -506,8 +569,11 @@ def _declared_by_type(types: TypeResolver, node: Node) -> dict[str, str]:
     if kind in ("variable-aggregator", "variable-assigner"):
         settings = _dict(data.get("advanced_settings"))
         if settings.get("group_enabled"):
-            return {group["group_name"]: "object" for group in _list(settings.get("groups"))
-                    if isinstance(group, Mapping) and isinstance(group.get("group_name"), str)}
+            return {
+                group["group_name"]: "object"
+                for group in _list(settings.get("groups"))
+                if isinstance(group, Mapping) and isinstance(group.get("group_name"), str)
+            }
         return {"output": normalize_type(data.get("output_type"))}
     if kind == "iteration":
         item = types.lookup(data.get("output_selector"))

@@ -28,17 +28,44 @@ from shared.workflow.graph import (
 Mode = Literal["workflow", "advanced-chat"]
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CODE_TYPES = frozenset({"string", "number", "object", "boolean", "array[string]", "array[number]",
-                         "array[object]", "array[boolean]"})
-_PARAM_TYPES = frozenset({"string", "number", "bool", "boolean", "select", "array[string]", "array[number]",
-                          "array[object]", "array[bool]", "array[boolean]"})
+_CODE_TYPES = frozenset(
+    {
+        "string",
+        "number",
+        "object",
+        "boolean",
+        "array[string]",
+        "array[number]",
+        "array[object]",
+        "array[boolean]",
+    }
+)
+_PARAM_TYPES = frozenset(
+    {
+        "string",
+        "number",
+        "bool",
+        "boolean",
+        "select",
+        "array[string]",
+        "array[number]",
+        "array[object]",
+        "array[bool]",
+        "array[boolean]",
+    }
+)
 _HTTP_METHODS = frozenset({"get", "post", "put", "patch", "delete", "head", "options"})
 _RESERVED_PARAMS = frozenset({"__is_success", "__reason", "__usage"})
 _FAIL_HANDLES = frozenset({"fail-branch", "success-branch"})
 
 
-def validate_graph(graph: Graph, mode: Mode, *, environment: Mapping[str, str] = _EMPTY,
-                   conversation: Mapping[str, str] = _EMPTY) -> None:
+def validate_graph(
+    graph: Graph,
+    mode: Mode,
+    *,
+    environment: Mapping[str, str] = _EMPTY,
+    conversation: Mapping[str, str] = _EMPTY,
+) -> None:
     """Raise ``GraphError`` for the first rule the graph breaks. ``environment`` and ``conversation`` map the
     app's environment / conversation variable names to their value types."""
     if mode not in ("workflow", "advanced-chat"):
@@ -90,11 +117,14 @@ def _check_start(graph: Graph) -> None:
     starts = [n for n in graph.nodes.values() if n.type == "start" and n.parent_id is None]
     if len(starts) != 1:
         found = ", ".join(f"'{n.title}' ({n.id})" for n in starts)
-        raise GraphError(f"a workflow needs exactly one start node (found {len(starts)}"
-                         f"{': ' + found if found else ''})", starts[1].id if starts else None)
+        raise GraphError(
+            f"a workflow needs exactly one start node (found {len(starts)}{': ' + found if found else ''})",
+            starts[1].id if starts else None,
+        )
     if graph.start_id != starts[0].id:
-        raise GraphError(f"the graph's start_id {graph.start_id!r} is not its start node {starts[0].label}",
-                         starts[0].id)
+        raise GraphError(
+            f"the graph's start_id {graph.start_id!r} is not its start node {starts[0].label}", starts[0].id
+        )
 
 
 def _check_edges(graph: Graph) -> None:
@@ -104,10 +134,17 @@ def _check_edges(graph: Graph) -> None:
                 raise GraphError(f"edge {edge.id}: its {end} node {node_id} does not exist", node_id)
         source, target = graph.nodes[edge.source], graph.nodes[edge.target]
         if source.parent_id != target.parent_id:
-            where = (f"inside {graph.nodes[source.parent_id].label}" if source.parent_id else "at the top level")
-            there = (f"inside {graph.nodes[target.parent_id].label}" if target.parent_id else "at the top level")
-            raise _err(source, f"edge {edge.id} crosses an iteration/loop boundary: this node is {where}, "
-                               f"its target {target.label} is {there}")
+            where = (
+                f"inside {graph.nodes[source.parent_id].label}" if source.parent_id else "at the top level"
+            )
+            there = (
+                f"inside {graph.nodes[target.parent_id].label}" if target.parent_id else "at the top level"
+            )
+            raise _err(
+                source,
+                f"edge {edge.id} crosses an iteration/loop boundary: this node is {where}, "
+                f"its target {target.label} is {there}",
+            )
 
 
 def _check_handles(graph: Graph) -> None:
@@ -124,8 +161,11 @@ def _check_handles(graph: Graph) -> None:
         if node.data.get("error_strategy") == "fail-branch":
             allowed += sorted(_FAIL_HANDLES - set(allowed))
         if edge.source_handle not in allowed:
-            raise _err(node, f"edge {edge.id} leaves through unknown handle '{edge.source_handle}' "
-                             f"(expected one of: {', '.join(allowed)})")
+            raise _err(
+                node,
+                f"edge {edge.id} leaves through unknown handle '{edge.source_handle}' "
+                f"(expected one of: {', '.join(allowed)})",
+            )
 
 
 def _scopes(graph: Graph) -> list[str | None]:
@@ -149,7 +189,7 @@ def _check_acyclic(graph: Graph, scope: str | None) -> None:
                 continue
             nxt = edge.target
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 shown = " → ".join(graph.nodes[i].label.removeprefix("node ") for i in cycle)
                 raise _err(graph.nodes[nxt], f"it is on a cycle: {shown}")
             if nxt not in state:
@@ -180,13 +220,18 @@ def _check_reachable(graph: Graph, mode: Mode) -> None:
         inside = _reach(graph, container.data["start_node_id"])
         for child in graph.children(container.id):
             if child.id not in inside:
-                raise _err(child, f"it is not connected: it cannot be reached from the start of {container.label}")
+                raise _err(
+                    child, f"it is not connected: it cannot be reached from the start of {container.label}"
+                )
     top = [n for n in graph.nodes.values() if n.parent_id is None]
     if mode == "advanced-chat":
         for node in top:
             if node.type == "end":
-                raise _err(node, "End nodes are not allowed in advanced-chat apps (Dify chatflows have no End "
-                                 "node; reply with an Answer node)")
+                raise _err(
+                    node,
+                    "End nodes are not allowed in advanced-chat apps (Dify chatflows have no End "
+                    "node; reply with an Answer node)",
+                )
         if not any(n.type == "answer" for n in graph.nodes.values()):
             raise GraphError("an advanced-chat workflow needs an Answer node reachable from the start node")
     elif not any(n.type == "end" for n in top):
@@ -331,8 +376,10 @@ def _check_code(graph: Graph, node: Node) -> None:
             raise _err(node, f"outputs: invalid output name {name!r}")
         kind = spec.get("type") if isinstance(spec, Mapping) else None
         if kind not in _CODE_TYPES:
-            raise _err(node, f"outputs.{name}: invalid type {kind!r} (expected one of: "
-                             f"{', '.join(sorted(_CODE_TYPES))})")
+            raise _err(
+                node,
+                f"outputs.{name}: invalid type {kind!r} (expected one of: {', '.join(sorted(_CODE_TYPES))})",
+            )
 
 
 def _check_template(graph: Graph, node: Node) -> None:
@@ -372,8 +419,11 @@ def _check_extractor(graph: Graph, node: Node) -> None:
     for i, param in enumerate(params):
         name = param["name"]
         if not _NAME_RE.match(name) or name in _RESERVED_PARAMS:
-            raise _err(node, f"parameters[{i}]: invalid name '{name}' (letters, digits and _; not "
-                             f"{', '.join(sorted(_RESERVED_PARAMS))})")
+            raise _err(
+                node,
+                f"parameters[{i}]: invalid name '{name}' (letters, digits and _; not "
+                f"{', '.join(sorted(_RESERVED_PARAMS))})",
+            )
         if param.get("type") not in _PARAM_TYPES:
             raise _err(node, f"parameters[{i}] '{name}': invalid type {param.get('type')!r}")
 
@@ -391,18 +441,30 @@ def _check_aggregator(graph: Graph, node: Node) -> None:
         _unique_names(node, groups, "advanced_settings.groups", "group_name")
         for i, group in enumerate(groups):
             if not isinstance(group.get("variables"), list) or not group["variables"]:
-                raise _err(node, f"advanced_settings.groups[{i}] '{group['group_name']}' needs at least one variable")
+                raise _err(
+                    node, f"advanced_settings.groups[{i}] '{group['group_name']}' needs at least one variable"
+                )
         return
     _nonempty_list(node, "variables", "variable")
 
 
 _CONFIG_CHECKS = {
-    "start": _check_start_node, "end": _check_end, "answer": _check_answer, "llm": _check_llm,
-    "knowledge-retrieval": _check_knowledge, "question-classifier": _check_classifier,
-    "if-else": _check_if_else, "code": _check_code, "template-transform": _check_template,
-    "http-request": _check_http, "tool": _check_tool, "iteration": _check_container,
-    "loop": _check_container, "parameter-extractor": _check_extractor,
-    "list-operator": _check_list_operator, "variable-aggregator": _check_aggregator,
+    "start": _check_start_node,
+    "end": _check_end,
+    "answer": _check_answer,
+    "llm": _check_llm,
+    "knowledge-retrieval": _check_knowledge,
+    "question-classifier": _check_classifier,
+    "if-else": _check_if_else,
+    "code": _check_code,
+    "template-transform": _check_template,
+    "http-request": _check_http,
+    "tool": _check_tool,
+    "iteration": _check_container,
+    "loop": _check_container,
+    "parameter-extractor": _check_extractor,
+    "list-operator": _check_list_operator,
+    "variable-aggregator": _check_aggregator,
     "variable-assigner": _check_aggregator,
 }
 
@@ -421,7 +483,9 @@ def _compatible(source: str, expected: str) -> bool:
         return True
     if expected == "array":
         return source.startswith("array[")
-    return source.startswith("array[") and expected.startswith("array[") and "array[any]" in (source, expected)
+    return (
+        source.startswith("array[") and expected.startswith("array[") and "array[any]" in (source, expected)
+    )
 
 
 def _article(kind: str) -> str:
@@ -429,8 +493,9 @@ def _article(kind: str) -> str:
 
 
 class _References:
-    def __init__(self, graph: Graph, mode: Mode, environment: Mapping[str, str],
-                 conversation: Mapping[str, str]):
+    def __init__(
+        self, graph: Graph, mode: Mode, environment: Mapping[str, str], conversation: Mapping[str, str]
+    ):
         self.graph, self.mode = graph, mode
         self.environment, self.conversation = environment, conversation
         self.types = TypeResolver(graph, environment, conversation)
@@ -455,8 +520,11 @@ class _References:
                 found = self.resolve(node, selector, where)
                 expected = required.get(where)
                 if expected and not _compatible(found, expected):
-                    raise _err(node, f"{_describe(selector, where)} is {_article(found)}, but "
-                                     f"{_article(expected)} is required")
+                    raise _err(
+                        node,
+                        f"{_describe(selector, where)} is {_article(found)}, but "
+                        f"{_article(expected)} is required",
+                    )
 
     def required_types(self, node: Node) -> dict[str, str]:
         if node.type == "iteration":
@@ -466,8 +534,11 @@ class _References:
         if node.type == "knowledge-retrieval":
             return {"query_variable_selector": "string"}
         if node.type == "end":
-            return {f"outputs[{i}].value_selector": normalize_type(out.get("value_type"))
-                    for i, out in enumerate(node.data.get("outputs") or []) if out.get("value_type")}
+            return {
+                f"outputs[{i}].value_selector": normalize_type(out.get("value_type"))
+                for i, out in enumerate(node.data.get("outputs") or [])
+                if out.get("value_type")
+            }
         return {}
 
     def resolve(self, node: Node, selector: list, where: str) -> str:
@@ -480,22 +551,31 @@ class _References:
         root, name, path = selector[0], selector[1], selector[2:]
         if root == "sys":
             if name not in SYS_VARIABLES:
-                raise _err(node, f"{described} refers to unknown system variable sys.{name} "
-                                 f"(known: {', '.join(SYS_VARIABLES)})")
+                raise _err(
+                    node,
+                    f"{described} refers to unknown system variable sys.{name} "
+                    f"(known: {', '.join(SYS_VARIABLES)})",
+                )
             if name in CHAT_ONLY_SYS and self.mode != "advanced-chat":
                 raise _err(node, f"{described}: sys.{name} only exists in advanced-chat apps")
             base = SYS_VARIABLES[name]
         elif root == "env":
             if name not in self.environment:
-                raise _err(node, f"{described} refers to environment variable '{name}', which is not defined"
-                                 f"{_known(self.environment)}")
+                raise _err(
+                    node,
+                    f"{described} refers to environment variable '{name}', which is not defined"
+                    f"{_known(self.environment)}",
+                )
             base = normalize_type(self.environment[name])
         elif root == "conversation":
             if self.mode != "advanced-chat":
                 raise _err(node, f"{described}: conversation variables only exist in advanced-chat apps")
             if name not in self.conversation:
-                raise _err(node, f"{described} refers to conversation variable '{name}', which is not defined"
-                                 f"{_known(self.conversation)}")
+                raise _err(
+                    node,
+                    f"{described} refers to conversation variable '{name}', which is not defined"
+                    f"{_known(self.conversation)}",
+                )
             base = normalize_type(self.conversation[name])
         else:
             base = self._node_output(node, selector, where, described)
@@ -513,7 +593,9 @@ class _References:
         visible = self.upstream(node.id)
         if node.type == "iteration" and where == "output_selector":
             if target.parent_id != node.id:
-                raise _err(node, f"{described} must refer to a node inside this iteration, not {target.label}")
+                raise _err(
+                    node, f"{described} must refer to a node inside this iteration, not {target.label}"
+                )
             enclosing, visible = [], {target.id}
         elif node.type == "loop" and where.startswith("break_conditions"):
             enclosing = [node.id, *enclosing]
@@ -524,8 +606,11 @@ class _References:
             outputs, kind = self.types.outputs(target), "output"
         elif target.parent_id is not None and target.parent_id not in enclosing:
             container = graph.nodes[target.parent_id]
-            raise _err(node, f"{described} refers to {target.label}, which is inside {container.label} and "
-                             f"not visible here (use the {container.type}'s output)")
+            raise _err(
+                node,
+                f"{described} refers to {target.label}, which is inside {container.label} and "
+                f"not visible here (use the {container.type}'s output)",
+            )
         else:
             raise _err(node, f"{described} refers to {target.label}, which is not upstream of this node")
         if name not in outputs:
