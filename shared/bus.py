@@ -114,7 +114,7 @@ class Bus:
     async def serve_json(
         self, subject: str, handler: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]], *, queue: str,
         concurrency: int,
-    ) -> None:
+    ) -> Any:
         """Answer requests on ``subject`` in a queue group, up to ``concurrency`` at once. nats-py runs one
         subscription's callbacks one after another, so each request gets its own task; past the limit the
         callback waits, and further requests queue in the subscription (its pending limits apply)."""
@@ -139,7 +139,9 @@ class Bus:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        self._subs.append(await self.nc.subscribe(subject, queue=queue, cb=_cb))
+        sub = await self.nc.subscribe(subject, queue=queue, cb=_cb)
+        self._subs.append(sub)
+        return sub  # unsubscribe it to stop answering before the bus closes
 
     async def sync(self, timeout: float = 2.0) -> None:
         """Return once the server has processed everything this connection sent before the call (and so

@@ -91,6 +91,7 @@ class KnowledgeSettings(BaseModel):
         5000, description="embedded engine: new points in a space after which its search index is rebuilt"
     )
     retrieve_timeout: float = Field(30.0, description="seconds the runtime waits for the indexer's retrieval")
+    retrieve_concurrency: int = Field(16, description="retrieval requests one indexer process answers at once")
 
 
 class Settings(BaseSettings):

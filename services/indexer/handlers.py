@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import structlog
-from nats.aio.msg import Msg
 
 from services.indexer.service import Knowledge
 from services.indexer.service.indexing import IndexWorkers
@@ -23,23 +21,23 @@ async def start(ctx: Context, app: Any) -> None:
     kn: Knowledge = app.state.knowledge
     search = RetrievalService(kn)
 
-    async def _retrieve(msg: Msg) -> None:
+    async def _retrieve(_subject: str, req: dict[str, Any]) -> dict[str, Any]:
         try:
-            req = orjson.loads(msg.data)
             records = await search.for_app(str(req["tenant_id"]), [str(i) for i in req.get("dataset_ids") or []],
                                            str(req.get("query") or ""), req.get("retrieval_model") or None)
-            reply: dict[str, Any] = {"records": records}
+            return {"records": records}
         except ApiError as e:
-            reply = {"error": e.body()}
+            return {"error": e.body()}
         except Exception as e:
             log.exception("retrieve_failed")
-            reply = {"error": {"code": "internal_server_error", "message": f"retrieval failed: {e}", "status": 500}}
-        await msg.respond(orjson.dumps(reply))
+            return {"error": {"code": "internal_server_error", "message": f"retrieval failed: {e}", "status": 500}}
 
     async def _config(subject: str, payload: dict[str, Any]) -> None:
         kn.on_config(subject, payload)
 
-    app.state.retrieve_sub = await ctx.bus.nc.subscribe(KNOWLEDGE_RETRIEVE, queue=KNOWLEDGE_QUEUE, cb=_retrieve)
+    # concurrent requests overlap: embedding and vector search run off the loop, the database is async
+    app.state.retrieve_sub = await ctx.bus.serve_json(KNOWLEDGE_RETRIEVE, _retrieve, queue=KNOWLEDGE_QUEUE,
+                                                      concurrency=ctx.settings.knowledge.retrieve_concurrency)
     await ctx.bus.subscribe_json(CONFIG_WILDCARD, _config)
     workers = IndexWorkers(kn)
     app.state.workers = workers
