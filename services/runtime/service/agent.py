@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from services.runtime import llm
+from services.runtime.service.prompt import estimate_usage
 from shared.models import new_id
 from shared.tool_catalog import AGENT_STRATEGIES, AgentTool, call_tool
 
@@ -122,11 +123,7 @@ class AgentLoop:
         return "".join(parts), calls
 
     def _add_usage(self, u: llm.Usage, messages: list[dict[str, Any]], text: str) -> None:
-        from services.runtime.service.prompt import MESSAGE_OVERHEAD, approx_tokens
-
-        if not u.from_provider:  # stopped or failed before the usage chunk: estimate this call
-            u.prompt_tokens = sum(approx_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD for m in messages)
-            u.completion_tokens = approx_tokens(text)
+        estimate_usage(u, messages, text)
         self.usage.prompt_tokens += u.prompt_tokens
         self.usage.completion_tokens += u.completion_tokens
 

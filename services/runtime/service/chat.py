@@ -22,7 +22,6 @@ from services.runtime.service.errors import (
 from services.runtime.service.prompt import chat_messages, completion_messages, context_budget, default_name
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Channel, Run
-from services.runtime.workflow.service import WorkflowTask
 from shared.app_config import render_prompt, validate_inputs
 from shared.errors import invalid_param
 from shared.identity import Caller
@@ -32,6 +31,7 @@ from shared.subjects import task_stop
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
     from services.runtime.service.core import Runtime
+    from services.runtime.workflow.service import WorkflowTask
 
 # Core statements with values bound at execution: compiled once, no per-call ORM or cache-key work
 _CONV = Conversation.__table__

@@ -76,3 +76,11 @@ TITLE_SYSTEM = (
 def title_messages(first_query: str) -> list[dict[str, Any]]:
     q = first_query if len(first_query) <= 2000 else first_query[:1000] + " … " + first_query[-500:]
     return [{"role": "system", "content": TITLE_SYSTEM}, {"role": "user", "content": q}]
+
+
+def estimate_usage(usage: Any, messages: list[dict[str, Any]], text: str) -> None:
+    """Fill ``usage`` (an llm.Usage) from the text when the provider sent no usage chunk (a call stopped or
+    failed before the end)."""
+    if not usage.from_provider:
+        usage.prompt_tokens = sum(approx_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD for m in messages)
+        usage.completion_tokens = approx_tokens(text)

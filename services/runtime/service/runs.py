@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, update
 
 from services.runtime import llm
 from services.runtime.service.agent import AgentIncomplete, AgentLoop, AgentPlan
-from services.runtime.service.prompt import MESSAGE_OVERHEAD, approx_tokens
+from services.runtime.service.prompt import estimate_usage
 from shared.metrics import LLM_CALLS, LLM_TOKENS, RUNS_ACTIVE
 from shared.models import Message, utcnow
 from shared.subjects import task_events
@@ -281,11 +281,7 @@ class RunRegistry:
     async def _finalize(self, run: Run, usage: llm.Usage, started: float) -> None:
         latency = time.perf_counter() - started
         answer = run.answer
-        if not usage.from_provider:  # stopped or failed before the usage chunk: estimate
-            usage.prompt_tokens = sum(
-                approx_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD for m in run.messages
-            )
-            usage.completion_tokens = approx_tokens(answer)
+        estimate_usage(usage, run.messages, answer)
         b = run.binding
         run.usage = llm.dify_usage(b, usage.prompt_tokens, usage.completion_tokens, latency)
         LLM_CALLS.labels(b.provider, b.model, run.status).inc()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.runtime.workflow.logic import render_template
+from services.runtime.workflow.logic import render_template, to_text
 from shared.models import new_id
 from shared.settings import WorkflowSettings
 from shared.workflow import TEMPLATE_RE, Graph, Node
@@ -133,8 +133,13 @@ class _Stream:
     """Streams one answer/end node's text: its template cut into literal and variable segments, sent in
     order; a segment fed by an LLM node goes out delta by delta while the model writes."""
 
-    def __init__(self, node: Node, segments: list[tuple[str, Any]], event: str) -> None:
+    def __init__(self, node: Node, segments: list[tuple[str, Any]], event: str, graph: Graph) -> None:
         self.node, self.segments, self.event = node, segments, event
+        # what must finish before the text may go out, worked out once instead of on every pump
+        above = [graph.nodes[u] for u in graph.upstream(node.id)]
+        self.branches = frozenset(n.id for n in above
+                                  if n.type in BRANCHING or n.data.get("error_strategy") == "fail-branch")
+        self.assigners = frozenset(n.id for n in above if n.type == "assigner")
         self.pos = 0
         self.sent = 0  # deltas of the current LLM segment already sent
         self.active = False
@@ -182,12 +187,12 @@ class Engine:
             if n.parent_id:
                 continue
             if self.mode == "advanced-chat" and n.type == "answer":
-                streams.append(_Stream(n, answer_segments(str(n.data.get("answer") or "")), "message"))
+                streams.append(_Stream(n, answer_segments(str(n.data.get("answer") or "")), "message", self.graph))
             elif self.mode == "workflow" and n.type == "end":
                 segs = [("var", list(o.get("value_selector") or [])) for o in n.data.get("outputs") or []
                         if self._is_llm_text(o.get("value_selector"))]
                 if segs:
-                    streams.append(_Stream(n, segs, "text_chunk"))
+                    streams.append(_Stream(n, segs, "text_chunk", self.graph))
         return streams
 
     def _is_llm_text(self, selector: Any) -> bool:
@@ -196,20 +201,8 @@ class Engine:
         node = self.graph.nodes.get(selector[0])
         return node is not None and node.type == "llm"
 
-    def _decided(self, node_id: str) -> bool:
-        """No branch can skip this node any more: every branching node above it has finished."""
-        if node_id in self.skipped:
-            return False
-        for up in self.graph.upstream(node_id):
-            n = self.graph.nodes[up]
-            branches = n.type in BRANCHING or n.data.get("error_strategy") == "fail-branch"
-            if branches and up not in self.finished_nodes and up not in self.skipped:
-                return False
-        return True
-
-    def _assigned(self, node_id: str) -> bool:
-        return all(up in self.finished_nodes or up in self.skipped for up in self.graph.upstream(node_id)
-                   if self.graph.nodes[up].type == "assigner")
+    def _settled(self, ids: frozenset[str]) -> bool:
+        return all(i in self.finished_nodes or i in self.skipped for i in ids)
 
     async def llm_delta(self, node_id: str, delta: str) -> None:
         self.llm_deltas.setdefault(node_id, []).append(delta)
@@ -220,7 +213,8 @@ class Engine:
             if st.done:
                 continue
             if not st.active:
-                if not self._decided(st.node.id):
+                # no branch can skip it any more: every branching node above it has finished
+                if st.node.id in self.skipped or not self._settled(st.branches):
                     continue
                 st.active = True
             while st.pos < len(st.segments):
@@ -229,20 +223,20 @@ class Engine:
                 if kind == "text":
                     await self._send(st, val, None)
                 elif root in ROOTS:
-                    if root == "conversation" and not self._assigned(st.node.id):
+                    if root == "conversation" and not self._settled(st.assigners):
                         break  # an assigner above may still change it
-                    await self._send(st, _text(self.pool.maybe(val)), val)
+                    await self._send(st, to_text(self.pool.maybe(val)), val)
                 elif self._is_llm_text(val) and (root in self.llm_deltas or root in self.finished_nodes):
                     deltas = self.llm_deltas.get(root, [])
                     if deltas:  # what the model wrote since the last pump
                         await self._send(st, "".join(deltas[st.sent:]), val)
                         st.sent = len(deltas)
                     elif root in self.finished_nodes:  # it did not stream (e.g. a default value)
-                        await self._send(st, _text(self.pool.maybe(val)), val)
+                        await self._send(st, to_text(self.pool.maybe(val)), val)
                     if root not in self.finished_nodes:
                         break
                 elif root in self.finished_nodes:
-                    await self._send(st, _text(self.pool.maybe(val)), val)
+                    await self._send(st, to_text(self.pool.maybe(val)), val)
                 elif root not in self.skipped:  # not there yet; a skipped node's value renders empty
                     break
                 st.pos += 1
@@ -436,12 +430,3 @@ class Engine:
             "execution_metadata": None, "finished_at": int(time.time()), "steps": len(items)}})
         return NodeResult(outputs={"output": results}, inputs={"iterator_selector": items})
 
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    import json
-
-    return json.dumps(value, ensure_ascii=False)

@@ -12,7 +12,7 @@ import nats.errors
 import orjson
 
 from services.runtime import llm
-from services.runtime.service.prompt import MESSAGE_OVERHEAD, approx_tokens
+from services.runtime.service.prompt import estimate_usage
 from services.runtime.workflow import logic
 from services.runtime.workflow.engine import NodeError, NodeResult, VariablePool
 from shared.context import Context
@@ -141,9 +141,7 @@ async def code(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
 # -- model nodes -------------------------------------------------------------------------------------
 def _usage(binding: llm.ModelBinding, u: llm.Usage, messages: list[dict[str, Any]], text: str,
            started: float) -> dict[str, Any]:
-    if not u.from_provider:
-        u.prompt_tokens = sum(approx_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD for m in messages)
-        u.completion_tokens = approx_tokens(text)
+    estimate_usage(u, messages, text)
     return llm.dify_usage(binding, u.prompt_tokens, u.completion_tokens, time.perf_counter() - started)
 
 
@@ -154,7 +152,7 @@ def _meta(usage: dict[str, Any]) -> dict[str, Any]:
 def _context_text(value: Any) -> str:
     if isinstance(value, list):  # knowledge-retrieval results
         return "\n".join(str(v.get("content", "")) if isinstance(v, dict) else str(v) for v in value)
-    return "" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return logic.to_text(value)
 
 
 def _prompt(node: Node, pool: VariablePool, history: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -238,10 +238,8 @@ class WorkflowService:
             task.status = "partial-succeeded" if engine.exceptions else "succeeded"
         except asyncio.CancelledError:
             task.status = "stopped"
-            task.error = {"user": None, "shutdown": "interrupted"}.get(task.stop_reason or "", None)
-            if task.stop_reason is None:  # cancelled by the event loop's teardown, not by us
-                task.error = "interrupted"
-            else:
+            task.error = None if task.stop_reason == "user" else "interrupted"
+            if task.stop_reason is not None:  # ours (stop, shutdown): carry on and record it
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
         except RunFailed as e:
             task.status, task.error = "failed", str(e)
