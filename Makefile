@@ -42,6 +42,10 @@ test-e2e: install
 bench: $(VENV)/.installed
 	$(PY) -m bench.run_all
 
+# Render the Helm chart in both modes, lint it and validate every manifest offline (tests/deploy).
+chart: $(VENV)/.installed
+	$(VENV)/bin/pytest -q tests/deploy
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check shared services tests bench
 
