@@ -223,12 +223,12 @@ async def pipeline_document(path: Path, kind: str, rule: dict, kn: Any, ds: Any,
                             st: Stages) -> None:
     """One document as IndexWorkers.process handles it, minus the database and NATS: extract, then clean +
     split + full-text encoding (chunk_elements), then per `batch` chunks embed_points + upsert."""
-    from services.indexer.pipeline.parse import extract
     from services.indexer.pipeline.prepare import chunk_elements
     from services.indexer.service.common import segment_id
     from services.indexer.service.indexing import automatic_chunk_tokens, embed_points
     from shared.knowledge.vectors import SparseVector
     from shared.models import Document
+    from shared.parse import extract
 
     doc = Document(id=str(uuid.uuid5(BENCH_NS, f"doc:{path.name}")), tenant_id=ds.tenant_id,
                    dataset_id=ds.id, batch="bench", name=path.name, doc_metadata={})
@@ -265,11 +265,11 @@ def model_tokens(texts: list[str]) -> list[int]:
 
 
 async def bench_parse(args: argparse.Namespace, work: Path, paras: list[str]) -> None:
-    from services.indexer.pipeline.parse import extract
     from services.indexer.pipeline.split import validate_process_rule
     from services.indexer.service.common import space_for
     from shared.knowledge.embeddings import LOCAL_MAX_TOKENS, LOCAL_THREADS, local_embedder
     from shared.knowledge.vectors_edge import EdgeStore
+    from shared.parse import extract
     from shared.settings import KnowledgeSettings
 
     print(f"### 1. Pipeline vs parser ({args.pdf_pages}-page PDF, {args.md_docs} markdown files)\n",

@@ -103,7 +103,7 @@ async def _admin_setup(settings: Settings, email: str, name: str, password: str)
     await upgrade_async(settings.effective_database_url)
     db = Database(settings.effective_database_url)
     try:
-        await setup_account(db, email=email, name=name, password=password)
+        await setup_account(db, email=email, name=name, password=password, plan=settings.default_plan)
     finally:
         await db.close()
     print(f"created admin {email}")

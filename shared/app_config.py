@@ -61,6 +61,87 @@ class Feature(BaseModel):
     enabled: bool = False
 
 
+MODERATION_TYPES = ("keywords", "openai_moderation")
+MODERATION_KEYWORDS_MAX_CHARS = 10000  # Dify's limits (core/moderation/keywords)
+MODERATION_KEYWORDS_MAX_LINES = 100
+MODERATION_PRESET_MAX_CHARS = 100
+ANSWER_CACHE_MAX_TTL = 30 * 86400
+
+
+class ModerationIO(BaseModel):
+    """``inputs_config`` / ``outputs_config``: review this side, answer ``preset_response`` when flagged."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = False
+    preset_response: str = ""
+
+
+class ModerationSettings(BaseModel):
+    """``sensitive_word_avoidance.config``. ``provider``/``model`` are Plexus extensions for
+    ``openai_moderation`` (Dify always uses the workspace's "openai" provider and its moderation model)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    keywords: str = ""
+    inputs_config: ModerationIO | None = None
+    outputs_config: ModerationIO | None = None
+    provider: str = Field("openai", min_length=1, max_length=64)
+    model: str = Field("omni-moderation-latest", min_length=1, max_length=255)
+
+    def keyword_list(self) -> list[str]:
+        return [k.strip() for k in self.keywords.splitlines() if k.strip()]
+
+
+class SensitiveWordAvoidance(BaseModel):
+    """Dify's shape: ``{enabled, type: "keywords"|"openai_moderation", config: {keywords?, inputs_config,
+    outputs_config}}``, validated with Dify's rules when enabled (a disabled one is kept as sent)."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = False
+    type: str = ""
+    config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SensitiveWordAvoidance:
+        if self.enabled:
+            self.settings()
+        return self
+
+    def settings(self) -> ModerationSettings:
+        """The validated config (ValueError in Dify's words when it is not usable)."""
+        if self.type not in MODERATION_TYPES:
+            raise ValueError(f"type must be one of {list(MODERATION_TYPES)}")
+        if not isinstance(self.config, dict):
+            raise ValueError("config must be a dict")  # noqa: TRY004 - ValueError is the 400 path
+        for side in ("inputs_config", "outputs_config"):
+            if not isinstance(self.config.get(side), dict):
+                raise ValueError(f"{side} must be a dict")  # noqa: TRY004
+        s = ModerationSettings.model_validate(self.config)
+        assert s.inputs_config is not None and s.outputs_config is not None
+        if not s.inputs_config.enabled and not s.outputs_config.enabled:
+            raise ValueError("At least one of inputs_config or outputs_config must be enabled")
+        for side, io in (("inputs_config", s.inputs_config), ("outputs_config", s.outputs_config)):
+            if io.enabled and not io.preset_response:
+                raise ValueError(f"{side}.preset_response is required")
+            if io.enabled and len(io.preset_response) > MODERATION_PRESET_MAX_CHARS:
+                raise ValueError(f"{side}.preset_response must be less than {MODERATION_PRESET_MAX_CHARS} characters")
+        if self.type == "keywords":
+            if not s.keyword_list():
+                raise ValueError("keywords is required")
+            if len(s.keywords) > MODERATION_KEYWORDS_MAX_CHARS:
+                raise ValueError(f"keywords length must be less than {MODERATION_KEYWORDS_MAX_CHARS}")
+            if len(s.keywords.split("\n")) > MODERATION_KEYWORDS_MAX_LINES:
+                raise ValueError(f"the number of rows for the keywords must be less than {MODERATION_KEYWORDS_MAX_LINES}")
+        return s
+
+
+class AnswerCache(BaseModel):
+    """Plexus extension (not in Dify): reuse an answer for the same memory-less request (docs/moderation.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    ttl_seconds: int = Field(3600, ge=1, le=ANSWER_CACHE_MAX_TTL)
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
@@ -81,7 +162,8 @@ class ModelConfig(BaseModel):
     retriever_resource: Feature = Field(default_factory=lambda: Feature(enabled=True))
     annotation_reply: Feature = Field(default_factory=Feature)
     more_like_this: Feature = Field(default_factory=Feature)
-    sensitive_word_avoidance: Feature = Field(default_factory=Feature)
+    sensitive_word_avoidance: SensitiveWordAvoidance = Field(default_factory=SensitiveWordAvoidance)
+    answer_cache: AnswerCache = Field(default_factory=AnswerCache)
     file_upload: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_FILE_UPLOAD))
     external_data_tools: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -179,8 +261,9 @@ def render_prompt(template: str, inputs: dict[str, Any]) -> str:
     return PLACEHOLDER_RE.sub(_sub, template)
 
 
-def parameters_view(config: ModelConfig) -> dict[str, Any]:
-    """The ``GET /parameters`` body (reference §2.9)."""
+def parameters_view(config: ModelConfig, system_parameters: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``GET /parameters`` body (reference §2.9); ``system_parameters``: the deployment's file limits
+    (settings ``files``), Dify's defaults when not given."""
     d = config.to_wire()
     return {
         "opening_statement": config.opening_statement,
@@ -193,7 +276,13 @@ def parameters_view(config: ModelConfig) -> dict[str, Any]:
         "more_like_this": d["more_like_this"],
         "user_input_form": [{k: v.model_dump(mode="json", exclude_none=True) for k, v in item.items()}
                             for item in config.user_input_form],
-        "sensitive_word_avoidance": {"enabled": False, "type": "", "configs": [], **d["sensitive_word_avoidance"]},
+        "sensitive_word_avoidance": _moderation_view(config),
         "file_upload": config.file_upload,
-        "system_parameters": dict(SYSTEM_PARAMETERS),
+        "system_parameters": dict(system_parameters or SYSTEM_PARAMETERS),
     }
+
+
+def _moderation_view(config: ModelConfig) -> dict[str, Any]:
+    """As stored (Dify echoes the dict); Dify's default shape when nothing was configured."""
+    d = config.sensitive_word_avoidance.model_dump(mode="json", exclude_none=True)
+    return d if "config" in d else {"enabled": False, "type": "", "configs": [], **d}

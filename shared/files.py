@@ -1,14 +1,145 @@
-"""Uploaded files in the object store (ARCHITECTURE §3): NATS JetStream Object Store by default, so no
-extra server is needed. Rows keep the object name; bytes never travel in messages."""
+"""Uploaded files: the object store that keeps their bytes, and the one place that decides what a file
+really is.
+
+Bytes live in the object store (ARCHITECTURE §3): NATS JetStream Object Store by default, so no extra server
+is needed. Rows keep the object name; bytes never travel in messages.
+
+``sniff_upload`` types a file from its name *and* its first bytes: the extension claims a type (image,
+document, audio, video; Dify's sets, reference §2.17), the content must bear it out. Documents are checked by
+the parser's own sniffer (shared.parse), so a file the knowledge API or a chat message accepts is one the
+parser can read.
+"""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
 
 from shared.bus import Bus
+
+if TYPE_CHECKING:
+    from shared.models import MessageFile
+
+from shared.parse import SNIFF_BYTES, SUPPORTED, UnsupportedFileType, sniff
+
+__all__ = ["FILE_TYPES", "MIME", "SNIFF_BYTES", "FileStore", "Sniffed", "UnsupportedFileType", "extension_of",
+           "file_type_of", "file_view", "preview_url", "sniff_upload"]
+
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "svg"})
+AUDIO_EXTENSIONS = frozenset({"mp3", "m4a", "wav", "webm", "amr", "mpga"})
+VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "mpeg"})  # .webm is audio first, as in Dify
+# documents: the kinds the parser reads (Dify also lists .doc/.xls/.ppt/.epub …, which nothing here can read)
+FILE_TYPES: dict[str, frozenset[str]] = {
+    "image": IMAGE_EXTENSIONS,
+    "document": SUPPORTED,
+    "audio": AUDIO_EXTENSIONS,
+    "video": VIDEO_EXTENSIONS,
+}
+MIME = {
+    "pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "markdown": "text/markdown",
+    "mdx": "text/markdown", "html": "text/html", "htm": "text/html", "csv": "text/csv", "eml": "message/rfc822",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp",
+    "svg": "image/svg+xml",
+    "mp3": "audio/mpeg", "mpga": "audio/mpeg", "m4a": "audio/mp4", "wav": "audio/wav", "webm": "audio/webm",
+    "amr": "audio/amr", "mp4": "video/mp4", "mov": "video/quicktime", "mpeg": "video/mpeg",
+}
+# what a remote file without an extension in its URL is, by the Content-Type it came with
+EXTENSION_OF_MIME = {
+    "image/png": "png", "image/jpeg": "jpg", "image/gif": "gif", "image/webp": "webp", "image/svg+xml": "svg",
+    "application/pdf": "pdf", "text/plain": "txt", "text/markdown": "md", "text/html": "html", "text/csv": "csv",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
+    "audio/mpeg": "mp3", "audio/wav": "wav", "audio/x-wav": "wav", "audio/mp4": "m4a", "audio/webm": "webm",
+    "video/mp4": "mp4", "video/quicktime": "mov", "video/mpeg": "mpeg",
+}
+_SVG = re.compile(rb"<svg[\s>/]", re.IGNORECASE)
+_ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")  # MP4/MOV/M4A start with one of these
+
+
+@dataclass(frozen=True, slots=True)
+class Sniffed:
+    type: str  # image | document | audio | video
+    extension: str  # as named, lowercase, without the dot
+    mime_type: str  # of the real content (a PNG named .jpg is image/png)
+    kind: str  # documents: the parser's kind (shared.parse.extract); others: the real format
+
+
+def extension_of(filename: str) -> str:
+    return PurePosixPath(filename.replace("\\", "/")).suffix.lower().lstrip(".")
+
+
+def file_type_of(extension: str) -> str | None:
+    """The type an extension claims (image, document, audio, video), or None."""
+    for type_, extensions in FILE_TYPES.items():
+        if extension in extensions:
+            return type_
+    return None
+
+
+def _image_format(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _audio_video_ok(ext: str, head: bytes) -> bool:
+    if ext in ("mp3", "mpga"):
+        return head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+    if ext == "wav":
+        return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+    if ext == "webm":
+        return head.startswith(b"\x1a\x45\xdf\xa3")  # EBML
+    if ext == "amr":
+        return head.startswith(b"#!AMR")
+    if ext in ("m4a", "mp4", "mov"):
+        return head[4:8] in _ISO_BOXES
+    if ext == "mpeg":
+        return head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
+    return False
+
+
+def sniff_upload(filename: str, head: bytes) -> Sniffed:
+    """What the file is: its extension's type, confirmed by its first bytes (pass ``SNIFF_BYTES`` of them).
+    Raises UnsupportedFileType with a message for the user when the type is unknown or the content does not
+    match it. Raster images may carry each other's extension (a PNG saved as .jpg): the real format wins."""
+    ext = extension_of(filename)
+    type_ = file_type_of(ext)
+    if type_ is None:
+        if ext in ("doc", "xls", "ppt"):
+            sniff(filename, head)  # raises the parser's advice (save it as .docx …)
+        raise UnsupportedFileType(
+            f"File type .{ext} is not supported." if ext else "Files without an extension are not supported.")
+    mismatch = UnsupportedFileType(f"The file content does not match its .{ext} extension.")
+    if type_ == "document":
+        kind = sniff(filename, head)
+        return Sniffed("document", ext, MIME.get(ext, "application/octet-stream"), kind)
+    if type_ == "image":
+        if ext == "svg":
+            if _image_format(head) is not None or not _SVG.search(head) or b"\x00" in head:
+                raise mismatch
+            return Sniffed("image", ext, MIME["svg"], "svg")
+        real = _image_format(head)
+        if real is None:
+            raise mismatch
+        return Sniffed("image", ext, f"image/{real}", real)
+    if not _audio_video_ok(ext, head):
+        raise mismatch
+    return Sniffed(type_, ext, MIME[ext], ext)
 
 
 class FileStore:
@@ -26,9 +157,28 @@ class FileStore:
         with path.open("wb") as f:
             await store.get(name, writeinto=f)
 
+    async def get_bytes(self, name: str) -> bytes:
+        """A small object (an image for a model call) in memory."""
+        buf = io.BytesIO()
+        store = await self.bus.files()
+        await store.get(name, writeinto=buf)
+        return buf.getvalue()
+
     async def delete(self, name: str) -> None:
         store = await self.bus.files()
         try:
             await store.delete(name)
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError):
             pass
+
+
+def file_view(row: MessageFile, base: str) -> dict[str, Any]:
+    """One ``message_files`` item of GET /messages (reference §2.5)."""
+    url = row.url if row.transfer_method == "remote_url" else preview_url(base, row.upload_file_id or "")
+    return {"id": row.id, "filename": row.filename, "type": row.type, "url": url, "mime_type": row.mime_type,
+            "size": row.size, "transfer_method": row.transfer_method, "belongs_to": row.belongs_to,
+            "upload_file_id": row.upload_file_id}
+
+
+def preview_url(base: str, file_id: str) -> str:
+    return f"{base}/v1/files/{file_id}/preview"

@@ -1,10 +1,13 @@
-"""Per-app limits: requests per minute, per hour (exact rolling windows) and concurrent requests.
+"""Per-app limits: requests per minute, hour and day (exact rolling windows) and concurrent requests.
 
 Semantics (both backends):
 
-* ``api_rpm`` / ``api_rph``: a sliding log per app and window. A request at time ``t`` counts in
-  every window ``(now - w, now]``; only admitted requests are recorded, so N concurrent requests
-  against a quota of Q admit exactly ``min(N, Q)``. ``0`` = unlimited (nothing is recorded).
+* ``rpm`` / ``rph`` / ``rpd`` (the effective values of ``api_rpm`` / ``api_rph`` / ``api_rpd``, see
+  shared/plans.py): a sliding log per app and window (60 s, 3600 s, 86400 s). A request at time
+  ``t`` counts in every window ``(now - w, now]``; only admitted requests are recorded, so N
+  concurrent requests against a quota of Q admit exactly ``min(N, Q)``. ``0`` = unlimited (nothing
+  is recorded). The day window keeps up to ``rpd`` timestamps per app (~10 MB in memory, ~30 MB in
+  Redis at 300,000).
 * ``max_active_requests``: a counting semaphore (Dify's ``RateLimit``). ``None`` or ``<= 0`` =
   unlimited. The slot is held until the response body is finished or the client goes away; a slot
   older than ``settings.runtime.run_timeout`` is treated as leaked (crashed replica) and purged.
@@ -14,10 +17,10 @@ Backends:
 * ``MemoryLimiter`` — one process (`all` mode). Each decision runs without an ``await`` between
   check and record, so it is atomic on the event loop.
 * ``RedisLimiter`` — every gateway replica shares the state. One Lua script per admission checks
-  rpm, rph and concurrency together and records atomically, using Redis' own clock so replicas
-  with skewed clocks still agree. Sorted sets with unique members hold the windows, a hash of
-  slot id → start time holds the active requests; release is one ``HDEL``. Keys carry a hash tag
-  (``{app_id}``) so one app's keys share a Redis Cluster slot.
+  rpm, rph, rpd and concurrency together and records atomically, using Redis' own clock so replicas
+  with skewed clocks still agree (tests may inject a clock instead). Sorted sets with unique members
+  hold the windows, a hash of slot id → start time holds the active requests; release is one
+  ``HDEL``. Keys carry a hash tag (``{app_id}``) so one app's keys share a Redis Cluster slot.
 
 Redis failure policy (``settings.gateway.redis_failure_policy``): when Redis cannot be reached or
 the script fails, ``closed`` (default) refuses the request with 503 ``service_unavailable``
@@ -46,6 +49,7 @@ log = structlog.get_logger("plexus.limiter")
 
 MINUTE = 60.0
 HOUR = 3600.0
+DAY = 86400.0
 DEFAULT_PREFIX = "plexus:limits"
 
 
@@ -54,17 +58,22 @@ class AppLimits:
     rpm: int = 0
     rph: int = 0
     max_active: int = 0  # <= 0 = unlimited
+    rpd: int = 0
 
     @property
     def any(self) -> bool:
-        return self.rpm > 0 or self.rph > 0 or self.max_active > 0
+        return self.rpm > 0 or self.rph > 0 or self.rpd > 0 or self.max_active > 0
+
+    def windows(self) -> tuple[tuple[str, int, int], ...]:
+        """(kind, quota, width in seconds) of each rolling window, shortest first."""
+        return (("rpm", self.rpm, 60), ("rph", self.rph, 3600), ("rpd", self.rpd, 86400))
 
 
 @dataclass(slots=True)
 class Decision:
     admitted: bool
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    kind: str | None = None  # the refusing limit: rpm | rph | concurrency
+    kind: str | None = None  # the refusing limit: rpm | rph | rpd | concurrency
     limit: int = 0
     retry_after: int = 0
     slot: str | None = None  # concurrency slot to release, when one was taken
@@ -76,11 +85,14 @@ class Decision:
                 "Too many requests. Please try again later. "
                 f"The current maximum concurrent requests allowed is {self.limit}."
             )
-        per = "minute" if self.kind == "rpm" else "hour"
+        per = _PER.get(self.kind or "", "minute")
         return (
             f"Rate limit exceeded: this app allows {self.limit} API requests per {per}. "
             f"Please try again in {self.retry_after} seconds."
         )
+
+
+_PER = {"rpm": "minute", "rph": "hour", "rpd": "day"}
 
 
 class LimiterUnavailable(Exception):
@@ -121,6 +133,8 @@ def _policy(limits: AppLimits) -> bytes:
         parts.append(b'"rpm";q=%d;w=60' % limits.rpm)
     if limits.rph > 0:
         parts.append(b'"rph";q=%d;w=3600' % limits.rph)
+    if limits.rpd > 0:
+        parts.append(b'"rpd";q=%d;w=86400' % limits.rpd)
     if limits.max_active > 0:
         parts.append(b'"concurrency";q=%d;qu="concurrent-requests"' % limits.max_active)
     return b", ".join(parts)
@@ -193,7 +207,7 @@ class MemoryLimiter:
         now = self.clock()
         logs: list[tuple[deque[float], str, int, int, int]] = []
         admitted = True
-        for kind, quota, width in (("rpm", limits.rpm, 60), ("rph", limits.rph, 3600)):
+        for kind, quota, width in limits.windows():
             if quota <= 0:
                 continue
             log_ = self._logs.get((app_id, width))
@@ -245,24 +259,31 @@ class MemoryLimiter:
 
 # --- Redis ------------------------------------------------------------------------------------
 
-# KEYS: rpm zset, rph zset, active hash. ARGV: rpm, rph, max_active, slot, stale_us, hash_ttl_ms.
-# Returns {admitted, active, rpm_count, rpm_next_us, rph_count, rph_next_us}.
-# Times are integer microseconds from Redis TIME; numbers sent back to Redis go through
-# string.format('%.0f') because Lua's tostring would round them to 14 digits.
+# KEYS: rpm zset, rph zset, active hash, rpd zset.
+# ARGV: rpm, rph, max_active, slot, stale_us, hash_ttl_ms, rpd, now_us ('' = Redis TIME).
+# Returns {admitted, active, rpm_count, rpm_next_us, rph_count, rph_next_us, rpd_count, rpd_next_us}.
+# Times are integer microseconds from Redis TIME (or the injected clock); numbers sent back to Redis
+# go through string.format('%.0f') because Lua's tostring would round them to 14 digits.
 _LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now
+if ARGV[8] ~= '' then
+  now = tonumber(ARGV[8])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local function s(x) return string.format('%.0f', x) end
-local quota = {tonumber(ARGV[1]), tonumber(ARGV[2])}
-local width = {60000000, 3600000000}
+local quota = {tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[7])}
+local width = {60000000, 3600000000, 86400000000}
+local wkey = {KEYS[1], KEYS[2], KEYS[4]}
 local maxc = tonumber(ARGV[3])
 local slot = ARGV[4]
 local ok = 1
-local n = {0, 0}
-for i = 1, 2 do
+local n = {0, 0, 0}
+for i = 1, 3 do
   if quota[i] > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', s(now - width[i]))
-    n[i] = redis.call('ZCARD', KEYS[i])
+    redis.call('ZREMRANGEBYSCORE', wkey[i], '-inf', s(now - width[i]))
+    n[i] = redis.call('ZCARD', wkey[i])
     if n[i] >= quota[i] then ok = 0 end
   end
 end
@@ -281,20 +302,20 @@ if maxc > 0 then
   end
   if active >= maxc then ok = 0 end
 end
-local out = {ok, active, 0, 0, 0, 0}
-for i = 1, 2 do
+local out = {ok, active, 0, 0, 0, 0, 0, 0}
+for i = 1, 3 do
   if quota[i] > 0 then
     local after = n[i]
     if ok == 1 then
-      redis.call('ZADD', KEYS[i], s(now), slot)
-      redis.call('PEXPIRE', KEYS[i], width[i] / 1000 + 1000)
+      redis.call('ZADD', wkey[i], s(now), slot)
+      redis.call('PEXPIRE', wkey[i], width[i] / 1000 + 1000)
       after = after + 1
     end
     local nxt = 0
     if after > 0 then
       local idx = after - quota[i]
       if idx < 0 then idx = 0 end
-      local e = redis.call('ZRANGE', KEYS[i], idx, idx, 'WITHSCORES')
+      local e = redis.call('ZRANGE', wkey[i], idx, idx, 'WITHSCORES')
       nxt = tonumber(e[2]) + width[i] - now
     end
     out[2 * i + 1] = n[i]
@@ -310,9 +331,12 @@ return out
 
 
 class RedisLimiter:
+    """``clock`` (seconds, tests only) replaces Redis' TIME, so a test can move a day ahead."""
+
     def __init__(self, redis: Any, *, prefix: str = DEFAULT_PREFIX, stale_after: float = 600.0,
-                 failure_policy: str = "closed") -> None:
+                 failure_policy: str = "closed", clock: Callable[[], float] | None = None) -> None:
         self.redis = redis
+        self.clock = clock
         self.prefix = prefix
         self.stale_us = int(stale_after * 1_000_000)
         self.hash_ttl_ms = int(max(stale_after * 2, 3600) * 1000)
@@ -327,14 +351,16 @@ class RedisLimiter:
 
     def keys(self, app_id: str) -> list[str]:
         base = f"{self.prefix}:{{{app_id}}}"
-        return [f"{base}:rpm", f"{base}:rph", f"{base}:active"]
+        return [f"{base}:rpm", f"{base}:rph", f"{base}:active", f"{base}:rpd"]
 
     async def acquire(self, app_id: str, limits: AppLimits, slot: str) -> Decision:
+        now_us = "" if self.clock is None else str(round(self.clock() * 1_000_000))
         try:
             async with self._gate:
                 r = await self._script(
                     keys=self.keys(app_id),
-                    args=[limits.rpm, limits.rph, limits.max_active, slot, self.stale_us, self.hash_ttl_ms],
+                    args=[limits.rpm, limits.rph, limits.max_active, slot, self.stale_us, self.hash_ttl_ms,
+                          limits.rpd, now_us],
                 )
         except Exception as e:
             self._warn("rate_limiter_unavailable", e)
@@ -347,6 +373,8 @@ class RedisLimiter:
             windows.append(("rpm", limits.rpm, 60, int(r[2]), int(r[3]) / 1e6))
         if limits.rph > 0:
             windows.append(("rph", limits.rph, 3600, int(r[4]), int(r[5]) / 1e6))
+        if limits.rpd > 0:
+            windows.append(("rpd", limits.rpd, 86400, int(r[6]), int(r[7]) / 1e6))
         return _outcome(admitted, limits, windows, int(r[1]), slot)
 
     async def release(self, app_id: str, slot: str) -> None:

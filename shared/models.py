@@ -3,9 +3,11 @@
 console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
 app_dataset_joins, tool_providers (the tools service and the runtime read them), workflows (drafts and published
 versions; the runtime reads them).
-runtime owns: end_users, conversations, messages, message_feedbacks, workflow_runs, workflow_node_executions,
-conversation_variables.
+runtime owns: end_users, conversations, messages, message_feedbacks, message_files, workflow_runs,
+workflow_node_executions, conversation_variables.
 indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments.
+upload_files also holds the runtime's app uploads (/v1/files/upload, created_by = the end user); each service
+writes and deletes only its own rows.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ class Tenant(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     name: str = Field(max_length=255)
     status: str = Field(default="normal", max_length=16)  # normal | archived
-    plan: str = Field(default="sandbox", max_length=32)
+    # shared/plans.py: sandbox | professional | team | enterprise. The console stamps PLEXUS_DEFAULT_PLAN on
+    # new workspaces; enterprise (the model default) has no limits unless custom_limits sets some
+    plan: str = Field(default="enterprise", max_length=32)
+    custom_limits: dict | None = _json(None)  # enterprise: {"rpm", "rph", "rpd"} per app, 0 = unlimited
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -74,6 +79,11 @@ class TenantMember(SQLModel, table=True):
     account_id: str = Field(foreign_key="accounts.id", index=True, max_length=36, ondelete="CASCADE")
     role: str = Field(default="owner", max_length=16)  # owner | admin | editor | normal
     current: bool = True
+    # pending: invited, the account has not been activated yet (invite_token_hash finds it; sha256 hex)
+    status: str = Field(default="active", max_length=16)  # active | pending
+    invited_by: str | None = Field(default=None, max_length=36)
+    invite_token_hash: str | None = Field(default=None, max_length=64, unique=True, index=True)
+    invite_expires_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -90,24 +100,41 @@ class App(SQLModel, table=True):
     icon_background: str | None = Field(default=None, max_length=255)
     enable_site: bool = True
     enable_api: bool = True
-    api_rpm: int = 0
-    api_rph: int = 0
+    # per-app overrides of the workspace plan (shared/plans.py): None = the plan's value, 0 = unlimited
+    api_rpm: int | None = None
+    api_rph: int | None = None
+    api_rpd: int | None = None
     max_active_requests: int | None = None
     status: str = Field(default="normal", max_length=16)
     app_model_config_id: str | None = Field(default=None, max_length=36)
     workflow_id: str | None = Field(default=None, max_length=36)  # graph modes: the published version served
+    # basic modes (docs/versions.md): a model-config save makes a draft until published; a canary serves
+    # ``rollout_config_id`` to ``rollout_percentage`` % of new conversations beside app_model_config_id
+    publish_requires_confirmation: bool = False
+    rollout_config_id: str | None = Field(default=None, max_length=36)
+    rollout_percentage: float = 0.0
+    rollout_started_at: datetime | None = None
+    rollout_started_by: str | None = Field(default=None, max_length=36)
     created_by: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
 
 class AppModelConfig(SQLModel, table=True):
+    """One version of a basic app's model config: every save adds one, numbered per app from 1."""
+
     __tablename__ = "app_model_configs"
+    __table_args__ = (UniqueConstraint("app_id", "version", name="uq_app_model_config_version"),)
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     app_id: str = Field(foreign_key="apps.id", index=True, max_length=36, ondelete="CASCADE")
     config: dict = _json(dict)  # the AppModelConfig dict (reference §5), validated by the console
-    created_by: str | None = Field(default=None, max_length=36)
+    version: int = 1
+    status: str = Field(default="published", max_length=16)  # draft (never served yet) | published
+    note: str | None = Field(default=None, max_length=255)
+    created_by: str | None = Field(default=None, max_length=36)  # account id or admin key id
     created_at: datetime = Field(default_factory=utcnow)
+    published_by: str | None = Field(default=None, max_length=36)
+    published_at: datetime | None = None
 
 
 class ApiToken(SQLModel, table=True):
@@ -116,9 +143,13 @@ class ApiToken(SQLModel, table=True):
     tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
     app_id: str | None = Field(default=None, foreign_key="apps.id", index=True, max_length=36, ondelete="CASCADE")
     dataset_id: str | None = Field(default=None, max_length=36)
-    type: str = Field(max_length=16)  # app | dataset
+    type: str = Field(max_length=16)  # app | dataset | admin (workspace key for /console/api, app_id null)
     token_hash: str = Field(max_length=64, unique=True, index=True)  # sha256 hex; the token is shown once
     token_hint: str = Field(max_length=32)  # e.g. "app-AbCd…wXyZ", safe to list
+    name: str | None = Field(default=None, max_length=255)
+    permissions: list | None = Field(default=None, sa_column=Column(JSON))  # None: every permission of its type
+    expires_at: datetime | None = None  # set when rotated: the key is refused from then on
+    created_by: str | None = Field(default=None, max_length=36)
     last_used_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -274,13 +305,15 @@ class Conversation(SQLModel, table=True):
     status: str = Field(default="normal", max_length=16)
     from_source: str = Field(default="api", max_length=16)
     is_deleted: bool = False
+    model_config_id: str | None = Field(default=None, max_length=36)  # the version it was assigned (sticky)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
 
 class Message(SQLModel, table=True):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_msg_conv_created", "conversation_id", "created_at"),)
+    __table_args__ = (Index("ix_msg_conv_created", "conversation_id", "created_at"),
+                      Index("ix_msg_model_config_created", "model_config_id", "created_at"))
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE", index=True)
     conversation_id: str = Field(foreign_key="conversations.id", max_length=36, ondelete="CASCADE")
@@ -302,6 +335,7 @@ class Message(SQLModel, table=True):
     agent_thoughts: list = _json(list)
     trace: dict = _json(dict)  # what the run did besides the LLM call (retrieval: query, hits, timings)
     workflow_run_id: str | None = Field(default=None, max_length=36)  # advanced-chat
+    model_config_id: str | None = Field(default=None, max_length=36)  # the model-config version that answered
     latency: float = 0.0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -320,6 +354,25 @@ class MessageFeedback(SQLModel, table=True):
     from_end_user_id: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class MessageFile(SQLModel, table=True):
+    """A file sent with a message (reference §2.5 ``message_files``): a reference, never the bytes. A
+    ``local_file`` points at its upload_files row, a ``remote_url`` keeps the URL it was fetched from."""
+
+    __tablename__ = "message_files"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    message_id: str = Field(foreign_key="messages.id", max_length=36, ondelete="CASCADE", index=True)
+    type: str = Field(max_length=16)  # image | document | audio | video
+    transfer_method: str = Field(max_length=16)  # local_file | remote_url
+    url: str | None = Field(default=None, sa_column=Column(Text))  # remote_url only
+    upload_file_id: str | None = Field(default=None, max_length=36)  # local_file only
+    filename: str = Field(default="", max_length=255)
+    mime_type: str = Field(default="", max_length=128)
+    size: int = 0
+    belongs_to: str = Field(default="user", max_length=16)  # user | assistant
+    created_by: str | None = Field(default=None, max_length=36)  # the end user
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class AppDatasetJoin(SQLModel, table=True):

@@ -20,6 +20,13 @@ class AuthSettings(BaseModel):
     refresh_token_days: int = Field(30, description="console refresh-token lifetime")
     login_max_attempts: int = Field(5, description="wrong passwords per email before login is refused")
     login_lockout_seconds: int = Field(300, description="window in which wrong passwords are counted")
+    invitation_expiry_hours: int = Field(72, description="how long a member invitation's activation token is valid")
+    key_rotation_grace_seconds: int = Field(
+        86400, description="default time a rotated API key keeps working next to its successor"
+    )
+    key_rotation_max_grace_seconds: int = Field(
+        30 * 86400, description="the longest grace period a key rotation may ask for"
+    )
 
 
 class GatewaySettings(BaseModel):
@@ -43,8 +50,17 @@ class RuntimeSettings(BaseModel):
     ping_interval: float = Field(10.0, description="seconds of silence before an SSE `event: ping`")
     llm_timeout: float = Field(120.0, description="seconds to wait for a model response")
     run_timeout: float = Field(600.0, description="a run still going after this is stopped and recorded")
+    run_lease: float = Field(
+        30.0, description="a replica refreshes its live runs every third of this; a run not refreshed for this "
+        "long belongs to a dead replica and is recorded as interrupted by a surviving one")
     default_context_tokens: int = Field(8192, description="context window assumed for models litellm does not know")
     app_cache_seconds: float = Field(60.0, description="app/config cache TTL (NATS invalidation is immediate)")
+    moderation_timeout: float = Field(
+        10.0, description="seconds to wait for a moderation model (sensitive_word_avoidance type openai_moderation)"
+    )
+    answer_cache_max_entries: int = Field(
+        10_000, description="answers kept by the in-memory answer cache (`all` mode; split mode uses Redis)"
+    )
     agent_max_iterations: int = Field(
         99, description="upper bound for an agent app's `max_iteration` (model calls per answer)"
     )
@@ -94,6 +110,31 @@ class KnowledgeSettings(BaseModel):
     retrieve_concurrency: int = Field(16, description="retrieval requests one indexer process answers at once")
 
 
+class FilesSettings(BaseModel):
+    """App file uploads (`/v1/files/upload`) and files sent with chat/completion messages; the size limits
+    are MB, as `/parameters` shows them in `system_parameters`."""
+
+    file_size_limit: int = Field(15, description="MB: largest document (pdf, docx, txt, md, csv …) an app accepts")
+    image_file_size_limit: int = Field(10, description="MB: largest image an app accepts")
+    audio_file_size_limit: int = Field(50, description="MB: largest audio file an app accepts")
+    video_file_size_limit: int = Field(100, description="MB: largest video file an app accepts")
+    workflow_file_upload_limit: int = Field(10, description="files one workflow run accepts (shown in /parameters)")
+    remote_url_timeout: float = Field(15.0, description="seconds to fetch a `remote_url` file sent with a message")
+    document_prompt_chars: int = Field(
+        30_000, description="characters of attached documents' text one message puts into the prompt (the rest is cut)"
+    )
+
+    def limit_bytes(self, file_type: str) -> int:
+        mb = {"image": self.image_file_size_limit, "audio": self.audio_file_size_limit,
+              "video": self.video_file_size_limit}.get(file_type, self.file_size_limit)
+        return mb * 1024 * 1024
+
+    @property
+    def max_bytes(self) -> int:
+        return max(self.file_size_limit, self.image_file_size_limit, self.audio_file_size_limit,
+                   self.video_file_size_limit) * 1024 * 1024
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PLEXUS_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -119,6 +160,9 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_json: bool = Field(True, description="JSON logs (structlog); false for console-friendly lines")
     public_api_base: str = Field("", description="advertised base URL, e.g. https://api.example.com")
+    default_plan: Literal["sandbox", "professional", "team", "enterprise"] = Field(
+        "enterprise", description="plan of new workspaces (per-app RPM/RPH/RPD defaults, docs/limits.md); "
+        "enterprise = no limits unless set, like self-hosted Dify")
 
     auth: AuthSettings = AuthSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -126,6 +170,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = KnowledgeSettings()
     tools: ToolsSettings = ToolsSettings()
     workflow: WorkflowSettings = WorkflowSettings()
+    files: FilesSettings = FilesSettings()
 
     @property
     def effective_database_url(self) -> str:

@@ -16,6 +16,10 @@ vectors (``trigram_vector``). Scripts for it are pushed with ``endpoint="embeddi
 looked for in any input; ``status``/``body``/``first_delay``/``usage``/``dim`` apply); chat scripts never
 answer embedding requests nor the reverse. Embedding requests are recorded in ``embedding_requests``.
 
+Moderation (``POST /v1/moderations``): an input is flagged when it contains (case-insensitively) one of
+``moderation_terms``; scripts with ``endpoint="moderations"`` can fail it (``status``/``body``). Requests are
+recorded in ``moderation_requests``.
+
 The session fixture ``llm`` reaches every test through ``pytest_plugins`` in tests/conftest.py.
 """
 
@@ -68,7 +72,7 @@ class Script:
     usage: dict[str, int] | None = None  # overrides the computed usage
     match: str | None = None  # only for requests whose last user message contains this
     times: int = 1  # how many requests this script answers
-    endpoint: str = "chat"  # "chat" (chat completions) or "embeddings"
+    endpoint: str = "chat"  # "chat" (chat completions), "embeddings" or "moderations"
     dim: int | None = None  # embeddings: vector size for this answer (wins over the server's default)
     # function calling: answer with these calls ({"name", "arguments": str | dict, "id"?}) after any reply
     # tokens; arguments are streamed in fragments of ``chunk_args`` characters, finish_reason "tool_calls"
@@ -143,6 +147,8 @@ class ScriptedLLM:
         self.scripts: list[Script] = []
         self.requests: list[Received] = []
         self.embedding_requests: list[Received] = []
+        self.moderation_requests: list[Received] = []
+        self.moderation_terms: set[str] = {"forbidden-topic"}
         self.embedding_dim = 16  # default size of the scripted embeddings
         self.completed = 0  # streams sent to the end
         self.aborted = 0  # streams whose client went away before the end
@@ -153,6 +159,8 @@ class ScriptedLLM:
             Route("/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/moderations", self._moderations, methods=["POST"]),
+            Route("/moderations", self._moderations, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/models", self._models, methods=["GET"]),
         ]
@@ -169,6 +177,8 @@ class ScriptedLLM:
         self.scripts.clear()
         self.requests.clear()
         self.embedding_requests.clear()
+        self.moderation_requests.clear()
+        self.moderation_terms = {"forbidden-topic"}
         self.embedding_dim = 16
         self.completed = 0
         self.aborted = 0
@@ -177,7 +187,7 @@ class ScriptedLLM:
         return [r for r in self.requests if text in r.last_user]
 
     def _take(self, received: Received, endpoint: str = "chat") -> Script | None:
-        texts = received.inputs if endpoint == "embeddings" else [received.last_user]
+        texts = received.inputs if endpoint in ("embeddings", "moderations") else [received.last_user]
         for i, s in enumerate(self.scripts):
             if s.endpoint != endpoint:
                 continue
@@ -246,6 +256,21 @@ class ScriptedLLM:
         return JSONResponse(
             {"object": "list", "data": data, "model": body.get("model", "scripted"), "usage": usage}
         )
+
+    async def _moderations(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        received = Received(request.url.path, body)
+        self.moderation_requests.append(received)
+        script = self._take(received, "moderations") or Script(endpoint="moderations")
+        if script.status != 200:
+            return self._failure(script)
+        results = []
+        for text in received.inputs:
+            flagged = any(t.lower() in text.lower() for t in self.moderation_terms)
+            results.append({"flagged": flagged, "categories": {"harassment": flagged},
+                            "category_scores": {"harassment": 0.99 if flagged else 0.01}})
+        return JSONResponse({"id": f"modr-{uuid.uuid4().hex[:12]}", "model": body.get("model", "scripted"),
+                             "results": results})
 
     async def _chat(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

@@ -6,19 +6,33 @@ with the console's own JWTs (``Authorization: Bearer <access token>``).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from services.console.auth import Auth, TokenPair
-from services.console.service import accounts, apps, dsl, keys, providers, tools, workflows
-from services.console.service.common import ADMIN_ROLES, EDITOR_ROLES, Principal
+from services.console.service import (
+    accounts,
+    apps,
+    dsl,
+    keys,
+    logs,
+    members,
+    plans,
+    providers,
+    tools,
+    versions,
+    workflows,
+)
+from services.console.service.common import Principal
 from shared.context import Context
-from shared.errors import not_found, unauthorized
+from shared.errors import forbidden, not_found, unauthorized
 from shared.http import create_base_app
 from shared.identity import AuthError, bearer_token
-from shared.models import ApiToken, App, ts
+from shared.models import Account, ApiToken, App, TenantMember, ts
+from shared.plans import PlanLimits
 
 INT32 = 2**31 - 1  # Postgres INTEGER columns
 AppName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
@@ -41,18 +55,133 @@ async def _auth(request: Request) -> Auth:
     return request.app.state.auth
 
 
+# Least role and admin-key scope of every console route: the one place access is decided (docs/access.md).
+# Keyed by (method, path after /console/api). Scope None: members only, an admin key gets 403. Routes that take
+# no Caller (setup, login, refresh, activation) are public. Rules about the member acted on (the owner, admins,
+# oneself) are in service/members.py.
+N, E, A, O = "normal", "editor", "admin", "owner"
+ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("POST", "/logout"): (N, None),
+    ("GET", "/account/profile"): (N, None),
+    # workspaces and members
+    ("GET", "/workspaces"): (N, None),
+    ("POST", "/workspaces/switch"): (N, None),
+    ("GET", "/workspaces/current"): (N, None),
+    ("POST", "/workspaces/current"): (N, None),
+    ("POST", "/workspaces/info"): (O, None),
+    ("GET", "/workspaces/current/plan"): (N, None),
+    ("PUT", "/workspaces/current/plan"): (O, None),
+    ("GET", "/workspaces/current/members"): (N, None),
+    ("POST", "/workspaces/current/members/invite-email"): (A, None),
+    ("PUT", "/workspaces/current/members/{member_id}/update-role"): (A, None),
+    ("DELETE", "/workspaces/current/members/{member_id}"): (A, None),
+    ("POST", "/workspaces/current/members/{member_id}/owner-transfer"): (O, None),
+    # workspace admin keys: managed by people only, never by a key
+    ("GET", "/api-keys"): (A, None),
+    ("POST", "/api-keys"): (A, None),
+    ("DELETE", "/api-keys/{key_id}"): (A, None),
+    ("POST", "/api-keys/{key_id}/rotate"): (A, None),
+    # apps and workflows
+    ("GET", "/apps"): (N, "apps:read"),
+    ("POST", "/apps"): (E, "apps:write"),
+    ("GET", "/apps/{app_id}"): (N, "apps:read"),
+    ("PUT", "/apps/{app_id}"): (E, "apps:write"),
+    ("DELETE", "/apps/{app_id}"): (E, "apps:write"),
+    ("POST", "/apps/{app_id}/api-enable"): (E, "apps:write"),
+    ("GET", "/apps/{app_id}/model-config"): (N, "apps:read"),
+    ("POST", "/apps/{app_id}/model-config"): (E, "apps:write"),
+    ("POST", "/apps/imports"): (E, "apps:write"),
+    ("GET", "/apps/{app_id}/export"): (E, "apps:read"),
+    ("GET", "/apps/{app_id}/workflows/draft"): (E, "apps:read"),
+    ("POST", "/apps/{app_id}/workflows/draft"): (E, "apps:write"),
+    ("POST", "/apps/{app_id}/workflows/publish"): (E, "apps:write"),
+    ("GET", "/apps/{app_id}/workflows/publish"): (N, "apps:read"),
+    ("GET", "/apps/{app_id}/workflows"): (N, "apps:read"),
+    # app logs (docs/access.md)
+    ("GET", "/apps/{app_id}/chat-conversations"): (N, "logs:read"),
+    ("GET", "/apps/{app_id}/completion-conversations"): (N, "logs:read"),
+    ("GET", "/apps/{app_id}/chat-messages"): (N, "logs:read"),
+    ("GET", "/apps/{app_id}/workflow-app-logs"): (N, "logs:read"),
+    # model-config versions and canary rollouts (docs/versions.md)
+    ("GET", "/apps/{app_id}/model-config/versions"): (N, "apps:read"),
+    ("GET", "/apps/{app_id}/model-config/versions/{version_id}"): (N, "apps:read"),
+    ("POST", "/apps/{app_id}/model-config/versions/{version_id}/publish"): (E, "apps:write"),
+    ("GET", "/apps/{app_id}/model-config/settings"): (N, "apps:read"),
+    ("POST", "/apps/{app_id}/model-config/settings"): (E, "apps:write"),
+    ("GET", "/apps/{app_id}/rollout"): (N, "apps:read"),
+    ("POST", "/apps/{app_id}/rollout"): (E, "apps:write"),
+    ("POST", "/apps/{app_id}/rollout/promote"): (E, "apps:write"),
+    ("POST", "/apps/{app_id}/rollout/rollback"): (E, "apps:write"),
+    # app and knowledge API keys
+    ("GET", "/apps/{app_id}/api-keys"): (E, "keys:read"),
+    ("POST", "/apps/{app_id}/api-keys"): (A, "keys:write"),
+    ("DELETE", "/apps/{app_id}/api-keys/{key_id}"): (A, "keys:write"),
+    ("POST", "/apps/{app_id}/api-keys/{key_id}/rotate"): (A, "keys:write"),
+    ("GET", "/datasets/api-keys"): (E, "keys:read"),
+    ("POST", "/datasets/api-keys"): (A, "keys:write"),
+    ("DELETE", "/datasets/api-keys/{key_id}"): (A, "keys:write"),
+    ("POST", "/datasets/api-keys/{key_id}/rotate"): (A, "keys:write"),
+    ("GET", "/datasets/api-base-info"): (N, "keys:read"),
+    # model and tool providers
+    ("GET", "/workspaces/current/model-providers"): (N, "providers:read"),
+    ("POST", "/workspaces/current/model-providers/{provider:path}/credentials/validate"): (A, "providers:write"),
+    ("POST", "/workspaces/current/model-providers/{provider:path}/credentials"): (A, "providers:write"),
+    ("DELETE", "/workspaces/current/model-providers/{provider:path}/credentials"): (A, "providers:write"),
+    ("GET", "/workspaces/current/tool-providers"): (N, "tools:read"),
+    ("GET", "/workspaces/current/tool-provider/builtin/{provider}/tools"): (N, "tools:read"),
+    ("POST", "/workspaces/current/tool-provider/api/add"): (A, "tools:write"),
+    ("POST", "/workspaces/current/tool-provider/api/update"): (A, "tools:write"),
+    ("POST", "/workspaces/current/tool-provider/api/delete"): (A, "tools:write"),
+    ("GET", "/workspaces/current/tool-provider/api/get"): (E, "tools:read"),
+    ("GET", "/workspaces/current/tool-provider/api/tools"): (N, "tools:read"),
+    ("POST", "/workspaces/current/tool-provider/api/schema"): (E, "tools:read"),
+    ("POST", "/workspaces/current/tool-provider/api/test/pre"): (E, "tools:write"),
+    ("POST", "/workspaces/current/tool-provider/api/test"): (E, "tools:write"),
+}
+_PREFIX_LEN = len("/console/api")
+
+
+def access_for(method: str, path: str) -> tuple[str, str | None]:
+    """The route's entry; a route missing from ACCESS (test_roles checks there are none) is members only,
+    readable by everyone, changed by editors."""
+    found = ACCESS.get((method, path[_PREFIX_LEN:]))
+    if found is not None:
+        return found
+    return (N, None) if method in ("GET", "HEAD") else (E, None)
+
+
 async def _principal(request: Request) -> Principal:
+    """The caller, allowed to call this route (401 / 403 otherwise)."""
     header = request.headers.get("authorization")
     try:
         token = bearer_token(header.encode("latin-1") if header is not None else None).decode("latin-1")
     except AuthError as e:
         raise unauthorized(e.message) from None
-    return await accounts.authenticate(request.app.state.ctx.db, request.app.state.auth, token)
+    p = await accounts.authenticate(request.app.state.ctx.db, request.app.state.auth, token)
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    role, scope = access_for(request.method, path)
+    if p.is_key:
+        if scope is None:
+            raise forbidden(f"{request.method} {path} is not available to API keys; sign in as a workspace member.")
+        if scope not in p.scopes:
+            raise forbidden(f"This API key lacks the '{scope}' permission required for {request.method} {path}.")
+    if not p.at_least(role):
+        raise forbidden(f"This action requires the {role} role or higher; your role in this workspace is {p.role}.")
+    return p
 
 
 Ctx = Annotated[Context, Depends(_ctx)]
 AuthDep = Annotated[Auth, Depends(_auth)]
 Caller = Annotated[Principal, Depends(_principal)]
+
+
+async def _plan(ctx: Ctx, caller: Caller) -> PlanLimits:
+    """The caller's workspace plan defaults, for the effective limits in app responses."""
+    return await plans.defaults_for(ctx.db, caller.tenant_id)
+
+
+Plan = Annotated[PlanLimits, Depends(_plan)]
 SUCCESS = {"result": "success"}
 
 
@@ -89,7 +218,8 @@ class AppCreateBody(BaseModel):
 
 
 class AppUpdateBody(BaseModel):
-    """Partial update: absent fields stay; null clears only the nullable ones (icon*, max_active_requests)."""
+    """Partial update: absent fields stay; null clears only the nullable ones (icon*, max_active_requests, and
+    api_rpm/api_rph/api_rpd, where null = the workspace plan's value and 0 = unlimited)."""
 
     name: AppName | None = None
     description: Annotated[str, StringConstraints(max_length=200)] | None = None
@@ -100,6 +230,7 @@ class AppUpdateBody(BaseModel):
     enable_api: bool | None = None
     api_rpm: Annotated[int, Field(ge=0, le=INT32)] | None = None
     api_rph: Annotated[int, Field(ge=0, le=INT32)] | None = None
+    api_rpd: Annotated[int, Field(ge=0, le=INT32)] | None = None
     max_active_requests: Annotated[int, Field(ge=0, le=INT32)] | None = None
 
 
@@ -115,24 +246,74 @@ class ValidateBody(CredentialsBody):
     model: Short | None = None
 
 
+Permissions = Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=32)]
+Role = Annotated[str, StringConstraints(max_length=16)]
+
+
+class KeyCreateBody(BaseModel):
+    name: Short | None = None
+    permissions: Permissions | None = None
+
+
+class AdminKeyCreateBody(KeyCreateBody):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+
+
+class RotateBody(BaseModel):
+    grace_seconds: Annotated[int, Field(ge=0, le=INT32)] | None = None
+
+
+class InviteBody(BaseModel):
+    emails: Annotated[list[Short], Field(min_length=1, max_length=100)]
+    role: Role = "normal"
+    language: Short | None = None
+
+
+class RoleBody(BaseModel):
+    role: Role
+
+
+class SwitchBody(BaseModel):
+    tenant_id: Short
+
+
+class WorkspaceInfoBody(BaseModel):
+    name: Short
+
+
+class ActivateBody(BaseModel):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    name: Short
+    password: Annotated[str, StringConstraints(max_length=256)]
+    email: Short | None = None
+    workspace_id: Short | None = None
+    interface_language: Short | None = None
+    timezone: Short | None = None
+
+
 # ---- response shapes ------------------------------------------------------------------------------
 
 
-def _app_json(request: Request, app: App, config: dict[str, Any] | None) -> dict[str, Any]:
+def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: PlanLimits) -> dict[str, Any]:
     base = request.app.state.ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
     return {
         "id": app.id, "name": app.name, "description": app.description, "mode": app.mode,
         "icon_type": app.icon_type, "icon": app.icon, "icon_background": app.icon_background,
         "enable_site": app.enable_site, "enable_api": app.enable_api, "api_rpm": app.api_rpm,
-        "api_rph": app.api_rph, "max_active_requests": app.max_active_requests, "model_config": config,
+        "api_rph": app.api_rph, "api_rpd": app.api_rpd, "max_active_requests": app.max_active_requests,
+        "effective_limits": plans.app_limits(app, plan), "model_config": config,
         "created_at": ts(app.created_at), "updated_at": ts(app.updated_at), "api_base_url": f"{base}/v1",
     }
 
 
-def _key_json(key: ApiToken, token: str | None = None) -> dict[str, Any]:
-    # the full token only once, at creation; afterwards its hint
-    return {"id": key.id, "type": key.type, "token": token or key.token_hint,
-            "last_used_at": ts(key.last_used_at), "created_at": ts(key.created_at)}
+def _key_json(key: ApiToken, token: str | None = None, full: bool = True) -> dict[str, Any]:
+    # the full token only once, at creation; afterwards its hint. Dify's five fields, and (full) Plexus' own:
+    # a key created with no body answers in exactly Dify's shape.
+    out = {"id": key.id, "type": key.type, "token": token or key.token_hint,
+           "last_used_at": ts(key.last_used_at), "created_at": ts(key.created_at)}
+    if full:
+        out.update(name=key.name, permissions=key.permissions, expires_at=ts(key.expires_at))
+    return out
 
 
 def _tokens_json(pair: TokenPair) -> dict[str, Any]:
@@ -151,7 +332,8 @@ async def get_setup(ctx: Ctx) -> dict:
 
 @router.post("/setup", status_code=201)
 async def post_setup(ctx: Ctx, body: SetupBody) -> dict:
-    await accounts.setup_account(ctx.db, email=body.email, name=body.name, password=body.password)
+    await accounts.setup_account(ctx.db, email=body.email, name=body.name, password=body.password,
+                                 plan=ctx.settings.default_plan)
     return SUCCESS
 
 
@@ -183,7 +365,7 @@ async def profile(ctx: Ctx, caller: Caller) -> dict:
 
 @router.get("/apps")
 async def list_apps(
-    request: Request, ctx: Ctx, caller: Caller,
+    request: Request, ctx: Ctx, caller: Caller, plan: Plan,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     name: Annotated[str | None, Query(max_length=255)] = None,
@@ -191,25 +373,27 @@ async def list_apps(
 ) -> dict:
     items, total = await apps.list_apps(ctx.db, caller, page=page, limit=limit, name=name, mode=mode)
     return {"page": page, "limit": limit, "total": total, "has_more": page * limit < total,
-            "data": [_app_json(request, a, c) for a, c in items]}
+            "data": [_app_json(request, a, c, plan) for a, c in items]}
 
 
 @router.post("/apps", status_code=201)
-async def create_app_route(request: Request, ctx: Ctx, caller: Caller, body: AppCreateBody) -> dict:
+async def create_app_route(request: Request, ctx: Ctx, caller: Caller, plan: Plan, body: AppCreateBody) -> dict:
     app, config = await apps.create_app(
         ctx.db, caller, name=body.name, mode=body.mode, description=body.description or "",
         icon_type=body.icon_type, icon=body.icon, icon_background=body.icon_background)
-    return _app_json(request, app, config)
+    return _app_json(request, app, config, plan)
 
 
 @router.get("/apps/{app_id}")
-async def get_app(request: Request, ctx: Ctx, caller: Caller, app_id: str) -> dict:
-    return _app_json(request, *await apps.get_app_detail(ctx.db, caller, app_id))
+async def get_app(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str) -> dict:
+    return _app_json(request, *await apps.get_app_detail(ctx.db, caller, app_id), plan)
 
 
 @router.put("/apps/{app_id}")
-async def update_app(request: Request, ctx: Ctx, caller: Caller, app_id: str, body: AppUpdateBody) -> dict:
-    return _app_json(request, *await apps.update_app(ctx, caller, app_id, body.model_dump(exclude_unset=True)))
+async def update_app(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str, body: AppUpdateBody
+                     ) -> dict:
+    return _app_json(request, *await apps.update_app(ctx, caller, app_id, body.model_dump(exclude_unset=True)),
+                     plan)
 
 
 @router.delete("/apps/{app_id}", status_code=204)
@@ -219,8 +403,9 @@ async def delete_app(ctx: Ctx, caller: Caller, app_id: str) -> Response:
 
 
 @router.post("/apps/{app_id}/api-enable")
-async def api_enable(request: Request, ctx: Ctx, caller: Caller, app_id: str, body: ApiEnableBody) -> dict:
-    return _app_json(request, *await apps.set_api_enabled(ctx, caller, app_id, body.enable_api))
+async def api_enable(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str, body: ApiEnableBody
+                     ) -> dict:
+    return _app_json(request, *await apps.set_api_enabled(ctx, caller, app_id, body.enable_api), plan)
 
 
 @router.get("/apps/{app_id}/model-config")
@@ -229,10 +414,71 @@ async def get_model_config(ctx: Ctx, caller: Caller, app_id: str) -> dict | None
 
 
 @router.post("/apps/{app_id}/model-config")
-async def save_model_config(ctx: Ctx, caller: Caller, app_id: str, config: Annotated[dict[str, Any], Body()]
-                            ) -> dict:
-    await apps.save_model_config(ctx, caller, app_id, config)
+async def save_model_config(ctx: Ctx, caller: Caller, app_id: str, config: Annotated[dict[str, Any], Body()],
+                            note: Annotated[str | None, Query(max_length=255)] = None) -> dict:
+    await apps.save_model_config(ctx, caller, app_id, config, note)
     return SUCCESS
+
+
+# ---- model-config versions, publish confirmation, canary rollouts (docs/versions.md) ------------------
+
+
+class RolloutBody(BaseModel):
+    version_id: Annotated[str, StringConstraints(min_length=1, max_length=36)]
+    percentage: Annotated[float, Field(ge=0, le=100)]
+
+
+class ReleaseSettingsBody(BaseModel):
+    publish_requires_confirmation: bool
+
+
+@router.get("/apps/{app_id}/model-config/versions")
+async def list_config_versions(ctx: Ctx, caller: Caller, app_id: str,
+                               page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+                               limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict:
+    return await versions.list_versions(ctx.db, caller, app_id, page=page, limit=limit)
+
+
+@router.get("/apps/{app_id}/model-config/versions/{version_id}")
+async def get_config_version(ctx: Ctx, caller: Caller, app_id: str, version_id: str,
+                             against: Annotated[str | None, Query(max_length=36)] = None) -> dict:
+    return await versions.get_version(ctx.db, caller, app_id, version_id, against)
+
+
+@router.post("/apps/{app_id}/model-config/versions/{version_id}/publish")
+async def publish_config_version(ctx: Ctx, caller: Caller, app_id: str, version_id: str) -> dict:
+    return await versions.publish(ctx, caller, app_id, version_id)
+
+
+@router.get("/apps/{app_id}/model-config/settings")
+async def get_release_settings(ctx: Ctx, caller: Caller, app_id: str) -> dict:
+    return await versions.get_settings(ctx.db, caller, app_id)
+
+
+@router.post("/apps/{app_id}/model-config/settings")
+async def set_release_settings(ctx: Ctx, caller: Caller, app_id: str, body: ReleaseSettingsBody) -> dict:
+    return await versions.set_settings(ctx, caller, app_id,
+                                       publish_requires_confirmation=body.publish_requires_confirmation)
+
+
+@router.get("/apps/{app_id}/rollout")
+async def get_rollout(ctx: Ctx, caller: Caller, app_id: str) -> dict:
+    return await versions.get_rollout(ctx.db, caller, app_id)
+
+
+@router.post("/apps/{app_id}/rollout")
+async def start_rollout(ctx: Ctx, caller: Caller, app_id: str, body: RolloutBody) -> dict:
+    return await versions.start_rollout(ctx, caller, app_id, body.version_id, body.percentage)
+
+
+@router.post("/apps/{app_id}/rollout/promote")
+async def promote_rollout(ctx: Ctx, caller: Caller, app_id: str) -> dict:
+    return await versions.end_rollout(ctx, caller, app_id, promote=True)
+
+
+@router.post("/apps/{app_id}/rollout/rollback")
+async def rollback_rollout(ctx: Ctx, caller: Caller, app_id: str) -> dict:
+    return await versions.end_rollout(ctx, caller, app_id, promote=False)
 
 
 @router.post("/apps/imports")
@@ -275,7 +521,58 @@ async def workflow_versions(ctx: Ctx, caller: Caller, app_id: str, page: int = 1
     return await workflows.versions(ctx, caller, app_id, page, limit)
 
 
-# ---- app API keys ---------------------------------------------------------------------------------
+# ---- app logs (Dify's console log pages: services/console/service/logs.py) --------------------------------
+
+SortBy = Literal["created_at", "-created_at", "updated_at", "-updated_at"]
+Minute = Annotated[str | None, Query(max_length=32)]  # "YYYY-MM-DD HH:MM", UTC
+LogPage = Annotated[int, Query(ge=1, le=99999)]
+LogLimit = Annotated[int, Query(ge=1, le=100)]
+Keyword = Annotated[str | None, Query(max_length=255)]
+
+
+@router.get("/apps/{app_id}/chat-conversations")
+async def chat_conversations(ctx: Ctx, caller: Caller, app_id: str, page: LogPage = 1, limit: LogLimit = 20,
+                             keyword: Keyword = None, start: Minute = None, end: Minute = None,
+                             sort_by: SortBy = "-updated_at") -> dict:
+    return await logs.conversations(ctx.db, caller, app_id, completion=False, page=page, limit=limit,
+                                    keyword=keyword, start=start, end=end, sort_by=sort_by)
+
+
+@router.get("/apps/{app_id}/completion-conversations")
+async def completion_conversations(ctx: Ctx, caller: Caller, app_id: str, page: LogPage = 1, limit: LogLimit = 20,
+                                   keyword: Keyword = None, start: Minute = None, end: Minute = None,
+                                   sort_by: SortBy = "-created_at") -> dict:
+    return await logs.conversations(ctx.db, caller, app_id, completion=True, page=page, limit=limit,
+                                    keyword=keyword, start=start, end=end, sort_by=sort_by)
+
+
+@router.get("/apps/{app_id}/chat-messages")
+async def chat_messages(ctx: Ctx, caller: Caller, app_id: str,
+                        conversation_id: Annotated[str | None, Query(max_length=64)] = None,
+                        first_id: Annotated[str | None, Query(max_length=64)] = None,
+                        limit: LogLimit = 20) -> dict:
+    return await logs.messages(ctx.db, caller, app_id, conversation_id=conversation_id, first_id=first_id,
+                               limit=limit, files_base=ctx.settings.public_api_base.rstrip("/"))
+
+
+@router.get("/apps/{app_id}/workflow-app-logs")
+async def workflow_app_logs(ctx: Ctx, caller: Caller, app_id: str, keyword: Keyword = None,
+                            status: Annotated[str | None, Query(max_length=32)] = None,
+                            page: LogPage = 1, limit: LogLimit = 20,
+                            created_at__before: datetime | None = None, created_at__after: datetime | None = None,
+                            created_by_end_user_session_id: Annotated[str | None, Query(max_length=255)] = None,
+                            ) -> dict:
+    return await logs.workflow_app_logs(ctx.db, caller, app_id, keyword=keyword, status=status, page=page,
+                                        limit=limit, before=created_at__before, after=created_at__after,
+                                        session_id=created_by_end_user_session_id)
+
+
+# ---- app API keys (optional body {name, permissions}: see services/console/service/keys.py) --------------
+
+
+def _grace(ctx: Context, body: RotateBody | None) -> int:
+    given = body.grace_seconds if body is not None else None
+    return ctx.settings.auth.key_rotation_grace_seconds if given is None else given
 
 
 @router.get("/apps/{app_id}/api-keys")
@@ -284,13 +581,22 @@ async def list_keys(ctx: Ctx, caller: Caller, app_id: str) -> dict:
 
 
 @router.post("/apps/{app_id}/api-keys", status_code=201)
-async def create_key(ctx: Ctx, caller: Caller, app_id: str) -> dict:
-    return _key_json(*await apps.create_key(ctx, caller, app_id))
+async def create_key(ctx: Ctx, caller: Caller, app_id: str, body: KeyCreateBody | None = None) -> dict:
+    key, token = await keys.create_key(ctx, caller.tenant_id, "app", app_id, name=body and body.name,
+                                       permissions=body and body.permissions, created_by=caller.account_id or None)
+    return _key_json(key, token, full=body is not None)
+
+
+@router.post("/apps/{app_id}/api-keys/{key_id}/rotate", status_code=201)
+async def rotate_key(ctx: Ctx, caller: Caller, app_id: str, key_id: str, body: RotateBody | None = None) -> dict:
+    key, token, old = await keys.rotate_key(ctx, caller.tenant_id, "app", key_id, _grace(ctx, body), app_id,
+                                            created_by=caller.account_id or None)
+    return {**_key_json(key, token), "rotated": _key_json(old)}
 
 
 @router.delete("/apps/{app_id}/api-keys/{key_id}", status_code=204)
 async def delete_key(ctx: Ctx, caller: Caller, app_id: str, key_id: str) -> Response:
-    await apps.delete_key(ctx, caller, app_id, key_id)
+    await keys.delete_key(ctx, caller.tenant_id, "app", key_id, app_id)
     return Response(status_code=204)
 
 
@@ -303,15 +609,51 @@ async def list_dataset_keys(ctx: Ctx, caller: Caller) -> dict:
 
 
 @router.post("/datasets/api-keys", status_code=201)
-async def create_dataset_key(ctx: Ctx, caller: Caller) -> dict:
-    caller.require(EDITOR_ROLES)
-    return _key_json(*await keys.create_key(ctx, caller.tenant_id, "dataset"))
+async def create_dataset_key(ctx: Ctx, caller: Caller, body: KeyCreateBody | None = None) -> dict:
+    key, token = await keys.create_key(ctx, caller.tenant_id, "dataset", name=body and body.name,
+                                       permissions=body and body.permissions, created_by=caller.account_id or None)
+    return _key_json(key, token, full=body is not None)
+
+
+@router.post("/datasets/api-keys/{key_id}/rotate", status_code=201)
+async def rotate_dataset_key(ctx: Ctx, caller: Caller, key_id: str, body: RotateBody | None = None) -> dict:
+    key, token, old = await keys.rotate_key(ctx, caller.tenant_id, "dataset", key_id, _grace(ctx, body),
+                                            created_by=caller.account_id or None)
+    return {**_key_json(key, token), "rotated": _key_json(old)}
 
 
 @router.delete("/datasets/api-keys/{key_id}", status_code=204)
 async def delete_dataset_key(ctx: Ctx, caller: Caller, key_id: str) -> Response:
-    caller.require(ADMIN_ROLES)
     await keys.delete_key(ctx, caller.tenant_id, "dataset", key_id)
+    return Response(status_code=204)
+
+
+# ---- workspace admin keys (`admin-`: Bearer on /console/api/*, limited to scopes) --------------------------
+
+
+@router.get("/api-keys")
+async def list_admin_keys(ctx: Ctx, caller: Caller) -> dict:
+    return {"data": [_key_json(k) for k in await keys.list_keys(ctx.db, caller.tenant_id, "admin")],
+            "scopes": keys.ADMIN_SCOPES}
+
+
+@router.post("/api-keys", status_code=201)
+async def create_admin_key(ctx: Ctx, caller: Caller, body: AdminKeyCreateBody) -> dict:
+    key, token = await keys.create_key(ctx, caller.tenant_id, "admin", name=body.name, permissions=body.permissions,
+                                       created_by=caller.account_id)
+    return _key_json(key, token)
+
+
+@router.post("/api-keys/{key_id}/rotate", status_code=201)
+async def rotate_admin_key(ctx: Ctx, caller: Caller, key_id: str, body: RotateBody | None = None) -> dict:
+    key, token, old = await keys.rotate_key(ctx, caller.tenant_id, "admin", key_id, _grace(ctx, body),
+                                            created_by=caller.account_id)
+    return {**_key_json(key, token), "rotated": _key_json(old)}
+
+
+@router.delete("/api-keys/{key_id}", status_code=204)
+async def delete_admin_key(ctx: Ctx, caller: Caller, key_id: str) -> Response:
+    await keys.delete_key(ctx, caller.tenant_id, "admin", key_id)
     return Response(status_code=204)
 
 
@@ -319,6 +661,19 @@ async def delete_dataset_key(ctx: Ctx, caller: Caller, key_id: str) -> Response:
 async def dataset_api_base(request: Request, ctx: Ctx, caller: Caller) -> dict:
     base = ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
     return {"api_base_url": f"{base}/v1"}
+
+
+# ---- workspace plan (per-app default limits; only the owner changes it) ------------------------------
+
+
+@router.get("/workspaces/current/plan")
+async def get_plan(ctx: Ctx, caller: Caller) -> dict:
+    return await plans.get_plan(ctx.db, caller)
+
+
+@router.put("/workspaces/current/plan")
+async def set_plan(ctx: Ctx, caller: Caller, body: Annotated[dict[str, Any], Body()]) -> dict:
+    return await plans.set_plan(ctx, caller, body)
 
 
 # ---- model providers (provider may be a plugin id with slashes, e.g. langgenius/openai/openai) ------
@@ -403,6 +758,84 @@ async def preview_tool_schema(caller: Caller, body: ToolBody) -> dict:
 @router.post(TOOLS + "/api/test")
 async def test_tool(ctx: Ctx, caller: Caller, body: ToolBody) -> dict:
     return await tools.test_call(ctx, caller, body)
+
+
+# ---- workspaces and members (Dify's console shapes; member_id is the account id) --------------------------
+
+
+def _member_json(a: Account, m: TenantMember) -> dict[str, Any]:
+    return {"id": a.id, "name": a.name, "email": a.email, "avatar": None, "avatar_url": None,
+            "last_login_at": ts(a.last_login_at), "last_active_at": ts(a.last_login_at),
+            "created_at": ts(m.created_at), "role": m.role,
+            "status": "pending" if m.status == "pending" else a.status}
+
+
+def _base(request: Request, ctx: Context) -> str:
+    return ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
+
+
+@router.get("/workspaces")
+async def list_workspaces(ctx: Ctx, caller: Caller) -> dict:
+    return {"workspaces": await members.list_workspaces(ctx.db, caller)}
+
+
+@router.post("/workspaces/switch")
+async def switch_workspace(ctx: Ctx, caller: Caller, body: SwitchBody) -> dict:
+    return {**SUCCESS, "new_tenant": await members.switch_workspace(ctx.db, caller, body.tenant_id)}
+
+
+@router.get("/workspaces/current")
+@router.post("/workspaces/current")
+async def current_workspace(ctx: Ctx, caller: Caller) -> dict:
+    return await members.current_workspace(ctx.db, caller)
+
+
+@router.post("/workspaces/info")
+async def rename_workspace(ctx: Ctx, caller: Caller, body: WorkspaceInfoBody) -> dict:
+    return {**SUCCESS, "tenant": await members.rename_workspace(ctx.db, caller, body.name)}
+
+
+@router.get("/workspaces/current/members")
+async def list_members(ctx: Ctx, caller: Caller) -> dict:
+    return {**SUCCESS, "accounts": [_member_json(a, m) for a, m in await members.list_members(ctx.db, caller)]}
+
+
+@router.post("/workspaces/current/members/invite-email", status_code=201)
+async def invite_members(request: Request, ctx: Ctx, caller: Caller, body: InviteBody) -> dict:
+    results = await members.invite(ctx, caller, body.emails, body.role, _base(request, ctx))
+    return {**SUCCESS, "invitation_results": results, "tenant_id": caller.tenant_id}
+
+
+@router.put("/workspaces/current/members/{member_id}/update-role")
+async def update_member_role(ctx: Ctx, caller: Caller, member_id: str, body: RoleBody) -> dict:
+    await members.update_role(ctx, caller, member_id, body.role)
+    return SUCCESS
+
+
+@router.delete("/workspaces/current/members/{member_id}")
+async def remove_member(ctx: Ctx, caller: Caller, member_id: str) -> dict:
+    await members.remove(ctx, caller, member_id)
+    return {**SUCCESS, "tenant_id": caller.tenant_id}
+
+
+@router.post("/workspaces/current/members/{member_id}/owner-transfer")
+async def transfer_owner(ctx: Ctx, caller: Caller, member_id: str) -> dict:
+    await members.transfer_owner(ctx, caller, member_id)
+    return SUCCESS
+
+
+@router.get("/activate/check")
+async def check_activation(ctx: Ctx, token: Annotated[str, Query(max_length=255)],
+                           email: Annotated[str | None, Query(max_length=255)] = None,
+                           workspace_id: Annotated[str | None, Query(max_length=255)] = None) -> dict:
+    return await members.check_invitation(ctx.db, token, email, workspace_id)
+
+
+@router.post("/activate")
+async def activate(ctx: Ctx, auth: AuthDep, body: ActivateBody) -> dict:
+    pair = await members.activate(ctx.db, auth, token=body.token, name=body.name, password=body.password,
+                                  email=body.email, workspace_id=body.workspace_id)
+    return _tokens_json(pair)
 
 
 # ---- the app ----------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Routes: /console/api/* → console (no key: the console checks its own JWT); /v1
 /v1/workspaces/* → indexer with a ``dataset`` key; other /v1/* → runtime with an ``app`` key;
 GET /v1 → the Dify welcome document. Client-sent identity headers are always stripped, and the
 API key itself is not passed on to the services behind /v1 (they get the identity headers).
+/api/* is the same public API under the seeds' prefix: rewritten to /v1/* before routing. App keys limited
+to permissions are checked per route (auth.required_permission); a rotated key is refused once expired.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import orjson
 import structlog
 from starlette.types import Message, Receive, Scope, Send
 
-from services.gateway.auth import KeyCache
+from services.gateway.auth import KeyCache, permission_denied
 from services.gateway.proxy import Exchange, HttpForwarder, Meter, forward_local, reply
 from shared.context import Context
 from shared.http import create_base_app
@@ -41,7 +43,10 @@ NOT_FOUND = "The requested URL was not found on the server."
 _V1 = "/v1/"
 _DATASETS = "/v1/datasets"
 _WORKSPACES = "/v1/workspaces/"
+_FILES_UPLOAD = "/v1/files/upload"  # app uploads: the larger upload limit, like knowledge files
 _CONSOLE = "/console/api"
+_API = "/api"  # the public API's second prefix (the seeds call /api/chat-messages): served as /v1
+KEY_EXPIRED = "Access token has expired."
 _OWN = frozenset({"/healthz", "/readyz", "/metrics"})
 _STRIP = frozenset(h.encode() for h in (*IDENTITY_HEADERS, H_REQUEST_ID))  # the gateway sets these
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="api"')]
@@ -106,8 +111,9 @@ class Gateway:
         gs = ctx.settings.gateway
         self.ctx = ctx
         self.max_body = gs.max_body_bytes
-        # knowledge uploads may be larger than other bodies: the file limit plus room for the form around it
-        self.max_upload = max(self.max_body, ctx.settings.knowledge.max_file_bytes + 1024 * 1024)
+        # uploads may be larger than other bodies: the largest file limit plus room for the form around it
+        self.max_upload = max(self.max_body, ctx.settings.knowledge.max_file_bytes + 1024 * 1024,
+                              ctx.settings.files.max_bytes + 1024 * 1024)
         self.keys = KeyCache(ctx.db, ctx.internal_secret, gs.key_cache_seconds)
         self.limiter = limiter if limiter is not None else build_limiter(ctx)
         self.http = HttpForwarder(gs.upstream_timeout)
@@ -134,6 +140,9 @@ class Gateway:
             return
         t0 = time.perf_counter()
         path: str = scope["path"]
+        if path.startswith(_API) and (len(path) == len(_API) or path[len(_API)] == "/"):
+            scope = _as_v1(scope)
+            path = scope["path"]
         if path.startswith(_V1):
             if path == _V1:
                 return await self._welcome_doc(scope, send, t0)
@@ -158,7 +167,7 @@ class Gateway:
         h = _scan_headers(scope, keep_authorization=False)
         auth, length, chunked, rid, fwd = h.authorization, h.length, h.chunked, h.request_id, h.forward
         method = scope["method"]
-        limit = self.max_upload if service == "indexer" else self.max_body
+        limit = self.max_upload if service == "indexer" or scope["path"] == _FILES_UPLOAD else self.max_body
         if length is not None and await self._too_large(send, service, method, t0, rid, length, limit):
             return
         try:
@@ -173,8 +182,14 @@ class Gateway:
         if entry.key_type != key_type:
             return await self._error(send, service, method, t0, rid, 401, "unauthorized", AUTH_INVALID,
                                      _WWW_AUTH)
+        if entry.not_after is not None and entry.not_after <= time.time():  # rotated, grace period over
+            return await self._error(send, service, method, t0, rid, 401, "unauthorized", KEY_EXPIRED, _WWW_AUTH)
         if entry.denied is not None:
             return await self._error(send, service, method, t0, rid, 403, "forbidden", entry.denied)
+        if entry.permissions is not None:
+            denied = permission_denied(entry, method, scope["path"][len(_V1) - 1:])
+            if denied is not None:
+                return await self._error(send, service, method, t0, rid, 403, "forbidden", denied)
         self.keys.touch(entry)
 
         extra: list[tuple[bytes, bytes]] = []
@@ -303,6 +318,16 @@ class Gateway:
                     reconnects = now
             except Exception:
                 log.exception("gateway_maintenance_failed")
+
+
+def _as_v1(scope: Scope) -> Scope:
+    """/api/... → /v1/...: one routing table serves both prefixes (SSE and uploads included)."""
+    out = dict(scope)
+    out["path"] = "/v1" + scope["path"][len(_API):]
+    raw = scope.get("raw_path")
+    if raw and raw.startswith(b"/api"):
+        out["raw_path"] = b"/v1" + raw[len(_API):]
+    return out
 
 
 def _has_body(length: bytes | None, chunked: bool) -> bool:

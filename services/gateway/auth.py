@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,6 +26,7 @@ from shared.db import Database
 from shared.identity import Caller, identity_headers
 from shared.limiter import AppLimits
 from shared.models import ApiToken, App, Tenant, utcnow
+from shared.plans import effective_limits, plan_limits
 
 log = structlog.get_logger("plexus.gateway.auth")
 
@@ -50,6 +51,8 @@ class KeyEntry:
     denied: str | None = None  # 403 message
     headers: list[tuple[bytes, bytes]] | None = None  # identity headers for the services
     limits: AppLimits | None = None  # None: nothing to limit
+    permissions: frozenset[str] | None = None  # None: every permission (see required_permission)
+    not_after: float | None = None  # Unix time the key stops working (rotated): checked on every request
 
 
 _LOOKUP = (
@@ -57,6 +60,9 @@ _LOOKUP = (
         ApiToken.id, ApiToken.type, ApiToken.tenant_id, ApiToken.app_id,
         App.id, App.status, App.enable_api, App.api_rpm, App.api_rph, App.max_active_requests,
         Tenant.status,
+        # the plan side of the limits (shared/plans.py), read by label
+        App.api_rpd.label("lim_rpd"), Tenant.plan.label("lim_plan"), Tenant.custom_limits.label("lim_custom"),
+        ApiToken.permissions.label("key_permissions"), ApiToken.expires_at.label("key_expires_at"),
     )
     .select_from(ApiToken)
     .outerjoin(App, App.id == ApiToken.app_id)
@@ -124,7 +130,7 @@ class KeyCache:
         now = self.clock()
         if row is None:
             return KeyEntry(h, now + self.negative_ttl)
-        key_id, key_type, tenant_id, app_id, app_row, app_status, enable_api, rpm, rph, active, t_status = row
+        key_id, key_type, tenant_id, app_id, app_row, app_status, enable_api, rpm, rph, active, t_status = row[:11]
         if t_status is None:  # no tenant row: the key is as good as unknown
             return KeyEntry(h, now + self.negative_ttl)
         denied = None
@@ -139,13 +145,15 @@ class KeyCache:
             elif t_status in _ARCHIVED:
                 denied = WORKSPACE_ARCHIVED
             else:
-                lim = AppLimits(rpm or 0, rph or 0, active or 0)
+                m = row._mapping
+                defaults = plan_limits(m["lim_plan"], m["lim_custom"])
+                lim = effective_limits(defaults, rpm, rph, m["lim_rpd"], active)
                 limits = lim if lim.any else None
         elif t_status in _ARCHIVED:
             denied = WORKSPACE_ARCHIVED
         caller = Caller(tenant_id=tenant_id, app_id=app_id, key_id=key_id, key_type=key_type)
         return KeyEntry(h, now + self.ttl, key_id, key_type, tenant_id, app_id, denied,
-                        identity_headers(self.secret, caller), limits)
+                        identity_headers(self.secret, caller), limits, **_key_scope(row._mapping))
 
     def _store(self, e: KeyEntry) -> None:
         if len(self._entries) >= self.max_entries:
@@ -230,3 +238,59 @@ class KeyCache:
         edge = self.clock() - self.touch_interval
         self._touched = {k: t for k, t in self._touched.items() if t > edge}
         return len(pending)
+
+
+# --- scoped app keys (docs/access.md) -------------------------------------------------------------
+
+UNSCOPED_ONLY = "*"  # a route with no permission of its own: only keys without limits may call it
+
+
+def _key_scope(m: Any) -> dict[str, Any]:
+    """KeyEntry's permissions and not_after from the lookup row."""
+    perms, expires = m["key_permissions"], m["key_expires_at"]
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return {"permissions": frozenset(perms) if perms is not None else None,
+            "not_after": expires.timestamp() if expires is not None else None}
+
+
+def required_permission(method: str, path: str) -> str | None:
+    """The app-key permission a public route needs (``path`` after /v1), None when any key of the app may call
+    it (the app's own description), UNSCOPED_ONLY for a route no permission names."""
+    parts = path.split("/")  # ["", first, ...]
+    first = parts[1] if len(parts) > 1 else ""
+    if first == "chat-messages":
+        return "chat"
+    if first == "completion-messages":
+        return "completion"
+    if first == "workflows":
+        return "history" if path == "/workflows/logs" else "workflow"
+    if first == "files":
+        return "files"
+    if first == "messages":
+        if len(parts) == 4 and parts[3] == "feedbacks":
+            return "feedback"
+        if len(parts) == 4 and parts[3] == "suggested":
+            return "chat"
+        return "history" if method in ("GET", "HEAD") else UNSCOPED_ONLY
+    if first == "conversations":
+        # reading is history; renaming, deleting and setting variables belong to the chat client
+        return "history" if method in ("GET", "HEAD") else "chat"
+    if first in ("audio-to-text", "text-to-audio"):
+        return "chat"
+    if first in ("parameters", "info", "meta", "site"):
+        return None
+    return UNSCOPED_ONLY
+
+
+def permission_denied(e: KeyEntry, method: str, path: str) -> str | None:
+    """The 403 message when the key's permissions do not cover this route; None when they do."""
+    if e.permissions is None:
+        return None
+    need = required_permission(method, path)
+    if need is None or need in e.permissions:
+        return None
+    held = ", ".join(sorted(e.permissions))
+    if need == UNSCOPED_ONLY:
+        return f"This API key is limited to [{held}]; {method} {path} needs a key without permission limits."
+    return f"This API key lacks the '{need}' permission required for {method} {path} (it has: {held})."

@@ -13,7 +13,9 @@ from typing import Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
-from starlette.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile as FormFile
+from starlette.responses import FileResponse, Response, StreamingResponse
 
 from services.runtime.service import Runtime
 from services.runtime.service.resume import last_event_id as last_event_id_of
@@ -128,6 +130,7 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
             query=body.query,
             conversation_id=None,
             streaming=body.response_mode == "streaming",
+            files=body.files,
         )
         return await respond(run)
 
@@ -141,6 +144,7 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
             query=body.query,
             conversation_id=body.conversation_id,
             streaming=body.response_mode == "streaming",
+            files=body.files,
         )
         return await respond(run)
 
@@ -274,6 +278,33 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
                 caller, conversation_id, name=body.name, auto_generate=body.auto_generate, user=body.user
             )
         )
+
+    @router.post("/files/upload")
+    async def upload_file(request: Request, caller: Caller = who) -> Response:
+        parts: list[FormFile] = []
+        user = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=10)
+            parts = [v for _, v in form.multi_items() if isinstance(v, FormFile)]
+            user = form.get("user") if isinstance(form.get("user"), str) else None
+            if len(parts) > 1:
+                raise ApiError(400, "too_many_files", "Only one file is allowed.")
+            if parts and not isinstance(form.get("file"), FormFile):
+                parts = []  # a file part under another name is not the upload
+        if not parts:
+            raise ApiError(400, "no_file_uploaded", "Please upload your file.")
+        return json_response(await rt.files.upload(caller, parts[0].filename, parts[0].file, user), 201)
+
+    @router.get("/files/{file_id}/preview")
+    async def preview_file(file_id: str, caller: Caller = who, as_attachment: bool = False,
+                           user: str | None = None) -> Response:
+        p = await rt.files.preview(caller, file_id)
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
+        if p.mime_type in ("text/html", "image/svg+xml"):  # never run a user's markup on the API's origin
+            headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+        return FileResponse(p.path, media_type=p.mime_type, filename=p.filename, headers=headers,
+                            content_disposition_type="attachment" if as_attachment else "inline",
+                            background=BackgroundTask(p.path.unlink, missing_ok=True))
 
     @router.get("/parameters")
     async def parameters(caller: Caller = who) -> Response:

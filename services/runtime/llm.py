@@ -6,6 +6,7 @@ prices, call kwargs) is computed once per app-cache entry, so a request only bui
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -203,3 +204,20 @@ def error_message(exc: BaseException, provider: str) -> str:
     text = text.split(" Original exception:", 1)[0]
     text = _PREFIX_RE.sub("", text).strip() or type(exc).__name__
     return f"[{canonical_provider(provider)}] {type(exc).__name__}: {text}"
+
+
+def moderation_kwargs(provider: str, model: str, credentials: dict[str, Any]) -> dict[str, Any]:
+    """litellm.amoderation arguments, built once per app config: its own OpenAI client, so a failing
+    moderation model is not retried behind our back (the SDK's default is two retries with backoff)."""
+    from openai import AsyncOpenAI
+
+    kwargs = call_kwargs(provider, model, credentials)
+    client = AsyncOpenAI(api_key=kwargs.get("api_key") or "unused", base_url=kwargs.get("api_base"), max_retries=0)
+    return {"model": kwargs["model"], "client": client}
+
+
+async def moderate(kwargs: dict[str, Any], text: str, timeout: float) -> bool:
+    """True when the moderation model flags ``text`` (litellm's OpenAI moderation API)."""
+    async with asyncio.timeout(timeout):
+        resp = await litellm().amoderation(input=text, **kwargs)
+    return any(bool(getattr(r, "flagged", False)) for r in resp.results or [])

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import nats.errors
 import orjson
-from shared.egress import EgressError
 
 from services.tools.calculator import CalculatorError, evaluate, format_result
+from shared.egress import EgressError
 from shared.subjects import KNOWLEDGE_RETRIEVE
 
 if TYPE_CHECKING:

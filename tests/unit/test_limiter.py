@@ -1,13 +1,18 @@
-"""The in-memory limiter is exact: sliding windows at their boundaries, concurrency, headers."""
+"""The limiters are exact: sliding windows at their boundaries (the day window on both backends, with an
+injected clock), concurrency, headers."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from shared.identity import AUTH_INVALID, AUTH_MISSING, AUTH_SCHEME, AuthError, bearer_token
-from shared.limiter import AppLimits, MemoryLimiter
+from shared.limiter import AppLimits, MemoryLimiter, RedisLimiter
+from tests.conftest import REDIS_URL, needs_redis
 
 
 class Clock:
@@ -191,6 +196,88 @@ async def test_concurrent_acquires_on_the_loop_are_exact() -> None:
 
     results = await asyncio.gather(*[one(i) for i in range(500)])
     assert sum(results) == 50
+
+
+# --- the day window (RPD): both backends, with an injected clock ------------------------------------
+
+T0 = 1_780_000_000.0  # a realistic epoch: Redis scores are microseconds
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+async def clocked(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Clock, Any]]:
+    """A limiter of each backend on a clock the test moves (hours ahead, no sleeping)."""
+    clock = Clock(T0)
+    if request.param == "memory":
+        yield clock, MemoryLimiter(clock)
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)
+    prefix = f"plexus-test:rpd:{uuid.uuid4().hex}"  # nothing else uses these keys
+    try:
+        yield clock, RedisLimiter(client, prefix=prefix, clock=clock)
+    finally:
+        async for k in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(k)
+        await client.aclose()
+
+
+async def test_rpd_window_is_exact(clocked) -> None:
+    clock, lim = clocked
+    day = AppLimits(rpd=3)
+    for hours in (0, 1, 2):  # three requests in the first two hours
+        clock.t = T0 + hours * 3600
+        assert (await lim.acquire("a", day, f"s{hours}")).admitted
+    clock.t = T0 + 10 * 3600
+    d = await lim.acquire("a", day, "x")
+    assert not d.admitted and d.kind == "rpd" and d.limit == 3
+    assert d.retry_after == 86400 - 10 * 3600  # the request at T0 leaves the day at T0 + 24 h
+    assert d.message == ("Rate limit exceeded: this app allows 3 API requests per day. "
+                         "Please try again in 50400 seconds.")
+    assert hdr(d, "retry-after") == "50400" and hdr(d, "x-ratelimit-remaining") == "0"
+    assert hdr(d, "ratelimit-policy") == '"rpd";q=3;w=86400'
+    assert hdr(d, "ratelimit") == '"rpd";r=0;t=50400'
+    clock.t = T0 + 86400 - 0.5
+    d = await lim.acquire("a", day, "y")
+    assert not d.admitted and d.retry_after == 1  # never 0
+    clock.t = T0 + 86400  # the window is (now - 24 h, now]: the entry at exactly now - 24 h is out
+    d = await lim.acquire("a", day, "z")
+    assert d.admitted
+    # full again (1 h, 2 h, 24 h); the next slot frees when the 1 h entry leaves, 1 h from now
+    assert (hdr(d, "x-ratelimit-limit"), hdr(d, "x-ratelimit-remaining"), hdr(d, "x-ratelimit-reset")) == \
+        ("3", "0", "3600")
+    clock.t = T0 + 86400 + 1
+    d = await lim.acquire("a", day, "w")
+    assert not d.admitted and d.retry_after == 3599
+    # refused requests were not recorded: once the 1 h and 2 h entries are gone, two more fit
+    clock.t = T0 + 86400 + 7200
+    assert (await lim.acquire("a", day, "u1")).admitted
+    assert (await lim.acquire("a", day, "u2")).admitted
+    assert not (await lim.acquire("a", day, "u3")).admitted
+    assert (await lim.acquire("other", day, "o")).admitted  # per app
+
+
+async def test_rpd_with_rpm_and_rph_reports_the_tightest_window(clocked) -> None:
+    clock, lim = clocked
+    limits = AppLimits(rpm=60, rph=1000, rpd=5)
+    d = await lim.acquire("a", limits, "1")
+    assert hdr(d, "ratelimit-policy") == '"rpm";q=60;w=60, "rph";q=1000;w=3600, "rpd";q=5;w=86400'
+    assert hdr(d, "ratelimit") == '"rpm";r=59;t=60, "rph";r=999;t=3600, "rpd";r=4;t=86400'
+    # X-RateLimit-* follow the window with the least left: the day
+    assert (hdr(d, "x-ratelimit-limit"), hdr(d, "x-ratelimit-remaining"), hdr(d, "x-ratelimit-reset")) == \
+        ("5", "4", "86400")
+    for i in range(4):
+        clock.t += 600  # ten minutes apart: the minute and hour windows never fill
+        assert (await lim.acquire("a", limits, f"n{i}")).admitted
+    clock.t += 600
+    d = await lim.acquire("a", limits, "over")
+    assert not d.admitted and d.kind == "rpd" and "5 API requests per day" in d.message
+    assert d.retry_after == 86400 - 3000  # the first request (50 min ago) leaves the day
+    # the minute refuses alone while the day still has room
+    e = await lim.acquire("b", AppLimits(rpm=1, rpd=5), "b1")
+    f = await lim.acquire("b", AppLimits(rpm=1, rpd=5), "b2")
+    assert e.admitted and not f.admitted and f.kind == "rpm" and f.retry_after == 60
+    assert hdr(f, "ratelimit") == '"rpm";r=0;t=60, "rpd";r=4;t=86400'
 
 
 @pytest.mark.parametrize(

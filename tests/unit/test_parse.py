@@ -17,7 +17,7 @@ from fpdf import FPDF
 from pptx.util import Inches
 from pypdf import PdfReader, PdfWriter
 
-from services.indexer.pipeline.parse import (
+from shared.parse import (
     SNIFF_BYTES,
     Element,
     ParseError,

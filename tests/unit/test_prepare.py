@@ -1,8 +1,8 @@
 """The pool-side stages of the indexer: chunking with the automatic-rule cap, and full-text encoding."""
 
-from services.indexer.pipeline.parse import Element
 from services.indexer.pipeline.prepare import chunk_elements
 from shared.knowledge.sparse import encode_document
+from shared.parse import Element
 
 TEXT = " ".join(f"Sentence number {i} talks about kettles and tea." for i in range(400))
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from services.indexer.pipeline.clean import PreProcessing, clean
-from services.indexer.pipeline.parse import Element
 from services.indexer.pipeline.split import (
     Chunk,
     ProcessRule,
@@ -18,6 +17,7 @@ from services.indexer.pipeline.split import (
     unescape_separator,
     validate_process_rule,
 )
+from shared.parse import Element
 
 
 def custom(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select, update
@@ -19,15 +19,20 @@ from services.console.auth import (
     verify_password,
 )
 from services.console.service.common import Principal
+from services.console.service.keys import ADMIN_PREFIX, ADMIN_SCOPES
+from shared.crypto import hash_token
 from shared.db import Database
 from shared.errors import ApiError, forbidden, invalid_param, unauthorized
-from shared.models import Account, Setup, Tenant, TenantMember, utcnow
+from shared.identity import AUTH_INVALID
+from shared.models import Account, ApiToken, Setup, Tenant, TenantMember, utcnow
 
 # Dify's own rules (libs/helper.py), so the same inputs pass or fail.
 EMAIL_RE = re.compile(r"^[\w.!#$%&'*+\-/=?^_`{|}~]+@([\w-]+\.)+[\w-]{2,}$")
 PASSWORD_RE = re.compile(r"^(?=.*[a-zA-Z])(?=.*\d).{8,}$")
 
 AUTH_FAILED = "Invalid email or password."
+KEY_EXPIRED = "Access token has expired."
+KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 ALREADY_SETUP = "Plexus has already been set up. Sign in instead."
 
 
@@ -62,7 +67,8 @@ async def is_setup_done(db: Database) -> bool:
     return await setup_status(db) is not None
 
 
-async def setup_account(db: Database, *, email: str, name: str, password: str) -> Account:
+async def setup_account(db: Database, *, email: str, name: str, password: str, plan: str | None = None
+                        ) -> Account:
     """Create the first account, its workspace and the owner membership, once."""
     email, password = check_email(email), check_password(password)
     name = name.strip()
@@ -73,7 +79,7 @@ async def setup_account(db: Database, *, email: str, name: str, password: str) -
     password_hash = await hash_password(password)
     async with db.session() as s:
         account = Account(email=email, name=name, password_hash=password_hash)
-        tenant = Tenant(name=f"{name}'s Workspace")
+        tenant = Tenant(name=f"{name}'s Workspace", **({"plan": plan} if plan else {}))  # PLEXUS_DEFAULT_PLAN
         # the Setup row goes in the same transaction: its fixed key makes a racing second setup fail
         s.add_all([Setup(), account, tenant])
         s.add(TenantMember(tenant_id=tenant.id, account_id=account.id, role="owner", current=True))
@@ -146,13 +152,16 @@ async def logout(auth: Auth, principal: Principal, refresh_token: str | None) ->
 
 
 async def authenticate(db: Database, auth: Auth, access_token: str) -> Principal:
-    """The caller behind an access token, in its current workspace; 401 for anything else."""
+    """The caller behind an access token (or a workspace admin key), in its current workspace; 401 for anything
+    else. Read on every request, so a changed role or a removed membership counts at once."""
+    if access_token.startswith(ADMIN_PREFIX):
+        return await authenticate_key(db, access_token)
     claims = await _claims(auth, access_token, ACCESS, revoked_message="Token has been revoked.")
     async with db.session() as s:
         row = (await s.exec(
             select(Account, TenantMember)
             .join(TenantMember, TenantMember.account_id == Account.id)
-            .where(Account.id == claims["sub"])
+            .where(Account.id == claims["sub"], TenantMember.status == "active")
             .order_by(TenantMember.current.desc(), TenantMember.created_at)
             .limit(1)
         )).first()
@@ -162,6 +171,31 @@ async def authenticate(db: Database, auth: Auth, access_token: str) -> Principal
     if account.status != "active":
         raise unauthorized("Account is banned.")
     return Principal(account_id=account.id, tenant_id=member.tenant_id, role=member.role, claims=claims)
+
+
+async def authenticate_key(db: Database, token: str) -> Principal:
+    """A workspace admin key: acts as an admin of its workspace, limited to the key's scopes."""
+    async with db.session() as s:
+        row = (await s.exec(
+            select(ApiToken, Tenant.status).join(Tenant, Tenant.id == ApiToken.tenant_id)
+            .where(ApiToken.token_hash == hash_token(token), ApiToken.type == "admin")
+        )).first()
+    if row is None:
+        raise unauthorized(AUTH_INVALID)
+    key, tenant_status = row
+    now = utcnow()
+    if key.expires_at is not None and key.expires_at <= now:
+        raise unauthorized(KEY_EXPIRED)
+    if tenant_status in ("archived", "archive"):
+        raise forbidden("The workspace's status is archived.")
+    if key.last_used_at is None or now - key.last_used_at >= KEY_TOUCH_INTERVAL:
+        # at most once a minute per key, whichever replica sees it: no write on most requests
+        async with db.session() as s:
+            await s.exec(update(ApiToken).where(ApiToken.id == key.id).values(last_used_at=now))
+            await s.commit()
+    scopes = frozenset(key.permissions) if key.permissions is not None else frozenset(ADMIN_SCOPES)
+    return Principal(account_id=key.created_by or "", tenant_id=key.tenant_id, role="admin", claims={},
+                     key_id=key.id, scopes=scopes)
 
 
 async def get_account(db: Database, account_id: str) -> Account:

@@ -10,10 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.console.service import keys
+from services.console.service import keys, versions
 from services.console.service.common import (
-    ADMIN_ROLES,
-    EDITOR_ROLES,
     Principal,
     get_app,
     invalid_from,
@@ -41,12 +39,12 @@ from shared.settings import Settings
 from shared.tool_catalog import AGENT_STRATEGIES, ToolResolutionError, resolve_agent_tools
 
 MODES = ("chat", "agent-chat", "advanced-chat", "workflow", "completion")
-# basic modes keep their config in app_model_configs; graph modes use workflows
-MODEL_CONFIG_MODES = ("chat", "agent-chat", "completion")
+MODEL_CONFIG_MODES = versions.MODEL_CONFIG_MODES
 # columns PUT /apps/{id} may change; those in NULLABLE accept an explicit null
+# (for api_rpm/api_rph/api_rpd null = the workspace plan's value, 0 = unlimited: shared/plans.py)
 UPDATABLE = ("name", "description", "icon_type", "icon", "icon_background", "enable_site", "enable_api",
-             "api_rpm", "api_rph", "max_active_requests")
-NULLABLE = ("icon_type", "icon", "icon_background", "max_active_requests")
+             "api_rpm", "api_rph", "api_rpd", "max_active_requests")
+NULLABLE = ("icon_type", "icon", "icon_background", "max_active_requests", "api_rpm", "api_rph", "api_rpd")
 
 AppDetail = tuple[App, dict[str, Any] | None]
 
@@ -98,7 +96,6 @@ async def list_apps(db: Database, p: Principal, *, page: int, limit: int, name: 
 async def create_app(db: Database, p: Principal, *, name: str, mode: str, description: str = "",
                      icon_type: str | None = "emoji", icon: str | None = None,
                      icon_background: str | None = None) -> AppDetail:
-    p.require(EDITOR_ROLES)
     async with db.session() as s:
         if await _name_taken(s, p.tenant_id, name):
             raise _duplicate(name)
@@ -121,7 +118,6 @@ async def get_app_detail(db: Database, p: Principal, app_id: str) -> AppDetail:
 
 
 async def update_app(ctx: Context, p: Principal, app_id: str, changes: dict[str, Any]) -> AppDetail:
-    p.require(EDITOR_ROLES)
     async with ctx.db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
         name = changes.get("name")
@@ -149,7 +145,6 @@ async def set_api_enabled(ctx: Context, p: Principal, app_id: str, enable: bool)
 async def delete_app(ctx: Context, p: Principal, app_id: str) -> None:
     """Delete the app and everything hanging off it. Explicit deletes: SQLite only cascades with the
     foreign_keys pragma on, and the order here is safe without any cascade."""
-    p.require(EDITOR_ROLES)
     async with ctx.db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
         keys = list(await s.exec(select(ApiToken.id, ApiToken.token_hash).where(ApiToken.app_id == app.id)))
@@ -165,9 +160,7 @@ async def delete_app(ctx: Context, p: Principal, app_id: str) -> None:
 # ---- model config ---------------------------------------------------------------------------------
 
 
-def _basic_mode(app: App) -> None:
-    if app.mode not in MODEL_CONFIG_MODES:
-        raise ApiError(400, "app_unavailable", "App unavailable, please check your app configurations.")
+_basic_mode = versions.basic_mode
 
 
 async def get_model_config(db: Database, p: Principal, app_id: str) -> dict[str, Any] | None:
@@ -177,9 +170,10 @@ async def get_model_config(db: Database, p: Principal, app_id: str) -> dict[str,
         return (await _detail(s, app))[1]
 
 
-async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[str, Any]) -> None:
-    """Store a new config version and make it the app's current one."""
-    p.require(EDITOR_ROLES)
+async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[str, Any],
+                            note: str | None = None) -> AppModelConfig:
+    """Store a new config version: the app's current one at once, or a draft when the app requires publishing
+    to be confirmed (services/console/service/versions.py)."""
     try:
         config = parse_model_config(data)
     except ValidationError as e:
@@ -190,27 +184,29 @@ async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[
         dataset_ids = DatasetConfigs.model_validate(config.dataset_configs).dataset_ids()
     except ValidationError as e:
         raise invalid_from(e) from None
-    async with ctx.db.session() as s:
-        app = await get_app(s, p.tenant_id, app_id)
-        _basic_mode(app)
-        if app.mode == "agent-chat":
-            await _check_agent(s, p.tenant_id, config.agent_mode, ctx.settings)
-        if dataset_ids:
-            found = set(await s.exec(select(Dataset.id).where(Dataset.tenant_id == p.tenant_id,
-                                                              col(Dataset.id).in_(dataset_ids))))
-            missing = [i for i in dataset_ids if i not in found]
-            if missing:
-                raise invalid_param(f"Dataset {missing[0]} not found.", params="dataset_configs")
-        row = AppModelConfig(app_id=app.id, config=config.to_wire(), created_by=p.account_id)
-        s.add(row)
-        app.app_model_config_id = row.id
-        app.updated_at = utcnow()
-        # the links a dataset delete checks (409 dataset_in_use)
-        await s.exec(delete(AppDatasetJoin).where(AppDatasetJoin.app_id == app.id))
-        for ds_id in dataset_ids:
-            s.add(AppDatasetJoin(app_id=app.id, dataset_id=ds_id))
-        await s.commit()
-    await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+    for attempt in range(1, 4):  # a concurrent save may take the version number: retry with the next
+        async with ctx.db.session() as s:
+            app = await get_app(s, p.tenant_id, app_id)
+            _basic_mode(app)
+            if app.mode == "agent-chat":
+                await _check_agent(s, p.tenant_id, config.agent_mode, ctx.settings)
+            if dataset_ids:
+                found = set(await s.exec(select(Dataset.id).where(Dataset.tenant_id == p.tenant_id,
+                                                                  col(Dataset.id).in_(dataset_ids))))
+                missing = [i for i in dataset_ids if i not in found]
+                if missing:
+                    raise invalid_param(f"Dataset {missing[0]} not found.", params="dataset_configs")
+            row = await versions.add_version(s, app, config.to_wire(), p, note)
+            try:
+                await s.commit()
+                break
+            except IntegrityError:
+                await s.rollback()
+                if attempt == 3:
+                    raise ApiError(409, "conflict", "The model config changed concurrently; try again.") from None
+    if row.status == "published":  # a draft changes nothing that is served
+        await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+    return row
 
 
 async def _check_agent(s: AsyncSession, tenant_id: str, agent_mode: dict[str, Any], settings: Settings) -> None:
@@ -234,15 +230,3 @@ async def list_keys(db: Database, p: Principal, app_id: str) -> list[ApiToken]:
     async with db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
     return await keys.list_keys(db, p.tenant_id, "app", app.id)
-
-
-async def create_key(ctx: Context, p: Principal, app_id: str) -> tuple[ApiToken, str]:
-    p.require(EDITOR_ROLES)
-    return await keys.create_key(ctx, p.tenant_id, "app", app_id)
-
-
-async def delete_key(ctx: Context, p: Principal, app_id: str, key_id: str) -> None:
-    p.require(ADMIN_ROLES)
-    async with ctx.db.session() as s:
-        app = await get_app(s, p.tenant_id, app_id)
-    await keys.delete_key(ctx, p.tenant_id, "app", key_id, app.id)

@@ -12,27 +12,34 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared import subjects
 from shared.bus import Bus
-from shared.errors import ApiError, forbidden, invalid_param, not_found, validation_message
+from shared.errors import ApiError, invalid_param, not_found, validation_message
 from shared.models import App
 
 log = structlog.get_logger("plexus.console")
 
-EDITOR_ROLES = ("owner", "admin", "editor")
-ADMIN_ROLES = ("owner", "admin")
+# The role ladder, lowest first: each role can do what the ones below it can (docs/access.md).
+ROLES = ("normal", "editor", "admin", "owner")
+RANK = {r: i for i, r in enumerate(ROLES)}
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The signed-in account and the workspace (its current membership) it acts in."""
+    """The caller and the workspace it acts in: a signed-in account (its current membership), or a workspace
+    admin API key (``key_id`` set, role "admin", limited to ``scopes``)."""
 
     account_id: str
     tenant_id: str
     role: str
     claims: dict[str, Any]
+    key_id: str | None = None
+    scopes: frozenset[str] | None = None
 
-    def require(self, roles: tuple[str, ...]) -> None:
-        if self.role not in roles:
-            raise forbidden("You do not have permission to perform this action.")
+    @property
+    def is_key(self) -> bool:
+        return self.key_id is not None
+
+    def at_least(self, role: str) -> bool:
+        return RANK.get(self.role, -1) >= RANK[role]
 
 
 def invalid_from(e: ValidationError) -> ApiError:

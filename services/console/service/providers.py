@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.console.service.common import ADMIN_ROLES, Principal, publish_change
+from services.console.service.common import Principal, publish_change
 from shared import llm
 from shared.context import Context
 from shared.crypto import decrypt_json, encrypt_json
@@ -87,7 +87,6 @@ async def list_providers(ctx: Context, p: Principal) -> list[ProviderView]:
 
 
 async def save_credentials(ctx: Context, p: Principal, provider: str, credentials: dict[str, Any]) -> None:
-    p.require(ADMIN_ROLES)
     _check_provider(provider)
     row = await _stored(ctx, p.tenant_id, provider)
     creds = merge_hidden(credentials, _decrypt(ctx, row) if row else None)
@@ -111,7 +110,6 @@ async def save_credentials(ctx: Context, p: Principal, provider: str, credential
 
 
 async def delete_credentials(ctx: Context, p: Principal, provider: str) -> None:
-    p.require(ADMIN_ROLES)
     _check_provider(provider)
     async with ctx.db.session() as s:
         row = await _row(s, p.tenant_id, provider)
@@ -125,7 +123,6 @@ async def delete_credentials(ctx: Context, p: Principal, provider: str) -> None:
 async def validate_credentials(ctx: Context, p: Principal, provider: str, credentials: dict[str, Any],
                                model: str | None) -> str | None:
     """One real call with these credentials; the provider's error message, or None when they work."""
-    p.require(ADMIN_ROLES)
     _check_provider(provider)
     row = await _stored(ctx, p.tenant_id, provider)
     creds = merge_hidden(credentials, _decrypt(ctx, row) if row else None)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.console.service.common import ADMIN_ROLES, EDITOR_ROLES, Principal, invalid_from, publish_change
+from services.console.service.common import Principal, invalid_from, publish_change
 from services.console.service.providers import HIDDEN, mask_credentials, merge_hidden
 from shared.context import Context
 from shared.crypto import decrypt_json, encrypt_json
@@ -114,7 +114,6 @@ async def get_provider(ctx: Context, p: Principal, name: str) -> dict[str, Any]:
 async def save_provider(ctx: Context, p: Principal, body: dict[str, Any], *, original: str | None = None
                         ) -> dict[str, Any]:
     """Create (``original`` None) or update the provider called ``original``."""
-    p.require(ADMIN_ROLES)
     name = _name(body.get("provider"))
     schema_type, schema_text, specs = _specs(body.get("schema_type", "openapi"), body.get("schema"))
     description = body.get("description") or ""
@@ -156,7 +155,6 @@ async def save_provider(ctx: Context, p: Principal, body: dict[str, Any], *, ori
 
 
 async def delete_provider(ctx: Context, p: Principal, name: str) -> None:
-    p.require(ADMIN_ROLES)
     async with ctx.db.session() as s:
         row = await _by_name(s, p.tenant_id, _name(name))
         await s.delete(row)
@@ -171,7 +169,6 @@ def preview_schema(body: dict[str, Any]) -> dict[str, Any]:
 
 async def test_call(ctx: Context, p: Principal, body: dict[str, Any]) -> dict[str, Any]:
     """Run one tool exactly as an agent would: a saved provider (``provider``) or a draft one (``schema``)."""
-    p.require(EDITOR_ROLES)
     tool_name = body.get("tool_name")
     params = body.get("parameters") or {}
     if not isinstance(tool_name, str) or not tool_name:

@@ -10,9 +10,9 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.indexer.pipeline.parse import Element, extract
 from services.indexer.pipeline.split import split, validate_process_rule
 from shared.knowledge.sparse import encode_document, keywords
+from shared.parse import Element, extract
 
 CHILD_MEMORY_BYTES = 4 * 1024**3  # address-space cap of a parse process
 

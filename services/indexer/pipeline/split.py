@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from services.indexer.pipeline.clean import PreProcessing, clean
-from services.indexer.pipeline.parse import Element
+from shared.parse import Element
 
 MODES = ("automatic", "custom", "hierarchical")
 PRE_PROCESSING_IDS = ("remove_extra_spaces", "remove_urls_emails")

@@ -13,7 +13,6 @@ from sqlalchemy import func
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.indexer.pipeline.parse import UnsupportedFileType, sniff
 from services.indexer.pipeline.split import validate_process_rule
 from services.indexer.service.common import (
     archived_immutable,
@@ -27,17 +26,12 @@ from services.indexer.service.core import Knowledge
 from services.indexer.service.datasets import TECHNIQUES, DatasetService, parse_retrieval_model
 from services.indexer.service.metadata import built_in_values
 from shared.errors import ApiError, not_found
+from shared.files import MIME
 from shared.models import Dataset, Document, DocumentSegment, UploadFile, ts, utcnow
+from shared.parse import SNIFF_BYTES, UnsupportedFileType, sniff
 
-MIME = {"pdf": "application/pdf", "txt": "text/plain", "md": "text/markdown", "markdown": "text/markdown",
-        "mdx": "text/markdown", "html": "text/html", "htm": "text/html", "csv": "text/csv",
-        "eml": "message/rfc822",
-        "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation"}
 ACTIVE_STATES = ("parsing", "cleaning", "splitting", "indexing")  # a worker is on it: no delete
 STATUS_ACTIONS = ("enable", "disable", "archive", "un_archive")
-SNIFF_BYTES = 8192
 
 
 def new_batch() -> str:

@@ -34,7 +34,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import update
 from sqlmodel import col, delete, select
 
-from services.indexer.pipeline.parse import ParseError
 from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, extract_elements, init_child
 from services.indexer.service.common import dataset_space, segment_id
 from services.indexer.service.core import Knowledge
@@ -52,6 +51,7 @@ from shared.knowledge.vectors import (
     VectorPoint,
 )
 from shared.models import Dataset, Document, DocumentSegment, UploadFile, utcnow
+from shared.parse import ParseError
 
 log = structlog.get_logger("plexus.indexer.pipeline")
 

@@ -4,11 +4,16 @@
   id, for ``app_cache_seconds``, dropped at once by NATS config messages (kind "app" → that app,
   "provider"/"tenant"/"tool_provider" → every app of that tenant). Loads are single-flight per app.
 - ``EndUsers``: (app, session id) → end-user id; end users are never deleted while their app lives.
+
+An entry also carries the canary candidate of a running rollout (docs/versions.md); ``AppEntry.serving``
+picks the version one conversation (or completion message) is served with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +39,23 @@ log = structlog.get_logger("plexus.runtime.cache")
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """A model-config version ready to serve."""
+
+    config_id: str
+    config: ModelConfig | None
+    binding: ModelBinding | None
+    agent: AgentPlan | None
+
+
+def in_canary(candidate_id: str, key: str, percentage: float) -> bool:
+    """Deterministic: the same key (conversation id, or message id for completions) always lands on the same
+    side of a given rollout, and raising the percentage only moves keys towards the candidate."""
+    bucket = int.from_bytes(hashlib.sha256(f"{candidate_id}:{key}".encode()).digest()[:8], "big") % 10_000
+    return bucket < round(percentage * 100)
+
+
+@dataclass(frozen=True, slots=True)
 class AppEntry:
     id: str
     tenant_id: str
@@ -46,6 +68,21 @@ class AppEntry:
     loaded_at: float
     agent: AgentPlan | None = None  # agent-chat apps: strategy and the tools that resolved
     workflow_id: str | None = None  # graph apps: the published version
+    config_id: str | None = None  # the model-config version ``config`` is
+    candidate: Variant | None = None  # a rollout's candidate version, served to ``rollout_percentage`` %
+    rollout_percentage: float = 0.0
+
+    def serving(self, pinned: str | None, key: str) -> AppEntry:
+        """This entry as served to one conversation: the version it is pinned to while that version is still
+        served (current or candidate), else the candidate for the rollout's share of keys, else the current."""
+        c = self.candidate
+        if c is None:
+            return self
+        if pinned == self.config_id or (pinned != c.config_id and not in_canary(c.config_id, key,
+                                                                                self.rollout_percentage)):
+            return dataclasses.replace(self, candidate=None)
+        return dataclasses.replace(self, config=c.config, binding=c.binding, agent=c.agent,
+                                   config_id=c.config_id, candidate=None)
 
 
 class AppCache:
@@ -104,34 +141,28 @@ class AppCache:
             app = (await s.exec(select(App).where(App.id == app_id))).first()
             if app is None:
                 raise forbidden("The app no longer exists.")
-            q = select(AppModelConfig.config)
+            q = select(AppModelConfig.id, AppModelConfig.config)
             if app.app_model_config_id:
                 q = q.where(AppModelConfig.id == app.app_model_config_id)
-            else:
+            else:  # never a draft: it is served only once published
                 q = (
-                    q.where(AppModelConfig.app_id == app.id)
+                    q.where(AppModelConfig.app_id == app.id, AppModelConfig.status == "published")
                     .order_by(AppModelConfig.created_at.desc())
                     .limit(1)
                 )
-            raw = (await s.exec(q)).first()
+            row = (await s.exec(q)).first()
             author = ""
             if app.created_by:
                 author = (
                     await s.exec(select(Account.name).where(Account.id == app.created_by))
                 ).first() or ""
-            config: ModelConfig | None = None
-            if raw:
-                try:
-                    config = parse_model_config(raw)
-                except ValueError as e:
-                    log.warning("app_config_invalid", app_id=app_id, error=str(e))
-            binding = agent = None
-            if config is not None:
-                binding = await self._bind(s, app.tenant_id, config)
-                if app.mode == "agent-chat":
-                    tools = await resolve_agent_tools(s, app.tenant_id, config.agent_mode.get("tools") or [],
-                                                      self.settings.tools, strict=False)
-                    agent = AgentPlan.build(config.agent_mode, tools, self.settings.runtime.agent_max_iterations)
+            current = await self._variant(s, app, *row) if row else None
+            candidate = None
+            # loaded even at 0 %: conversations already on the candidate stay on it until promote/rollback
+            if current is not None and app.rollout_config_id:
+                found = (await s.exec(select(AppModelConfig.id, AppModelConfig.config).where(
+                    AppModelConfig.id == app.rollout_config_id, AppModelConfig.app_id == app.id))).first()
+                candidate = await self._variant(s, app, *found) if found else None
         return AppEntry(
             id=app.id,
             tenant_id=app.tenant_id,
@@ -139,12 +170,31 @@ class AppCache:
             description=app.description or "",
             mode=app.mode,
             author_name=author,
-            config=config,
-            binding=binding,
+            config=current.config if current else None,
+            binding=current.binding if current else None,
             loaded_at=time.monotonic(),
-            agent=agent,
+            agent=current.agent if current else None,
             workflow_id=app.workflow_id,
+            config_id=current.config_id if current else None,
+            candidate=candidate,
+            rollout_percentage=app.rollout_percentage if candidate else 0.0,
         )
+
+    async def _variant(self, s: AsyncSession, app: App, config_id: str, raw: dict | None) -> Variant:
+        config: ModelConfig | None = None
+        if raw:
+            try:
+                config = parse_model_config(raw)
+            except ValueError as e:
+                log.warning("app_config_invalid", app_id=app.id, config_id=config_id, error=str(e))
+        binding = agent = None
+        if config is not None:
+            binding = await self._bind(s, app.tenant_id, config)
+            if app.mode == "agent-chat":
+                tools = await resolve_agent_tools(s, app.tenant_id, config.agent_mode.get("tools") or [],
+                                                  self.settings.tools, strict=False)
+                agent = AgentPlan.build(config.agent_mode, tools, self.settings.runtime.agent_max_iterations)
+        return Variant(config_id, config, binding, agent)
 
     async def _bind(self, s: AsyncSession, tenant_id: str, config: ModelConfig) -> ModelBinding | None:
         credentials = await provider_credentials(s, self.secret_key, tenant_id, config.model.provider)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import select
 
+from services.runtime import llm
 from services.runtime.service import rag
+from services.runtime.service.answer_cache import AnswerCache
 from services.runtime.service.errors import (
     CHAT_MODES,
     app_unavailable,
@@ -19,6 +22,7 @@ from services.runtime.service.errors import (
     provider_not_initialize,
     require_user,
 )
+from services.runtime.service.moderation import ModerationService
 from services.runtime.service.prompt import chat_messages, completion_messages, context_budget, default_name
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Channel, Run
@@ -55,6 +59,8 @@ def gate(endpoint: str, mode: str, streaming: bool) -> None:
 class ChatService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.moderation = ModerationService(rt.ctx)  # sensitive_word_avoidance (moderation.py)
+        self.answers = AnswerCache(rt.ctx)  # the opt-in answer cache (answer_cache.py)
 
     async def create(
         self,
@@ -66,7 +72,9 @@ class ChatService:
         query: Any,
         conversation_id: str | None,
         streaming: bool,
+        files: Any = None,
     ) -> Run | WorkflowTask:
+        started = time.perf_counter()
         session_id = require_user(user)
         app = await self.rt.app_for(caller)
         gate(endpoint, app.mode, streaming)
@@ -76,6 +84,8 @@ class ChatService:
             raise invalid_param("query is required")
         query = query or ""
         if app.mode == "advanced-chat":  # a workflow run per message
+            if files:  # workflows take no files yet: refuse rather than drop them
+                raise invalid_param("files are not supported for advanced-chat apps yet")
             return await self.rt.chatflow.create(app, session_id=session_id, inputs=inputs, query=query,
                                                  conversation_id=conversation_id, streaming=streaming)
         config = app.config
@@ -88,34 +98,62 @@ class ChatService:
         assert end_user_id is not None
 
         history: list[tuple[str, str]] = []
-        parent_id = None
+        parent_id = pinned = None
+        message_id, task_id = new_id(), new_id()
+        new_conversation = conv_id is None
         if conv_id:
-            inputs, history, parent_id = await self._conversation(app, end_user_id, conv_id)
+            inputs, history, parent_id, pinned = await self._conversation(app, end_user_id, conv_id)
         else:
+            conv_id = new_id()
+        # the model-config version (a rollout's candidate or the current one), sticky per conversation
+        app = app.serving(pinned, message_id if endpoint == "completion" else conv_id)
+        config = app.config
+        if config is None:
+            raise app_unavailable()
+        if new_conversation:
             inputs = validate_inputs(config, inputs)
         binding = app.binding
         if binding is None:
             raise provider_not_initialize()
+        # input moderation: a flagged request is answered with the preset response, without the model
+        direct = await self.moderation.check_inputs(app, inputs, query)
+        direct_trace: dict[str, Any] = {"moderation": {"inputs": "flagged"}} if direct is not None else {}
+        # images and documents (files.py); a blocked request fetches nothing
+        attached = await self.rt.files.attach(app, end_user_id, files) if direct is None else None
+        prompt_query = attached.query(query) if attached else query
 
         system = render_prompt(config.pre_prompt, inputs)
         retrieved = rag.Retrieved()
         dc = rag.dataset_configs(config)
-        if dc is not None:
+        if dc is not None and direct is None:
             retrieved = await rag.retrieve(self.rt.bus, app.tenant_id, dc,
                                            rag.retrieval_query(endpoint, config, inputs, query),
                                            self.rt.ctx.settings.knowledge.retrieve_timeout)
         system = rag.with_context(system, retrieved.context)
         if endpoint == "chat":
             context = binding.context_tokens or self.rt.settings.default_context_tokens
-            messages = chat_messages(system, history, query, context_budget(context, binding.max_tokens))
+            budget = context_budget(context, binding.max_tokens)
+            messages = chat_messages(system, history, prompt_query, budget)
         else:
-            messages = completion_messages(system, query)
+            messages = completion_messages(system, prompt_query)
+        if attached:
+            messages = attached.apply(messages)
+        cached = None  # the answer cache: memory-less requests of apps that opted in (answer_cache.py)
+        if direct is None and not attached:
+            cached = await self.answers.lookup(app, endpoint=endpoint, new_conversation=new_conversation,
+                                               query=query, inputs=inputs, system=system)
+            if cached is not None and cached.answer is not None:
+                direct = cached.answer
+                direct_trace = {"answer_cache": {"hit": True, "source_message_id": cached.source_message_id}}
+        direct_row: dict[str, Any] = {}
+        if direct is not None:  # the message is stored final at once
+            usage = llm.dify_usage(binding, 0, 0, time.perf_counter() - started)
+            direct_row = {"answer": direct, "status": "normal", "usage": usage, "latency": usage["latency"],
+                          "trace": {**retrieved.trace, **direct_trace}}
 
         now = utcnow()
-        message_id, task_id = new_id(), new_id()
         async with self.rt.db.session() as s:
-            if conv_id is None:
-                conv_id = new_id()
+            if new_conversation:
                 await s.exec(
                     INSERT_CONVERSATION,
                     params={
@@ -129,6 +167,7 @@ class ChatService:
                         "status": "normal",
                         "from_source": "api",
                         "is_deleted": False,
+                        "model_config_id": app.config_id,
                         "created_at": now,
                         "updated_at": now,
                     },
@@ -157,11 +196,15 @@ class ChatService:
                     "retriever_resources": retrieved.resources,
                     "agent_thoughts": [],
                     "trace": retrieved.trace,
+                    "model_config_id": app.config_id,
                     "latency": 0.0,
                     "created_at": now,
                     "updated_at": now,
+                    **direct_row,
                 },
             )
+            if attached:
+                await attached.record(s, message_id)
             await s.commit()
 
         run = Run(
@@ -182,23 +225,33 @@ class ChatService:
             agent=app.agent,
             trace=retrieved.trace,
         )
+        if direct is not None:
+            run.usage = direct_row["usage"]
+            if cached is not None:
+                run.extra_metadata["cache_hit"] = True
+            await self.rt.runs.answer_directly(run, direct)
+            return run
+        run.cache = cached
+        run.review = await self.moderation.output_review(app)
         self.rt.runs.start(run)
         return run
 
     async def _conversation(
         self, app: AppEntry, end_user_id: str, conv_id: str
-    ) -> tuple[dict[str, Any], list[tuple[str, str]], str | None]:
-        """The stored inputs, the memory turns (oldest first) and the newest message id of a conversation."""
+    ) -> tuple[dict[str, Any], list[tuple[str, str]], str | None, str | None]:
+        """The stored inputs, the memory turns (oldest first), the newest message id and the model-config
+        version of a conversation."""
         async with self.rt.db.session() as s:
-            inputs = (
+            found = (
                 await s.exec(
-                    select(Conversation.inputs).where(
+                    select(Conversation.inputs, Conversation.model_config_id).where(
                         Conversation.id == conv_id, *users_conversations(app.id, end_user_id)
                     )
                 )
             ).first()
-            if inputs is None:
+            if found is None:
                 raise conversation_not_exists()
+            inputs, pinned = found
             rows = (
                 await s.exec(
                     select(Message.id, Message.query, Message.answer)
@@ -209,7 +262,7 @@ class ChatService:
             ).all()
         parent_id = rows[0][0] if rows else None
         history = [(q, a) for _, q, a in reversed(rows) if a]
-        return dict(inputs), history, parent_id
+        return dict(inputs or {}), history, parent_id, pinned
 
     async def result(self, run: Run) -> dict[str, Any]:
         """Blocking mode: the same run, collected. A client that goes away does not stop the run."""

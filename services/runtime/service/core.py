@@ -7,11 +7,14 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import update
+from sqlmodel import select
 
 from services.runtime.service.cache import AppCache, AppEntry, EndUsers
 from services.runtime.service.chat import ChatService
+from services.runtime.service.files import FileService
 from services.runtime.service.queries import HistoryService
 from services.runtime.service.resume import Resumer
 from services.runtime.service.runs import RunRegistry
@@ -20,8 +23,8 @@ from services.runtime.workflow.service import WorkflowService
 from shared.context import Context
 from shared.errors import unauthorized
 from shared.identity import AUTH_INVALID, Caller
-from shared.models import Message, WorkflowRun, utcnow
-from shared.subjects import parse_config_subject, task_of
+from shared.models import App, Message, WorkflowRun, ts, utcnow
+from shared.subjects import parse_config_subject, task_events, task_of
 
 log = structlog.get_logger("plexus.runtime")
 
@@ -40,6 +43,7 @@ class Runtime:
         self.workflows = WorkflowService(self)
         self.chatflow = ChatflowService(self)
         self.resume = Resumer(self)
+        self.files = FileService(self)
         self._sweeper: asyncio.Task | None = None
 
     async def app_for(self, caller: Caller) -> AppEntry:
@@ -83,14 +87,18 @@ class Runtime:
             self._sweeper = None
         await self.runs.shutdown()
         await self.workflows.close()
+        await self.files.close()
 
     async def sweep(self) -> int:
-        """Messages and workflow runs left "running" past their time limit belong to a replica that died:
-        record them as interrupted."""
-        cutoff = utcnow() - timedelta(seconds=self.settings.run_timeout)
+        """Messages and workflow runs still "running" that no live replica refreshes belong to a replica that
+        died: record them as interrupted, and end their event logs with an ``error`` event so a client that
+        resumes (or is following) the stream on any replica gets a terminal event."""
+        now = utcnow()
+        # live runs are refreshed every third of the lease (``heartbeat``): older ones have no owner left
+        cutoff = now - timedelta(seconds=min(self.settings.run_lease, self.settings.run_timeout))
         # a workflow run (and an advanced-chat message, which is one) may take up to its own time limit
-        wf_cutoff = utcnow() - timedelta(seconds=max(self.settings.run_timeout,
-                                                     self.ctx.settings.workflow.max_execution_time) + 60)
+        wf_cutoff = now - timedelta(seconds=max(self.settings.run_timeout,
+                                                self.ctx.settings.workflow.max_execution_time) + 60)
         stmt = update(Message).where(
             Message.status == "running",
             ((Message.workflow_run_id.is_(None)) & (Message.updated_at < cutoff))
@@ -98,23 +106,51 @@ class Runtime:
         local = list(self.runs.runs) + list(self.workflows.tasks)
         if local:
             stmt = stmt.where(Message.task_id.not_in(local))
+        stmt = stmt.values(status="error", error="interrupted", updated_at=now).returning(
+            Message.id, Message.task_id, Message.conversation_id, Message.created_at, Message.app_id)
         wf = update(WorkflowRun).where(WorkflowRun.status == "running", WorkflowRun.updated_at < wf_cutoff)
         if self.workflows.tasks:
             wf = wf.where(WorkflowRun.task_id.not_in(list(self.workflows.tasks)))
         async with self.db.session() as s:
-            result = await s.exec(stmt.values(status="error", error="interrupted", updated_at=utcnow()))
+            swept = (await s.exec(stmt)).all()
+            modes = {}
+            if swept:
+                app_ids = {row[4] for row in swept}
+                modes = dict((await s.exec(select(App.id, App.mode).where(App.id.in_(app_ids)))).all())
             wf_result = await s.exec(wf.values(status="failed", error="interrupted: the replica running it stopped",
-                                                updated_at=utcnow(), finished_at=utcnow()))
+                                                updated_at=now, finished_at=now))
             await s.commit()
-        return (result.rowcount or 0) + (wf_result.rowcount or 0)
+        for msg_id, task_id, conv_id, created_at, app_id in swept:
+            env: dict[str, Any] = {"event": "error", "task_id": task_id}
+            if modes.get(app_id) != "completion":
+                env["conversation_id"] = conv_id
+            env.update(message_id=msg_id, created_at=ts(created_at) or 0, code="completion_request_error",
+                       message="interrupted: the replica running it stopped", status=400)
+            try:
+                await self.bus.nc.publish(task_events(task_id), orjson.dumps(env))
+            except Exception:  # noqa: BLE001 - the message is marked; the event log is best effort
+                log.warning("sweep_event_publish_failed", task_id=task_id)
+        return len(swept) + (wf_result.rowcount or 0)
+
+    async def heartbeat(self) -> int:
+        """Refresh this replica's live chat runs, so other replicas' sweeps leave them alone."""
+        live = list(self.runs.runs)
+        if not live:
+            return 0
+        async with self.db.session() as s:
+            result = await s.exec(update(Message).where(Message.task_id.in_(live), Message.status == "running")
+                                  .values(updated_at=utcnow()))
+            await s.commit()
+        return result.rowcount or 0
 
     async def _sweep_forever(self) -> None:
-        interval = max(min(self.settings.run_timeout / 2, 300.0), 1.0)
+        interval = max(min(self.settings.run_lease, self.settings.run_timeout) / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
             try:
+                await self.heartbeat()
                 swept = await self.sweep()
                 if swept:
                     log.warning("interrupted_runs_recorded", count=swept)
-            except Exception:  # try again next round
+            except Exception:  # try again next round (the database may be restarting)
                 log.exception("sweep_failed")

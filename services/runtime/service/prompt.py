@@ -49,6 +49,52 @@ def completion_messages(prompt: str, query: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
+def with_documents(query: str, documents: list[tuple[str, str]], max_chars: int) -> str:
+    """The user's message with the text of the documents attached to it in front, at most ``max_chars`` of
+    document text in all (each document shares what is left; a cut one says so)."""
+    if not documents:
+        return query
+    parts: list[str] = []
+    left = max(max_chars, 0)
+    for i, (name, text) in enumerate(documents):
+        share = left // (len(documents) - i)  # an early short document leaves room for the later ones
+        body = text if len(text) <= share else text[:share].rstrip() + f"\n[… cut: {len(text) - share} more characters]"
+        left -= min(len(text), share)
+        parts.append(f'<document name="{_attr(name)}">\n{body}\n</document>')
+    docs = "\n".join(parts)
+    return f"Documents attached to this message:\n<documents>\n{docs}\n</documents>\n\n{query}"
+
+
+def _attr(name: str) -> str:
+    return name.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def with_images(messages: list[dict[str, Any]], image_urls: list[str], detail: str = "high") -> list[dict[str, Any]]:
+    """The last user message as OpenAI-style content parts: its text, then one ``image_url`` part per image
+    (data URLs; litellm translates the parts for providers with another wire format)."""
+    if not image_urls:
+        return messages
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].get("role") == "user":
+            text = out[i].get("content") or ""
+            parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+            parts += [{"type": "image_url", "image_url": {"url": url, "detail": detail}} for url in image_urls]
+            out[i] = {**out[i], "content": parts}
+            break
+    return out
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content, plain or as parts (images count as nothing here)."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content or "")
+
+
+IMAGE_TOKENS = 765  # what OpenAI bills a high-detail 512x512-tile image at; an estimate when none is reported
+
+
 def default_name(query: str) -> str:
     """A conversation's name until someone renames it: the first line of its first query."""
     line = next((ln.strip() for ln in query.splitlines() if ln.strip()), "")
@@ -82,5 +128,11 @@ def estimate_usage(usage: Any, messages: list[dict[str, Any]], text: str) -> Non
     """Fill ``usage`` (an llm.Usage) from the text when the provider sent no usage chunk (a call stopped or
     failed before the end)."""
     if not usage.from_provider:
-        usage.prompt_tokens = sum(approx_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD for m in messages)
+        usage.prompt_tokens = sum(approx_tokens(content_text(m.get("content"))) + MESSAGE_OVERHEAD
+                                  + IMAGE_TOKENS * _images(m.get("content")) for m in messages)
         usage.completion_tokens = approx_tokens(text)
+
+
+def _images(content: Any) -> int:
+    return sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url") \
+        if isinstance(content, list) else 0

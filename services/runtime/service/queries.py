@@ -155,6 +155,7 @@ class HistoryService:
             has_more = len(rows) > limit
             rows = rows[:limit]
             ratings: dict[str, str] = {}
+            files = await self.rt.files.message_files(s, [m.id for m in rows])
             if rows:
                 ratings = dict(
                     (
@@ -170,7 +171,8 @@ class HistoryService:
         return {
             "limit": limit,
             "has_more": has_more,
-            "data": [message_view(m, ratings.get(m.id)) for m in rows],
+            "data": [{**message_view(m, ratings.get(m.id)), "message_files": files.get(m.id, [])}
+                     for m in rows],
         }
 
     async def feedback(
@@ -328,7 +330,7 @@ class HistoryService:
         app = await self.rt.app_for(caller)
         if app.config is None:
             raise app_unavailable()
-        return parameters_view(app.config)
+        return parameters_view(app.config, self.rt.files.system_parameters())
 
     async def info(self, caller: Caller) -> dict[str, Any]:
         app = await self.rt.app_for(caller)

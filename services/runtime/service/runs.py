@@ -101,6 +101,10 @@ class Run:
     tenant_id: str = ""
     agent: AgentPlan | None = None  # agent-chat: the tools and strategy
     trace: dict[str, Any] = field(default_factory=dict)  # as stored at the start (retrieval)
+    # moderation and the answer cache (docs/moderation.md)
+    review: Any = None  # moderation.OutputReview: checks the answer while it streams
+    cache: Any = None  # answer_cache.Lookup: where a normal answer is stored for the next asker
+    extra_metadata: dict[str, Any] = field(default_factory=dict)  # merged into metadata (cache_hit …)
     thoughts: list[dict[str, Any]] = field(default_factory=list)  # agent_thoughts, stored shape
     tool_trace: list[dict[str, Any]] = field(default_factory=list)  # every tool call: input, output, latency
     answer_parts: list[str] = field(default_factory=list)
@@ -143,6 +147,9 @@ class Run:
         if self.streaming and self.task is not None:
             self.task.cancel()
 
+    def metadata(self) -> dict[str, Any]:
+        return {"usage": self.usage, "retriever_resources": self.retriever_resources, **self.extra_metadata}
+
     def blocking_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "event": "message",
@@ -155,7 +162,7 @@ class Run:
         body.update(
             mode=self.mode,
             answer=self.answer,
-            metadata={"usage": self.usage, "retriever_resources": self.retriever_resources},
+            metadata=self.metadata(),
             created_at=self.created_at,
         )
         return body
@@ -226,10 +233,15 @@ class RunRegistry:
                     await AgentLoop(self.ctx, run, run.agent, run.tenant_id, emit, usage).execute()
                 elif run.stop_reason is None:
                     deltas = llm.stream_chat(run.binding, run.messages, rt.llm_timeout, usage)
+                    review = run.review
                     async with aclosing(deltas):
                         async for delta in deltas:
                             run.answer_parts.append(delta)
+                            if review is not None and await review.feed(delta):
+                                break  # flagged: nothing more of the model's text goes out
                             await emit(prefix + orjson.dumps(delta) + b"}")
+                    if review is not None and await review.finish():
+                        await self._replace_answer(run, review.preset, emit)
                 run.status = "normal" if run.stop_reason is None else "stopped"
             except asyncio.CancelledError:
                 if run.stop_reason is None:  # not ours (event loop teardown): record it, then obey
@@ -259,6 +271,35 @@ class RunRegistry:
                 channel.close()
             self.runs.pop(run.task_id, None)
             run.finished.set()
+
+    @staticmethod
+    async def _replace_answer(run: Run, answer: str, emit: Any) -> None:
+        """Output moderation flagged the answer: it becomes ``answer`` (event ``message_replace``) and is
+        neither stored as the model wrote it nor cached."""
+        run.answer_parts = [answer]
+        run.cache = None
+        await emit(orjson.dumps({**run.envelope("message_replace"), "task_id": run.task_id, "id": run.message_id,
+                                 "answer": answer, "reason": "output_moderation"}))
+
+    async def answer_directly(self, run: Run, answer: str) -> None:
+        """A run answered without the model (input moderation, an answer-cache hit): its message row was
+        stored final already; the client gets the usual ``message`` and ``message_end`` events."""
+        run.answer_parts = [answer]
+        run.status = "normal"
+        end = orjson.dumps({**run.envelope("message_end"), "task_id": run.task_id, "id": run.message_id,
+                            "metadata": run.metadata()})
+        subject = task_events(run.task_id)
+        for data in (run._prefix + orjson.dumps(answer) + b"}", end):
+            run.seq += 1
+            if run.channel is not None:
+                run.channel.put(frame(run.seq, data))
+            try:
+                await self.ctx.bus.nc.publish(subject, data)
+            except Exception:  # noqa: BLE001 - the event log is best effort; the answer is in the DB
+                log.warning("run_event_publish_failed")
+        if run.channel is not None:
+            run.channel.close()
+        run.finished.set()
 
     async def _store_final(self, run: Run, params: dict[str, Any]) -> None:
         """Write the finished message, retrying a busy or briefly unreachable database: an answer the
@@ -313,7 +354,7 @@ class RunRegistry:
                 **run.envelope("message_end"),
                 "task_id": run.task_id,
                 "id": run.message_id,
-                "metadata": {"usage": run.usage, "retriever_resources": run.retriever_resources},
+                "metadata": run.metadata(),
             }
         data = orjson.dumps(payload)
         run.seq += 1
@@ -323,3 +364,5 @@ class RunRegistry:
             await self.ctx.bus.nc.publish(task_events(run.task_id), data)
         except Exception:  # noqa: BLE001 - the event log is best effort; the run's result is in the DB
             log.warning("run_event_publish_failed")
+        if run.cache is not None and run.status == "normal" and answer:
+            await run.cache.store(answer, run.message_id)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from sqlalchemy import Text, bindparam, cast, func, insert, update
-from sqlmodel import col, select
+from sqlalchemy import bindparam, insert, update
+from sqlmodel import select
 
 from services.runtime.service.errors import parse_uuid, require_user
 from services.runtime.service.runs import Channel, frame
@@ -30,9 +30,10 @@ from shared.app_config import start_form, validate_form
 from shared.egress import Egress, EgressPolicy
 from shared.errors import ApiError, invalid_param, not_found
 from shared.identity import Caller
-from shared.models import EndUser, Workflow, WorkflowNodeExecution, WorkflowRun, new_id, ts, utcnow
+from shared.models import Workflow, WorkflowNodeExecution, WorkflowRun, new_id, ts, utcnow
 from shared.subjects import task_events, task_stop
 from shared.workflow import Graph, parse_graph
+from shared.workflow.logs import WORKFLOW_LOG_MODES, workflow_logs
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -340,37 +341,9 @@ class WorkflowService:
     async def logs(self, caller: Caller, *, keyword: str | None, status: str | None, page: int, limit: int,
                    before: datetime | None, after: datetime | None, session_id: str | None) -> dict[str, Any]:
         app = await self.rt.app_for(caller)
-        if app.mode not in ("workflow", "advanced-chat"):
+        if app.mode not in WORKFLOW_LOG_MODES:
             raise not_workflow_app()
-        if not 1 <= page <= 99999 or not 1 <= limit <= 100:
-            raise invalid_param("page must be 1-99999 and limit 1-100")
-        if status is not None and status not in ("succeeded", "failed", "stopped", "partial-succeeded", "running"):
-            raise invalid_param("status must be succeeded, failed, stopped, partial-succeeded or running")
-        where = [WorkflowRun.app_id == app.id]
-        if status:
-            where.append(WorkflowRun.status == status)
-        if before:
-            where.append(WorkflowRun.created_at < before)
-        if after:
-            where.append(WorkflowRun.created_at > after)
-        if keyword:
-            pattern = f"%{keyword}%"
-            where.append(cast(WorkflowRun.inputs, Text).like(pattern)
-                         | cast(WorkflowRun.outputs, Text).like(pattern))
-        q = select(WorkflowRun, EndUser).join(EndUser, EndUser.id == WorkflowRun.created_by, isouter=True).where(*where)
-        if session_id:
-            q = q.where(EndUser.session_id == session_id)
-        async with self.rt.db.session() as s:
-            total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
-            rows = (await s.exec(q.order_by(col(WorkflowRun.created_at).desc())
-                                 .offset((page - 1) * limit).limit(limit))).all()
-        data = [{"id": r.id, "workflow_run": {"id": r.id, "version": r.version, "status": r.status, "error": r.error,
-                                               "elapsed_time": r.elapsed_time, "total_tokens": r.total_tokens,
-                                               "total_steps": r.total_steps, "created_at": ts(r.created_at),
-                                               "finished_at": ts(r.finished_at)},
-                 "created_from": r.created_from, "created_by_role": r.created_by_role, "created_by_account": None,
-                 "created_by_end_user": {"id": u.id, "type": u.type, "is_anonymous": u.is_anonymous,
-                                         "session_id": u.session_id} if u else None,
-                 "created_at": ts(r.created_at)} for r, u in rows]
-        return {"page": page, "limit": limit, "total": total, "has_more": page * limit < total, "data": data}
+        async with self.rt.db.session() as s:  # the query is shared with the console's workflow-app-logs
+            return await workflow_logs(s, app.id, keyword=keyword, status=status, page=page, limit=limit,
+                                       before=before, after=after, session_id=session_id)
 

@@ -1,6 +1,7 @@
 """Sniff an upload's real type and extract its text as ordered, typed elements.
 
-Synchronous and side-effect free apart from reading the given file; the indexer runs it in a worker thread.
+Synchronous and side-effect free apart from reading the given file; callers run it off the event loop (the
+indexer in its parse processes, the runtime in a thread for documents attached to a message).
 Both exceptions carry messages meant for the end user: `UnsupportedFileType` becomes a 415 at upload,
 `ParseError` becomes the document's `error`.
 """

@@ -1,0 +1,328 @@
+"""Workspace members and roles on the console (/console/api) with a real database and NATS: invitations and
+activation, every role against every kind of action, the rules about owners and admins, and membership
+changes taking effect on the very next request. Driven in-process through httpx.ASGITransport."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from services.console import create_app, start, stop
+from services.console.api import ACCESS, router
+from shared.bus import Bus
+from shared.context import Context
+from shared.migrate import upgrade_async
+from tests.conftest import database_url, db_params, make_settings, reset_postgres
+
+OWNER = ("owner@example.com", "owner-pass-1")
+PASSWORD = "member-pass-1"
+ROLES = ("normal", "editor", "admin", "owner")
+_n = itertools.count()
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}-{next(_n)}-{uuid.uuid4().hex[:6]}"
+
+
+def envelope(r: httpx.Response, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert (body["code"], body["status"]) == (code, status), body
+    return body
+
+
+@dataclass
+class Env:
+    ctx: Context
+    http: httpx.AsyncClient
+    heads: dict[str, dict]  # role → Authorization header of a member with that role
+    ids: dict[str, str]  # role → account id
+    app_id: str
+
+    async def login(self, email: str, password: str) -> dict:
+        r = await self.http.post("/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+
+    async def invite(self, by: dict, email: str, role: str) -> dict:
+        r = await self.http.post("/workspaces/current/members/invite-email", headers=by,
+                                 json={"emails": [email], "role": role, "language": "en-US"})
+        assert r.status_code == 201, r.text
+        (result,) = r.json()["invitation_results"]
+        assert result["status"] == "success", result
+        return result
+
+    async def join(self, by: dict, role: str) -> tuple[dict, str, str]:
+        """A new account invited with ``role`` and activated; its headers, account id and email."""
+        email = f"{uniq(role)}@example.com"
+        result = await self.invite(by, email, role)
+        r = await self.http.post("/activate", json={"token": result["token"], "email": email,
+                                                    "name": role.title(), "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        h = {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+        me = (await self.http.get("/account/profile", headers=h)).json()
+        return h, me["id"], email
+
+    async def members(self, h: dict) -> dict[str, dict]:
+        r = await self.http.get("/workspaces/current/members", headers=h)
+        assert r.status_code == 200, r.text
+        return {m["email"]: m for m in r.json()["accounts"]}
+
+
+@pytest.fixture(scope="module", params=db_params())
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
+              ) -> AsyncIterator[Env]:
+    tmp = tmp_path_factory.mktemp("roles")
+    url = database_url(request.param, tmp)
+    if request.param == "postgres":
+        await reset_postgres(url)
+    await upgrade_async(url)
+    from shared.db import Database
+
+    settings = make_settings(tmp, url, nats_url, secret_key="roles-secret-" + "x" * 40,
+                             public_api_base="https://plexus.test")
+    ctx = Context(settings=settings, db=Database(url), bus=await Bus.connect(nats_url, name="roles-test"))
+    app = create_app(ctx)
+    await start(ctx, app)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://console.test/console/api", timeout=60) as http:
+        r = await http.post("/setup", json={"email": OWNER[0], "name": "Owner", "password": OWNER[1]})
+        assert r.status_code == 201, r.text
+        env = Env(ctx, http, {}, {}, "")
+        owner = await env.login(*OWNER)
+        env.heads["owner"] = owner
+        env.ids["owner"] = (await http.get("/account/profile", headers=owner)).json()["id"]
+        for role in ("admin", "editor", "normal"):
+            env.heads[role], env.ids[role], _ = await env.join(owner, role)
+        r = await http.post("/apps", headers=owner, json={"name": "shared-app", "mode": "chat"})
+        env.app_id = r.json()["id"]
+        yield env
+    await stop(ctx, app)
+    await ctx.bus.close()
+    await ctx.db.close()
+
+
+# ---- every role × every kind of action ----------------------------------------------------------------
+
+CONFIG = {"model": {"provider": "openai", "name": "gpt-4o-mini", "mode": "chat", "completion_params": {}},
+          "pre_prompt": "Hello."}
+
+
+def _actions(app_id: str) -> dict[str, tuple[str, str, Any, str, int]]:
+    """name → (method, path, json body, least role, success status)."""
+    return {
+        "list apps": ("GET", "/apps", None, "normal", 200),
+        "read app": ("GET", f"/apps/{app_id}", None, "normal", 200),
+        "list members": ("GET", "/workspaces/current/members", None, "normal", 200),
+        "list model providers": ("GET", "/workspaces/current/model-providers", None, "normal", 200),
+        "create app": ("POST", "/apps", lambda: {"name": uniq("app")[:40], "mode": "chat"}, "editor", 201),
+        "change app": ("PUT", f"/apps/{app_id}", {"description": "changed"}, "editor", 200),
+        "change prompt": ("POST", f"/apps/{app_id}/model-config", CONFIG, "editor", 200),
+        "list app keys": ("GET", f"/apps/{app_id}/api-keys", None, "editor", 200),
+        "create app key": ("POST", f"/apps/{app_id}/api-keys", None, "admin", 201),
+        "save provider": ("POST", "/workspaces/current/model-providers/openai/credentials",
+                          {"credentials": {"api_key": "sk-test"}}, "admin", 200),
+        "invite member": ("POST", "/workspaces/current/members/invite-email",
+                          lambda: {"emails": [f"{uniq('x')}@example.com"], "role": "normal"}, "admin", 201),
+        "create admin key": ("POST", "/api-keys", lambda: {"name": uniq("ci")}, "admin", 201),
+        "list admin keys": ("GET", "/api-keys", None, "admin", 200),
+        "rename workspace": ("POST", "/workspaces/info", {"name": "Team space"}, "owner", 200),
+    }
+
+
+ACTION_NAMES = list(_actions("x"))
+
+
+@pytest.mark.parametrize("action", ACTION_NAMES)
+@pytest.mark.parametrize("role", ROLES)
+async def test_role_matrix(env: Env, role: str, action: str) -> None:
+    method, path, body, least, ok = _actions(env.app_id)[action]
+    body = body() if callable(body) else body
+    r = await env.http.request(method, path, headers=env.heads[role], json=body)
+    if ROLES.index(role) >= ROLES.index(least):
+        assert r.status_code == ok, r.text
+    else:
+        msg = envelope(r, 403, "forbidden")["message"]
+        assert f"requires the {least} role" in msg and role in msg
+
+
+def test_every_console_route_is_in_the_access_table() -> None:
+    """A route added without an entry would fall back to the default; make the choice explicit."""
+    def needs_caller(dependant: Any) -> bool:
+        return any(getattr(d.call, "__name__", "") == "_principal" or needs_caller(d) for d in dependant.dependencies)
+
+    missing = [(m, r.path) for r in router.routes if isinstance(r, APIRoute) and needs_caller(r.dependant)
+               for m in r.methods if (m, r.path.removeprefix("/console/api")) not in ACCESS]
+    assert missing == []
+
+
+# ---- invitations and activation ---------------------------------------------------------------------
+
+
+async def test_invitation_and_activation(env: Env) -> None:
+    owner = env.heads["owner"]
+    email = f"{uniq('new')}@example.com"
+    first = await env.invite(owner, email, "editor")
+    assert first["url"].startswith("https://plexus.test/console/api/activate/check?") and first["token"]
+    assert (await env.members(owner))[email]["status"] == "pending"
+    # no password yet: the pending account cannot sign in
+    envelope(await env.http.post("/login", json={"email": email, "password": PASSWORD}), 401,
+             "authentication_failed")
+    # re-inviting issues a new token; the first one stops working
+    second = await env.invite(owner, email, "editor")
+    check = await env.http.get("/activate/check", params={"email": email, "token": first["token"]})
+    assert check.json() == {"is_valid": False, "data": None}
+    check = await env.http.get("/activate/check", params={"email": email, "token": second["token"]})
+    assert check.json()["is_valid"] and check.json()["data"]["email"] == email
+    # wrong email for the token, weak password, bad token: all refused
+    envelope(await env.http.post("/activate", json={"token": second["token"], "email": "other@example.com",
+                                                    "name": "X", "password": PASSWORD}), 400, "invalid_token")
+    envelope(await env.http.post("/activate", json={"token": second["token"], "name": "X", "password": "short"}),
+             400, "invalid_param")
+    r = await env.http.post("/activate", json={"token": second["token"], "name": "Newbie", "password": PASSWORD})
+    assert r.status_code == 200 and r.json()["data"]["access_token"], r.text
+    envelope(await env.http.post("/activate", json={"token": second["token"], "name": "X", "password": PASSWORD}),
+             400, "invalid_token")  # spent
+    row = (await env.members(owner))[email]
+    assert (row["status"], row["role"], row["name"]) == ("active", "editor", "Newbie")
+    await env.login(email, PASSWORD)
+    # an active member is not invited twice; invalid emails and roles are 400 in the envelope
+    r = await env.http.post("/workspaces/current/members/invite-email", headers=owner,
+                            json={"emails": [email], "role": "normal"})
+    assert r.json()["invitation_results"][0]["status"] == "failed"
+    for body in ({"emails": ["not-an-email"], "role": "normal"}, {"emails": [email], "role": "owner"},
+                 {"emails": [email], "role": "superuser"}, {"emails": [], "role": "normal"}):
+        envelope(await env.http.post("/workspaces/current/members/invite-email", headers=owner, json=body),
+                 400, "invalid_param")
+
+
+async def test_existing_account_joins_and_switches_workspace(env: Env) -> None:
+    owner = env.heads["owner"]
+    # the editor is invited into a second workspace by its owner
+    other_h, _, other_email = await env.join(owner, "editor")
+    async with env.ctx.db.session() as s:
+        from shared.models import Tenant, TenantMember
+
+        ws = Tenant(name="Other space")
+        s.add(ws)
+        await s.flush()
+        me = (await env.http.get("/account/profile", headers=other_h)).json()["id"]
+        s.add(TenantMember(tenant_id=ws.id, account_id=me, role="owner", current=False))
+        await s.commit()
+        ws_id = ws.id
+    # other_h now owns "Other space" too; it invites the shared-workspace admin there
+    r = await env.http.post("/workspaces/switch", headers=other_h, json={"tenant_id": ws_id})
+    assert r.status_code == 200 and r.json()["new_tenant"]["id"] == ws_id, r.text
+    admin_email = next(e for e, m in (await env.members(owner)).items() if m["id"] == env.ids["admin"])
+    result = await env.invite(other_h, admin_email, "normal")
+    assert result["url"] is None and result["token"] is None  # an existing account just joins
+    # the admin still acts in its own workspace until it switches
+    listed = (await env.http.get("/workspaces", headers=env.heads["admin"])).json()["workspaces"]
+    assert {w["id"] for w in listed} >= {ws_id} and [w["current"] for w in listed].count(True) == 1
+    current = (await env.http.get("/workspaces/current", headers=env.heads["admin"])).json()
+    assert current["id"] != ws_id and current["role"] == "admin"
+    envelope(await env.http.post("/workspaces/switch", headers=env.heads["normal"], json={"tenant_id": ws_id}),
+             404, "not_found")  # not a member there
+    # back to the shared workspace, so later tests see other_h as a plain editor of it
+    home = next(w["id"] for w in listed if w["id"] != ws_id)
+    assert (await env.http.post("/workspaces/switch", headers=other_h, json={"tenant_id": home})).status_code == 200
+    assert other_email in await env.members(owner)
+
+
+# ---- the rules about owners, admins and oneself -----------------------------------------------------------
+
+
+async def test_owner_and_admin_rules(env: Env) -> None:
+    owner, admin = env.heads["owner"], env.heads["admin"]
+    _, editor_id, _ = await env.join(owner, "editor")
+    second_admin_h, second_admin_id, _ = await env.join(owner, "admin")
+
+    def role_path(aid: str) -> str:
+        return f"/workspaces/current/members/{aid}/update-role"
+
+    # the owner is neither demoted nor removed, by anyone
+    envelope(await env.http.put(role_path(env.ids["owner"]), headers=admin, json={"role": "normal"}), 403,
+             "forbidden")
+    envelope(await env.http.delete(f"/workspaces/current/members/{env.ids['owner']}", headers=admin), 403,
+             "forbidden")
+    envelope(await env.http.put(role_path(env.ids["owner"]), headers=owner, json={"role": "admin"}), 403,
+             "forbidden")
+    # nobody makes an owner by role change
+    envelope(await env.http.put(role_path(editor_id), headers=owner, json={"role": "owner"}), 400, "invalid_param")
+    # an admin cannot make, demote or remove admins; the owner can
+    envelope(await env.http.put(role_path(editor_id), headers=admin, json={"role": "admin"}), 403, "forbidden")
+    envelope(await env.http.put(role_path(second_admin_id), headers=admin, json={"role": "editor"}), 403,
+             "forbidden")
+    envelope(await env.http.delete(f"/workspaces/current/members/{second_admin_id}", headers=admin), 403,
+             "forbidden")
+    envelope(await env.http.post("/workspaces/current/members/invite-email", headers=admin,
+                                 json={"emails": [f"{uniq('a')}@example.com"], "role": "admin"}), 403, "forbidden")
+    # but an admin manages editors and normals
+    assert (await env.http.put(role_path(editor_id), headers=admin, json={"role": "normal"})).status_code == 200
+    # nobody changes or removes themself
+    envelope(await env.http.put(role_path(env.ids["admin"]), headers=admin, json={"role": "editor"}), 403,
+             "forbidden")
+    envelope(await env.http.delete(f"/workspaces/current/members/{env.ids['admin']}", headers=admin), 403,
+             "forbidden")
+    # the owner demotes the second admin, with effect on its very next request
+    assert (await env.http.get("/api-keys", headers=second_admin_h)).status_code == 200
+    r = await env.http.put(role_path(second_admin_id), headers=owner, json={"role": "editor"})
+    assert r.status_code == 200, r.text
+    envelope(await env.http.get("/api-keys", headers=second_admin_h), 403, "forbidden")
+    assert (await env.members(owner))[next(e for e, m in (await env.members(owner)).items()
+                                           if m["id"] == second_admin_id)]["role"] == "editor"
+    envelope(await env.http.put(role_path(str(uuid.uuid4())), headers=owner, json={"role": "editor"}), 404,
+             "not_found")
+
+
+async def test_removed_member_is_locked_out_at_once(env: Env) -> None:
+    owner = env.heads["owner"]
+    h, aid, email = await env.join(owner, "editor")
+    assert (await env.http.post("/apps", headers=h, json={"name": uniq("rm")[:40], "mode": "chat"})).status_code == 201
+    r = await env.http.delete(f"/workspaces/current/members/{aid}", headers=owner)
+    assert r.status_code == 200 and r.json()["result"] == "success", r.text
+    # the same, still unexpired access token: no workspace left for it
+    envelope(await env.http.get("/apps", headers=h), 401, "unauthorized")
+    assert email not in await env.members(owner)
+    # a pending invitation removed takes its never-activated account with it
+    pending = f"{uniq('p')}@example.com"
+    token = (await env.invite(owner, pending, "normal"))["token"]
+    pid = (await env.members(owner))[pending]["id"]
+    assert (await env.http.delete(f"/workspaces/current/members/{pid}", headers=owner)).status_code == 200
+    assert (await env.http.get("/activate/check", params={"token": token})).json()["is_valid"] is False
+
+
+async def test_ownership_transfer(env: Env) -> None:
+    # a workspace of its own, so the shared one keeps its owner for the other tests
+    from services.console.auth import hash_password
+    from shared.models import Account, Tenant, TenantMember
+
+    boss, heir = f"{uniq('boss')}@example.com", f"{uniq('heir')}@example.com"
+    async with env.ctx.db.session() as s:
+        ws = Tenant(name="Transfer space")
+        s.add(ws)
+        ids = {}
+        for email, role in ((boss, "owner"), (heir, "admin")):
+            a = Account(email=email, name=email[:8], password_hash=await hash_password(PASSWORD))
+            s.add(a)
+            s.add(TenantMember(tenant_id=ws.id, account_id=a.id, role=role, current=True))
+            ids[email] = a.id
+        await s.commit()
+    boss_h, heir_h = await env.login(boss, PASSWORD), await env.login(heir, PASSWORD)
+    envelope(await env.http.post(f"/workspaces/current/members/{ids[boss]}/owner-transfer", headers=heir_h), 403,
+             "forbidden")
+    r = await env.http.post(f"/workspaces/current/members/{ids[heir]}/owner-transfer", headers=boss_h)
+    assert r.status_code == 200, r.text
+    roles = {e: m["role"] for e, m in (await env.members(heir_h)).items()}
+    assert roles == {boss: "admin", heir: "owner"}
+    assert (await env.http.post("/workspaces/info", headers=heir_h, json={"name": "Mine"})).status_code == 200
+    envelope(await env.http.post("/workspaces/info", headers=boss_h, json={"name": "Still mine"}), 403, "forbidden")
+    # the new owner can now remove the former one, who is an admin like any other
+    assert (await env.http.delete(f"/workspaces/current/members/{ids[boss]}", headers=heir_h)).status_code == 200
