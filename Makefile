@@ -6,7 +6,7 @@ UV     := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 SDK_VENVS := .venv-sdk/dify-client .venv-sdk/dify-client-python
 
-.PHONY: install run test test-unit test-integration test-e2e bench lint lock chart clean
+.PHONY: install run test test-unit test-integration test-e2e bench lint lock chart clean topology
 
 install: $(VENV)/.installed $(SDK_VENVS:%=%/.installed)
 
@@ -41,6 +41,10 @@ test-e2e: install
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.run_all
+
+# Split mode on one machine: every service its own process (needs Postgres and Redis; see docs/topology.md).
+topology: $(VENV)/.installed
+	$(PY) -m tests.topology
 
 # Render the Helm chart in both modes, lint it and validate every manifest offline (tests/deploy).
 chart: $(VENV)/.installed

@@ -13,7 +13,7 @@ import time
 
 from bench.common import ROOT, print_machine, python_env
 
-BENCHES = ("gateway_overhead", "streaming", "open_streams", "knowledge", "tools", "workflow")
+BENCHES = ("gateway_overhead", "streaming", "open_streams", "knowledge", "tools", "workflow", "scale_out")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -302,6 +302,9 @@ async def forward_local(ex: Exchange, app: ASGIApp, headers: list[tuple[bytes, b
 # mode is 1 ms. aiohttp is already in the lock (litellm depends on it).
 
 _TIMEOUT_ERRORS = (asyncio.TimeoutError, aiohttp.ServerTimeoutError)
+# resumable: the run's events stay in its log (GET /v1/chat-messages/{task_id}/events on any replica)
+_STREAM_BROKEN = (b'data: {"event": "error", "status": 502, "code": "bad_gateway", "message": '
+                  b'"The service running this stream stopped; resume it from its events endpoint."}\n\n')
 
 
 class HttpForwarder:
@@ -381,6 +384,7 @@ class HttpForwarder:
     async def _relay(ex: Exchange, resp: aiohttp.ClientResponse) -> None:
         task = asyncio.current_task()
         complete = False
+        at_boundary = True  # the last chunk relayed ended an SSE event
         try:
             headers = []
             length = -1
@@ -401,6 +405,7 @@ class HttpForwarder:
                 complete = True
                 return
             async for chunk in resp.content.iter_any():
+                at_boundary = chunk.endswith(b"\n\n")
                 if length >= 0:
                     length -= len(chunk)
                     more = length > 0
@@ -417,8 +422,14 @@ class HttpForwarder:
                 raise
             task.uncancel()
         except (aiohttp.ClientError, *_TIMEOUT_ERRORS) as e:
-            # headers are out: all we can do is cut the connection so the client sees it incomplete
+            # headers are out: an event stream cut between two events (the replica running it died) ends
+            # with an `error` event; anything else is cut so the client sees it incomplete
             log.warning("upstream_stream_broken", error=repr(e), request_id=ex.request_id.decode("latin-1"))
+            if ex.sse and at_boundary and not ex.disconnected and not ex.finished:
+                try:
+                    await ex.send({"type": "http.response.body", "body": _STREAM_BROKEN, "more_body": False})
+                except Exception:  # noqa: BLE001, S110 - the client is gone as well
+                    pass
         finally:
             ex.on_disconnect = None
             if complete:
