@@ -38,12 +38,17 @@ from shared.models import (
     App,
     AppModelConfig,
     Conversation,
+    ConversationVariable,
     EndUser,
     Message,
     MessageFeedback,
+    MessageFile,
     ProviderCredential,
     Tenant,
     TenantMember,
+    Workflow,
+    WorkflowNodeExecution,
+    WorkflowRun,
 )
 from shared.settings import AuthSettings
 from tests.conftest import REDIS_URL, database_url, db_params, make_settings, needs_redis, reset_postgres
@@ -421,7 +426,19 @@ async def test_app_delete_removes_everything(console: Console) -> None:
             msg = Message(app_id=a["id"], conversation_id=conv.id, end_user_id=eu.id, task_id="t")
             s.add_all([eu, conv, msg, MessageFeedback(app_id=a["id"], conversation_id=conv.id, message_id=msg.id,
                                                       rating="like", from_end_user_id=eu.id)])
+            wf = Workflow(tenant_id=tenant_id, app_id=a["id"], type="chat", version="draft")
+            run = WorkflowRun(tenant_id=tenant_id, app_id=a["id"], workflow_id=wf.id, type="chat", version="v",
+                              task_id="t", created_by=eu.id)
+            s.add_all([wf, run])
+            await s.flush()  # the rows the next ones point at
+            s.add_all([MessageFile(message_id=msg.id, type="image", transfer_method="remote_url"),
+                       ConversationVariable(id="v1", conversation_id=conv.id, app_id=a["id"], name="n",
+                                            value_type="string"),
+                       WorkflowNodeExecution(tenant_id=tenant_id, app_id=a["id"], workflow_id=wf.id,
+                                             workflow_run_id=run.id, node_id="start", node_type="start")])
         await s.commit()
+        kept_file = (await s.exec(select(MessageFile.id).join(Message, Message.id == MessageFile.message_id)
+                                  .where(Message.app_id == keep["id"]))).one()
     c.events.items.clear()
 
     r = await c.http.delete(f"/apps/{app['id']}", headers=h)
@@ -429,14 +446,19 @@ async def test_app_delete_removes_everything(console: Console) -> None:
     assert_envelope(await c.http.get(f"/apps/{app['id']}", headers=h), 404, "not_found", "App not found.")
     assert_envelope(await c.http.delete(f"/apps/{app['id']}", headers=h), 404, "not_found")
     async with c.ctx.db.session() as s:
-        for model in (MessageFeedback, Message, Conversation, EndUser, AppModelConfig, ApiToken):
+        # every row hanging off the app goes (SQLite does not cascade), the other app's stay
+        assert (await s.exec(select(MessageFile.id))).all() == [kept_file]
+        for model in (MessageFeedback, Message, Conversation, ConversationVariable, EndUser, Workflow, WorkflowRun,
+                      WorkflowNodeExecution, AppModelConfig, ApiToken):
             gone = (await s.exec(select(func.count()).select_from(model).where(model.app_id == app["id"]))).one()
             kept = (await s.exec(select(func.count()).select_from(model).where(model.app_id == keep["id"]))).one()
             assert (model.__name__, gone) == (model.__name__, 0)
             if model is not AppModelConfig:
                 assert (model.__name__, kept) == (model.__name__, 1)
 
-    await c.events.wait_for(lambda s, p: s == subjects.config_changed("app", app["id"]) and p["tenant_id"] == tenant_id)
+    # `deleted` lets runtimes free what they keep for the app (its cached answers)
+    await c.events.wait_for(lambda s, p: s == subjects.config_changed("app", app["id"])
+                            and p["tenant_id"] == tenant_id and p.get("deleted") is True)
     for t in tokens[:2]:
         _, p = await c.events.wait_for(lambda s, p, t=t: s == subjects.config_changed("apikey", t["id"]))
         assert p == {"kind": "apikey", "id": t["id"], "app_id": app["id"], "token_hash": hash_token(t["token"])}

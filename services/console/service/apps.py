@@ -29,10 +29,15 @@ from shared.models import (
     AppDatasetJoin,
     AppModelConfig,
     Conversation,
+    ConversationVariable,
     Dataset,
     EndUser,
     Message,
     MessageFeedback,
+    MessageFile,
+    Workflow,
+    WorkflowNodeExecution,
+    WorkflowRun,
     utcnow,
 )
 from shared.settings import Settings
@@ -148,11 +153,14 @@ async def delete_app(ctx: Context, p: Principal, app_id: str) -> None:
     async with ctx.db.session() as s:
         app = await get_app(s, p.tenant_id, app_id)
         keys = list(await s.exec(select(ApiToken.id, ApiToken.token_hash).where(ApiToken.app_id == app.id)))
-        for model in (MessageFeedback, Message, Conversation, EndUser, AppModelConfig, AppDatasetJoin, ApiToken):
+        message_ids = select(Message.id).where(Message.app_id == app.id)
+        await s.exec(delete(MessageFile).where(col(MessageFile.message_id).in_(message_ids)))
+        for model in (MessageFeedback, Message, ConversationVariable, Conversation, EndUser, WorkflowNodeExecution,
+                      WorkflowRun, Workflow, AppModelConfig, AppDatasetJoin, ApiToken):
             await s.exec(delete(model).where(model.app_id == app.id))
         await s.exec(delete(App).where(App.id == app.id))
         await s.commit()
-    await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+    await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id, deleted=True)
     for key_id, token_hash in keys:
         await publish_change(ctx.bus, "apikey", key_id, app_id=app.id, token_hash=token_hash)
 

@@ -45,6 +45,7 @@ class Runtime:
         self.resume = Resumer(self)
         self.files = FileService(self)
         self._sweeper: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # keeps fire-and-forget tasks referenced
 
     async def app_for(self, caller: Caller) -> AppEntry:
         if not caller.app_id or caller.key_type != "app":
@@ -62,6 +63,10 @@ class Runtime:
         kind, ident = parse_config_subject(subject)
         if kind == "app":
             self.apps.invalidate_app(ident)
+            if payload.get("deleted"):  # its cached answers can no longer be reached: free them now
+                task = asyncio.get_running_loop().create_task(self.chat.answers.forget_app(ident))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         elif kind in ("provider", "tenant"):
             self.apps.invalidate_tenant(ident)
         elif kind == "tool_provider" and isinstance(payload.get("tenant_id"), str):
