@@ -256,3 +256,25 @@ async def test_failing_moderation_model(client: httpx.AsyncClient, apps: Apps, l
     llm.push(endpoint="moderations", status=500)
     r = await chat(client, k, "hello again")
     assert r.status_code == 200 and r.json()["answer"] == "Echo: hello again"
+
+
+async def test_agent_answer_is_replaced(client: httpx.AsyncClient, apps: Apps, llm: ScriptedLLM) -> None:
+    """agent-chat: the answer streams as agent_message, reviewed the same way as a chat answer."""
+    tools = [{"provider_type": "builtin", "provider_id": "time", "tool_name": "current_time",
+              "tool_parameters": {}, "enabled": True}]
+    agent = {"enabled": True, "strategy": "function_call", "max_iteration": 3, "tools": tools}
+    _, k = await apps.create("agent-chat", model_config(keywords_config(), agent_mode=agent))
+    llm.push(tokens=["Here is ", "the 违", "禁词 ", "answer."], match="tell me")
+    events = await chat_stream(client, k, "tell me")
+    kinds = [e["event"] for e in events]
+    assert kinds[-2:] == ["message_replace", "message_end"], kinds
+    assert events[-2]["answer"] == OUTPUT_PRESET
+    # the piece completing the keyword and everything after it stay back
+    assert "".join(e["answer"] for e in events if e["event"] == "agent_message") == "Here is the 违"
+    stored = await stored_answer(client, k, events[-1]["conversation_id"])
+    assert stored["answer"] == OUTPUT_PRESET and stored["status"] == "normal"
+
+    llm.push(tokens=["A clean ", "answer."], match="again")
+    events = await chat_stream(client, k, "again")
+    assert "message_replace" not in [e["event"] for e in events]
+    assert "".join(e["answer"] for e in events if e["event"] == "agent_message") == "A clean answer."

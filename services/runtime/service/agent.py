@@ -16,6 +16,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,9 @@ class AgentLoop:
     # -- events -----------------------------------------------------------------------------------
     async def _say(self, delta: str) -> None:
         self.run.answer_parts.append(delta)
+        review = self.run.review  # output moderation sees every piece before the client does
+        if review is not None and await review.feed(delta):
+            raise OutputFlagged
         await self.emit(self._msg_prefix + orjson.dumps(delta) + b"}")
 
     async def _thought(self, thought: dict[str, Any]) -> None:
@@ -113,11 +117,13 @@ class AgentLoop:
         calls: list[llm.ToolCall] = []
         parts: list[str] = []
         try:
-            async for delta in llm.stream_chat(self.run.binding, messages, self.timeout, usage, tools=tools,
-                                               tool_calls=calls, stop=stop):
-                parts.append(delta)
-                if stream_text:
-                    await self._say(delta)
+            deltas = llm.stream_chat(self.run.binding, messages, self.timeout, usage, tools=tools,
+                                     tool_calls=calls, stop=stop)
+            async with aclosing(deltas):  # a flagged answer closes the model call at once
+                async for delta in deltas:
+                    parts.append(delta)
+                    if stream_text:
+                        await self._say(delta)
         finally:
             self._add_usage(usage, messages, "".join(parts))
         return "".join(parts), calls
@@ -174,10 +180,13 @@ class AgentLoop:
 
     # -- strategies ---------------------------------------------------------------------------------
     async def execute(self) -> None:
+        """Run the strategy; raises ``OutputFlagged`` when output moderation flags the answer."""
         if self.plan.strategy == "react":
             await self._react()
         else:
             await self._function_calling()
+        if self.run.review is not None and await self.run.review.finish():
+            raise OutputFlagged
 
     async def _function_calling(self) -> None:
         messages = list(self.run.messages)
@@ -224,6 +233,10 @@ class AgentLoop:
             await self._run_calls(_thought_part(text), [call])
             messages.append({"role": "assistant", "content": text.rstrip()})
             messages.append({"role": "user", "content": f"Observation: {call.output}"})
+
+
+class OutputFlagged(Exception):
+    """Output moderation flagged the agent's answer: the run replaces it with the preset answer."""
 
 
 class AgentIncomplete(Exception):

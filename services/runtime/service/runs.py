@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import bindparam, update
 
 from services.runtime import llm
-from services.runtime.service.agent import AgentIncomplete, AgentLoop, AgentPlan
+from services.runtime.service.agent import AgentIncomplete, AgentLoop, AgentPlan, OutputFlagged
 from services.runtime.service.prompt import estimate_usage
 from shared.metrics import LLM_CALLS, LLM_TOKENS, RUNS_ACTIVE
 from shared.models import Message, utcnow
@@ -230,7 +230,10 @@ class RunRegistry:
 
             try:
                 if run.stop_reason is None and run.agent is not None:
-                    await AgentLoop(self.ctx, run, run.agent, run.tenant_id, emit, usage).execute()
+                    try:
+                        await AgentLoop(self.ctx, run, run.agent, run.tenant_id, emit, usage).execute()
+                    except OutputFlagged:
+                        await self._replace_answer(run, run.review.preset, emit)
                 elif run.stop_reason is None:
                     deltas = llm.stream_chat(run.binding, run.messages, rt.llm_timeout, usage)
                     review = run.review
