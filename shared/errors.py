@@ -7,6 +7,7 @@ HTTP errors, request-validation errors and unexpected exceptions to the envelope
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ log = structlog.get_logger("plexus.errors")
 INVALID_JSON = "Invalid JSON payload received or JSON payload is empty."
 UNSUPPORTED_MEDIA = ("Did not attempt to load JSON data because the request Content-Type was not "
                      "'application/json'.")
+UNAVAILABLE = "A service this request needs is unavailable; try again shortly."
 INTERNAL = "Internal Server Error, please contact support."
 
 _STATUS_CODES = {
@@ -142,5 +144,41 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> Response:
+        if dependency_down(exc):
+            # refused, not lost: nothing was accepted, and the client can retry once the server is back
+            log.warning("dependency_unavailable", path=request.url.path, error=repr(exc))
+            return error_response(ApiError(503, "service_unavailable", UNAVAILABLE, headers={"Retry-After": "1"}))
         log.exception("unhandled_error", path=request.url.path)
         return error_response(ApiError(500, "internal_server_error", INTERNAL))
+
+
+@lru_cache(maxsize=1)
+def _down_types() -> tuple[type[BaseException], ...]:
+    import asyncpg.exceptions as pg
+    import nats.errors
+    import redis.exceptions
+    from sqlalchemy import exc as sa
+
+    return (ConnectionError, sa.TimeoutError,  # refused/reset sockets; no free pooled connection in time
+            pg.PostgresConnectionError, pg.CannotConnectNowError, pg.AdminShutdownError, pg.TooManyConnectionsError,
+            pg.InterfaceError, nats.errors.ConnectionClosedError, nats.errors.NoServersError,
+            nats.errors.ConnectionReconnectingError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def dependency_down(exc: BaseException) -> bool:
+    """The database, NATS or Redis is down or restarting (as opposed to a bug): follows SQLAlchemy's wrapped
+    driver error and the exception's causes."""
+    from sqlalchemy import exc as sa
+
+    down = _down_types()
+    seen: list[BaseException | None] = [exc]
+    for _ in range(6):
+        if not seen:
+            break
+        e = seen.pop()
+        if e is None:
+            continue
+        if isinstance(e, down) or (isinstance(e, sa.DBAPIError) and e.connection_invalidated):
+            return True
+        seen.extend((getattr(e, "orig", None), e.__cause__))
+    return False

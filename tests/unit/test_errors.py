@@ -2,10 +2,14 @@
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.errors import INTERNAL, INVALID_JSON, ApiError
+from shared.errors import INTERNAL, INVALID_JSON, UNAVAILABLE, ApiError
 from shared.http import create_base_app
+from shared.natsd import free_port
 
 
 class Body(BaseModel):
@@ -25,6 +29,26 @@ async def client():
             raise ValueError("name must not be value")
         if body.name == "boom":
             raise RuntimeError("secret internals")
+        if body.name == "db-down":  # a real connection to a Postgres port nobody listens on
+            engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+            try:
+                async with engine.connect():
+                    pass
+            finally:
+                await engine.dispose()
+        if body.name == "redis-down":
+            r = aioredis.Redis(port=free_port(), socket_connect_timeout=1)
+            try:
+                await r.ping()
+            finally:
+                await r.aclose()
+        if body.name == "sql-bug":  # a database error that is not an outage stays a 500
+            engine = create_async_engine("sqlite+aiosqlite://")
+            try:
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT * FROM no_such_table"))
+            finally:
+                await engine.dispose()
         return {"ok": body.count}
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -64,6 +88,17 @@ async def test_api_error_value_error_and_crash(client) -> None:
     r = await client.post("/things", json={"name": "boom"})
     assert r.status_code == 500 and r.json() == {"code": "internal_server_error", "message": INTERNAL, "status": 500}
     assert "secret" not in r.text
+
+
+async def test_a_dependency_that_is_down_is_503_not_500(client) -> None:
+    # refused requests the client may retry: the database or Redis is down or restarting
+    for name in ("db-down", "redis-down"):
+        r = await client.post("/things", json={"name": name})
+        assert (r.status_code, r.json()) == (503, {"code": "service_unavailable", "message": UNAVAILABLE,
+                                                    "status": 503}), name
+        assert r.headers["retry-after"] == "1"
+    r = await client.post("/things", json={"name": "sql-bug"})
+    assert r.status_code == 500 and r.json()["code"] == "internal_server_error"
 
 
 async def test_unknown_route_and_method(client) -> None:
