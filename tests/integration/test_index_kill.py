@@ -2,7 +2,7 @@
 
 `plexus run indexer` runs as a real child process on production settings while 200 text documents are
 created through DocumentService.create; the indexer's whole process group (with its parse processes) is
-killed with SIGKILL 14 times and restarted each time. Every other kill comes 0.3-2.5 s after the new life is
+killed with SIGKILL 20 times and restarted each time. Every other kill comes 0.3-2.5 s after the new life is
 ready (it lands while the parse process starts); the others come 0.3-2.5 s after the life's first document
 got past parsing, so that they also land in cleaning, splitting and indexing (segments written, vectors
 partly stored: one chunk per embedding call and upsert, nothing acked). Afterwards every document must be
@@ -55,7 +55,7 @@ from shared.natsd import free_port
 from tests.conftest import database_url, db_params, make_settings, reset_postgres
 
 N_DOCS = 200
-N_KILLS = 14
+N_KILLS = 20
 SEED = 20250611
 KILL_DELAY = (0.3, 2.5)  # seconds from the moment a life is ready (or warm, see below) to its SIGKILL
 MIN_CHUNKS, MAX_CHUNKS = 3, 8
