@@ -109,6 +109,26 @@ async def _admin_setup(settings: Settings, email: str, name: str, password: str)
     print(f"created admin {email}")
 
 
+def _raise_open_files() -> None:
+    """Every open stream holds a client socket and a model connection: take the whole hard limit of open
+    files (often 1,024 soft against 1,048,576 hard), as Go and nginx servers do, rather than refuse
+    connections at ~500 streams."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plexus", description="Dify-compatible LLM app backend")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -138,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     if args.cmd == "run":
+        _raise_open_files()
         try:
             asyncio.run(_serve(settings, args.target))
         except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import structlog
 from shared.bus import Bus
 from shared.context import Context
 from shared.db import Database
+from shared.llm import configure as configure_llm
 from shared.migrate import upgrade_async
 from shared.natsd import EmbeddedNats
 from shared.settings import Settings
@@ -38,6 +39,7 @@ class Stack:
 
     async def start(self) -> Any:
         s = self.settings
+        configure_llm(s.runtime.llm_max_connections)
         embedded = self.target == "all"
         if embedded:
             s.ensure_secrets()

@@ -16,6 +16,8 @@ _ENV = {
     "HF_HUB_OFFLINE": "1",
     "DO_NOT_TRACK": "1",
 }
+# litellm's aiohttp pool limits, read once when litellm is imported (configure())
+_POOL_ENV = ("AIOHTTP_CONNECTOR_LIMIT", "AIOHTTP_CONNECTOR_LIMIT_PER_HOST")
 _litellm: Any = None
 
 # Provider names accepted by the console and how they map onto litellm's model prefixes.
@@ -42,9 +44,20 @@ VALIDATION_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-lat
                      "groq": "llama-3.1-8b-instant", "deepseek": "deepseek-chat"}
 
 
+def configure(max_connections: int) -> None:
+    """Process-wide litellm options from the settings (``runtime.llm_max_connections``). They take effect
+    only before the first litellm() call of the process; the service stack calls this at start-up."""
+    for k in _POOL_ENV:
+        _ENV[k] = str(max_connections)
+
+
 def litellm() -> Any:
     global _litellm
     if _litellm is None:
+        if _POOL_ENV[0] not in _ENV:  # not configured: the setting's default, never litellm's 500 per host
+            from shared.settings import RuntimeSettings
+
+            configure(RuntimeSettings.model_fields["llm_max_connections"].default)
         for k, v in _ENV.items():
             os.environ.setdefault(k, v)
         import litellm as _mod

@@ -49,6 +49,9 @@ class RuntimeSettings(BaseModel):
     memory_turns: int = Field(10, description="previous turns sent to the model as conversation memory")
     ping_interval: float = Field(10.0, description="seconds of silence before an SSE `event: ping`")
     llm_timeout: float = Field(120.0, description="seconds to wait for a model response")
+    llm_max_connections: int = Field(
+        10_000, ge=1, description="connections one process keeps open to model providers, in all and to one host "
+        "(litellm's own default, 500 per host, would queue the 501st concurrent stream without a word)")
     run_timeout: float = Field(600.0, description="a run still going after this is stopped and recorded")
     run_lease: float = Field(
         30.0, description="a replica refreshes its live runs every third of this; a run not refreshed for this "

@@ -152,6 +152,8 @@ class ScriptedLLM:
         self.embedding_dim = 16  # default size of the scripted embeddings
         self.completed = 0  # streams sent to the end
         self.aborted = 0  # streams whose client went away before the end
+        self.streaming = 0  # streams being sent now
+        self.peak_streaming = 0  # most streams sent at once since the last reset
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         routes = [
@@ -182,6 +184,7 @@ class ScriptedLLM:
         self.embedding_dim = 16
         self.completed = 0
         self.aborted = 0
+        self.peak_streaming = 0
 
     def requests_matching(self, text: str) -> list[Received]:
         return [r for r in self.requests if text in r.last_user]
@@ -345,6 +348,8 @@ class ScriptedLLM:
 
         async def stream():
             finished = False
+            self.streaming += 1
+            self.peak_streaming = max(self.peak_streaming, self.streaming)
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 for i, tok in enumerate(tokens):
@@ -379,6 +384,7 @@ class ScriptedLLM:
                 finished = True
                 self.completed += 1
             finally:
+                self.streaming -= 1
                 if not finished:
                     self.aborted += 1
 
