@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sqlmodel import col, select, update
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.console.auth import Auth, TokenPair, hash_password
 from services.console.service.accounts import check_email, check_password
@@ -167,15 +168,22 @@ async def activate(db: Database, auth: Auth, *, token: str, name: str, password:
     return auth.tokens.issue(account_id)
 
 
+async def _locked_non_owner(s: AsyncSession, p: Principal, account_id: str, owner_message: str) -> TenantMember:
+    """The member ``account_id`` of the caller's workspace, with the workspace row locked so that concurrent
+    role changes, removals and transfers apply one after another; the owner is refused with ``owner_message``."""
+    await s.exec(select(Tenant.id).where(Tenant.id == p.tenant_id).with_for_update())
+    member = await _member(s, p.tenant_id, account_id)
+    if member.role == "owner":
+        raise forbidden(owner_message)
+    return member
+
+
 async def update_role(ctx: Context, p: Principal, account_id: str, role: str) -> None:
     role = _check_role(role)
     if account_id == p.account_id:
         raise forbidden("You cannot change your own role.")
     async with ctx.db.session() as s:
-        await s.exec(select(Tenant.id).where(Tenant.id == p.tenant_id).with_for_update())
-        member = await _member(s, p.tenant_id, account_id)
-        if member.role == "owner":
-            raise forbidden(OWNER_BY_TRANSFER)
+        member = await _locked_non_owner(s, p, account_id, OWNER_BY_TRANSFER)
         if "admin" in (member.role, role) and not p.at_least("owner"):
             raise forbidden(ONLY_OWNER_ADMINS)
         member.role = role
@@ -188,10 +196,8 @@ async def remove(ctx: Context, p: Principal, account_id: str) -> None:
     if account_id == p.account_id:
         raise forbidden("You cannot remove yourself from the workspace.")
     async with ctx.db.session() as s:
-        await s.exec(select(Tenant.id).where(Tenant.id == p.tenant_id).with_for_update())
-        member = await _member(s, p.tenant_id, account_id)
-        if member.role == "owner":
-            raise forbidden("The owner cannot be removed; transfer the ownership first.")
+        member = await _locked_non_owner(s, p, account_id,
+                                         "The owner cannot be removed; transfer the ownership first.")
         if member.role == "admin" and not p.at_least("owner"):
             raise forbidden(ONLY_OWNER_ADMINS)
         await s.delete(member)
