@@ -61,3 +61,23 @@ async def test_split_gateway_needs_redis_unless_memory_is_chosen(tmp_path: Path)
         await Stack(Settings(**prod), "gateway").start()
     with pytest.raises(SystemExit, match="PLEXUS_NATS_URL"):
         await Stack(Settings(**{**prod, "nats_url": None}), "runtime").start()
+
+
+def test_plexus_run_takes_the_hard_open_files_limit() -> None:
+    """A low soft RLIMIT_NOFILE (1,024 is common) would refuse streams long before the hard limit."""
+    import resource
+    import subprocess
+    import sys
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard open-files limit ({hard}) leaves nothing to raise")
+    script = ("import resource; from services.cli import _raise_open_files; _raise_open_files(); "
+              "print(*resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    ).stdout.split()
+    soft_after, hard_after = int(out[0]), int(out[1])
+    assert soft_after > 256
+    assert soft_after == hard_after
