@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import re
-import resource
 import secrets
 import shutil
 import signal
@@ -29,20 +28,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.llm import offline_env
+from tests.procs import (
+    NOFILE,
+    ROOT,
+    Proc,
+    python_env,
+    raise_nofile,  # noqa: F401  (re-exported for the bench scripts)
+)
+
 # litellm reads these at import (see the offline stack notes); set before anything imports it.
-for _k, _v in {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
-               "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}.items():
-    os.environ.setdefault(_k, _v)
+offline_env()
 
 import httpx
 import orjson
 
 from shared.natsd import EmbeddedNats, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 ADMIN = {"email": "bench@example.com", "name": "Bench", "password": "bench-pass-42"}
-NOFILE = 65536
 
 
 # ---- processes -------------------------------------------------------------------------------------
@@ -50,94 +54,22 @@ NOFILE = 65536
 _procs: list[Service] = []
 
 
-def raise_nofile(limit: int = NOFILE) -> int:
-    """Raise RLIMIT_NOFILE as far as allowed (root may raise the hard limit too); returns the soft limit."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for want in (max(limit, hard), hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, want), want))
-            break
-        except (ValueError, OSError):
-            continue
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def _child_setup(nofile: int | None) -> Any:
-    def fn() -> None:
-        if nofile:
-            raise_nofile(nofile)
-        with contextlib.suppress(Exception):  # Linux: die with the bench even if it is SIGKILLed
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    return fn
-
-
-class Service:
-    """A child process in its own process group, logging to a file, stopped with SIGINT then SIGKILL."""
-
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 log_dir: Path, nofile: int | None = None, ready_url: str | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.cwd = cwd
-        self.log_path = log_dir / f"{name}.log"
-        self.nofile = nofile
-        self.ready_url = ready_url
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc
-        return self.proc.pid
+class Service(Proc):
+    """A tests.procs.Proc that ``start`` waits for (when it has a ready URL) and that ``stop_all`` stops:
+    on normal exit, exception, SIGTERM or atexit."""
 
     def start(self, timeout: float = 90.0) -> Service:
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_child_setup(self.nofile))  # noqa: PLW1509 - children start before threads
-        log.close()
+        super().start()
         _procs.append(self)
         if self.ready_url:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.ready_url, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready at {self.ready_url} after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
     def rss_mb(self) -> float | None:
         return rss_mb(self.pid)
 
     def stop(self, grace: float = 15.0) -> None:
-        p = self.proc
-        if p is None:
-            return
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGINT)  # clean shutdown first: plexus stops its embedded NATS
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)  # whatever is left in its group (e.g. nats-server)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(5)
+        super().stop(grace)
         self.proc = None
         if self in _procs:
             _procs.remove(self)
@@ -185,14 +117,6 @@ def child_pids(pid: int) -> list[int]:
         with contextlib.suppress(OSError, ValueError):
             out += [int(c) for c in (task / "children").read_text().split()]
     return out
-
-
-def python_env(**extra: str) -> dict[str, str]:
-    """A child's environment: ours without PLEXUS_* (no accidental config), repo importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLEXUS_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
 
 
 def plexus_argv(target: str, port: int, data_dir: Path | None = None) -> list[str]:

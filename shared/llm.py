@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-_ENV = {
+# litellm and the Hugging Face hub read these at import: offline and quiet (see the offline stack notes)
+OFFLINE_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
     "HF_HUB_OFFLINE": "1",
     "DO_NOT_TRACK": "1",
 }
-# litellm's aiohttp pool limits, read once when litellm is imported (configure())
+# litellm's aiohttp pool limits, also read once at import (configure())
 _POOL_ENV = ("AIOHTTP_CONNECTOR_LIMIT", "AIOHTTP_CONNECTOR_LIMIT_PER_HOST")
+_max_connections: int | None = None
 _litellm: Any = None
 
 # Provider names accepted by the console and how they map onto litellm's model prefixes.
@@ -44,22 +46,30 @@ VALIDATION_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-lat
                      "groq": "llama-3.1-8b-instant", "deepseek": "deepseek-chat"}
 
 
+def offline_env() -> None:
+    """Put OFFLINE_ENV into this process's environment (a value already set wins)."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def configure(max_connections: int) -> None:
     """Process-wide litellm options from the settings (``runtime.llm_max_connections``). They take effect
     only before the first litellm() call of the process; the service stack calls this at start-up."""
-    for k in _POOL_ENV:
-        _ENV[k] = str(max_connections)
+    global _max_connections
+    _max_connections = max_connections
 
 
 def litellm() -> Any:
     global _litellm
     if _litellm is None:
-        if _POOL_ENV[0] not in _ENV:  # not configured: the setting's default, never litellm's 500 per host
+        offline_env()
+        limit = _max_connections
+        if limit is None:  # not configured: the setting's default, never litellm's 500 per host
             from shared.settings import RuntimeSettings
 
-            configure(RuntimeSettings.model_fields["llm_max_connections"].default)
-        for k, v in _ENV.items():
-            os.environ.setdefault(k, v)
+            limit = RuntimeSettings.model_fields["llm_max_connections"].default
+        for k in _POOL_ENV:
+            os.environ.setdefault(k, str(limit))
         import litellm as _mod
 
         _mod.suppress_debug_info = True

@@ -43,11 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-import httpx
-
 from shared.natsd import find_binary, free_port
+from tests.procs import ROOT, Proc, python_env
 
-ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 PG_ADMIN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DEFAULT = "redis://127.0.0.1:6379/0"
@@ -199,97 +197,6 @@ async def _net_main(spec: dict[str, Any], control_port: int) -> None:
             p.server.close()
         for link in list(p.links):
             link.close(abort=True)
-
-
-# ---- child processes --------------------------------------------------------------------------------
-
-
-def _load_prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except OSError:
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Proc:
-    """A child in its own session, logging to a file; stop = SIGINT, then SIGKILL of its whole group."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path,
-                 ready_url: str | None = None) -> None:
-        self.name, self.argv, self.env, self.cwd, self.ready_url = name, argv, env, cwd, ready_url
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Proc:
-        with open(self.log_path, "ab") as log:
-            # started from the main thread: PDEATHSIG fires when the *thread* that forked exits
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=_die_with_parent)  # noqa: PLW1509 - one async-signal-safe call
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self.ready_url is None or httpx.get(self.ready_url, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready at {self.ready_url} after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL, no goodbye: what a crash or an OOM kill looks like to the rest."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self, grace: float = 15.0) -> None:
-        p = self.proc
-        if p is None:
-            return
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)  # whatever is left in its session
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(5)
-
-
-def python_env(**extra: str) -> dict[str, str]:
-    """Our environment without PLEXUS_* (nothing leaks in by accident), the repository importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLEXUS_")}
-    for k, v in {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
-                 "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}.items():
-        env.setdefault(k, v)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
 
 
 # ---- Postgres and Redis --------------------------------------------------------------------------------
@@ -447,26 +354,26 @@ class Topology:
             spec["redis"] = {"port": self.lb["redis"], "backends": [_host_port(redis_url_fallback(), 6379)[1]]}
             self.redis_url = f"redis://{HOST}:{self.lb['redis']}/0"
         self.net = Proc("net", [sys.executable, "-m", "tests.topology", "net", "--control", str(self.control_port),
-                                "--spec", json.dumps(spec)], python_env(), work, work).start()
+                                "--spec", json.dumps(spec)], env=python_env(), log_dir=work, cwd=work).start()
         self._wait_port(self.control_port, self.net)
 
         # the nats-server binary shared.natsd runs, but in a session of its own like every child here, so a
         # Ctrl-C in the terminal reaches only us and we stop the services before their NATS
         self.ports["nats"] = free_port()
         self.nats = Proc("nats", [find_binary(), "-js", "-sd", str(work / "nats"), "-a", HOST, "-p",
-                                  str(self.ports["nats"])], python_env(), work, work).start()
+                                  str(self.ports["nats"])], env=python_env(), log_dir=work, cwd=work).start()
         self._wait_port(self.ports["nats"], self.nats)
         if own_redis:
             (work / "redis").mkdir(exist_ok=True)
             self.redis = Proc("redis", [own_redis, "--port", str(self.ports["redis"]), "--bind", HOST, "--save", "",
                                         "--appendonly", "yes", "--dir", str(work / "redis"), "--protected-mode", "no"],
-                              python_env(), work, work).start()
+                              env=python_env(), log_dir=work, cwd=work).start()
             self._wait_port(self.ports["redis"], self.redis)
         if self.llm_base is None:
             port = free_port()
             self.llm = Proc("llm", [sys.executable, "-m", "bench.llm_proc", "--port", str(port), "--tokens",
-                                    str(self.llm_tokens), "--delay", str(self.llm_delay)], python_env(), work, ROOT,
-                            ready_url=f"http://{HOST}:{port}/v1/models").start()
+                                    str(self.llm_tokens), "--delay", str(self.llm_delay)], env=python_env(),
+                            log_dir=work, cwd=ROOT, ready_url=f"http://{HOST}:{port}/v1/models").start()
             self.llm_base = f"http://{HOST}:{port}/v1"
 
         asyncio.run(_pg_exec(f'CREATE DATABASE "{self.db_name}"'))
@@ -514,7 +421,8 @@ class Topology:
             env["PLEXUS_DATABASE_POOL_SIZE"], env["PLEXUS_DATABASE_MAX_OVERFLOW"] = "5", "10"
         argv = [sys.executable, "-m", "services.cli", "run", target, "--host", HOST, "--port",
                 str(self.ports[name]), "--data-dir", str(data)]
-        proc = Proc(name, argv, env, self.work, self.work, ready_url=f"{self.url(name)}/readyz").start()
+        proc = Proc(name, argv, env=env, log_dir=self.work, cwd=self.work,
+                    ready_url=f"{self.url(name)}/readyz").start()
         self.procs[name] = proc
         return proc
 
