@@ -16,6 +16,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 import httpx
 import pytest
 
+from shared.migrate import upgrade_async
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import Settings
 from tests.support import Served, serve
@@ -60,6 +61,15 @@ def database_url(kind: str, tmp: Path) -> str:
         assert PG_URL
         return PG_URL
     return f"sqlite+aiosqlite:///{tmp / 'plexus.db'}"
+
+
+async def fresh_database(kind: str, tmp: Path) -> str:
+    """The URL of an empty, migrated database of ``kind`` (a ``db_params`` id)."""
+    url = database_url(kind, tmp)
+    if kind == "postgres":
+        await reset_postgres(url)
+    await upgrade_async(url)
+    return url
 
 
 def make_settings(tmp: Path, db_url: str, nats: str, redis: str | None = None, **overrides) -> Settings:

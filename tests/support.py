@@ -1,14 +1,26 @@
-"""Test plumbing shared by every suite: serve an ASGI app with uvicorn inside the test's event loop."""
+"""Test plumbing shared by every suite: serve an ASGI app with uvicorn inside the test's event loop, the
+console service in-process, and the console steps that give a test a scripted app and its key."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import uvicorn
 
+from shared.bus import Bus
+from shared.context import Context
+from shared.db import Database
 from shared.natsd import free_port
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.llm_server import ScriptedLLM
 
 
 @dataclass
@@ -46,3 +58,74 @@ async def console_admin(c: Any, email: str = "a@example.com", password: str = "p
         assert r.status_code == 201, r.text
     r = await c.post("/console/api/login", json={"email": email, "password": password})
     return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def scripted_owner(c: Any, llm: ScriptedLLM) -> dict[str, str]:
+    """``console_admin``'s headers, with the workspace's openai-compatible provider pointing at the scripted LLM."""
+    h = await console_admin(c)
+    r = await c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                     headers=h, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
+    assert r.status_code == 200, r.text
+    return h
+
+
+async def configure_app(c: Any, h: dict[str, str], app_id: str, config: dict[str, Any]) -> None:
+    r = await c.post(f"/console/api/apps/{app_id}/model-config", headers=h, json=config)
+    assert r.status_code == 200, r.text
+
+
+async def new_app(c: Any, h: dict[str, str], mode: str, config: dict[str, Any] | None = None,
+                  prefix: str = "app") -> str:
+    """The id of a new app (named ``prefix``-<unique>), with ``config`` saved as its model config when given."""
+    r = await c.post("/console/api/apps", headers=h, json={"name": f"{prefix}-{time.monotonic_ns()}", "mode": mode})
+    assert r.status_code == 201, r.text
+    app_id = r.json()["id"]
+    if config is not None:
+        await configure_app(c, h, app_id, config)
+    return app_id
+
+
+async def new_app_key(c: Any, h: dict[str, str], app_id: str) -> str:
+    """A new unrestricted app key of ``app_id``."""
+    r = await c.post(f"/console/api/apps/{app_id}/api-keys", headers=h)
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+class Apps:
+    """Apps made by one console user, each with its model config and an app key."""
+
+    def __init__(self, client: Any, h: dict[str, str], prefix: str = "app") -> None:
+        self.client, self.h, self.prefix = client, h, prefix
+
+    async def create(self, mode: str, config: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        """The new app's id and the Authorization headers of its key."""
+        app_id = await new_app(self.client, self.h, mode, config, prefix=f"{self.prefix}-{mode}")
+        return app_id, bearer(await new_app_key(self.client, self.h, app_id))
+
+    async def configure(self, app_id: str, config: dict[str, Any]) -> None:
+        await configure_app(self.client, self.h, app_id, config)
+
+
+@asynccontextmanager
+async def console_in_process(settings: Settings, name: str) -> AsyncIterator[tuple[Context, Any, httpx.AsyncClient]]:
+    """The console service alone on ``settings``' database and NATS (connection ``name``): its context, app
+    and a client reaching it through httpx.ASGITransport, based at /console/api."""
+    from services.console import create_app, start, stop
+
+    ctx = Context(settings=settings, db=Database(settings.database_url),
+                  bus=await Bus.connect(settings.nats_url, name=name))
+    app = create_app(ctx)
+    await start(ctx, app)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://console.test/console/api", timeout=60) as http:
+            yield ctx, app, http
+    finally:
+        await stop(ctx, app)
+        await ctx.bus.close()
+        await ctx.db.close()

@@ -18,7 +18,7 @@ from services.runtime.service.cache import AppEntry
 from shared.app_config import parse_model_config
 from tests.conftest import REDIS_URL, needs_redis
 from tests.llm_server import ScriptedLLM
-from tests.support import console_admin
+from tests.support import Apps, scripted_owner
 
 FORM = [{"text-input": {"label": "Lang", "variable": "lang", "required": False}}]
 
@@ -31,31 +31,10 @@ def model_config(cache: bool = True, pre_prompt: str = "Answer in {{lang}}.", **
     return cfg
 
 
-class Apps:
-    def __init__(self, client: httpx.AsyncClient, h: dict[str, str]) -> None:
-        self.client, self.h = client, h
-
-    async def create(self, mode: str, config: dict[str, Any]) -> tuple[str, dict[str, str]]:
-        r = await self.client.post("/console/api/apps", headers=self.h,
-                                   json={"name": f"cache-{mode}-{time.monotonic_ns()}", "mode": mode})
-        app_id = r.json()["id"]
-        await self.configure(app_id, config)
-        key = (await self.client.post(f"/console/api/apps/{app_id}/api-keys", headers=self.h)).json()["token"]
-        return app_id, {"Authorization": f"Bearer {key}"}
-
-    async def configure(self, app_id: str, config: dict[str, Any]) -> None:
-        r = await self.client.post(f"/console/api/apps/{app_id}/model-config", headers=self.h, json=config)
-        assert r.status_code == 200, r.text
-
-
 @pytest.fixture
 async def apps(client: httpx.AsyncClient, llm: ScriptedLLM) -> Apps:
     llm.reset()
-    h = await console_admin(client)
-    r = await client.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
-                          headers=h, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
-    assert r.status_code == 200, r.text
-    return Apps(client, h)
+    return Apps(client, await scripted_owner(client, llm), prefix="cache")
 
 
 async def chat(c: httpx.AsyncClient, k: dict[str, str], query: str, user: str = "u1", **kw: Any) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services.console import create_app, start, stop
 from services.console.auth import LoginLimiter, RevokedTokens, hash_password
 from services.console.service import is_setup_done, setup_account
 from shared import subjects
@@ -51,8 +50,8 @@ from shared.models import (
     WorkflowRun,
 )
 from shared.settings import AuthSettings
-from tests.conftest import REDIS_URL, database_url, db_params, make_settings, needs_redis, reset_postgres
-from tests.support import serve
+from tests.conftest import REDIS_URL, db_params, fresh_database, make_settings, needs_redis
+from tests.support import console_in_process, serve
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "s3cret-admin-pass"
@@ -127,29 +126,19 @@ class Console:
 async def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
                   ) -> AsyncIterator[Console]:
     tmp = tmp_path_factory.mktemp("console")
-    url = database_url(request.param, tmp)
-    if request.param == "postgres":
-        await reset_postgres(url)
-    await upgrade_async(url)
+    url = await fresh_database(request.param, tmp)
     settings = make_settings(tmp, url, nats_url, secret_key=SECRET_KEY, public_api_base=API_BASE,
                              auth=AuthSettings(login_max_attempts=MAX_ATTEMPTS, login_lockout_seconds=60))
-    ctx = Context(settings=settings, db=Database(url), bus=await Bus.connect(nats_url, name="console-test"))
     listener = await Bus.connect(nats_url, name="console-test-listener")
     events = Events()
     await listener.subscribe_json(subjects.CONFIG_WILDCARD, events.on)
     await listener.nc.flush()
-    app = create_app(ctx)
-    await start(ctx, app)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://console.test/console/api", timeout=60) as http:
+    async with console_in_process(settings, "console-test") as (ctx, app, http):
         # the first-run flow, recorded here so test_setup_once can check it whatever order tests run in
         before = (await http.get("/setup")).json()
         resp = await http.post("/setup", json={"email": ADMIN_EMAIL, "name": "Admin", "password": ADMIN_PASSWORD})
         yield Console(ctx, app, http, events, before, resp)
-    await stop(ctx, app)
     await listener.close()
-    await ctx.bus.close()
-    await ctx.db.close()
 
 
 async def _create_app(c: Console, h: dict, name: str, mode: str = "chat", **extra: Any) -> dict:

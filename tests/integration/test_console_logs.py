@@ -5,7 +5,6 @@ chat-messages and workflow-app-logs, by the owner, a normal member and workspace
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,13 +16,9 @@ from sqlalchemy import update
 from shared.models import App, Conversation, Tenant
 from tests import workflow_graphs as g
 from tests.conftest import LiveServer
-from tests.support import console_admin
+from tests.support import bearer, configure_app, new_app, new_app_key, scripted_owner
 
 MODEL = {"provider": "openai-compatible", "name": "scripted"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def envelope(r: httpx.Response, status: int, code: str) -> dict:
@@ -33,30 +28,17 @@ def envelope(r: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-async def _owner(c: httpx.AsyncClient, llm) -> dict:
-    h = await console_admin(c)
-    r = await c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
-                     headers=h, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
-    assert r.status_code == 200, r.text
-    return h
-
-
 async def _app(c: httpx.AsyncClient, h: dict, mode: str, pre_prompt: str | None = "You are version one."
                ) -> tuple[str, str]:
     """(app id, app key) of a new app; basic modes get one published model-config version."""
-    r = await c.post("/console/api/apps", headers=h, json={"name": f"logs-{time.monotonic_ns()}", "mode": mode})
-    assert r.status_code == 201, r.text
-    app_id = r.json()["id"]
+    app_id = await new_app(c, h, mode, prefix="logs")
     if pre_prompt is not None:
         await _save(c, h, app_id, pre_prompt)
-    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=h)).json()["token"]
-    return app_id, key
+    return app_id, await new_app_key(c, h, app_id)
 
 
 async def _save(c: httpx.AsyncClient, h: dict, app_id: str, pre_prompt: str) -> None:
-    r = await c.post(f"/console/api/apps/{app_id}/model-config", headers=h,
-                     json={"model": MODEL, "pre_prompt": pre_prompt})
-    assert r.status_code == 200, r.text
+    await configure_app(c, h, app_id, {"model": MODEL, "pre_prompt": pre_prompt})
 
 
 async def _versions(c: httpx.AsyncClient, h: dict, app_id: str) -> dict[int, str]:
@@ -98,7 +80,7 @@ def _fresh_llm(llm) -> None:
 
 async def test_chat_conversations_paging_filters_feedback_and_versions(live: LiveServer, client, llm) -> None:
     c = client
-    h = await _owner(c, llm)
+    h = await scripted_owner(c, llm)
     app_id, key = await _app(c, h, "chat")
     v1 = (await _versions(c, h, app_id))[1]
 
@@ -183,7 +165,7 @@ async def test_chat_conversations_paging_filters_feedback_and_versions(live: Liv
 
 async def test_chat_messages_first_id_paging_and_detail(client, llm) -> None:
     c = client
-    h = await _owner(c, llm)
+    h = await scripted_owner(c, llm)
     app_id, key = await _app(c, h, "chat")
     v1 = (await _versions(c, h, app_id))[1]
     conv = None
@@ -232,7 +214,7 @@ async def test_chat_messages_first_id_paging_and_detail(client, llm) -> None:
 
 async def test_completion_conversations(client, llm) -> None:
     c = client
-    h = await _owner(c, llm)
+    h = await scripted_owner(c, llm)
     app_id, key = await _app(c, h, "completion")
     v1 = (await _versions(c, h, app_id))[1]
     llm.push(match="first poem", reply="roses are red")
@@ -255,7 +237,7 @@ async def test_completion_conversations(client, llm) -> None:
 
 async def test_workflow_app_logs_match_the_public_logs(client, llm) -> None:
     c = client
-    h = await _owner(c, llm)
+    h = await scripted_owner(c, llm)
     app_id, key = await _app(c, h, "workflow", pre_prompt=None)
     r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=h,
                      json={"graph": g.linear_llm(), "features": {}})
@@ -286,7 +268,7 @@ async def test_workflow_app_logs_match_the_public_logs(client, llm) -> None:
 
 async def test_who_may_read_logs(live: LiveServer, client, llm) -> None:
     c = client
-    h = await _owner(c, llm)
+    h = await scripted_owner(c, llm)
     app_id, key = await _app(c, h, "chat")
     conv = (await _chat(c, key, "hello logs"))["conversation_id"]
     wf_id, _ = await _app(c, h, "workflow", pre_prompt=None)

@@ -49,10 +49,9 @@ from shared.bus import Bus
 from shared.context import Context
 from shared.db import Database
 from shared.knowledge.vectors import VectorFilter
-from shared.migrate import upgrade_async
 from shared.models import Document, DocumentSegment, Tenant
 from shared.natsd import free_port
-from tests.conftest import database_url, db_params, make_settings, reset_postgres
+from tests.conftest import db_params, fresh_database, make_settings
 
 N_DOCS = 200
 N_KILLS = 20
@@ -355,10 +354,7 @@ async def test_index_survives_repeated_kill_9(db_kind: str, tmp_path: Path, nats
     corpus = build_corpus(rule)
     total_segments = sum(len(e.chunks) for e in corpus)
 
-    db_url = database_url(db_kind, tmp_path)
-    if db_kind == "postgres":
-        await reset_postgres(db_url)
-    await upgrade_async(db_url)
+    db_url = await fresh_database(db_kind, tmp_path)
     data_dir = tmp_path / "data"
     settings = make_settings(tmp_path, db_url, nats_url)
     db = Database(db_url)

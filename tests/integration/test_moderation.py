@@ -6,7 +6,6 @@ Chinese; the `openai_moderation` type through litellm's moderation API."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from shared.settings import RuntimeSettings
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
 from tests.llm_server import ScriptedLLM
-from tests.support import console_admin
+from tests.support import Apps, new_app, scripted_owner
 
 INPUT_PRESET = "Sorry, I can't talk about that."
 OUTPUT_PRESET = "[answer removed]"
@@ -50,28 +49,10 @@ async def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     await srv.stop()
 
 
-class Apps:
-    def __init__(self, client: httpx.AsyncClient, h: dict[str, str]) -> None:
-        self.client, self.h = client, h
-
-    async def create(self, mode: str, config: dict[str, Any]) -> tuple[str, dict[str, str]]:
-        r = await self.client.post("/console/api/apps", headers=self.h,
-                                   json={"name": f"mod-{mode}-{time.monotonic_ns()}", "mode": mode})
-        app_id = r.json()["id"]
-        r = await self.client.post(f"/console/api/apps/{app_id}/model-config", headers=self.h, json=config)
-        assert r.status_code == 200, r.text
-        key = (await self.client.post(f"/console/api/apps/{app_id}/api-keys", headers=self.h)).json()["token"]
-        return app_id, {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture
 async def apps(client: httpx.AsyncClient, llm: ScriptedLLM) -> Apps:
     llm.reset()
-    h = await console_admin(client)
-    r = await client.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
-                          headers=h, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
-    assert r.status_code == 200, r.text
-    return Apps(client, h)
+    return Apps(client, await scripted_owner(client, llm), prefix="mod")
 
 
 async def chat(c: httpx.AsyncClient, k: dict[str, str], query: str, **kw: Any) -> httpx.Response:
@@ -110,8 +91,7 @@ async def stored_answer(c: httpx.AsyncClient, k: dict[str, str], conversation_id
      "outputs_config.preset_response must be less than 100 characters"),
 ])
 async def test_bad_moderation_config_is_400(client: httpx.AsyncClient, apps: Apps, swa: dict, message: str) -> None:
-    r = await client.post("/console/api/apps", headers=apps.h, json={"name": f"bad-mod-{time.monotonic_ns()}", "mode": "chat"})
-    app_id = r.json()["id"]
+    app_id = await new_app(client, apps.h, "chat", prefix="bad-mod")
     r = await client.post(f"/console/api/apps/{app_id}/model-config", headers=apps.h, json=model_config(swa))
     assert r.status_code == 400, r.text
     body = r.json()

@@ -14,12 +14,10 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from services.console import create_app, start, stop
 from services.console.api import ACCESS, router
-from shared.bus import Bus
 from shared.context import Context
-from shared.migrate import upgrade_async
-from tests.conftest import database_url, db_params, make_settings, reset_postgres
+from tests.conftest import db_params, fresh_database, make_settings
+from tests.support import console_in_process
 
 OWNER = ("owner@example.com", "owner-pass-1")
 PASSWORD = "member-pass-1"
@@ -80,19 +78,10 @@ class Env:
 async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
               ) -> AsyncIterator[Env]:
     tmp = tmp_path_factory.mktemp("roles")
-    url = database_url(request.param, tmp)
-    if request.param == "postgres":
-        await reset_postgres(url)
-    await upgrade_async(url)
-    from shared.db import Database
-
+    url = await fresh_database(request.param, tmp)
     settings = make_settings(tmp, url, nats_url, secret_key="roles-secret-" + "x" * 40,
                              public_api_base="https://plexus.test")
-    ctx = Context(settings=settings, db=Database(url), bus=await Bus.connect(nats_url, name="roles-test"))
-    app = create_app(ctx)
-    await start(ctx, app)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://console.test/console/api", timeout=60) as http:
+    async with console_in_process(settings, "roles-test") as (ctx, _, http):
         r = await http.post("/setup", json={"email": OWNER[0], "name": "Owner", "password": OWNER[1]})
         assert r.status_code == 201, r.text
         env = Env(ctx, http, {}, {}, "")
@@ -104,9 +93,6 @@ async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         r = await http.post("/apps", headers=owner, json={"name": "shared-app", "mode": "chat"})
         env.app_id = r.json()["id"]
         yield env
-    await stop(ctx, app)
-    await ctx.bus.close()
-    await ctx.db.close()
 
 
 # ---- every role × every kind of action ----------------------------------------------------------------

@@ -24,7 +24,6 @@ from shared.context import Context
 from shared.crypto import encrypt_json
 from shared.db import Database
 from shared.identity import Caller, identity_headers
-from shared.migrate import upgrade_async
 from shared.models import (
     Account,
     App,
@@ -39,7 +38,7 @@ from shared.models import (
 )
 from shared.settings import RuntimeSettings
 from shared.subjects import config_changed, task_events
-from tests.conftest import database_url, db_params, make_settings, reset_postgres
+from tests.conftest import db_params, fresh_database, make_settings
 from tests.llm_server import ScriptedLLM  # the `llm` fixture comes from tests/conftest.py's pytest_plugins
 from tests.support import Served, serve
 
@@ -237,10 +236,7 @@ async def world(
     llm: ScriptedLLM,
 ) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("runtime")
-    url = database_url(request.param, tmp)
-    if request.param == "postgres":
-        await reset_postgres(url)
-    await upgrade_async(url)
+    url = await fresh_database(request.param, tmp)
     db = Database(url)
     tenant, other, apps, stale = await seed(db, llm.base_url)
     common = {"secret_key": SECRET_KEY, "internal_secret": INTERNAL}

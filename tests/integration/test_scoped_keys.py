@@ -15,11 +15,7 @@ import pytest
 from services import gateway as gateway_module
 from tests.conftest import LiveServer
 from tests.integration.gateway_env import close_context, make_context, service_app
-from tests.support import console_admin
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.support import bearer, new_app, scripted_owner
 
 
 def envelope(r: httpx.Response, status: int, code: str) -> str:
@@ -32,17 +28,9 @@ def envelope(r: httpx.Response, status: int, code: str) -> str:
 @pytest.fixture
 async def app_env(client: httpx.AsyncClient, llm) -> tuple[dict, str]:
     """The owner's headers and a chat app answering from the scripted model."""
-    h = await console_admin(client)
-    r = await client.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
-                          headers=h, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
-    assert r.status_code == 200, r.text
-    r = await client.post("/console/api/apps", headers=h, json={"name": f"scoped-{time.monotonic_ns()}"[:40],
-                                                                "mode": "chat"})
-    app_id = r.json()["id"]
-    r = await client.post(f"/console/api/apps/{app_id}/model-config", headers=h, json={
-        "model": {"provider": "openai-compatible", "name": "scripted"}, "pre_prompt": "Prompt one."})
-    assert r.status_code == 200, r.text
-    return h, app_id
+    h = await scripted_owner(client, llm)
+    config = {"model": {"provider": "openai-compatible", "name": "scripted"}, "pre_prompt": "Prompt one."}
+    return h, await new_app(client, h, "chat", config, prefix="scoped")
 
 
 async def new_key(client: httpx.AsyncClient, h: dict, app_id: str, **body) -> dict:
