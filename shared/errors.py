@@ -161,8 +161,16 @@ def _down_types() -> tuple[type[BaseException], ...]:
 
     return (ConnectionError, sa.TimeoutError,  # refused/reset sockets; no free pooled connection in time
             pg.PostgresConnectionError, pg.CannotConnectNowError, pg.AdminShutdownError, pg.TooManyConnectionsError,
-            pg.InterfaceError, nats.errors.ConnectionClosedError, nats.errors.NoServersError,
+            nats.errors.ConnectionClosedError, nats.errors.NoServersError,
             nats.errors.ConnectionReconnectingError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _closed_connection(e: BaseException) -> bool:
+    """asyncpg's "connection is closed" (a pooled connection whose server went away) is an InterfaceError,
+    like client-side bugs such as a wrong argument type (its DataError): only the former is an outage."""
+    import asyncpg.exceptions as pg
+
+    return isinstance(e, pg.InterfaceError) and "connection is closed" in str(e)
 
 
 def dependency_down(exc: BaseException) -> bool:
@@ -179,6 +187,8 @@ def dependency_down(exc: BaseException) -> bool:
         if e is None:
             continue
         if isinstance(e, down) or (isinstance(e, sa.DBAPIError) and e.connection_invalidated):
+            return True
+        if _closed_connection(e):
             return True
         seen.extend((getattr(e, "orig", None), e.__cause__))
     return False

@@ -112,3 +112,25 @@ async def test_request_id_and_health(client) -> None:
     r = await client.get("/healthz", headers={"x-request-id": "abc"})
     assert r.json() == {"status": "ok"} and r.headers["x-request-id"] == "abc"
     assert "plexus_http_requests_total" in (await client.get("/metrics")).text
+
+
+def test_asyncpg_client_errors_are_bugs_but_a_closed_connection_is_an_outage() -> None:
+    import asyncpg.exceptions as pg
+    from asyncpg.exceptions._base import (
+        DataError as ArgumentError,  # asyncpg raises it for a wrong argument type
+    )
+
+    from shared.errors import dependency_down
+
+    closed = pg.InterfaceError("cannot perform operation: connection is closed")
+    wrong_argument = ArgumentError("invalid input for query argument $1: 'x' (an integer is required)")
+    busy = pg.InterfaceError("cannot perform operation: another operation is in progress")
+    assert isinstance(wrong_argument, pg.InterfaceError)  # why the class alone cannot decide
+    assert dependency_down(closed)
+    assert not dependency_down(wrong_argument)
+    assert not dependency_down(busy)
+    # as SQLAlchemy raises them: the driver error is the cause
+    try:
+        raise RuntimeError("wrapped") from closed
+    except RuntimeError as e:
+        assert dependency_down(e)

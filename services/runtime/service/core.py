@@ -4,6 +4,7 @@ lifecycle (start-up sweep, periodic sweep, shutdown)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -149,13 +150,42 @@ class Runtime:
         return result.rowcount or 0
 
     async def _sweep_forever(self) -> None:
-        interval = max(min(self.settings.run_lease, self.settings.run_timeout) / 3, 0.5)
+        lease = min(self.settings.run_lease, self.settings.run_timeout)
+        interval = max(lease / 3, 0.5)
+        health = DatabaseStreak()
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.heartbeat()
+            except Exception:  # try again next round (the database may be restarting)
+                health.failed()
+                log.exception("heartbeat_failed")
+                continue
+            health.succeeded(time.monotonic())
+            # After an outage no replica could refresh its runs: sweep only once the others have had a whole
+            # lease to do so again, or their live runs would be marked interrupted under them.
+            if not health.settled(time.monotonic(), lease):
+                continue
+            try:
                 swept = await self.sweep()
                 if swept:
                     log.warning("interrupted_runs_recorded", count=swept)
-            except Exception:  # try again next round (the database may be restarting)
+            except Exception:
                 log.exception("sweep_failed")
+
+
+class DatabaseStreak:
+    """Since when this replica's database calls have succeeded without a failure in between."""
+
+    def __init__(self) -> None:
+        self.ok_since: float | None = None
+
+    def succeeded(self, now: float) -> None:
+        if self.ok_since is None:
+            self.ok_since = now
+
+    def failed(self) -> None:
+        self.ok_since = None
+
+    def settled(self, now: float, period: float) -> bool:
+        return self.ok_since is not None and now - self.ok_since >= period
