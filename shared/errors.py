@@ -25,6 +25,7 @@ UNSUPPORTED_MEDIA = ("Did not attempt to load JSON data because the request Cont
                      "'application/json'.")
 UNAVAILABLE = "A service this request needs is unavailable; try again shortly."
 INTERNAL = "Internal Server Error, please contact support."
+KEY_EXPIRED = "Access token has expired."  # an API key past its expiry (rotated out), gateway and console alike
 
 _STATUS_CODES = {
     400: "bad_request",

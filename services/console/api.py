@@ -27,6 +27,7 @@ from services.console.service import (
     workflows,
 )
 from services.console.service.common import Principal
+from services.console.service.plans import INT32
 from shared.context import Context
 from shared.errors import forbidden, not_found, unauthorized
 from shared.http import create_base_app
@@ -34,7 +35,6 @@ from shared.identity import AuthError, bearer_token
 from shared.models import Account, ApiToken, App, TenantMember, ts
 from shared.plans import PlanLimits
 
-INT32 = 2**31 - 1  # Postgres INTEGER columns
 AppName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
 Mode = Literal[apps.MODES]
 IconType = Literal["emoji", "image", "link"]
@@ -58,7 +58,8 @@ async def _auth(request: Request) -> Auth:
 # Least role and admin-key scope of every console route: the one place access is decided (docs/access.md).
 # Keyed by (method, path after /console/api). Scope None: members only, an admin key gets 403. Routes that take
 # no Caller (setup, login, refresh, activation) are public. Rules about the member acted on (the owner, admins,
-# oneself) are in service/members.py.
+# oneself) are in service/members.py; a scope a query parameter adds (export's include_secret) is checked by the
+# route with require_scope.
 N, E, A, O = "normal", "editor", "admin", "owner"
 ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/logout"): (N, None),
@@ -91,7 +92,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/apps/{app_id}/model-config"): (N, "apps:read"),
     ("POST", "/apps/{app_id}/model-config"): (E, "apps:write"),
     ("POST", "/apps/imports"): (E, "apps:write"),
-    ("GET", "/apps/{app_id}/export"): (E, "apps:read"),
+    ("GET", "/apps/{app_id}/export"): (E, "apps:read"),  # include_secret=true: apps:write too (export_app)
     ("GET", "/apps/{app_id}/workflows/draft"): (E, "apps:read"),
     ("POST", "/apps/{app_id}/workflows/draft"): (E, "apps:write"),
     ("POST", "/apps/{app_id}/workflows/publish"): (E, "apps:write"),
@@ -150,6 +151,13 @@ def access_for(method: str, path: str) -> tuple[str, str | None]:
     return (N, None) if method in ("GET", "HEAD") else (E, None)
 
 
+def require_scope(p: Principal, scope: str, action: str) -> None:
+    """403 for an admin key without ``scope`` (members have no scopes: their role decides). For what a route
+    decides from its parameters on top of its ACCESS entry."""
+    if p.is_key and scope not in p.scopes:
+        raise forbidden(f"This API key lacks the '{scope}' permission required for {action}.")
+
+
 async def _principal(request: Request) -> Principal:
     """The caller, allowed to call this route (401 / 403 otherwise)."""
     header = request.headers.get("authorization")
@@ -164,8 +172,7 @@ async def _principal(request: Request) -> Principal:
     if p.is_key:
         if scope is None:
             raise forbidden(f"{request.method} {path} is not available to API keys; sign in as a workspace member.")
-        if scope not in p.scopes:
-            raise forbidden(f"This API key lacks the '{scope}' permission required for {request.method} {path}.")
+        require_scope(p, scope, f"{request.method} {path}")
     if not p.at_least(role):
         raise forbidden(f"This action requires the {role} role or higher; your role in this workspace is {p.role}.")
     return p
@@ -312,7 +319,8 @@ def _key_json(key: ApiToken, token: str | None = None, full: bool = True) -> dic
     out = {"id": key.id, "type": key.type, "token": token or key.token_hint,
            "last_used_at": ts(key.last_used_at), "created_at": ts(key.created_at)}
     if full:
-        out.update(name=key.name, permissions=key.permissions, expires_at=ts(key.expires_at))
+        out.update(name=key.name, permissions=key.permissions, expires_at=ts(key.expires_at),
+                   created_by=key.created_by)
     return out
 
 
@@ -488,6 +496,8 @@ async def import_app(ctx: Ctx, caller: Caller, body: Annotated[dict[str, Any], B
 
 @router.get("/apps/{app_id}/export")
 async def export_app(ctx: Ctx, caller: Caller, app_id: str, include_secret: bool = False) -> dict:
+    if include_secret:  # secret environment variables in clear: not a read-only key's to take
+        require_scope(caller, "apps:write", "GET /console/api/apps/{app_id}/export?include_secret=true")
     return await dsl.export_app(ctx, caller, app_id, include_secret)
 
 

@@ -32,6 +32,7 @@ from starlette.types import Message, Receive, Scope, Send
 from services.gateway.auth import KeyCache, permission_denied
 from services.gateway.proxy import Exchange, HttpForwarder, Meter, forward_local, reply
 from shared.context import Context
+from shared.errors import KEY_EXPIRED
 from shared.http import create_base_app
 from shared.identity import AUTH_INVALID, H_REQUEST_ID, IDENTITY_HEADERS, AuthError, bearer_token
 from shared.limiter import Limiter, LimiterUnavailable, build_limiter
@@ -46,7 +47,6 @@ _WORKSPACES = "/v1/workspaces/"
 _FILES_UPLOAD = "/v1/files/upload"  # app uploads: the larger upload limit, like knowledge files
 _CONSOLE = "/console/api"
 _API = "/api"  # the public API's second prefix (the seeds call /api/chat-messages): served as /v1
-KEY_EXPIRED = "Access token has expired."
 _OWN = frozenset({"/healthz", "/readyz", "/metrics"})
 _STRIP = frozenset(h.encode() for h in (*IDENTITY_HEADERS, H_REQUEST_ID))  # the gateway sets these
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="api"')]

@@ -312,3 +312,185 @@ async def test_ownership_transfer(env: Env) -> None:
     envelope(await env.http.post("/workspaces/info", headers=boss_h, json={"name": "Still mine"}), 403, "forbidden")
     # the new owner can now remove the former one, who is an admin like any other
     assert (await env.http.delete(f"/workspaces/current/members/{ids[boss]}", headers=heir_h)).status_code == 200
+
+
+# ---- admin keys follow their creator; leftover invitations; stale roles (access review) -----------------
+
+
+async def test_admin_key_works_only_while_its_creator_is_an_admin(env: Env) -> None:
+    owner = env.heads["owner"]
+    admin_h, admin_id, _ = await env.join(owner, "admin")
+
+    async def new_key(h: dict) -> dict:
+        r = await env.http.post("/api-keys", headers=h, json={"name": uniq("ci"), "permissions": ["apps:read"]})
+        assert r.status_code == 201, r.text
+        return {"Authorization": f"Bearer {r.json()['token']}"}
+
+    mine, owners = await new_key(admin_h), await new_key(owner)
+    assert (await env.http.get("/apps", headers=mine)).status_code == 200
+
+    def role_path(aid: str) -> str:
+        return f"/workspaces/current/members/{aid}/update-role"
+
+    # demoted: the key it made stops at once, the owner's key is unaffected
+    assert (await env.http.put(role_path(admin_id), headers=owner, json={"role": "editor"})).status_code == 200
+    msg = envelope(await env.http.get("/apps", headers=mine), 401, "unauthorized")["message"]
+    assert "no longer an admin" in msg
+    assert (await env.http.get("/apps", headers=owners)).status_code == 200
+    # the rule is read on every request: an admin again, its key works again
+    assert (await env.http.put(role_path(admin_id), headers=owner, json={"role": "admin"})).status_code == 200
+    assert (await env.http.get("/apps", headers=mine)).status_code == 200
+    # removed: refused for good
+    assert (await env.http.delete(f"/workspaces/current/members/{admin_id}", headers=owner)).status_code == 200
+    envelope(await env.http.get("/apps", headers=mine), 401, "unauthorized")
+    # a key rotated out with no grace is expired (the key's own failure comes first)
+    listed = (await env.http.get("/api-keys", headers=owner)).json()["data"]
+    assert {k["created_by"] for k in listed} >= {admin_id, env.ids["owner"]}  # whose keys die with whom
+    key_id = next(k["id"] for k in listed if k["token"][-4:] == owners["Authorization"][-4:])
+    r = await env.http.post(f"/api-keys/{key_id}/rotate", headers=owner, json={"grace_seconds": 0})
+    assert r.status_code == 201, r.text
+    msg = envelope(await env.http.get("/apps", headers=owners), 401, "unauthorized")["message"]
+    assert msg == "Access token has expired."
+
+
+async def _second_workspace(env: Env, name: str) -> dict:
+    """A workspace of its own with an owner signed in; its headers."""
+    from services.console.auth import hash_password
+    from shared.models import Account, Tenant, TenantMember
+
+    email = f"{uniq('boss')}@example.com"
+    async with env.ctx.db.session() as s:
+        ws = Tenant(name=name)
+        a = Account(email=email, name="Boss", password_hash=await hash_password(PASSWORD))
+        s.add_all([ws, a])
+        s.add(TenantMember(tenant_id=ws.id, account_id=a.id, role="owner", current=True))
+        await s.commit()
+    return await env.login(email, PASSWORD)
+
+
+async def _leftover_invitation(env: Env, boss: dict) -> tuple[str, str]:
+    """An email invited to two workspaces while pending and activated through the shared workspace's invitation;
+    its email and the other workspace's still unused token."""
+    email = f"{uniq('twice')}@example.com"
+    first = await env.invite(env.heads["owner"], email, "normal")
+    leftover = await env.invite(boss, email, "editor")
+    assert leftover["token"]  # still pending then: a token of its own
+    r = await env.http.post("/activate", json={"token": first["token"], "name": "First", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return email, leftover["token"]
+
+
+async def test_activating_an_already_active_account_needs_its_password(env: Env) -> None:
+    boss = await _second_workspace(env, "Leftover space")
+    email, token = await _leftover_invitation(env, boss)
+    # whoever holds the leftover token (the inviter saw it) cannot sign in as the account with any password
+    r = await env.http.post("/activate", json={"token": token, "name": "Intruder", "password": "intruder-pass-1"})
+    assert "already has an account" in envelope(r, 401, "authentication_failed")["message"]
+    check = await env.http.get("/activate/check", params={"token": token})
+    assert check.json()["is_valid"] is True  # a mistyped password does not spend the invitation
+    envelope(await env.http.post("/login", json={"email": email, "password": "intruder-pass-1"}), 401,
+             "authentication_failed")
+    # the account's own password accepts it: the membership goes active, the account keeps its name and password
+    r = await env.http.post("/activate", json={"token": token, "name": "Renamed", "password": PASSWORD})
+    assert r.status_code == 200 and r.json()["data"]["access_token"], r.text
+    row = (await env.members(boss))[email]
+    assert (row["status"], row["role"], row["name"]) == ("active", "editor", "First")
+    envelope(await env.http.post("/activate", json={"token": token, "name": "X", "password": PASSWORD}),
+             400, "invalid_token")  # spent
+    await env.login(email, PASSWORD)
+
+
+async def test_leftover_invitation_counts_wrong_passwords_like_sign_in(env: Env) -> None:
+    boss = await _second_workspace(env, "Guessing space")
+    email, token = await _leftover_invitation(env, boss)
+    for _ in range(env.ctx.settings.auth.login_max_attempts):
+        r = await env.http.post("/activate", json={"token": token, "name": "X", "password": f"guess-{uniq('p')}1"})
+        envelope(r, 401, "authentication_failed")
+    # locked out like a sign-in, whichever door the guesses came through
+    r = await env.http.post("/activate", json={"token": token, "name": "X", "password": PASSWORD})
+    envelope(r, 429, "email_code_login_limit")
+    envelope(await env.http.post("/login", json={"email": email, "password": PASSWORD}), 429,
+             "email_code_login_limit")
+
+
+async def test_admin_cannot_reinvite_a_pending_admin(env: Env) -> None:
+    owner, admin = env.heads["owner"], env.heads["admin"]
+    email = f"{uniq('padm')}@example.com"
+    first = await env.invite(owner, email, "admin")
+    r = await env.http.post("/workspaces/current/members/invite-email", headers=admin,
+                            json={"emails": [email], "role": "normal"})
+    assert r.status_code == 201, r.text
+    (result,) = r.json()["invitation_results"]
+    assert result["status"] == "failed" and "Only the workspace owner" in result["message"], result
+    assert (await env.members(owner))[email]["role"] == "admin"
+    check = await env.http.get("/activate/check", params={"token": first["token"]})
+    assert check.json()["is_valid"] is True  # no new token was issued
+    # the owner may change it
+    await env.invite(owner, email, "editor")
+    assert (await env.members(owner))[email]["role"] == "editor"
+
+
+async def test_simultaneous_invitations_of_one_new_email(env: Env) -> None:
+    import asyncio
+
+    boss = await _second_workspace(env, "Racing space")
+    # a few rounds: the race needs the requests to interleave. Both workspaces invite, so both the workspace
+    # lock (one workspace) and the unique email (two workspaces) are in play
+    for _ in range(5):
+        email = f"{uniq('race')}@example.com"
+        inviters = [env.heads["owner"], boss] * 3
+        responses = await asyncio.gather(*(
+            env.http.post("/workspaces/current/members/invite-email", headers=h,
+                          json={"emails": [email], "role": "normal"}) for h in inviters))
+        assert [r.status_code for r in responses] == [201] * 6, [r.text for r in responses]
+        tokens = [r.json()["invitation_results"][0]["token"] for r in responses]
+        valid = [t for t in tokens
+                 if (await env.http.get("/activate/check", params={"token": t})).json()["is_valid"]]
+        assert len(valid) == 2  # one pending member per workspace; its last invitation's token is the one that works
+        for h in (env.heads["owner"], boss):
+            assert (await env.members(h))[email]["status"] == "pending"
+
+
+async def test_member_rules_use_the_callers_role_at_the_time_of_the_change(env: Env) -> None:
+    """The route table saw the caller's role a moment before; the change itself re-reads it under the lock."""
+    from services.console.service import members
+    from services.console.service.common import Principal
+    from shared.errors import ApiError
+    from shared.models import TenantMember
+
+    boss_h = await _second_workspace(env, "Stale space")
+    ws = (await env.http.get("/workspaces/current", headers=boss_h)).json()["id"]
+    boss = (await env.http.get("/account/profile", headers=boss_h)).json()["id"]
+    heir_h, heir, _ = await env.join(boss_h, "admin")
+    _, editor, _ = await env.join(boss_h, "editor")
+    _, other_admin, _ = await env.join(boss_h, "admin")
+    assert (await env.http.post("/workspaces/switch", headers=heir_h, json={"tenant_id": ws})).status_code == 200
+
+    async def refused(call) -> str:
+        with pytest.raises(ApiError) as e:
+            await call
+        assert e.value.status == 403, e.value.body()
+        return e.value.message
+
+    async def role_of(aid: str) -> str:
+        async with env.ctx.db.session() as s:
+            from sqlmodel import select
+            return (await s.exec(select(TenantMember.role).where(TenantMember.tenant_id == ws,
+                                                                 TenantMember.account_id == aid))).one()
+
+    # the owner hands the workspace over; a request authenticated just before still says "owner"
+    stale_owner = Principal(account_id=boss, tenant_id=ws, role="owner", claims={})
+    r = await env.http.post(f"/workspaces/current/members/{heir}/owner-transfer", headers=boss_h)
+    assert r.status_code == 200, r.text
+    assert "Only the workspace owner" in await refused(members.update_role(env.ctx, stale_owner, editor, "admin"))
+    assert "Only the workspace owner" in await refused(members.remove(env.ctx, stale_owner, other_admin))
+    assert (await role_of(editor), await role_of(other_admin)) == ("editor", "admin")
+    # demoted below admin: no member changes at all
+    heir_p = Principal(account_id=heir, tenant_id=ws, role="owner", claims={})
+    await members.update_role(env.ctx, heir_p, boss, "editor")
+    stale_admin = Principal(account_id=boss, tenant_id=ws, role="admin", claims={})
+    assert "requires the admin role" in await refused(members.update_role(env.ctx, stale_admin, editor, "normal"))
+    # removed: refused as no longer a member
+    await members.remove(env.ctx, heir_p, boss)
+    assert "no longer a member" in await refused(members.remove(env.ctx, stale_admin, editor))
+    assert await role_of(editor) == "editor"

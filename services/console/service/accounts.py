@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from sqlalchemy import and_
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select, update
+from sqlmodel import col, select, update
 
 from services.console.auth import (
     ACCESS,
@@ -19,10 +20,10 @@ from services.console.auth import (
     verify_password,
 )
 from services.console.service.common import Principal
-from services.console.service.keys import ADMIN_PREFIX, ADMIN_SCOPES
+from services.console.service.keys import ADMIN_PREFIX, ADMIN_SCOPES, is_expired
 from shared.crypto import hash_token
 from shared.db import Database
-from shared.errors import ApiError, forbidden, invalid_param, unauthorized
+from shared.errors import KEY_EXPIRED, ApiError, forbidden, invalid_param, unauthorized
 from shared.identity import AUTH_INVALID
 from shared.models import Account, ApiToken, Setup, Tenant, TenantMember, utcnow
 
@@ -31,7 +32,9 @@ EMAIL_RE = re.compile(r"^[\w.!#$%&'*+\-/=?^_`{|}~]+@([\w-]+\.)+[\w-]{2,}$")
 PASSWORD_RE = re.compile(r"^(?=.*[a-zA-Z])(?=.*\d).{8,}$")
 
 AUTH_FAILED = "Invalid email or password."
-KEY_EXPIRED = "Access token has expired."
+KEY_CREATOR_GONE = ("The member who created this admin key is no longer an admin of the workspace; "
+                    "an admin must create a new key.")
+KEY_CREATOR_ROLES = ("admin", "owner")
 KEY_TOUCH_INTERVAL = timedelta(seconds=60)
 ALREADY_SETUP = "Plexus has already been set up. Sign in instead."
 
@@ -94,18 +97,28 @@ async def setup_account(db: Database, *, email: str, name: str, password: str, p
 # ---- sign-in ------------------------------------------------------------------------------------
 
 
-async def login(db: Database, auth: Auth, *, email: str, password: str) -> TokenPair:
-    email = normalize_email(email)
+async def check_attempt_limit(auth: Auth, email: str) -> None:
+    """429 while ``email`` is locked out after too many wrong passwords."""
     wait = await auth.limiter.retry_after(email)
     if wait:
         raise ApiError(429, "email_code_login_limit", "Too many incorrect password attempts. Please try again later.",
                        headers={"Retry-After": str(wait)})
+
+
+async def verify_attempt(auth: Auth, email: str, password_hash: str | None, password: str, message: str) -> None:
+    """401 ``authentication_failed`` with ``message`` when the password is wrong, counted against ``email``'s
+    limit. Call with no connection held: argon2 takes tens of milliseconds."""
+    if not await verify_password(password_hash, password):
+        await auth.limiter.failed(email)
+        raise ApiError(401, "authentication_failed", message)
+
+
+async def login(db: Database, auth: Auth, *, email: str, password: str) -> TokenPair:
+    email = normalize_email(email)
+    await check_attempt_limit(auth, email)
     async with db.session() as s:
         account = (await s.exec(select(Account).where(Account.email == email))).first()
-    # verified with no connection held: argon2 takes tens of milliseconds
-    if not await verify_password(account.password_hash if account else None, password):
-        await auth.limiter.failed(email)
-        raise ApiError(401, "authentication_failed", AUTH_FAILED)
+    await verify_attempt(auth, email, account.password_hash if account else None, password, AUTH_FAILED)
     if account.status != "active":
         raise ApiError(403, "account_banned", "Account is banned.")
     await auth.limiter.reset(email)
@@ -174,27 +187,38 @@ async def authenticate(db: Database, auth: Auth, access_token: str) -> Principal
 
 
 async def authenticate_key(db: Database, token: str) -> Principal:
-    """A workspace admin key: acts as an admin of its workspace, limited to the key's scopes."""
+    """A workspace admin key: acts as an admin of its workspace, limited to the key's scopes, while the member
+    who created (or last rotated) it is still an active admin or owner there."""
+    # the creator's standing comes with the key in one query: NULL unless it is an active admin or owner
+    creator = (
+        select(ApiToken, Tenant.status, Account.id)
+        .join(Tenant, Tenant.id == ApiToken.tenant_id)
+        .outerjoin(TenantMember, and_(TenantMember.tenant_id == ApiToken.tenant_id,
+                                      TenantMember.account_id == ApiToken.created_by,
+                                      TenantMember.status == "active",
+                                      col(TenantMember.role).in_(KEY_CREATOR_ROLES)))
+        .outerjoin(Account, and_(Account.id == TenantMember.account_id, Account.status == "active"))
+        .where(ApiToken.token_hash == hash_token(token), ApiToken.type == "admin")
+    )
     async with db.session() as s:
-        row = (await s.exec(
-            select(ApiToken, Tenant.status).join(Tenant, Tenant.id == ApiToken.tenant_id)
-            .where(ApiToken.token_hash == hash_token(token), ApiToken.type == "admin")
-        )).first()
+        row = (await s.exec(creator)).first()
     if row is None:
         raise unauthorized(AUTH_INVALID)
-    key, tenant_status = row
-    now = utcnow()
-    if key.expires_at is not None and key.expires_at <= now:
+    key, tenant_status, creator_id = row
+    if is_expired(key):
         raise unauthorized(KEY_EXPIRED)
+    if creator_id is None:
+        raise unauthorized(KEY_CREATOR_GONE)
     if tenant_status in ("archived", "archive"):
         raise forbidden("The workspace's status is archived.")
+    now = utcnow()
     if key.last_used_at is None or now - key.last_used_at >= KEY_TOUCH_INTERVAL:
         # at most once a minute per key, whichever replica sees it: no write on most requests
         async with db.session() as s:
             await s.exec(update(ApiToken).where(ApiToken.id == key.id).values(last_used_at=now))
             await s.commit()
     scopes = frozenset(key.permissions) if key.permissions is not None else frozenset(ADMIN_SCOPES)
-    return Principal(account_id=key.created_by or "", tenant_id=key.tenant_id, role="admin", claims={},
+    return Principal(account_id=creator_id, tenant_id=key.tenant_id, role="admin", claims={},
                      key_id=key.id, scopes=scopes)
 
 

@@ -2,7 +2,8 @@
 apps or ``model_config`` for basic ones), so an app moves between workspaces or from Dify itself.
 
 Import creates the app and its draft (graph apps) or model config (basic apps), checked like a save;
-nothing is published. Export leaves secret environment variables empty unless asked for them.
+nothing is published. Export leaves secret environment variables empty unless asked for them (which takes
+``apps:write`` for an admin key: the export route in services/console/api.py).
 """
 
 from __future__ import annotations

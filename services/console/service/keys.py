@@ -32,8 +32,8 @@ APP_PERMISSIONS = ("chat", "completion", "workflow", "files", "feedback", "histo
 # What an admin key may be limited to on /console/api (the route table is services/console/api.py ACCESS).
 # Members, admin keys and workspace settings are never open to a key, whatever it holds.
 ADMIN_SCOPES = {
-    "apps:read": "list and read apps, their model config, workflows and DSL export",
-    "apps:write": "create, change, import, publish and delete apps and workflows",
+    "apps:read": "list and read apps, their model config, workflows and DSL export (without secrets)",
+    "apps:write": "create, change, import, publish and delete apps and workflows; export with secrets",
     "logs:read": "read app logs (conversations, messages, workflow runs)",
     "keys:read": "list app and knowledge API keys",
     "keys:write": "create, rotate and delete app and knowledge API keys",

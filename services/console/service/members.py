@@ -13,12 +13,13 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.console.auth import Auth, TokenPair, hash_password
-from services.console.service.accounts import check_email, check_password
-from services.console.service.common import Principal
+from services.console.service.accounts import check_attempt_limit, check_email, check_password, verify_attempt
+from services.console.service.common import RANK, Principal
 from shared.context import Context
 from shared.crypto import hash_token
 from shared.db import Database
@@ -29,6 +30,8 @@ INVITABLE_ROLES = ("normal", "editor", "admin")
 UNUSABLE_HASH = "!"  # no argon2 hash looks like this: a pending account cannot sign in
 OWNER_BY_TRANSFER = "The owner changes only by ownership transfer."
 ONLY_OWNER_ADMINS = "Only the workspace owner can make, change or remove admins."
+ACTIVE_ACCOUNT_PASSWORD = ("This email already has an account: enter that account's password to accept the "
+                           "invitation.")
 
 
 def _check_role(role: str) -> str:
@@ -45,6 +48,33 @@ async def _member(s: Any, tenant_id: str, account_id: str) -> TenantMember:
     if m is None:
         raise not_found("Member not found.")
     return m
+
+
+async def _lock_workspace(s: AsyncSession, tenant_id: str) -> None:
+    """Lock the workspace row until the session's transaction ends, so that invitations, role changes, removals
+    and transfers in it apply one after another, each reading what the one before wrote. Call it first."""
+    if s.bind.dialect.name == "sqlite":
+        # SQLite drops FOR UPDATE, and its driver begins the transaction only at the first write: a no-op write
+        # takes the database's write lock first (another writer waits, busy_timeout)
+        await s.exec(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name)
+                     .execution_options(synchronize_session=False))
+    else:
+        await s.exec(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
+async def _locked_caller_role(s: AsyncSession, p: Principal) -> str:
+    """Lock the workspace and re-read the caller's role under the lock: the route table saw the role of a moment
+    ago, and the rules about admins must use the role the caller has now. 403 when it is no longer an admin or
+    more."""
+    await _lock_workspace(s, p.tenant_id)
+    role = (await s.exec(select(TenantMember.role).where(TenantMember.tenant_id == p.tenant_id,
+                                                         TenantMember.account_id == p.account_id,
+                                                         TenantMember.status == "active"))).first()
+    if role is None:
+        raise forbidden("You are no longer a member of this workspace.")
+    if RANK.get(role, -1) < RANK["admin"]:  # the least role of every route that changes members (api.ACCESS)
+        raise forbidden(f"This action requires the admin role or higher; your role in this workspace is {role}.")
+    return role
 
 
 # ---- members ----------------------------------------------------------------------------------------
@@ -78,8 +108,20 @@ async def invite(ctx: Context, p: Principal, emails: list[str], role: str, base:
 
 
 async def _invite_one(db: Database, p: Principal, email: str, role: str, expires: Any, base: str) -> dict:
+    # Two invitations of one new email in two workspaces (the workspace lock does not cover them) can both find
+    # no account: the second insert hits the unique email, and a second try finds the first one's account.
+    try:
+        return await _try_invite_one(db, p, email, role, expires, base)
+    except IntegrityError:
+        return await _try_invite_one(db, p, email, role, expires, base)
+
+
+async def _try_invite_one(db: Database, p: Principal, email: str, role: str, expires: Any, base: str) -> dict:
     token = secrets.token_urlsafe(32)
     async with db.session() as s:
+        my_role = await _locked_caller_role(s, p)
+        if role == "admin" and my_role != "owner":
+            raise forbidden(ONLY_OWNER_ADMINS)
         account = (await s.exec(select(Account).where(Account.email == email))).first()
         if account is not None and account.status == "banned":
             return {"status": "failed", "email": email, "message": "Account is banned."}
@@ -93,6 +135,9 @@ async def _invite_one(db: Database, p: Principal, email: str, role: str, expires
                                                               TenantMember.account_id == account.id))).first()
         if member is not None and member.status == "active":
             return {"status": "failed", "email": email, "message": "The account is already a member."}
+        if member is not None and member.role == "admin" and my_role != "owner":
+            # re-inviting would change an admin's role and token
+            return {"status": "failed", "email": email, "message": ONLY_OWNER_ADMINS}
         pending = account.status == "pending"
         if member is None:
             has_current = account.status == "active" and (await s.exec(
@@ -144,21 +189,42 @@ async def check_invitation(db: Database, token: str, email: str | None, workspac
 
 async def activate(db: Database, auth: Auth, *, token: str, name: str, password: str, email: str | None,
                    workspace_id: str | None) -> TokenPair:
-    """Spend an invitation token: a pending account gets its name and password; the membership goes active."""
+    """Spend an invitation token: a pending account gets its name and password; an account that is already
+    active (through another workspace's invitation) keeps both and must give its password, as at sign-in: the
+    token alone is no proof, the inviter saw it. Then the membership goes active. A wrong password leaves the
+    token unspent and counts against the email's sign-in limit."""
     name = name.strip()
     if not 1 <= len(name) <= 255:
         raise invalid_param("name must be 1 to 255 characters.", params="name")
-    check_password(password)
-    password_hash = await hash_password(password)
+    async with db.session() as s:
+        found = await _invitation(s, token, email, workspace_id)
+    if found is None:
+        raise _invalid_invitation()
+    seen = found[1]
+    # hashed and verified with no connection held: argon2 takes tens of milliseconds
+    password_hash = None
+    if seen.status == "pending":
+        check_password(password)
+        password_hash = await hash_password(password)
+    elif seen.status == "active":
+        await check_attempt_limit(auth, seen.email)
+        await verify_attempt(auth, seen.email, seen.password_hash, password, ACTIVE_ACCOUNT_PASSWORD)
+        await auth.limiter.reset(seen.email)
+    else:
+        raise ApiError(403, "account_banned", "Account is banned.")
     async with db.session() as s:
         found = await _invitation(s, token, email, workspace_id)
         if found is None:
-            raise ApiError(400, "invalid_token", "The invitation link is invalid or has expired.")
+            raise _invalid_invitation()  # spent meanwhile
         member, account, _ = found
+        if (account.status, account.password_hash) != (seen.status, seen.password_hash):
+            # activated, banned or given a new password meanwhile: decide again on what it is now
+            return await activate(db, auth, token=token, name=name, password=password, email=email,
+                                  workspace_id=workspace_id)
         member.status = "active"
         member.invite_token_hash = None
         member.invite_expires_at = None
-        if account.status == "pending":  # an account that is already active keeps its own password
+        if password_hash is not None:
             account.status = "active"
             account.name = name
             account.password_hash = password_hash
@@ -168,14 +234,19 @@ async def activate(db: Database, auth: Auth, *, token: str, name: str, password:
     return auth.tokens.issue(account_id)
 
 
-async def _locked_non_owner(s: AsyncSession, p: Principal, account_id: str, owner_message: str) -> TenantMember:
-    """The member ``account_id`` of the caller's workspace, with the workspace row locked so that concurrent
-    role changes, removals and transfers apply one after another; the owner is refused with ``owner_message``."""
-    await s.exec(select(Tenant.id).where(Tenant.id == p.tenant_id).with_for_update())
+def _invalid_invitation() -> ApiError:
+    return ApiError(400, "invalid_token", "The invitation link is invalid or has expired.")
+
+
+async def _locked_non_owner(s: AsyncSession, p: Principal, account_id: str, owner_message: str
+                            ) -> tuple[TenantMember, str]:
+    """The member ``account_id`` of the caller's workspace and the caller's role, both read with the workspace
+    row locked (``_locked_caller_role``); the owner is refused with ``owner_message``."""
+    my_role = await _locked_caller_role(s, p)
     member = await _member(s, p.tenant_id, account_id)
     if member.role == "owner":
         raise forbidden(owner_message)
-    return member
+    return member, my_role
 
 
 async def update_role(ctx: Context, p: Principal, account_id: str, role: str) -> None:
@@ -183,8 +254,8 @@ async def update_role(ctx: Context, p: Principal, account_id: str, role: str) ->
     if account_id == p.account_id:
         raise forbidden("You cannot change your own role.")
     async with ctx.db.session() as s:
-        member = await _locked_non_owner(s, p, account_id, OWNER_BY_TRANSFER)
-        if "admin" in (member.role, role) and not p.at_least("owner"):
+        member, my_role = await _locked_non_owner(s, p, account_id, OWNER_BY_TRANSFER)
+        if "admin" in (member.role, role) and my_role != "owner":
             raise forbidden(ONLY_OWNER_ADMINS)
         member.role = role
         await s.commit()
@@ -196,9 +267,9 @@ async def remove(ctx: Context, p: Principal, account_id: str) -> None:
     if account_id == p.account_id:
         raise forbidden("You cannot remove yourself from the workspace.")
     async with ctx.db.session() as s:
-        member = await _locked_non_owner(s, p, account_id,
-                                         "The owner cannot be removed; transfer the ownership first.")
-        if member.role == "admin" and not p.at_least("owner"):
+        member, my_role = await _locked_non_owner(s, p, account_id,
+                                                  "The owner cannot be removed; transfer the ownership first.")
+        if member.role == "admin" and my_role != "owner":
             raise forbidden(ONLY_OWNER_ADMINS)
         await s.delete(member)
         account = await s.get(Account, account_id)
@@ -216,7 +287,7 @@ async def transfer_owner(ctx: Context, p: Principal, account_id: str) -> None:
     if account_id == p.account_id:
         raise forbidden("You already own this workspace.")
     async with ctx.db.session() as s:
-        await s.exec(select(Tenant.id).where(Tenant.id == p.tenant_id).with_for_update())
+        await _lock_workspace(s, p.tenant_id)
         me = await _member(s, p.tenant_id, p.account_id)
         if me.role != "owner":  # re-read under the lock: the route table saw the role of a moment ago
             raise forbidden("Only the workspace owner can transfer the ownership.")
