@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,7 +21,7 @@ class Database:
         # A burst of runs waits for a connection rather than failing: under CPU saturation a session
         # is held longer than usual, and an accepted request must not turn into a 500.
         kwargs: dict = {"echo": echo, "pool_size": pool_size, "max_overflow": max_overflow,
-                        "pool_timeout": pool_timeout}
+                        "pool_timeout": pool_timeout, "json_serializer": json_text}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
@@ -41,6 +44,17 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def json_text(value: Any) -> str:
+    """A JSON column's text: UTF-8, not the stdlib's ``\\uXXXX`` escapes, so a keyword search (LIKE on the
+    text, shared/workflow/logs.py) finds non-ASCII words. The columns are SQLite TEXT and Postgres ``json`` (kept
+    verbatim), read back with json.loads either way. What orjson refuses (integers beyond 64 bits, lone
+    surrogates) keeps the stdlib's escaped form, as before."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

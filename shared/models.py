@@ -294,7 +294,10 @@ class EndUser(SQLModel, table=True):
 
 class Conversation(SQLModel, table=True):
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conv_app_user_updated", "app_id", "end_user_id", "updated_at"),)
+    # one end user's conversations (the service API); one app's by updated_at or created_at (the console's logs)
+    __table_args__ = (Index("ix_conv_app_user_updated", "app_id", "end_user_id", "updated_at"),
+                      Index("ix_conv_app_updated", "app_id", "updated_at"),
+                      Index("ix_conv_app_created", "app_id", "created_at"))
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE")
     end_user_id: str = Field(max_length=36)
@@ -343,7 +346,10 @@ class Message(SQLModel, table=True):
 
 class MessageFeedback(SQLModel, table=True):
     __tablename__ = "message_feedbacks"
-    __table_args__ = (UniqueConstraint("message_id", "from_end_user_id", name="uq_feedback_msg_user"),)
+    # the console's feedback counts per conversation of an app: app_id second so that SQLite, without ANALYZE
+    # statistics, prefers this index to the app_id one (the whole app's feedback)
+    __table_args__ = (UniqueConstraint("message_id", "from_end_user_id", name="uq_feedback_msg_user"),
+                      Index("ix_feedback_conv_app", "conversation_id", "app_id"))
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE", index=True)
     conversation_id: str = Field(max_length=36)

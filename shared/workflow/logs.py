@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, func
+from sqlalchemy import ColumnElement, Text, cast, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -19,6 +19,12 @@ from shared.models import EndUser, WorkflowRun, ts
 # the app modes that have workflow runs
 WORKFLOW_LOG_MODES = ("workflow", "advanced-chat")
 STATUSES = ("succeeded", "failed", "stopped", "partial-succeeded", "running")
+
+
+def contains(column: Any, keyword: str) -> ColumnElement[bool]:
+    """``column`` contains ``keyword`` in any case (ILIKE on Postgres, lower() LIKE on SQLite), ``%`` and
+    ``_`` literal: the keyword search of every log page (here and services/console/service/logs.py)."""
+    return column.icontains(keyword, autoescape=True)
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -58,9 +64,9 @@ async def workflow_logs(s: AsyncSession, app_id: str, *, keyword: str | None = N
         where.append(WorkflowRun.created_at < _aware(before))
     if after:
         where.append(WorkflowRun.created_at > _aware(after))
-    if keyword:
-        pattern = f"%{keyword}%"
-        where.append(cast(WorkflowRun.inputs, Text).like(pattern) | cast(WorkflowRun.outputs, Text).like(pattern))
+    if keyword:  # in the JSON text, where shared/db.py leaves non-ASCII unescaped
+        where.append(contains(cast(WorkflowRun.inputs, Text), keyword)
+                     | contains(cast(WorkflowRun.outputs, Text), keyword))
     q = select(WorkflowRun, EndUser).join(EndUser, EndUser.id == WorkflowRun.created_by, isouter=True).where(*where)
     if session_id:
         q = q.where(EndUser.session_id == session_id)

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import inspect, update
+from sqlmodel import SQLModel
 
 from shared.models import App, Conversation, Tenant
 from tests import workflow_graphs as g
@@ -73,6 +74,28 @@ async def _conversations(c: httpx.AsyncClient, h: dict, app_id: str, **params: A
     return (await _get(c, h, app_id, "chat-conversations", **params))["data"]
 
 
+async def _member(c: httpx.AsyncClient, h: dict, role: str) -> dict:
+    """Bearer headers of a new member of the owner's workspace with ``role``."""
+    email = f"{role}-{uuid.uuid4().hex[:6]}@example.com"
+    r = await c.post("/console/api/workspaces/current/members/invite-email", headers=h,
+                     json={"emails": [email], "role": role, "language": "en-US"})
+    token = r.json()["invitation_results"][0]["token"]
+    r = await c.post("/console/api/activate", json={"token": token, "email": email, "name": role.title(),
+                                                    "password": f"{role}-pass-1"})
+    assert r.status_code == 200, r.text
+    return bearer(r.json()["data"]["access_token"])
+
+
+async def _admin_key(c: httpx.AsyncClient, h: dict, *permissions: str) -> dict:
+    """Bearer headers of a new admin key limited to ``permissions`` (none named: every scope)."""
+    body: dict[str, Any] = {"name": f"ops-{uuid.uuid4().hex[:6]}"}
+    if permissions:
+        body["permissions"] = list(permissions)
+    r = await c.post("/console/api/api-keys", headers=h, json=body)
+    assert r.status_code == 201, r.text
+    return bearer(r.json()["token"])
+
+
 @pytest.fixture(autouse=True)
 def _fresh_llm(llm) -> None:
     llm.reset()
@@ -132,7 +155,7 @@ async def test_chat_conversations_paging_filters_feedback_and_versions(live: Liv
     assert await ids(keyword="zebra-answer") == {conv_b}
     assert await ids(keyword="renamed-kw") == {conv_c}
     assert await ids(keyword="zed-user") == {conv_c}
-    assert await ids(keyword="%") == set()
+    assert await ids(keyword="%") == set() and await ids(keyword="_") == set()
     assert (await _get(c, h, app_id, "chat-conversations", keyword="alpha"))["total"] == 1
 
     # time window: whole minutes in UTC, the end minute included, on the sort column
@@ -145,6 +168,9 @@ async def test_chat_conversations_paging_filters_feedback_and_versions(live: Liv
     assert await ids(sort_by="created_at", start="2024-05-01 10:31", end="2024-05-01 23:59") == set()
     assert await ids(sort_by="created_at", end="2024-05-01 10:29") == set()
     assert await ids(sort_by="created_at", start="2024-05-01 10:31") == {conv_b, conv_c, conv_d}
+    # the last minute datetime can hold: no upper bound, not a 500
+    assert await ids(end="9999-12-31 23:59") == {conv_a, conv_b, conv_c, conv_d}
+    assert await ids(start="9999-12-31 23:59", end="9999-12-31 23:59") == set()
 
     # a conversation the end user deleted leaves the list (as Dify) but its messages stay readable
     r = await c.request("DELETE", f"/v1/conversations/{conv_d}", headers=bearer(key), json={"user": "u1"})
@@ -243,23 +269,29 @@ async def test_workflow_app_logs_match_the_public_logs(client, llm) -> None:
                      json={"graph": g.linear_llm(), "features": {}})
     assert r.status_code == 200, r.text
     assert (await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=h, json={})).status_code == 200
-    for topic, user in (("needle-topic", "u1"), ("hay", "someone-else")):
+    for topic, user in (("needle-topic", "u1"), ("hay", "someone-else"), ("关于茶的诗", "u3")):
         r = await c.post("/v1/workflows/run", headers=bearer(key),
                          json={"inputs": {"topic": topic}, "user": user, "response_mode": "blocking"})
         assert r.status_code == 200 and r.json()["data"]["status"] == "succeeded", r.text
 
-    for params in ({}, {"keyword": "needle"}, {"created_by_end_user_session_id": "someone-else"},
-                   {"status": "failed"}, {"limit": 1, "page": 2}):
+    # keyword: any case, `%` and `_` literal, non-ASCII text found (JSON stored unescaped)
+    for params, total in (({}, 3), ({"keyword": "needle"}, 1), ({"created_by_end_user_session_id": "someone-else"}, 1),
+                          ({"status": "failed"}, 0), ({"limit": 1, "page": 2}, 3),
+                          ({"keyword": "NEEDLE-Topic"}, 1), ({"keyword": "%"}, 0), ({"keyword": "needle_topic"}, 0),
+                          ({"keyword": "茶的"}, 1)):
         console = await _get(c, h, app_id, "workflow-app-logs", **params)
         public = await c.get("/v1/workflows/logs", headers=bearer(key), params=params)
         assert public.status_code == 200 and console == public.json(), params
+        assert console["total"] == total, params
     logs = await _get(c, h, app_id, "workflow-app-logs")
-    assert logs["total"] == 2 and {d["workflow_run"]["status"] for d in logs["data"]} == {"succeeded"}
+    assert logs["total"] == 3 and {d["workflow_run"]["status"] for d in logs["data"]} == {"succeeded"}
     assert (await _get(c, h, app_id, "workflow-app-logs", keyword="needle"))["data"][0][
         "created_by_end_user"]["session_id"] == "u1"
+    assert (await _get(c, h, app_id, "workflow-app-logs", keyword="茶的"))["data"][0][
+        "created_by_end_user"]["session_id"] == "u3"
     later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1).isoformat()
     assert (await _get(c, h, app_id, "workflow-app-logs", created_at__after=later))["total"] == 0
-    assert (await _get(c, h, app_id, "workflow-app-logs", created_at__before=later))["total"] == 2
+    assert (await _get(c, h, app_id, "workflow-app-logs", created_at__before=later))["total"] == 3
     path = f"/console/api/apps/{app_id}/workflow-app-logs"
     envelope(await c.get(path, headers=h, params={"status": "bogus"}), 400, "invalid_param")
     envelope(await c.get(path, headers=h, params={"limit": 500}), 400, "invalid_param")
@@ -292,14 +324,7 @@ async def test_who_may_read_logs(live: LiveServer, client, llm) -> None:
         assert "logs:read" in body["message"]
 
     # a normal member reads them too
-    email = f"viewer-{uuid.uuid4().hex[:6]}@example.com"
-    r = await c.post("/console/api/workspaces/current/members/invite-email", headers=h,
-                     json={"emails": [email], "role": "normal", "language": "en-US"})
-    token = r.json()["invitation_results"][0]["token"]
-    r = await c.post("/console/api/activate", json={"token": token, "email": email, "name": "Viewer",
-                                                    "password": "viewer-pass-1"})
-    assert r.status_code == 200, r.text
-    viewer = bearer(r.json()["data"]["access_token"])
+    viewer = await _member(c, h, "normal")
     for target, route, params in reads:
         await _get(c, viewer, target, route, **params)
 
@@ -318,3 +343,57 @@ async def test_who_may_read_logs(live: LiveServer, client, llm) -> None:
         envelope(await c.get(f"/console/api/apps/{foreign_id}/chat-messages", headers=who,
                              params={"conversation_id": conv}), 404, "not_found")
     envelope(await c.get(f"/console/api/apps/{app_id}/chat-conversations"), 401, "unauthorized")
+
+
+async def test_export_with_secrets_needs_apps_write(client, llm) -> None:
+    """DSL export is a read (apps:read), but with include_secret=true it hands out secret environment variables
+    in clear: an admin key then needs apps:write; members need the editor role either way."""
+    c = client
+    h = await scripted_owner(c, llm)
+    app_id, _ = await _app(c, h, "workflow", pre_prompt=None)
+    env = [{"name": "api_token", "value_type": "secret", "value": "s3cret-value"}]
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=h,
+                     json={"graph": g.linear_llm(), "features": {}, "environment_variables": env})
+    assert r.status_code == 200, r.text
+    path = f"/console/api/apps/{app_id}/export"
+
+    async def export(who: dict, **params: Any) -> str:
+        r = await c.get(path, headers=who, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+    reader = await _admin_key(c, h, "apps:read")
+    assert "s3cret-value" not in await export(reader)
+    assert "s3cret-value" not in await export(reader, include_secret="false")
+    body = envelope(await c.get(path, headers=reader, params={"include_secret": "true"}), 403, "forbidden")
+    assert body["message"] == ("This API key lacks the 'apps:write' permission required for "
+                               "GET /console/api/apps/{app_id}/export?include_secret=true.")
+    writer = await _admin_key(c, h, "apps:read", "apps:write")
+    assert "s3cret-value" in await export(writer, include_secret="true")
+    unlimited = await _admin_key(c, h)
+    assert "s3cret-value" in await export(unlimited, include_secret="true")
+    # members: the editor role, with or without secrets
+    assert "s3cret-value" in await export(await _member(c, h, "editor"), include_secret="true")
+    normal = await _member(c, h, "normal")
+    for params in ({}, {"include_secret": "true"}):
+        envelope(await c.get(path, headers=normal, params=params), 403, "forbidden")
+
+
+async def test_log_indexes_are_migrated(live: LiveServer) -> None:
+    """The log pages' lookups have indexes (conversations by app and sort column, feedback by conversation), and
+    the migrated schema declares the same indexes as the models."""
+    wanted = {"conversations": {("app_id", "updated_at"), ("app_id", "created_at")},
+              "message_feedbacks": {("conversation_id", "app_id")}}
+
+    def indexes(conn: Any) -> dict[str, set[tuple[str, tuple[str, ...]]]]:
+        insp = inspect(conn)
+        # unique constraints' own indexes (Postgres lists them) are not Index objects of the models
+        return {t: {(i["name"], tuple(i["column_names"])) for i in insp.get_indexes(t)
+                    if not i.get("duplicates_constraint")} for t in wanted}
+
+    async with live.ctx.db.engine.connect() as conn:
+        migrated = await conn.run_sync(indexes)
+    for table, columns in wanted.items():
+        declared = {(i.name, tuple(c.name for c in i.columns)) for i in SQLModel.metadata.tables[table].indexes}
+        assert migrated[table] == declared, table
+        assert columns <= {cols for _, cols in declared}, table

@@ -18,7 +18,7 @@ from shared.db import Database
 from shared.errors import ApiError, invalid_param, not_found
 from shared.files import file_view
 from shared.models import App, Conversation, EndUser, Message, MessageFeedback, MessageFile, ts
-from shared.workflow.logs import WORKFLOW_LOG_MODES, workflow_logs
+from shared.workflow.logs import WORKFLOW_LOG_MODES, contains, workflow_logs
 
 CHAT_MODES = ("chat", "agent-chat", "advanced-chat")
 SORT_FIELDS = {"created_at": Conversation.created_at, "updated_at": Conversation.updated_at}
@@ -46,9 +46,13 @@ def _minute(value: str | None, name: str) -> datetime | None:
         raise invalid_param(f"{name} must be formatted as YYYY-MM-DD HH:MM", params=name) from None
 
 
-def _like(keyword: str) -> str:
-    escaped = keyword.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+def _after(minute: datetime | None) -> datetime | None:
+    """The instant after ``minute`` ends (the end minute counts whole); None for 9999-12-31 23:59, the last
+    minute a datetime holds: nothing is later, so no bound (as Dify, which takes it)."""
+    try:
+        return minute + timedelta(minutes=1) if minute is not None else None
+    except OverflowError:
+        return None
 
 
 def _uuid(value: str, error: ApiError) -> str:
@@ -71,7 +75,7 @@ async def conversations(db: Database, p: Principal, app_id: str, *, completion: 
     if column is None:
         raise invalid_param("sort_by must be one of created_at, -created_at, updated_at, -updated_at",
                             params="sort_by")
-    since, until = _minute(start, "start"), _minute(end, "end")
+    since, before = _minute(start, "start"), _after(_minute(end, "end"))
     async with db.session() as s:
         if completion:
             app = await _app(s, p, app_id, ("completion",), "not_completion_app")
@@ -80,15 +84,12 @@ async def conversations(db: Database, p: Principal, app_id: str, *, completion: 
         where: list[Any] = [Conversation.app_id == app.id, col(Conversation.is_deleted).is_(False)]
         if since is not None:
             where.append(column >= since)
-        if until is not None:
-            where.append(column < until + timedelta(minutes=1))  # the end minute counts whole
+        if before is not None:
+            where.append(column < before)
         if keyword:
-            pattern = _like(keyword)
             matching = select(Message.conversation_id).where(
-                Message.app_id == app.id,
-                or_(col(Message.query).ilike(pattern, escape="\\"), col(Message.answer).ilike(pattern, escape="\\")))
-            where.append(or_(col(Conversation.name).ilike(pattern, escape="\\"),
-                             col(EndUser.session_id).ilike(pattern, escape="\\"),
+                Message.app_id == app.id, or_(contains(Message.query, keyword), contains(Message.answer, keyword)))
+            where.append(or_(contains(Conversation.name, keyword), contains(EndUser.session_id, keyword),
                              col(Conversation.id).in_(matching)))
         q = (select(Conversation, EndUser.session_id)
              .join(EndUser, EndUser.id == Conversation.end_user_id, isouter=True).where(*where))
@@ -96,7 +97,7 @@ async def conversations(db: Database, p: Principal, app_id: str, *, completion: 
         order = (column.desc(), col(Conversation.id).desc()) if desc else (column.asc(), col(Conversation.id).asc())
         rows = (await s.exec(q.order_by(*order).offset((page - 1) * limit).limit(limit))).all()
         ids = [c.id for c, _ in rows]
-        counts, stats, firsts = await _conversation_facts(s, ids)
+        counts, stats, firsts = await _conversation_facts(s, app.id, ids)
     data = []
     for c, session_id in rows:
         first = firsts.get(c.id)
@@ -117,8 +118,9 @@ async def conversations(db: Database, p: Principal, app_id: str, *, completion: 
     return {"page": page, "limit": limit, "total": total, "has_more": page * limit < total, "data": data}
 
 
-async def _conversation_facts(s: AsyncSession, ids: list[str]) -> tuple[dict, dict, dict]:
-    """Per conversation: its message count, the end users' feedback counts, and its first message."""
+async def _conversation_facts(s: AsyncSession, app_id: str, ids: list[str]) -> tuple[dict, dict, dict]:
+    """Per conversation (of app ``app_id``): its message count, the end users' feedback counts, and its first
+    message."""
     if not ids:
         return {}, {}, {}
     counts = dict((await s.exec(select(Message.conversation_id, func.count())
@@ -127,7 +129,8 @@ async def _conversation_facts(s: AsyncSession, ids: list[str]) -> tuple[dict, di
     stats: dict[str, dict[str, int]] = {}
     for conv_id, rating, n in (await s.exec(
             select(MessageFeedback.conversation_id, MessageFeedback.rating, func.count())
-            .where(col(MessageFeedback.conversation_id).in_(ids), col(MessageFeedback.from_end_user_id).isnot(None))
+            .where(MessageFeedback.app_id == app_id, col(MessageFeedback.conversation_id).in_(ids),
+                   col(MessageFeedback.from_end_user_id).isnot(None))
             .group_by(MessageFeedback.conversation_id, MessageFeedback.rating))).all():
         if rating in ("like", "dislike"):
             stats.setdefault(conv_id, {"like": 0, "dislike": 0})[rating] = n
