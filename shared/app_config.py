@@ -6,7 +6,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 VAR_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,29}$")
 PLACEHOLDER_RE = re.compile(r"\{\{([a-zA-Z_][a-zA-Z0-9_]{0,29})\}\}")
@@ -91,20 +100,39 @@ class ModerationSettings(BaseModel):
         return [k.strip() for k in self.keywords.splitlines() if k.strip()]
 
 
+def _reason(e: ValueError) -> str:
+    if not isinstance(e, ValidationError):
+        return str(e)
+    return "; ".join(": ".join(filter(None, (".".join(map(str, err["loc"])), err["msg"]))) for err in e.errors())
+
+
 class SensitiveWordAvoidance(BaseModel):
     """Dify's shape: ``{enabled, type: "keywords"|"openai_moderation", config: {keywords?, inputs_config,
-    outputs_config}}``, validated with Dify's rules when enabled (a disabled one is kept as sent)."""
+    outputs_config}}``, validated with Dify's rules when enabled (a disabled one is kept as sent).
+
+    Loading a stored config (``load_model_config``) is lenient: one saved before these rules, or imported
+    from Dify with a type Plexus lacks (``api``), is served as moderation off rather than refused."""
 
     model_config = ConfigDict(extra="allow")
     enabled: bool = False
     type: str = ""
     config: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> SensitiveWordAvoidance:
-        if self.enabled:
-            self.settings()
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check(cls, data: Any, handler: ModelWrapValidatorHandler[SensitiveWordAvoidance],
+               info: ValidationInfo) -> SensitiveWordAvoidance:
+        try:
+            swa = handler(data)
+            if swa.enabled:
+                swa.settings()
+            return swa
+        except ValueError as e:  # pydantic's ValidationError is one too
+            ignored = info.context.get(_IGNORED) if isinstance(info.context, dict) else None
+            if ignored is None:
+                raise
+            ignored.append(f"sensitive_word_avoidance: {_reason(e)} (moderation is off)")
+            return cls()
 
     def settings(self) -> ModerationSettings:
         """The validated config (ValueError in Dify's words when it is not usable)."""
@@ -198,7 +226,19 @@ class ModelConfig(BaseModel):
 
 
 def parse_model_config(data: dict[str, Any]) -> ModelConfig:
+    """Strict: a config as the console accepts it on save (any error is a 400)."""
     return ModelConfig.model_validate(data)
+
+
+_IGNORED = "ignored"  # validation context key: where a lenient load lists the settings it set aside
+
+
+def load_model_config(data: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
+    """A stored config as the runtime serves it, and what was set aside (for a warning). Rules added after a
+    config was saved must not make the app unusable: an invalid moderation setting is served as moderation
+    off. Anything else invalid still raises (ValueError)."""
+    ignored: list[str] = []
+    return ModelConfig.model_validate(data, context={_IGNORED: ignored}), ignored
 
 
 def validate_inputs(config: ModelConfig, inputs: dict[str, Any]) -> dict[str, Any]:

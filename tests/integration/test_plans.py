@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlmodel import select
 
 import services.gateway as gateway_module
 from services.console.auth import hash_password
 from shared.limiter import MemoryLimiter
 from shared.models import Account, TenantMember
+from shared.plans import PLAN_NAMES
+from shared.settings import Settings
 from tests.conftest import LiveServer
 from tests.integration.gateway_env import close_context, eventually, make_context, service_app
 from tests.support import console_admin, serve
@@ -60,6 +63,56 @@ async def set_plan(client: httpx.AsyncClient, h: dict, plan: str, custom: dict |
     r = await client.put(PLAN, headers=h, json=body)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+async def member(client: httpx.AsyncClient, live: LiveServer, role: str) -> dict:
+    """A new member of the owner's workspace with ``role``, signed in: its console headers."""
+    async with live.ctx.db.session() as s:
+        owner_row = (await s.exec(select(TenantMember).where(TenantMember.role == "owner"))).first()
+        email = f"{role}-{uuid.uuid4().hex[:6]}@example.com"
+        account = Account(email=email, name=role, password_hash=await hash_password("passw0rd-y"))
+        s.add(account)
+        s.add(TenantMember(tenant_id=owner_row.tenant_id, account_id=account.id, role=role, current=True))
+        await s.commit()
+    r = await client.post("/console/api/login", json={"email": email, "password": "passw0rd-y"})
+    return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+
+
+def test_default_plan_setting_takes_the_plan_names() -> None:
+    for name in PLAN_NAMES:
+        assert Settings(_env_file=None, default_plan=name).default_plan == name
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, default_plan="gold")
+
+
+async def test_plan_is_a_default_not_a_cap(client: httpx.AsyncClient, owner: dict, live: LiveServer) -> None:
+    """What docs/limits.md says a plan is: the defaults of apps without their own limits. An editor lifts an
+    app's limits under any plan; a `normal` member (and an app key) can change neither, which is what an
+    operator who wants enforced quotas relies on."""
+    await set_plan(client, owner, "sandbox")
+    app_id, k = await new_app(client, owner)
+    assert (await client.get("/v1/info", headers=k)).headers["ratelimit-policy"] == SANDBOX_POLICY
+
+    editor = await member(client, live, "editor")
+    app = await put_app(client, editor, app_id, api_rpm=0, api_rph=0, api_rpd=0)
+    assert app["effective_limits"] == {"rpm": 0, "rph": 0, "rpd": 0, "max_active_requests": 0}
+    r = await client.get("/v1/info", headers=k)
+    assert r.status_code == 200 and "ratelimit-policy" not in r.headers
+    r = await client.put(PLAN, headers=editor, json={"plan": "enterprise"})
+    assert r.status_code == 403
+
+    normal = await member(client, live, "normal")
+    for method, path, body in (("PUT", f"/console/api/apps/{app_id}", {"api_rpm": 0}),
+                               ("POST", f"/console/api/apps/{app_id}/api-enable", {"enable_api": True}),
+                               ("POST", f"/console/api/apps/{app_id}/api-keys", None),
+                               ("PUT", PLAN, {"plan": "enterprise"})):
+        r = await client.request(method, path, headers=normal, json=body)
+        assert r.status_code == 403 and r.json()["code"] == "forbidden", (path, r.text)
+    r = await client.put(PLAN, headers=k, json={"plan": "enterprise"})  # an app key is no console caller
+    assert r.status_code == 401
+
+    # the owner can move the workspace to any plan, unlimited included
+    assert (await set_plan(client, owner, "enterprise"))["limits"] == {"rpm": 0, "rph": 0, "rpd": 0}
 
 
 async def test_plan_defaults_overrides_and_changes(client: httpx.AsyncClient, owner: dict) -> None:
@@ -158,15 +211,7 @@ async def test_plan_validation_and_owner_only(client: httpx.AsyncClient, owner: 
     assert (await client.get(PLAN)).status_code == 401
 
     # an admin of the same workspace may read the plan but not change it
-    async with live.ctx.db.session() as s:
-        owner_row = (await s.exec(select(TenantMember).where(TenantMember.role == "owner"))).first()
-        email = f"admin-{uuid.uuid4().hex[:6]}@example.com"
-        account = Account(email=email, name="admin", password_hash=await hash_password("passw0rd-y"))
-        s.add(account)
-        s.add(TenantMember(tenant_id=owner_row.tenant_id, account_id=account.id, role="admin", current=True))
-        await s.commit()
-    r = await client.post("/console/api/login", json={"email": email, "password": "passw0rd-y"})
-    admin = {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+    admin = await member(client, live, "admin")
     assert (await client.get(PLAN, headers=admin)).json()["plan"] == "enterprise"
     r = await client.put(PLAN, headers=admin, json={"plan": "sandbox"})
     assert r.status_code == 403 and r.json()["code"] == "forbidden"

@@ -5,12 +5,13 @@ console, runtime, NATS, SQLite; Postgres in CI): every change goes through the c
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
 import httpx
 import pytest
-from sqlmodel import select
+from sqlmodel import select, update
 
 from shared.models import Conversation, Message
 from tests.conftest import LiveServer
@@ -303,6 +304,41 @@ async def test_rollback_keeps_the_current_version(client, llm) -> None:
     assert r.status_code == 400 and r.json()["code"] == "rollout_not_active"
 
 
+async def test_concurrent_promote_and_rollback_one_wins(client, llm) -> None:
+    """Both read the running rollout; without a lock on the app row both answered success, with opposite
+    results. Several rounds, as the interleaving is up to the event loop."""
+    h, app_id, _, ids = await _canary(client, llm, 50)
+    for round_ in range(4):
+        if round_:
+            r = await client.post(f"/console/api/apps/{app_id}/rollout", headers=h,
+                                  json={"version_id": ids[CANDIDATE], "percentage": 50})
+            assert r.status_code == 200, r.text
+        promote, rollback = await asyncio.gather(
+            client.post(f"/console/api/apps/{app_id}/rollout/promote", headers=h),
+            client.post(f"/console/api/apps/{app_id}/rollout/rollback", headers=h))
+        ok = [r for r in (promote, rollback) if r.status_code == 200]
+        lost = [r for r in (promote, rollback) if r.status_code != 200]
+        assert len(ok) == 1 and len(lost) == 1, (round_, promote.text, rollback.text)
+        assert lost[0].status_code == 400 and lost[0].json()["code"] == "rollout_not_active", lost[0].text
+        state = (await client.get(f"/console/api/apps/{app_id}/rollout", headers=h)).json()
+        winner = ok[0].json()
+        assert state["active"] is False and state["candidate"] is None
+        assert state["current"]["id"] == winner["current"]["id"] == \
+            ids[CANDIDATE if winner["result"] == "promoted" else CURRENT]
+        if winner["result"] == "promoted":  # the next round starts from CURRENT again
+            r = await client.post(f"/console/api/apps/{app_id}/model-config/versions/{ids[CURRENT]}/publish",
+                                  headers=h)
+            assert r.status_code == 200, r.text
+
+
+async def test_concurrent_saves_get_distinct_versions(client, llm) -> None:
+    h, app_id, _ = await _app(client, llm)
+    await asyncio.gather(*(_save(client, h, app_id, f"Prompt {i}.") for i in range(6)))
+    data = await _versions(client, h, app_id)
+    assert sorted(v["version"] for v in data) == list(range(1, 8))
+    assert [v["is_current"] for v in data] == [True] + [False] * 6  # the last save is the current one
+
+
 async def test_rollout_validation(client, llm) -> None:
     h, app_id, _, ids = await _canary(client, llm, 10)
     url = f"/console/api/apps/{app_id}/rollout"
@@ -326,7 +362,7 @@ async def test_rollout_validation(client, llm) -> None:
 # ---- stats ----------------------------------------------------------------------------------------------
 
 
-async def test_rollout_stats_per_version(client, llm) -> None:
+async def test_rollout_stats_per_version(live: LiveServer, client, llm) -> None:
     h, app_id, key, ids = await _canary(client, llm, 50)
     k = {"Authorization": f"Bearer {key}"}
     convs: dict[str, list[tuple[str, str]]] = {CURRENT: [], CANDIDATE: []}
@@ -356,11 +392,47 @@ async def test_rollout_stats_per_version(client, llm) -> None:
     assert (cand["messages"], cand["errors"], cand["likes"], cand["dislikes"]) == (
         len(convs[CANDIDATE]) + 1, 1, 2, 1)
     assert (cur["messages"], cur["errors"], cur["likes"], cur["dislikes"]) == (len(convs[CURRENT]), 0, 1, 0)
-    for s in (cand, cur):
-        assert s["latency_avg"] > 0 and s["latency_p50"] > 0
+    for vid, s in ((ids[CANDIDATE], cand), (ids[CURRENT], cur)):  # over the messages that finished normally
+        lat = [m.latency for m in await _rows(live, Message, model_config_id=vid, status="normal")]
+        assert s["latency_p50"] == pytest.approx(statistics.median(lat), abs=1e-6) and s["latency_p50"] > 0
+        assert s["latency_avg"] == pytest.approx(statistics.fmean(lat), abs=1e-6)
 
     # the rollout's stats come back with the promote; afterwards the current version's, all time
     done = (await client.post(f"/console/api/apps/{app_id}/rollout/promote", headers=h)).json()
     assert {s["version_id"]: s for s in done["finished_rollout"]["stats"]}[ids[CANDIDATE]] == cand
     assert [s["version_id"] for s in done["stats"]] == [ids[CANDIDATE]]
     assert done["stats"][0]["messages"] == cand["messages"]
+
+
+async def _set_latency(live: LiveServer, message_id: str, latency: float) -> None:
+    async with live.ctx.db.session() as s:
+        await s.exec(update(Message).where(Message.id == message_id).values(latency=latency))
+        await s.commit()
+
+
+async def test_rollout_latency_p50_is_the_exact_median(live: LiveServer, client, llm) -> None:
+    """Known latencies, set in the database: the median of an odd count is the middle one, of an even count
+    the mean of the two middle ones; a failed message's latency counts in neither p50 nor the average."""
+    h, app_id, key, ids = await _canary(client, llm, 100)  # every new conversation gets the candidate
+    for i, latency in enumerate((0.9, 0.1, 0.2)):
+        await _set_latency(live, (await _send(client, key, f"lat {i}"))["message_id"], latency)
+    llm.push(status=500, match="boom")
+    r = await client.post("/v1/chat-messages", headers={"Authorization": f"Bearer {key}"},
+                          json={"inputs": {}, "query": "boom", "user": "u1"})
+    assert r.status_code == 400, r.text
+    (failed,) = await _rows(live, Message, app_id=app_id, status="error")
+    await _set_latency(live, failed.id, 50.0)
+
+    async def stats() -> tuple[dict, dict]:
+        state = (await client.get(f"/console/api/apps/{app_id}/rollout", headers=h)).json()
+        by_id = {s["version_id"]: s for s in state["stats"]}
+        return by_id[ids[CANDIDATE]], by_id[ids[CURRENT]]
+
+    cand, cur = await stats()
+    assert (cand["messages"], cand["errors"]) == (4, 1)
+    assert cand["latency_p50"] == pytest.approx(0.2) and cand["latency_avg"] == pytest.approx(0.4)
+    assert cur["messages"] == 0 and cur["latency_p50"] is None and cur["latency_avg"] is None
+
+    await _set_latency(live, (await _send(client, key, "lat 3"))["message_id"], 0.3)
+    cand, _ = await stats()  # 0.1 0.2 | 0.3 0.9
+    assert cand["latency_p50"] == pytest.approx(0.25) and cand["latency_avg"] == pytest.approx(0.375)

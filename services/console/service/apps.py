@@ -192,26 +192,21 @@ async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[
         dataset_ids = DatasetConfigs.model_validate(config.dataset_configs).dataset_ids()
     except ValidationError as e:
         raise invalid_from(e) from None
-    for attempt in range(1, 4):  # a concurrent save may take the version number: retry with the next
-        async with ctx.db.session() as s:
-            app = await get_app(s, p.tenant_id, app_id)
-            _basic_mode(app)
-            if app.mode == "agent-chat":
-                await _check_agent(s, p.tenant_id, config.agent_mode, ctx.settings)
-            if dataset_ids:
-                found = set(await s.exec(select(Dataset.id).where(Dataset.tenant_id == p.tenant_id,
-                                                                  col(Dataset.id).in_(dataset_ids))))
-                missing = [i for i in dataset_ids if i not in found]
-                if missing:
-                    raise invalid_param(f"Dataset {missing[0]} not found.", params="dataset_configs")
-            row = await versions.add_version(s, app, config.to_wire(), p, note)
-            try:
-                await s.commit()
-                break
-            except IntegrityError:
-                await s.rollback()
-                if attempt == 3:
-                    raise ApiError(409, "conflict", "The model config changed concurrently; try again.") from None
+    async with ctx.db.session() as s:
+        # The app's lock serialises saves (and rollout changes): the version number read under it stays the
+        # last until the commit, and the delete + re-insert of the dataset links cannot interleave with another.
+        app = await get_app(s, p.tenant_id, app_id, for_update=True)
+        _basic_mode(app)
+        if app.mode == "agent-chat":
+            await _check_agent(s, p.tenant_id, config.agent_mode, ctx.settings)
+        if dataset_ids:
+            found = set(await s.exec(select(Dataset.id).where(Dataset.tenant_id == p.tenant_id,
+                                                              col(Dataset.id).in_(dataset_ids))))
+            missing = [i for i in dataset_ids if i not in found]
+            if missing:
+                raise invalid_param(f"Dataset {missing[0]} not found.", params="dataset_configs")
+        row = await versions.add_version(s, app, config.to_wire(), p, note)
+        await s.commit()
     if row.status == "published":  # a draft changes nothing that is served
         await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
     return row

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlmodel import select
+from sqlmodel import select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared import subjects
@@ -48,9 +48,24 @@ def invalid_from(e: ValidationError) -> ApiError:
     return invalid_param(message, **({"params": param} if param else {}))
 
 
-async def get_app(session: AsyncSession, tenant_id: str, app_id: str) -> App:
-    # another workspace's app is indistinguishable from a missing one
-    app = (await session.exec(select(App).where(App.id == app_id, App.tenant_id == tenant_id))).first()
+async def get_app(session: AsyncSession, tenant_id: str, app_id: str, *, for_update: bool = False) -> App:
+    """The workspace's app (another workspace's app is indistinguishable from a missing one).
+
+    ``for_update`` locks it until the session's transaction ends, for a change that reads the app's config or
+    rollout state and writes it back: concurrent changes then run one after another, each seeing the last.
+    Call it first in the session."""
+    where = (App.id == app_id, App.tenant_id == tenant_id)
+    q = select(App).where(*where)
+    if for_update:
+        if session.bind.dialect.name == "sqlite":
+            # SQLite drops FOR UPDATE, and its driver begins the transaction only at the first write, so reads
+            # before it see no lock. A no-op write first takes the database's write lock (another writer waits,
+            # busy_timeout) and the read below then sees every change committed before it.
+            await session.exec(update(App).where(*where).values(updated_at=App.updated_at)
+                               .execution_options(synchronize_session=False))
+        else:
+            q = q.with_for_update()
+    app = (await session.exec(q)).first()
     if app is None:
         raise not_found("App not found.")
     return app

@@ -16,7 +16,7 @@ from shared.errors import invalid_param, not_found
 from shared.models import App, Tenant
 from shared.plans import CUSTOM_PLANS, PLAN_NAMES, PLANS, PlanLimits, effective_limits, plan_limits
 
-INT32 = 2**31 - 1  # Postgres INTEGER
+INT32 = 2**31 - 1  # the largest Postgres INTEGER: the bound of the console's limit and count fields
 Count = Annotated[int, Field(ge=0, le=INT32, strict=True)]
 
 

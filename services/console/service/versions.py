@@ -6,6 +6,9 @@ the save is a draft that nothing serves until ``publish``. A rollout serves a ca
 new conversations (the runtime picks by a hash of the conversation id and records the version on the
 conversation and on each message); ``promote`` makes it current, ``rollback`` ends it. Every change that alters
 what is served is announced on ``plexus.config.app.<id>``, so each runtime drops its cached entry at once.
+
+Every change to the served versions or the rollout locks the app row first (``get_app(for_update=True)``), so
+concurrent changes apply one after another: of a promote and a rollback racing, the second finds no rollout.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ def _no_rollout() -> ApiError:
 async def add_version(s: AsyncSession, app: App, config: dict[str, Any], p: Principal,
                       note: str | None) -> AppModelConfig:
     """A new version numbered after the app's last one: published (and current) at once, or a draft when the
-    app requires confirmation. Two saves racing for a number make the commit fail the unique constraint;
-    the caller retries."""
+    app requires confirmation. The caller holds the app's lock (``get_app(for_update=True)``): the last number
+    read here is final until it commits."""
     last = (await s.exec(select(func.max(AppModelConfig.version)).where(AppModelConfig.app_id == app.id))).one()
     row = AppModelConfig(app_id=app.id, config=config, created_by=actor(p), note=note, version=(last or 0) + 1,
                          status="draft" if app.publish_requires_confirmation else "published")
@@ -149,8 +152,8 @@ async def _version(s: AsyncSession, app: App, ref: str) -> AppModelConfig:
     return row
 
 
-async def _basic_app(s: AsyncSession, p: Principal, app_id: str) -> App:
-    app = await get_app(s, p.tenant_id, app_id)
+async def _basic_app(s: AsyncSession, p: Principal, app_id: str, *, for_update: bool = False) -> App:
+    app = await get_app(s, p.tenant_id, app_id, for_update=for_update)
     basic_mode(app)
     return app
 
@@ -223,7 +226,7 @@ async def publish(ctx: Context, p: Principal, app_id: str, version_id: str) -> d
     """Confirm a draft, or go back to an earlier version: it becomes the current version. A rollout whose
     candidate this is ends (the candidate is now what everyone gets)."""
     async with ctx.db.session() as s:
-        app = await _basic_app(s, p, app_id)
+        app = await _basic_app(s, p, app_id, for_update=True)
         row = await _version(s, app, version_id)
         _mark_published(row, p)
         app.app_model_config_id = row.id
@@ -305,7 +308,7 @@ async def start_rollout(ctx: Context, p: Principal, app_id: str, version_id: str
     changes the share (conversations keep the version they got; the window of the stats stays); with another
     candidate it starts over. Starting a rollout of a draft is its confirmation."""
     async with ctx.db.session() as s:
-        app = await _basic_app(s, p, app_id)
+        app = await _basic_app(s, p, app_id, for_update=True)
         row = await _version(s, app, version_id)
         if app.app_model_config_id is None:
             raise invalid_param("The app has no published version to compare with; publish one first.",
@@ -326,9 +329,10 @@ async def start_rollout(ctx: Context, p: Principal, app_id: str, version_id: str
 
 async def end_rollout(ctx: Context, p: Principal, app_id: str, *, promote: bool) -> dict[str, Any]:
     """Promote (the candidate becomes the current version for everyone) or roll back (everyone goes back to
-    the current one). Returns the stats of the finished rollout beside the new state."""
+    the current one). Returns the stats of the finished rollout beside the new state. Of two racing, the one
+    that takes the lock second finds the rollout over: 400 rollout_not_active."""
     async with ctx.db.session() as s:
-        app = await _basic_app(s, p, app_id)
+        app = await _basic_app(s, p, app_id, for_update=True)
         if app.rollout_config_id is None:
             raise _no_rollout()
         final = await _rollout_view(s, app)
@@ -356,7 +360,7 @@ async def set_settings(ctx: Context, p: Principal, app_id: str, *, publish_requi
                        ) -> dict[str, Any]:
     """Nothing served changes: existing drafts stay drafts until published either way."""
     async with ctx.db.session() as s:
-        app = await _basic_app(s, p, app_id)
+        app = await _basic_app(s, p, app_id, for_update=True)
         app.publish_requires_confirmation = publish_requires_confirmation
         app.updated_at = utcnow()
         await s.commit()

@@ -27,7 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.runtime.llm import ModelBinding, bind_model
 from services.runtime.service.agent import AgentPlan
 from services.runtime.service.errors import DEFAULT_USER
-from shared.app_config import ModelConfig, parse_model_config
+from shared.app_config import ModelConfig, load_model_config
 from shared.credentials import provider_credentials
 from shared.db import Database
 from shared.errors import forbidden
@@ -184,9 +184,12 @@ class AppCache:
         config: ModelConfig | None = None
         if raw:
             try:
-                config = parse_model_config(raw)
+                config, ignored = load_model_config(raw)
             except ValueError as e:
                 log.warning("app_config_invalid", app_id=app.id, config_id=config_id, error=str(e))
+            else:
+                for why in ignored:  # served without that setting rather than refused (shared/app_config.py)
+                    log.warning("app_config_setting_ignored", app_id=app.id, config_id=config_id, error=why)
         binding = agent = None
         if config is not None:
             binding = await self._bind(s, app.tenant_id, config)
