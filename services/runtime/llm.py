@@ -216,8 +216,8 @@ def moderation_kwargs(provider: str, model: str, credentials: dict[str, Any]) ->
     return {"model": kwargs["model"], "client": client}
 
 
-async def moderate(kwargs: dict[str, Any], text: str, timeout: float) -> bool:
-    """True when the moderation model flags ``text`` (litellm's OpenAI moderation API)."""
+async def moderate(kwargs: dict[str, Any], text: str | list[str], timeout: float) -> bool:
+    """True when the moderation model flags ``text``, or any piece of it (litellm's OpenAI moderation API)."""
     async with asyncio.timeout(timeout):
         resp = await litellm().amoderation(input=text, **kwargs)
     return any(bool(getattr(r, "flagged", False)) for r in resp.results or [])

@@ -5,12 +5,19 @@ Chinese; the `openai_moderation` type through litellm's moderation API."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import structlog
+from sqlmodel import select
 
+from services.console.service.common import publish_change
+from shared.models import App, AppModelConfig
 from shared.settings import RuntimeSettings
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
 from tests.llm_server import ScriptedLLM
@@ -106,6 +113,46 @@ async def test_parameters_echo_the_moderation_config(client: httpx.AsyncClient, 
     _, k = await apps.create("chat", model_config())
     p = (await client.get("/v1/parameters", headers=k, params={"user": "u1"})).json()
     assert p["sensitive_word_avoidance"] == {"enabled": False, "type": "", "configs": []}
+
+
+# A config Plexus refuses today (Dify's "api" extension type) that may be stored from before the check.
+API_TYPE = {"enabled": True, "type": "api", "config": {
+    "api_based_extension_id": "ext-1",
+    "inputs_config": {"enabled": True, "preset_response": INPUT_PRESET},
+    "outputs_config": {"enabled": False, "preset_response": ""}}}
+
+
+@pytest.mark.parametrize(("swa", "message"), [
+    (API_TYPE, "type must be one of"),
+    ({"enabled": True, "type": "keywords", "config": "badword"}, "dictionary"),  # a wrong shape, not just a rule
+])
+async def test_stored_unusable_moderation_serves_without_moderation(live: LiveServer, client: httpx.AsyncClient,
+                                                                     apps: Apps, llm: ScriptedLLM, swa: dict,
+                                                                     message: str) -> None:
+    """Strict on save, lenient on load: a stored moderation setting the console would refuse does not make
+    the app unusable; it is served as moderation off, with a warning."""
+    app_id, k = await apps.create("chat", model_config())
+    async with live.ctx.db.session() as s:  # bypass the console, as an older save or import would have
+        row = (await s.exec(select(AppModelConfig).where(AppModelConfig.app_id == app_id))).one()
+        row.config = {**row.config, "sensitive_word_avoidance": swa}
+        s.add(row)
+        await s.commit()
+    await publish_change(live.ctx.bus, "app", app_id)  # the runtime drops any cached entry
+
+    llm.push(reply="Plain answer.", match="badword")
+    with structlog.testing.capture_logs() as logs:
+        r = await chat(client, k, "tell me a badword")
+    assert r.status_code == 200, r.text
+    assert r.json()["answer"] == "Plain answer." and len(llm.requests) == 1
+    ignored = [e for e in logs if e["event"] == "app_config_setting_ignored"]
+    assert ignored and ignored[0]["log_level"] == "warning" and ignored[0]["app_id"] == app_id
+    assert "sensitive_word_avoidance" in ignored[0]["error"] and message in ignored[0]["error"]
+    p = (await client.get("/v1/parameters", headers=k, params={"user": "u1"})).json()
+    assert p["sensitive_word_avoidance"]["enabled"] is False
+
+    r = await client.post(f"/console/api/apps/{app_id}/model-config", headers=apps.h, json=model_config(swa))
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param", r.text
+    assert message in r.json()["message"]
 
 
 # -- keywords: inputs ----------------------------------------------------------------------------
@@ -258,3 +305,163 @@ async def test_agent_answer_is_replaced(client: httpx.AsyncClient, apps: Apps, l
     events = await chat_stream(client, k, "again")
     assert "message_replace" not in [e["event"] for e in events]
     assert "".join(e["answer"] for e in events if e["event"] == "agent_message") == "A clean answer."
+
+
+# -- model review beside the stream; agent thoughts; cached moderators ------------------------------
+
+AGENT_TOOLS = [{"provider_type": "builtin", "provider_id": "time", "tool_name": "current_time",
+                "tool_parameters": {}, "enabled": True}]
+
+
+@pytest.mark.parametrize("strategy", ["function_call", "react"])
+async def test_flagged_agent_answer_is_not_kept_in_thoughts(client: httpx.AsyncClient, apps: Apps,
+                                                            llm: ScriptedLLM, strategy: str) -> None:
+    """The final review happens before the answer's thought is sent or stored."""
+    agent = {"enabled": True, "strategy": strategy, "max_iteration": 3, "tools": AGENT_TOOLS}
+    _, k = await apps.create("agent-chat", model_config(model_moderation(inputs=False), agent_mode=agent))
+    text = "It is a forbidden-topic indeed."
+    llm.push(reply=text if strategy == "function_call" else f"Final Answer: {text}", match="tell me")
+    events = await chat_stream(client, k, "tell me")
+    kinds = [e["event"] for e in events]
+    assert kinds[-2:] == ["message_replace", "message_end"], kinds
+    assert events[-2]["answer"] == OUTPUT_PRESET
+    assert not [e for e in events if text in json.dumps(e)], events
+    stored = await stored_answer(client, k, events[-1]["conversation_id"])
+    assert stored["answer"] == OUTPUT_PRESET
+    assert not [t for t in stored["agent_thoughts"] if "forbidden-topic" in t["thought"]], stored["agent_thoughts"]
+
+
+@contextlib.contextmanager
+def held_moderation(llm: ScriptedLLM, release: asyncio.Event, seen: Callable[[], int],
+                    wait: float = 10.0) -> Iterator[list[int]]:
+    """The scripted server answers moderation requests only once ``release`` is set (or ``wait`` seconds
+    passed, which then also releases the rest); yields, per answered request, ``seen()`` (the stream events
+    the client had) when the answer was sent."""
+    routes = [r for r in llm.app.router.routes if getattr(r, "path", None) in ("/v1/moderations", "/moderations")]
+    originals = [r.app for r in routes]
+    answered: list[int] = []
+
+    def held(inner: Any) -> Any:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await asyncio.wait_for(release.wait(), wait)
+            except TimeoutError:
+                release.set()
+            await inner(scope, receive, send)
+            answered.append(seen())
+        return app
+
+    for r, inner in zip(routes, originals, strict=True):
+        r.app = held(inner)
+    try:
+        yield answered
+    finally:
+        for r, inner in zip(routes, originals, strict=True):
+            r.app = inner
+
+
+async def stream_held(c: httpx.AsyncClient, k: dict[str, str], llm: ScriptedLLM, query: str,
+                      tokens: list[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Streams an answer of ``tokens`` while the moderation model holds its answers until every token
+    reached the client."""
+    events: list[dict[str, Any]] = []
+    release = asyncio.Event()
+
+    def seen() -> int:
+        return sum(e["event"] == "message" for e in events)
+
+    body = {"inputs": {}, "query": query, "user": "u1", "response_mode": "streaming"}
+    with held_moderation(llm, release, seen) as answered:
+        async with c.stream("POST", "/v1/chat-messages", headers=k, json=body) as s:
+            assert s.status_code == 200
+            async for line in s.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if seen() == len(tokens):
+                        release.set()
+    return events, answered
+
+
+async def test_model_review_does_not_hold_up_the_stream(client: httpx.AsyncClient, apps: Apps,
+                                                        llm: ScriptedLLM) -> None:
+    _, k = await apps.create("chat", model_config(model_moderation(inputs=False)))
+    tokens = [f"word {i:03d} ok " for i in range(150)]  # 12 characters each: 1,800 in all
+    whole = "".join(tokens)
+    llm.push(tokens=tokens, match="long story")
+    events, answered = await stream_held(client, k, llm, "a long story", tokens)
+    # every token reached the client before the first review (sent at 300 characters) was answered
+    assert answered and answered[0] == len(tokens), answered
+    assert "message_replace" not in [e["event"] for e in events]
+    assert "".join(e["answer"] for e in events if e["event"] == "message") == whole
+    sent = [r.inputs for r in llm.moderation_requests]
+    # one review at a time: the periodic one (the first 300 characters, not more), then the final one of the
+    # whole answer once the model was done
+    assert len(sent) == 2, sent
+    assert whole.startswith(sent[0][0]) and 300 <= len(sent[0][0]) < 400
+    assert sent[1] == [whole]
+
+
+@pytest.mark.parametrize("at", [2, 140])  # found by the periodic review, or only by the final one
+async def test_model_review_still_replaces_a_long_flagged_answer(client: httpx.AsyncClient, apps: Apps,
+                                                                 llm: ScriptedLLM, at: int) -> None:
+    _, k = await apps.create("chat", model_config(model_moderation(inputs=False)))
+    tokens = [f"word {i:03d} ok " for i in range(150)]
+    tokens[at] = "forbidden-topic "
+    llm.push(tokens=tokens, match="long story")
+    events, _ = await stream_held(client, k, llm, "a long story", tokens)
+    assert [e["event"] for e in events][-2:] == ["message_replace", "message_end"]
+    assert events[-2]["answer"] == OUTPUT_PRESET
+    assert (await stored_answer(client, k, events[-1]["conversation_id"]))["answer"] == OUTPUT_PRESET
+
+
+async def test_model_review_of_a_long_answer_is_linear_and_complete(client: httpx.AsyncClient, apps: Apps,
+                                                                       llm: ScriptedLLM) -> None:
+    _, k = await apps.create("chat", model_config(model_moderation(inputs=False)))
+    tokens = [f"w{i:04d} " for i in range(2000)]  # 12,000 characters
+    llm.push(tokens=tokens, match="longer story")
+    events = await chat_stream(client, k, "a longer story")
+    assert events[-1]["event"] == "message_end"
+    pieces = [t for r in llm.moderation_requests for t in r.inputs]
+    whole = "".join(tokens)
+    assert all(len(t) <= 2000 and t in whole for t in pieces)  # each piece a part of the answer, bounded
+    assert sum(map(len, pieces)) <= 2.5 * len(whole)  # linear: each review sends its new text and an overlap
+    covered = [False] * len(whole)
+    for t in pieces:
+        start = whole.index(t)
+        covered[start:start + len(t)] = [True] * len(t)
+    assert all(covered)  # and nothing went unreviewed
+
+
+async def test_moderator_is_resolved_once_reused_across_reloads_and_closed_when_dropped(
+        live: LiveServer, client: httpx.AsyncClient, apps: Apps, llm: ScriptedLLM,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    app_id, k = await apps.create("chat", model_config(model_moderation(inputs=False)))
+    runtime = live.ctx.local_apps["runtime"].state.runtime
+    svc = runtime.chat.moderation
+    resolved: list[str] = []
+    real = svc.for_app
+
+    async def counting(app: Any) -> Any:
+        resolved.append(app.id)
+        return await real(app)
+
+    monkeypatch.setattr(svc, "for_app", counting)
+    assert (await chat(client, k, "one")).json()["answer"] == "Echo: one"
+    assert resolved == [app_id]  # once per request, before the message row is written
+
+    async with live.ctx.db.session() as s:
+        tenant_id = (await s.exec(select(App.tenant_id).where(App.id == app_id))).one()
+    mod = await real(await runtime.apps.get(tenant_id, app_id))
+    first = mod.model_kwargs["client"]
+    runtime.apps.invalidate_app(app_id)  # the app cache loads the app again, as it does every 60 s
+    assert (await chat(client, k, "two")).json()["answer"] == "Echo: two"
+    again = await real(await runtime.apps.get(tenant_id, app_id))
+    assert again is mod and again.model_kwargs["client"] is first and not first.is_closed()
+
+    r = await client.delete(f"/console/api/apps/{app_id}", headers=apps.h)
+    assert r.status_code == 204, r.text
+    for _ in range(200):  # the deletion reaches the runtime through NATS
+        if first.is_closed():
+            break
+        await asyncio.sleep(0.02)
+    assert first.is_closed()

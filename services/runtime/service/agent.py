@@ -79,10 +79,12 @@ class AgentLoop:
                                                                           "id": run.message_id})[:-1] + b',"answer":'
 
     # -- events -----------------------------------------------------------------------------------
-    async def _say(self, delta: str) -> None:
+    async def _say(self, delta: str, *, whole: bool = False) -> None:
+        """One piece of the answer; ``whole``: the complete answer, known before any of it is sent (ReAct),
+        so the final review runs before the client sees it."""
         self.run.answer_parts.append(delta)
         review = self.run.review  # output moderation sees every piece before the client does
-        if review is not None and await review.feed(delta):
+        if review is not None and (review.feed(delta) or (whole and await review.finish())):
             raise OutputFlagged
         await self.emit(self._msg_prefix + orjson.dumps(delta) + b"}")
 
@@ -174,19 +176,23 @@ class AgentLoop:
         return thought
 
     async def _finish(self, text: str) -> None:
+        # the final review comes first: the last thought repeats the answer, and once sent or stored it could
+        # not be taken back
+        review = self.run.review
+        if review is not None and await review.finish():
+            raise OutputFlagged
         await self._thought(self._new_thought(text, []))
         if not self.run.answer:
             raise AgentIncomplete(f"the agent used all {self.plan.max_iteration} tool rounds without answering")
 
     # -- strategies ---------------------------------------------------------------------------------
     async def execute(self) -> None:
-        """Run the strategy; raises ``OutputFlagged`` when output moderation flags the answer."""
+        """Run the strategy; raises ``OutputFlagged`` when output moderation flags the answer (the final review
+        is part of ``_finish``)."""
         if self.plan.strategy == "react":
             await self._react()
         else:
             await self._function_calling()
-        if self.run.review is not None and await self.run.review.finish():
-            raise OutputFlagged
 
     async def _function_calling(self) -> None:
         messages = list(self.run.messages)
@@ -222,9 +228,9 @@ class AgentLoop:
             if action is None or action[0] == FINAL or last:
                 answer = action[1] if action is not None and action[0] == FINAL else _strip_react(text)
                 if isinstance(answer, str) and answer:
-                    await self._say(answer)
+                    await self._say(answer, whole=True)
                 elif answer:
-                    await self._say(json.dumps(answer, ensure_ascii=False))
+                    await self._say(json.dumps(answer, ensure_ascii=False), whole=True)
                 await self._finish(_thought_part(text))
                 return
             name, args = action

@@ -35,6 +35,7 @@ log = structlog.get_logger("plexus.runtime.answer_cache")
 
 KEY_VERSION = 1  # bump when the key recipe changes
 REDIS_PREFIX = "plexus:answers:"
+MAX_VERSIONS = 4096  # config versions whose digest is kept (least recently used dropped)
 
 
 def normalise_query(query: str) -> str:
@@ -115,16 +116,21 @@ class AnswerCache:
             RedisBackend(redis) if redis is not None
             else MemoryBackend(ctx.settings.runtime.answer_cache_max_entries))
         # (app id, config id) → (the parsed config it was computed for, version): recomputed only when the
-        # app cache loads the app again
-        self._versions: dict[tuple[str, str | None], tuple[Any, str]] = {}
+        # app cache loads the app again; the least recently used beyond MAX_VERSIONS are dropped
+        self._versions: OrderedDict[tuple[str, str | None], tuple[Any, str]] = OrderedDict()
+        self.max_versions = MAX_VERSIONS
 
     def _version(self, app: AppEntry) -> str:
         key = (app.id, app.config_id)
         hit = self._versions.get(key)
         if hit is not None and hit[0] is app.config:
+            self._versions.move_to_end(key)
             return hit[1]
         v = config_version(app)
         self._versions[key] = (app.config, v)
+        self._versions.move_to_end(key)
+        while len(self._versions) > self.max_versions:
+            self._versions.popitem(last=False)
         return v
 
     async def lookup(self, app: AppEntry, *, endpoint: str, new_conversation: bool, query: str,
@@ -158,6 +164,7 @@ class AnswerCache:
             log.warning("answer_cache_set_failed", exc_info=True)
 
     async def forget_app(self, app_id: str) -> None:
+        """The app was deleted (core.Runtime.on_config): its answers and versions go."""
         for k in [k for k in self._versions if k[0] == app_id]:
             del self._versions[k]
         try:

@@ -60,7 +60,8 @@ class ChatService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.moderation = ModerationService(rt.ctx)  # sensitive_word_avoidance (moderation.py)
-        self.answers = AnswerCache(rt.ctx)  # the opt-in answer cache (answer_cache.py)
+        # the opt-in answer cache (answer_cache.py); a deleted app's moderators go with its answers
+        self.answers = AnswerCache(rt.ctx)
 
     async def create(
         self,
@@ -115,126 +116,137 @@ class ChatService:
         binding = app.binding
         if binding is None:
             raise provider_not_initialize()
+        # moderation, resolved once per request: the input review now, the output review for the run
+        mod = await self.moderation.for_app(app)
         # input moderation: a flagged request is answered with the preset response, without the model
-        direct = await self.moderation.check_inputs(app, inputs, query)
-        direct_trace: dict[str, Any] = {"moderation": {"inputs": "flagged"}} if direct is not None else {}
-        # images and documents (files.py); a blocked request fetches nothing
-        attached = await self.rt.files.attach(app, end_user_id, files) if direct is None else None
-        prompt_query = attached.query(query) if attached else query
+        direct = await mod.check_inputs(inputs, query) if mod is not None else None
+        # taken before anything else awaits: it keeps the moderator (and its client) in use until the run ends
+        review = mod.output_review() if mod is not None and direct is None else None
+        try:
+            direct_trace: dict[str, Any] = {"moderation": {"inputs": "flagged"}} if direct is not None else {}
+            # images and documents (files.py); a blocked request fetches nothing
+            attached = await self.rt.files.attach(app, end_user_id, files) if direct is None else None
+            prompt_query = attached.query(query) if attached else query
 
-        system = render_prompt(config.pre_prompt, inputs)
-        retrieved = rag.Retrieved()
-        dc = rag.dataset_configs(config)
-        if dc is not None and direct is None:
-            retrieved = await rag.retrieve(self.rt.bus, app.tenant_id, dc,
-                                           rag.retrieval_query(endpoint, config, inputs, query),
-                                           self.rt.ctx.settings.knowledge.retrieve_timeout)
-        system = rag.with_context(system, retrieved.context)
-        if endpoint == "chat":
-            context = binding.context_tokens or self.rt.settings.default_context_tokens
-            budget = context_budget(context, binding.max_tokens)
-            messages = chat_messages(system, history, prompt_query, budget)
-        else:
-            messages = completion_messages(system, prompt_query)
-        if attached:
-            messages = attached.apply(messages)
-        cached = None  # the answer cache: memory-less requests of apps that opted in (answer_cache.py)
-        if direct is None and not attached:
-            cached = await self.answers.lookup(app, endpoint=endpoint, new_conversation=new_conversation,
-                                               query=query, inputs=inputs, system=system)
-            if cached is not None and cached.answer is not None:
-                direct = cached.answer
-                direct_trace = {"answer_cache": {"hit": True, "source_message_id": cached.source_message_id}}
-        direct_row: dict[str, Any] = {}
-        if direct is not None:  # the message is stored final at once
-            usage = llm.dify_usage(binding, 0, 0, time.perf_counter() - started)
-            direct_row = {"answer": direct, "status": "normal", "usage": usage, "latency": usage["latency"],
-                          "trace": {**retrieved.trace, **direct_trace}}
+            system = render_prompt(config.pre_prompt, inputs)
+            retrieved = rag.Retrieved()
+            dc = rag.dataset_configs(config)
+            if dc is not None and direct is None:
+                retrieved = await rag.retrieve(self.rt.bus, app.tenant_id, dc,
+                                               rag.retrieval_query(endpoint, config, inputs, query),
+                                               self.rt.ctx.settings.knowledge.retrieve_timeout)
+            system = rag.with_context(system, retrieved.context)
+            if endpoint == "chat":
+                context = binding.context_tokens or self.rt.settings.default_context_tokens
+                budget = context_budget(context, binding.max_tokens)
+                messages = chat_messages(system, history, prompt_query, budget)
+            else:
+                messages = completion_messages(system, prompt_query)
+            if attached:
+                messages = attached.apply(messages)
+            cached = None  # the answer cache: memory-less requests of apps that opted in (answer_cache.py)
+            if direct is None and not attached:
+                cached = await self.answers.lookup(app, endpoint=endpoint, new_conversation=new_conversation,
+                                                   query=query, inputs=inputs, system=system)
+                if cached is not None and cached.answer is not None:
+                    direct = cached.answer
+                    direct_trace = {"answer_cache": {"hit": True, "source_message_id": cached.source_message_id}}
+            direct_row: dict[str, Any] = {}
+            if direct is not None:  # the message is stored final at once
+                usage = llm.dify_usage(binding, 0, 0, time.perf_counter() - started)
+                direct_row = {"answer": direct, "status": "normal", "usage": usage, "latency": usage["latency"],
+                              "trace": {**retrieved.trace, **direct_trace}}
 
-        now = utcnow()
-        async with self.rt.db.session() as s:
-            if new_conversation:
+            now = utcnow()
+            async with self.rt.db.session() as s:
+                if new_conversation:
+                    await s.exec(
+                        INSERT_CONVERSATION,
+                        params={
+                            "id": conv_id,
+                            "app_id": app.id,
+                            "end_user_id": end_user_id,
+                            "mode": app.mode,
+                            "name": default_name(query) if endpoint == "chat" else "",
+                            "inputs": inputs,
+                            "introduction": "",
+                            "status": "normal",
+                            "from_source": "api",
+                            "is_deleted": False,
+                            "model_config_id": app.config_id,
+                            "created_at": now,
+                            "updated_at": now,
+                        },
+                    )
+                else:
+                    await s.exec(TOUCH_CONVERSATION, params={"b_id": conv_id, "updated_at": now})
                 await s.exec(
-                    INSERT_CONVERSATION,
+                    INSERT_MESSAGE,
                     params={
-                        "id": conv_id,
+                        "id": message_id,
                         "app_id": app.id,
+                        "conversation_id": conv_id,
                         "end_user_id": end_user_id,
-                        "mode": app.mode,
-                        "name": default_name(query) if endpoint == "chat" else "",
+                        "parent_message_id": parent_id,
+                        "task_id": task_id,
                         "inputs": inputs,
-                        "introduction": "",
-                        "status": "normal",
-                        "from_source": "api",
-                        "is_deleted": False,
+                        "query": query,
+                        "answer": "",
+                        "status": "running",
+                        "error": None,
+                        "model_provider": binding.provider,
+                        "model_id": binding.model,
+                        "message_tokens": 0,
+                        "answer_tokens": 0,
+                        "usage": {},
+                        "retriever_resources": retrieved.resources,
+                        "agent_thoughts": [],
+                        "trace": retrieved.trace,
                         "model_config_id": app.config_id,
+                        "latency": 0.0,
                         "created_at": now,
                         "updated_at": now,
+                        **direct_row,
                     },
                 )
-            else:
-                await s.exec(TOUCH_CONVERSATION, params={"b_id": conv_id, "updated_at": now})
-            await s.exec(
-                INSERT_MESSAGE,
-                params={
-                    "id": message_id,
-                    "app_id": app.id,
-                    "conversation_id": conv_id,
-                    "end_user_id": end_user_id,
-                    "parent_message_id": parent_id,
-                    "task_id": task_id,
-                    "inputs": inputs,
-                    "query": query,
-                    "answer": "",
-                    "status": "running",
-                    "error": None,
-                    "model_provider": binding.provider,
-                    "model_id": binding.model,
-                    "message_tokens": 0,
-                    "answer_tokens": 0,
-                    "usage": {},
-                    "retriever_resources": retrieved.resources,
-                    "agent_thoughts": [],
-                    "trace": retrieved.trace,
-                    "model_config_id": app.config_id,
-                    "latency": 0.0,
-                    "created_at": now,
-                    "updated_at": now,
-                    **direct_row,
-                },
-            )
-            if attached:
-                await attached.record(s, message_id)
-            await s.commit()
+                if attached:
+                    await attached.record(s, message_id)
+                await s.commit()
 
-        run = Run(
-            task_id=task_id,
-            message_id=message_id,
-            conversation_id=conv_id,
-            app_id=app.id,
-            end_user_id=end_user_id,
-            session_id=session_id,
-            mode=app.mode,
-            created_at=ts(now) or 0,
-            binding=binding,
-            messages=messages,
-            channel=Channel() if streaming else None,
-            # shown to the client only when the app's retriever_resource feature is on (Dify's default)
-            retriever_resources=retrieved.resources if config.retriever_resource.enabled else [],
-            tenant_id=app.tenant_id,
-            agent=app.agent,
-            trace=retrieved.trace,
-        )
-        if direct is not None:
-            run.usage = direct_row["usage"]
-            if cached is not None:
-                run.extra_metadata["cache_hit"] = True
-            await self.rt.runs.answer_directly(run, direct)
+            run = Run(
+                task_id=task_id,
+                message_id=message_id,
+                conversation_id=conv_id,
+                app_id=app.id,
+                end_user_id=end_user_id,
+                session_id=session_id,
+                mode=app.mode,
+                created_at=ts(now) or 0,
+                binding=binding,
+                messages=messages,
+                channel=Channel() if streaming else None,
+                # shown to the client only when the app's retriever_resource feature is on (Dify's default)
+                retriever_resources=retrieved.resources if config.retriever_resource.enabled else [],
+                tenant_id=app.tenant_id,
+                agent=app.agent,
+                trace=retrieved.trace,
+            )
+            if direct is not None:
+                run.usage = direct_row["usage"]
+                if cached is not None:
+                    run.extra_metadata["cache_hit"] = True
+                if review is not None:  # an answer-cache hit: no model, nothing to review
+                    review.close()
+                await self.rt.runs.answer_directly(run, direct)
+                return run
+            run.cache = cached
+            run.review = review
+            self.rt.runs.start(run)
             return run
-        run.cache = cached
-        run.review = await self.moderation.output_review(app)
-        self.rt.runs.start(run)
-        return run
+        except BaseException:
+            if review is not None:
+                review.close()
+            raise
 
     async def _conversation(
         self, app: AppEntry, end_user_id: str, conv_id: str

@@ -64,7 +64,8 @@ class Runtime:
         kind, ident = parse_config_subject(subject)
         if kind == "app":
             self.apps.invalidate_app(ident)
-            if payload.get("deleted"):  # its cached answers can no longer be reached: free them now
+            if payload.get("deleted"):  # its moderators and cached answers can no longer be reached: free them now
+                self.chat.moderation.forget_app(ident)
                 task = asyncio.get_running_loop().create_task(self.chat.answers.forget_app(ident))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)

@@ -7,20 +7,27 @@
   that is what the message stores.
 
 ``keywords``: case-insensitive substring match (NFKC + casefold on both sides, so full-width letters and
-CJK text work; no word boundaries, as Dify), one compiled alternation for all keywords.
-``openai_moderation``: the workspace's provider credentials and litellm's moderation API; the answer is
-reviewed every ``MODEL_REVIEW_CHARS`` new characters and once at the end, like Dify's 300-character
-buffer. A moderation model that fails blocks the input (400 ``completion_request_error``) but lets the
-output through (logged), as Dify does.
+CJK text work; no word boundaries, as Dify), one compiled alternation for all keywords, checked
+synchronously on every delta against the new text and the keyword-length tail before it.
+``openai_moderation``: the workspace's provider credentials and litellm's moderation API. While the answer
+streams, a review runs in the background every ``MODEL_REVIEW_CHARS`` new characters (Dify's
+300-character buffer), at most one at a time, on the text since the previous one plus an overlap; the
+stream reads the last finished result and stops once one flags. At the end the whole answer is reviewed
+(see ``OutputReview.finish``). A moderation model that fails blocks the input (400
+``completion_request_error``) but lets the output through (logged), as Dify does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from services.runtime import llm
@@ -29,18 +36,53 @@ from shared.credentials import provider_credentials
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
-    from shared.app_config import ModerationSettings
+    from shared.app_config import ModerationSettings, SensitiveWordAvoidance
     from shared.context import Context
 
 log = structlog.get_logger("plexus.runtime.moderation")
 
-MODEL_REVIEW_CHARS = 300
+MODEL_REVIEW_CHARS = 300  # a background review per this many new characters (Dify's output buffer)
+# OpenAI's moderation guide: accuracy is best on pieces under 2,000 characters. Longer text goes as a list of
+# such pieces in one request (the API's array input), each overlapping the previous by MODEL_OVERLAP_CHARS.
+MODEL_PIECE_CHARS = 2000
+# what a review repeats of the text before its new part: a sentence or two, so a statement cut at a review
+# (or piece) boundary is still seen whole by one of them, at a cost of 2/3 of a review's new text
+MODEL_OVERLAP_CHARS = 200
+PENDING_CHARS = 32  # the longest run of trailing combining characters held for the next delta (stream-safe: 30)
+MAX_MODERATORS = 1000  # app config versions whose moderators are kept (least recently used dropped)
 OUTPUT_REASON = "output_moderation"  # message_replace.reason, Dify's MessageReplaceReason
+
+_closing: set[asyncio.Task] = set()  # client closes in flight (referenced until done)
 
 
 def fold(text: str) -> str:
     """The form both keywords and text are compared in."""
     return unicodedata.normalize("NFKC", text).casefold()
+
+
+def stable_cut(s: str) -> int:
+    """Where ``s`` may be split so that its head folds the same whatever follows: before the last character
+    that starts a new grapheme and does not compose with what precedes it. The rest (a base letter and its
+    combining marks, a Hangul jamo run, a half-width kana and its voiced mark) waits for the next delta."""
+    low = max(0, len(s) - PENDING_CHARS)
+    for i in range(len(s) - 1, low - 1, -1):
+        c = s[i]
+        if c < "\x80":  # ASCII never composes with what precedes it
+            return i
+        if i and not unicodedata.combining(c):
+            j = max(0, i - PENDING_CHARS)
+            if fold(s[j:i]) + fold(s[i:]) == fold(s[j:]):
+                return i
+    return 0 if low == 0 else len(s)  # a pathological run of marks: no longer held back
+
+
+def pieces(text: str) -> list[str]:
+    """``text`` in pieces of at most MODEL_PIECE_CHARS, each repeating the last MODEL_OVERLAP_CHARS of the
+    previous one."""
+    if len(text) <= MODEL_PIECE_CHARS:
+        return [text]
+    step = MODEL_PIECE_CHARS - MODEL_OVERLAP_CHARS
+    return [text[i:i + MODEL_PIECE_CHARS] for i in range(0, len(text) - MODEL_OVERLAP_CHARS, step)]
 
 
 class KeywordMatcher:
@@ -57,20 +99,22 @@ class KeywordMatcher:
 
 @dataclass(slots=True)
 class Moderator:
-    """One app's moderation, built once per app-cache entry."""
+    """One app config version's moderation, shared by its requests while the config is unchanged."""
 
     kind: str  # keywords | openai_moderation
     input_preset: str | None  # None: inputs are not reviewed
     output_preset: str | None  # None: outputs are not reviewed
     matcher: KeywordMatcher | None = None
-    model_kwargs: dict[str, Any] | None = None  # openai_moderation with usable credentials
+    model_kwargs: dict[str, Any] | None = None  # openai_moderation with usable credentials (holds a client)
     timeout: float = 10.0
     provider: str = ""
+    users: int = 0  # output reviews and input checks using it now
+    retired: bool = False  # dropped from the cache: its client is closed once unused
 
-    async def flagged(self, text: str) -> bool:
-        """One review of ``text`` (raises on a failing moderation model)."""
+    async def flagged(self, text: str | list[str]) -> bool:
+        """One review of ``text`` (a list: pieces judged apart; raises on a failing moderation model)."""
         if self.matcher is not None:
-            return self.matcher.search(fold(text))
+            return self.matcher.search(fold(text if isinstance(text, str) else "\n".join(text)))
         if self.model_kwargs is None:
             raise provider_not_initialize()
         return await llm.moderate(self.model_kwargs, text, self.timeout)
@@ -86,106 +130,217 @@ class Moderator:
             return None
         if self.matcher is None and self.model_kwargs is None:
             raise provider_not_initialize()  # the moderation provider has no credentials
+        self.users += 1
         try:
             hit = await self.flagged("\n".join(values))
         except Exception as e:  # noqa: BLE001 - any provider failure is the request's 400
             log.warning("input_moderation_failed", error=str(e))
             raise completion_request_error(llm.error_message(e, self.provider)) from None
+        finally:
+            self.release()
         return self.input_preset if hit else None
 
     def output_review(self) -> OutputReview | None:
-        return OutputReview(self, self.output_preset) if self.output_preset is not None else None
+        """A review of one answer; it holds the moderator (and its client) until ``close``."""
+        if self.output_preset is None:
+            return None
+        self.users += 1
+        return OutputReview(self, self.output_preset)
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.retired and self.users <= 0:
+            self._close()
+
+    def retire(self) -> None:
+        self.retired = True
+        if self.users <= 0:
+            self._close()
+
+    def _close(self) -> None:
+        client = (self.model_kwargs or {}).get("client")
+        if client is None or not hasattr(client, "close"):
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(client.close())
+        except RuntimeError:  # no loop (shutdown): its sockets go with the process
+            return
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
 
 class OutputReview:
     """Reviews one streaming answer. ``feed`` each delta before forwarding it; once it returns True, stop
-    forwarding and replace the answer with ``preset``."""
+    forwarding and replace the answer with ``preset``. ``finish`` when the model is done, ``close`` always."""
 
-    __slots__ = ("_folded", "_reviewed", "_text", "flagged", "mod", "preset")
+    __slots__ = ("_closed", "_joined", "_overlap", "_parts", "_pending", "_sent", "_size", "_tail", "_task",
+                 "flagged", "mod", "preset")
 
     def __init__(self, mod: Moderator, preset: str) -> None:
         self.mod = mod
         self.preset = preset
         self.flagged = False
-        self._folded = ""  # keywords: the folded answer so far
-        self._text: list[str] = []  # model: the answer so far
-        self._reviewed = 0  # model: characters covered by the last review
+        self._closed = False
+        # keywords: the folded text a match completed by the next delta may start in, and the raw text whose
+        # folding the next delta may still change
+        self._tail = ""
+        self._pending = ""
+        # model: the answer so far, its running length, and what the reviews have been sent of it
+        self._parts: list[str] = []
+        self._size = 0
+        self._joined = 0  # parts sent to a review
+        self._sent = 0  # characters sent to a review
+        self._overlap = ""  # the end of the text last sent, repeated at the start of the next review
+        self._task: asyncio.Task[bool] | None = None  # the review running in the background
 
-    async def feed(self, delta: str) -> bool:
-        m = self.mod.matcher
-        if m is not None:
-            # only the new text and the keyword-length tail before it can hold a new match
-            start = max(0, len(self._folded) - m.longest + 1)
-            self._folded += fold(delta)
-            self.flagged = m.search(self._folded, start)
+    def feed(self, delta: str) -> bool:
+        if self.flagged:
+            return True
+        if self.mod.matcher is not None:
+            self.flagged = self._keywords(self.mod.matcher, delta)
             return self.flagged
-        self._text.append(delta)
-        size = sum(map(len, self._text))
-        if size - self._reviewed >= MODEL_REVIEW_CHARS:
-            self._reviewed = size
-            self.flagged = await self._model_review()
-        return self.flagged
+        self._parts.append(delta)
+        self._size += len(delta)
+        task = self._task
+        if task is not None and task.done():
+            self._task = None
+            if task.result():
+                self.flagged = True
+                return True
+        if self._task is None and self._size - self._sent >= MODEL_REVIEW_CHARS:
+            self._task = asyncio.get_running_loop().create_task(self._model_review(self._unsent()))
+        return False
+
+    def _keywords(self, m: KeywordMatcher, delta: str) -> bool:
+        text = self._pending + delta
+        cut = stable_cut(text)
+        folded = fold(text)
+        # a new match ends in the new text and starts at most ``longest - 1`` characters before it; the held
+        # text is searched as it folds now, so a delta completing a keyword is caught before it is forwarded
+        hit = m.search(self._tail + folded)
+        keep = m.longest - 1
+        if keep > 0:
+            done = folded if cut == len(text) else fold(text[:cut])
+            self._tail = (self._tail + done[-keep:])[-keep:]
+        self._pending = text[cut:]
+        return hit
+
+    def _unsent(self) -> str:
+        """The text since the last review, after the end of what that one was sent."""
+        new = "".join(self._parts[self._joined:])
+        self._joined, self._sent = len(self._parts), self._size
+        text = self._overlap + new
+        self._overlap = text[-MODEL_OVERLAP_CHARS:]
+        return text
 
     async def finish(self) -> bool:
-        """The last review, once the model is done (model-based only: keywords saw every delta)."""
-        if not self.flagged and self.mod.matcher is None and sum(map(len, self._text)) > self._reviewed:
-            self.flagged = await self._model_review()
+        """The last review, once the model is done (model-based only: keywords saw every delta). It waits for
+        the running review, then reviews the whole answer when it fits in one piece (so the model judges it
+        in full context), else what no review was sent yet (plus the overlap), in pieces."""
+        if self.flagged or self.mod.matcher is not None:
+            return self.flagged
+        task, self._task = self._task, None
+        if task is not None and await task:
+            self.flagged = True
+            return True
+        if self._size > self._sent:
+            whole = self._size <= MODEL_PIECE_CHARS
+            text = "".join(self._parts) if whole else self._unsent()
+            self._sent = self._size
+            self.flagged = await self._model_review(text)
         return self.flagged
 
-    async def _model_review(self) -> bool:
+    def close(self) -> None:
+        """The run is over: stop a review still running and let go of the moderator."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.mod.release()
+
+    async def _model_review(self, text: str) -> bool:
+        parts = pieces(text)
         try:
-            return await self.mod.flagged("".join(self._text))
+            return await self.mod.flagged(parts[0] if len(parts) == 1 else parts)
         except Exception as e:  # noqa: BLE001 - a failing reviewer lets the answer through, as Dify does
             log.warning("output_moderation_failed", error=str(e))
             return False
 
 
+def _digest(swa: SensitiveWordAvoidance) -> str:
+    return hashlib.sha256(orjson.dumps(swa.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(slots=True)
+class _Cached:
+    config: Any  # the parsed config object it was last checked against
+    digest: str  # of the moderation setting
+    credentials: str | None  # digest of the credentials the moderator's client was built with
+    mod: Moderator
+
+
 class ModerationService:
-    """Moderators per served config version, rebuilt whenever the app cache loads the app again (a config
-    or provider change parses a new config object), so they are never staler than the app itself."""
+    """Moderators per app config version (app id, config id), least recently used first out beyond
+    ``MAX_MODERATORS``. When the app cache loads the app again (every ``app_cache_seconds``, or at once after a
+    config or provider change) the entry is checked, not rebuilt: the same moderation setting and, for the
+    moderation model, the same credentials (one indexed query) keep the moderator and its client. A moderator
+    dropped (changed, evicted, its app deleted) is retired: its client is closed once no review uses it."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._by_version: dict[tuple[str, str | None], tuple[Any, Moderator | None]] = {}
+        self.max_entries = MAX_MODERATORS
+        self._entries: OrderedDict[tuple[str, str | None], _Cached] = OrderedDict()
 
     async def for_app(self, app: AppEntry) -> Moderator | None:
-        if app.config is None or not app.config.sensitive_word_avoidance.enabled:
+        cfg = app.config
+        if cfg is None or not cfg.sensitive_word_avoidance.enabled:
             return None
         key = (app.id, app.config_id)
-        hit = self._by_version.get(key)
-        if hit is not None and hit[0] is app.config:
-            return hit[1]
-        mod = await self._build(app)
-        self._by_version[key] = (app.config, mod)
+        hit = self._entries.get(key)
+        if hit is not None and hit.config is cfg:
+            self._entries.move_to_end(key)
+            return hit.mod
+        swa = cfg.sensitive_word_avoidance
+        s: ModerationSettings = swa.settings()
+        creds = fingerprint = None
+        if swa.type != "keywords":
+            async with self.ctx.db.session() as session:
+                creds = await provider_credentials(session, self.ctx.settings.secret_key, app.tenant_id, s.provider)
+            if creds is not None:
+                fingerprint = hashlib.sha256(orjson.dumps(creds, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        digest = _digest(swa)
+        hit = self._entries.get(key)  # again: another request may have checked it meanwhile
+        if hit is not None and hit.digest == digest and hit.credentials == fingerprint:
+            hit.config = cfg
+            self._entries.move_to_end(key)
+            return hit.mod
+        mod = self._build(s, swa.type, creds)
+        if hit is not None:
+            hit.mod.retire()
+        self._entries[key] = _Cached(cfg, digest, fingerprint, mod)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)[1].mod.retire()
         return mod
 
-    async def check_inputs(self, app: AppEntry, inputs: dict[str, Any], query: str) -> str | None:
-        """The preset answer when the app reviews inputs and this request is flagged."""
-        mod = await self.for_app(app)
-        return None if mod is None else await mod.check_inputs(inputs, query)
+    def forget_app(self, app_id: str) -> None:
+        """The app was deleted: drop its moderators."""
+        for key in [k for k in self._entries if k[0] == app_id]:
+            self._entries.pop(key).mod.retire()
 
-    async def output_review(self, app: AppEntry) -> OutputReview | None:
-        mod = await self.for_app(app)
-        return None if mod is None else mod.output_review()
-
-    async def _build(self, app: AppEntry) -> Moderator | None:
-        swa = app.config.sensitive_word_avoidance if app.config is not None else None
-        if swa is None or not swa.enabled:
-            return None
-        s: ModerationSettings = swa.settings()
+    def _build(self, s: ModerationSettings, kind: str, creds: dict[str, Any] | None) -> Moderator:
         assert s.inputs_config is not None and s.outputs_config is not None
         mod = Moderator(
-            kind=swa.type,
+            kind=kind,
             input_preset=s.inputs_config.preset_response if s.inputs_config.enabled else None,
             output_preset=s.outputs_config.preset_response if s.outputs_config.enabled else None,
             timeout=self.ctx.settings.runtime.moderation_timeout,
             provider=s.provider,
         )
-        if swa.type == "keywords":
+        if kind == "keywords":
             mod.matcher = KeywordMatcher(s.keyword_list())
-        else:
-            async with self.ctx.db.session() as session:
-                creds = await provider_credentials(session, self.ctx.settings.secret_key, app.tenant_id, s.provider)
-            if creds is not None:
-                mod.model_kwargs = llm.moderation_kwargs(s.provider, s.model, creds)
+        elif creds is not None:
+            mod.model_kwargs = llm.moderation_kwargs(s.provider, s.model, creds)
         return mod

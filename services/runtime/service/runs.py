@@ -240,7 +240,7 @@ class RunRegistry:
                     async with aclosing(deltas):
                         async for delta in deltas:
                             run.answer_parts.append(delta)
-                            if review is not None and await review.feed(delta):
+                            if review is not None and review.feed(delta):
                                 break  # flagged: nothing more of the model's text goes out
                             await emit(prefix + orjson.dumps(delta) + b"}")
                     if review is not None and await review.finish():
@@ -270,6 +270,8 @@ class RunRegistry:
         finally:
             timer.cancel()
             RUNS_ACTIVE.dec()
+            if run.review is not None:
+                run.review.close()  # a review still running (stopped, failed run) ends with the run
             if channel is not None:
                 channel.close()
             self.runs.pop(run.task_id, None)
@@ -278,9 +280,12 @@ class RunRegistry:
     @staticmethod
     async def _replace_answer(run: Run, answer: str, emit: Any) -> None:
         """Output moderation flagged the answer: it becomes ``answer`` (event ``message_replace``) and is
-        neither stored as the model wrote it nor cached."""
+        neither stored as the model wrote it nor cached. An agent's thoughts carry the model's text (with
+        function calling, the answer's pieces): they are stored without it, only their tool calls."""
         run.answer_parts = [answer]
         run.cache = None
+        for thought in run.thoughts:
+            thought["thought"] = ""
         await emit(orjson.dumps({**run.envelope("message_replace"), "task_id": run.task_id, "id": run.message_id,
                                  "answer": answer, "reason": "output_moderation"}))
 
