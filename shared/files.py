@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 from shared.parse import SNIFF_BYTES, SUPPORTED, UnsupportedFileType, sniff
 
 __all__ = ["FILE_TYPES", "MIME", "SNIFF_BYTES", "FileStore", "Sniffed", "UnsupportedFileType", "extension_of",
-           "file_type_of", "file_view", "preview_url", "sniff_upload"]
+           "file_type_of", "file_view", "preview_url", "sniff_upload", "upload_name"]
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "gif", "webp", "svg"})
 AUDIO_EXTENSIONS = frozenset({"mp3", "m4a", "wav", "webm", "amr", "mpga"})
@@ -71,6 +71,19 @@ class Sniffed:
     extension: str  # as named, lowercase, without the dot
     mime_type: str  # of the real content (a PNG named .jpg is image/png)
     kind: str  # documents: the parser's kind (shared.parse.extract); others: the real format
+
+
+def upload_name(filename: str, limit: int = 255) -> str:
+    """The name to keep for an uploaded file: its last path segment (a browser may send a Windows path), at
+    most ``limit`` characters. A longer name loses the end of its stem, not its extension, which decides the
+    file's type."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if len(name) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not stem or len(ext) + 1 >= limit:  # no extension, or one that leaves no room for a stem
+        return name[:limit]
+    return stem[: limit - len(ext) - 1] + dot + ext
 
 
 def extension_of(filename: str) -> str:

@@ -26,6 +26,8 @@ import lxml.etree
 import lxml.html
 import openpyxl
 import pptx
+from docx.document import Document as DocxDocument
+from docx.enum.style import WD_STYLE_TYPE
 from docx.oxml.ns import qn
 from docx.table import Table
 from docx.text.paragraph import Paragraph
@@ -216,12 +218,29 @@ def _texty(text: str | None) -> str | None:
 # ----------------------------------------------------------------------------------------- extract
 
 
-class _Out:
-    """Collects elements and enforces the character budget while extracting, so a huge file fails early."""
+class _Enough(Exception):
+    """Raised by _Out.add once a head extraction has its characters: unwinds the extractor at that point."""
 
-    def __init__(self, max_chars: int) -> None:
+
+class _Out:
+    """Collects elements and enforces the character budget while extracting, so a huge file fails early; with
+    ``cut``, the element that crosses the budget is cut and extraction stops there instead (extract_head)."""
+
+    def __init__(self, max_chars: int, *, cut: bool = False) -> None:
         self.elements: list[Element] = []
         self.max_chars = max_chars
+        self.chars = 0
+        self.cut = cut
+        self.truncated = False
+
+    @property
+    def room(self) -> int:
+        """Characters the budget still takes: an extractor that builds a large element (a table) from many
+        parts stops building it beyond this, since the element is refused or cut there anyway."""
+        return self.max_chars - self.chars
+
+    def reset(self) -> None:
+        self.elements.clear()
         self.chars = 0
 
     def add(self, type_: str, text: str, level: int = 0, page: int | None = None) -> None:
@@ -229,12 +248,19 @@ class _Out:
         text = text.strip("\n").rstrip() if type_ == "code" else text.strip()
         if not text:
             return
+        if self.chars + len(text) > self.max_chars:
+            if not self.cut:
+                raise ParseError(
+                    f"The document has more than {self.max_chars:,} characters of text; "
+                    "split it into smaller files."
+                )
+            text = text[: self.room]
+            if text:
+                self.chars += len(text)
+                self.elements.append(Element(type_, text, level, page))
+            self.truncated = True
+            raise _Enough
         self.chars += len(text)
-        if self.chars > self.max_chars:
-            raise ParseError(
-                f"The document has more than {self.max_chars:,} characters of text; "
-                "split it into smaller files."
-            )
         self.elements.append(Element(type_, text, level, page))
 
 
@@ -252,22 +278,48 @@ def extract(
     files.
     OSError reading `path` itself propagates: that is the server's problem, not the user's.
     """
+    return _run(path, kind, _Out(max_chars), max_unzipped_bytes, max_ratio).elements
+
+
+def extract_head(
+    path: Path,
+    kind: str,
+    chars: int,
+    *,
+    max_unzipped_bytes: int = 500 * 2**20,
+    max_ratio: int = 200,
+) -> tuple[list[Element], bool]:
+    """The document's first ``chars`` characters of text as elements (the last one cut), and whether anything
+    was left out: for a prompt, which takes only so much. A longer document is cut, never refused.
+
+    Extraction stops once it has the characters: PDF pages, DOCX blocks, PPTX slides, spreadsheet and CSV rows,
+    HTML and text blocks after the cut are never read, and markdown is parsed from a slice of the source only.
+    What each library does up front still covers the whole file (bounded by the upload size and the zip-bomb
+    check): python-docx/python-pptx parse every XML part, lxml the whole HTML, the email package the whole
+    message, and text kinds are decoded whole. Errors as extract().
+    """
+    out = _run(path, kind, _Out(chars, cut=True), max_unzipped_bytes, max_ratio)
+    return out.elements, out.truncated
+
+
+def _run(path: Path, kind: str, out: _Out, max_unzipped_bytes: int, max_ratio: int) -> _Out:
     extractor = _EXTRACTORS.get(kind)
     if extractor is None:
         raise UnsupportedFileType(f"File type .{kind} is not supported.")
     path.stat()
     if kind in _OOXML_MAIN:
         _check_ooxml(path, kind, max_unzipped_bytes, max_ratio)
-    out = _Out(max_chars)
     try:
         extractor(path, out)
+    except _Enough:
+        pass
     except (ParseError, UnsupportedFileType):
         raise
     except Exception as exc:  # parsers raise anything on malformed input; the user gets one short reason
         raise ParseError(_damaged(exc)) from exc
-    if not out.elements:
+    if not out.elements and not out.truncated:
         raise ParseError(_EMPTY_MESSAGES.get(kind, "The document contains no text."))
-    return out.elements
+    return out
 
 
 def _damaged(exc: BaseException) -> str:
@@ -305,10 +357,12 @@ def _check_ooxml(path: Path, kind: str, max_unzipped_bytes: int, max_ratio: int)
 # ------------------------------------------------------------------------------------------ tables
 
 
-def _rows_to_table(rows: Iterable[Sequence[object]]) -> tuple[str, bool]:
+def _rows_to_table(rows: Iterable[Sequence[object]], room: int) -> tuple[str, bool]:
     """Markdown-style `| a | b |` lines (header row first, no `---` rule), empty rows dropped;
-    True when MAX_TABLE_ROWS cut it short."""
+    True when MAX_TABLE_ROWS cut it short. Rows stop being read once the text is longer than ``room``
+    (the budget cuts or refuses it there)."""
     lines: list[str] = []
+    size = 0
     for row in rows:
         cells = [_cell_text(value) for value in row]
         while cells and not cells[-1]:
@@ -317,7 +371,11 @@ def _rows_to_table(rows: Iterable[Sequence[object]]) -> tuple[str, bool]:
             continue
         if len(lines) == MAX_TABLE_ROWS:
             return "\n".join(lines), True
-        lines.append("| " + " | ".join(cells) + " |")
+        line = "| " + " | ".join(cells) + " |"
+        size += len(line) + bool(lines)  # + the newline joining it to the previous line
+        lines.append(line)
+        if size > room:
+            break
     return "\n".join(lines), False
 
 
@@ -337,7 +395,7 @@ def _cell_text(value: object) -> str:
 
 
 def _add_table(out: _Out, rows: Iterable[Sequence[object]], page: int | None = None) -> None:
-    text, truncated = _rows_to_table(rows)
+    text, truncated = _rows_to_table(rows, out.room)
     out.add("table", text, page=page)
     if truncated:
         out.add("text", f"(Table truncated: only the first {MAX_TABLE_ROWS:,} rows are indexed.)", page=page)
@@ -366,11 +424,12 @@ _W_P, _W_TBL, _W_SDT = qn("w:p"), qn("w:tbl"), qn("w:sdt")
 
 def _docx(path: Path, out: _Out) -> None:
     document = docx.Document(str(path))
+    styles = _DocxStyles(document)
     for block in _docx_blocks(document.element.body):
         if block.tag == _W_TBL:
             _add_table(out, _docx_rows(Table(block, document)))
         else:
-            _docx_paragraph(Paragraph(block, document), out)
+            _docx_paragraph(Paragraph(block, document), styles, out)
 
 
 def _docx_blocks(parent: lxml.etree._Element) -> Iterator[lxml.etree._Element]:
@@ -383,35 +442,46 @@ def _docx_blocks(parent: lxml.etree._Element) -> Iterator[lxml.etree._Element]:
                 yield from _docx_blocks(content)
 
 
-def _docx_paragraph(paragraph: Paragraph, out: _Out) -> None:
-    level = _docx_heading_level(paragraph)
+class _DocxStyles:
+    """Paragraph style names by style id. python-docx's ``paragraph.style`` scans every style of the document
+    (~160 in Word's template) on each call: per paragraph, that was most of the time on long documents."""
+
+    def __init__(self, document: DocxDocument) -> None:
+        self.part = document.part
+        self.names: dict[str | None, str] = {}
+
+    def name(self, paragraph: Paragraph) -> str:
+        style_id = paragraph._p.style
+        if style_id not in self.names:  # resolved as paragraph.style does (unknown ids → the default style)
+            style = self.part.get_style(style_id, WD_STYLE_TYPE.PARAGRAPH)
+            self.names[style_id] = (style.name or "") if style is not None else ""
+        return self.names[style_id]
+
+
+def _docx_paragraph(paragraph: Paragraph, styles: _DocxStyles, out: _Out) -> None:
+    style = styles.name(paragraph)
+    level = _docx_heading_level(paragraph, style)
     if level:
         out.add("title", paragraph.text, level=level)
-    elif paragraph._p.xpath("./w:pPr/w:numPr") or _style_name(paragraph).startswith("List"):
-        out.add("list_item", paragraph.text, level=_docx_list_depth(paragraph))
+    elif paragraph._p.xpath("./w:pPr/w:numPr") or style.startswith("List"):
+        out.add("list_item", paragraph.text, level=_docx_list_depth(paragraph, style))
     else:
         out.add("text", paragraph.text)
 
 
-def _docx_list_depth(paragraph: Paragraph) -> int:
+def _docx_list_depth(paragraph: Paragraph, style: str) -> int:
     """Direct numbering level, else the digit of styles like "List Bullet 2" (0-based)."""
     level = paragraph._p.xpath("./w:pPr/w:numPr/w:ilvl/@w:val")
     if level and level[0].isdigit():
         return int(level[0])
-    match = re.search(r"(\d)$", _style_name(paragraph))
+    match = re.search(r"(\d)$", style)
     return max(int(match[1]) - 1, 0) if match else 0
 
 
-def _style_name(paragraph: Paragraph) -> str:
-    style = paragraph.style
-    return (style.name or "") if style is not None else ""
-
-
-def _docx_heading_level(paragraph: Paragraph) -> int:
-    name = _style_name(paragraph)
-    if name == "Title":
+def _docx_heading_level(paragraph: Paragraph, style: str) -> int:
+    if style == "Title":
         return 1
-    match = _HEADING_STYLE.fullmatch(name)
+    match = _HEADING_STYLE.fullmatch(style)
     if match and match[1] != "0":
         return min(int(match[1]), 6)
     outline = paragraph._p.xpath("./w:pPr/w:outlineLvl/@w:val")  # direct outline level: 0-8, 9 = body text
@@ -439,7 +509,7 @@ def _xlsx(path: Path, out: _Out) -> None:
     workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
         for sheet in workbook.worksheets:
-            text, truncated = _rows_to_table(sheet.iter_rows(values_only=True))
+            text, truncated = _rows_to_table(sheet.iter_rows(values_only=True), out.room)
             if not text:
                 continue  # an empty sheet contributes nothing, not even its name
             out.add("title", sheet.title, level=1)
@@ -504,6 +574,16 @@ _TAG = re.compile(r"<[^>]+>")
 def _md(path: Path, out: _Out) -> None:
     # YAML front matter would otherwise parse as a rule plus a setext heading
     text = _FRONT_MATTER.sub("", _decode_all(path.read_bytes()), count=1)
+    # markdown-it tokenizes everything before the walk starts: parse a slice that likely holds the budget's
+    # text (markup only adds characters), and a 4x longer one while a slice falls short
+    size = 2 * out.room + 8192
+    while size < len(text):
+        cut = text.rfind("\n\n", 0, size)  # at a block boundary, else a line's
+        if cut < size // 2:
+            cut = text.rfind("\n", 0, size)
+        _MarkdownWalker(out).walk(_MARKDOWN.parse(text[: cut + 1 if cut > 0 else size]))
+        out.reset()  # the budget was not reached (that ends extraction): start over on a longer slice
+        size *= 4
     _MarkdownWalker(out).walk(_MARKDOWN.parse(text))
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.plans import PLAN_NAMES  # no cycle: shared.plans imports only shared.limiter (stdlib, structlog)
+
 
 class AuthSettings(BaseModel):
     access_token_minutes: int = Field(60, description="console JWT access-token lifetime")
@@ -123,6 +125,11 @@ class FilesSettings(BaseModel):
     video_file_size_limit: int = Field(100, description="MB: largest video file an app accepts")
     workflow_file_upload_limit: int = Field(10, description="files one workflow run accepts (shown in /parameters)")
     remote_url_timeout: float = Field(15.0, description="seconds to fetch a `remote_url` file sent with a message")
+    remote_url_allowlist: list[str] = Field(
+        default_factory=list,
+        description="CIDRs or host names a `remote_url` file may also be fetched from, as a JSON list "
+        "(default: public addresses only; the tools' egress allowlist does not apply)",
+    )
     document_prompt_chars: int = Field(
         30_000, description="characters of attached documents' text one message puts into the prompt (the rest is cut)"
     )
@@ -163,7 +170,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_json: bool = Field(True, description="JSON logs (structlog); false for console-friendly lines")
     public_api_base: str = Field("", description="advertised base URL, e.g. https://api.example.com")
-    default_plan: Literal["sandbox", "professional", "team", "enterprise"] = Field(
+    default_plan: Literal[PLAN_NAMES] = Field(  # the names are shared.plans'; Literal[tuple] = Literal[*tuple]
         "enterprise", description="plan of new workspaces (per-app RPM/RPH/RPD defaults, docs/limits.md); "
         "enterprise = no limits unless set, like self-hosted Dify")
 

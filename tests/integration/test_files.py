@@ -1,7 +1,8 @@
 """App files end to end through the gateway (`all` stack, real NATS object store, SQLite/Postgres, the real
-litellm path against the scripted server): /v1/files/upload limits and content sniffing, preview and
-workspace isolation, images reaching a vision model as content parts, documents' text reaching the prompt,
-remote_url through the SSRF guard, and message_files in GET /messages."""
+litellm path against the scripted server): /v1/files/upload limits and content sniffing, preview once attached
+and workspace isolation, images reaching a vision model as content parts, documents' text reaching the prompt
+(parsed once per upload), remote_url through the SSRF guard with its own allowlist, and message_files in
+GET /messages."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import docx
 import httpx
+import nats.js.errors
 import pytest
+import structlog
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shared.files import FileStore
+from shared.models import Tenant, TenantMember, UploadFile
 from shared.settings import FilesSettings, ToolsSettings
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
 from tests.integration.gateway_env import seed_app
@@ -56,11 +62,12 @@ def docx_bytes(*paragraphs: str) -> bytes:
 async def fstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
                  ) -> AsyncIterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("files")
-    # 1 MB limits keep the oversize cases small; "localhost" is allowlisted for the remote_url success case,
-    # while the IP literal 127.0.0.1 stays refused
+    # 1 MB limits keep the oversize cases small; "localhost" is allowlisted for file fetches (the remote_url
+    # success case); 127.0.0.1 is open to tools only, so a file fetch of it stays refused
     settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
-                             files=FilesSettings(image_file_size_limit=1, file_size_limit=1),
-                             tools=ToolsSettings(egress_allowlist=["localhost"]))
+                             files=FilesSettings(image_file_size_limit=1, file_size_limit=1,
+                                                 remote_url_allowlist=["localhost"]),
+                             tools=ToolsSettings(egress_allowlist=["127.0.0.1/32"]))
     srv = await start_live(settings)
     yield srv
     await srv.stop()
@@ -79,6 +86,28 @@ class Apps:
         assert r.status_code == 200, r.text
         key = (await self.c.post(f"/console/api/apps/{app['id']}/api-keys", headers=self.admin)).json()["token"]
         return {"Authorization": f"Bearer {key}"}
+
+    async def elsewhere(self, srv: LiveServer, llm: ScriptedLLM, **cfg: Any) -> dict[str, str]:
+        """``create`` in a second workspace of the admin (with its own provider credentials)."""
+        me = (await self.c.get("/console/api/account/profile", headers=self.admin)).json()["id"]
+        async with srv.ctx.db.session() as s:
+            ws = Tenant(name=f"other {uuid.uuid4().hex[:6]}")
+            s.add(ws)
+            await s.flush()
+            s.add(TenantMember(tenant_id=ws.id, account_id=me, role="owner", current=False))
+            await s.commit()
+            ws_id = ws.id
+        home = (await self.c.get("/console/api/workspaces/current", headers=self.admin)).json()["id"]
+        switch = "/console/api/workspaces/switch"
+        assert (await self.c.post(switch, headers=self.admin, json={"tenant_id": ws_id})).status_code == 200
+        try:
+            r = await self.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                                  headers=self.admin,
+                                  json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
+            assert r.status_code == 200, r.text
+            return await self.create(**cfg)
+        finally:
+            assert (await self.c.post(switch, headers=self.admin, json={"tenant_id": home})).status_code == 200
 
 
 @pytest.fixture
@@ -103,6 +132,15 @@ def vision_app(**extra: Any) -> dict[str, Any]:
 
 def error(r: httpx.Response) -> tuple[int, str]:
     return r.status_code, r.json()["code"]
+
+
+def local(file_id: str, type_: str = "image") -> dict[str, str]:
+    return {"type": type_, "transfer_method": "local_file", "upload_file_id": file_id}
+
+
+async def send(c: httpx.AsyncClient, h: dict[str, str], files: Any, query: str = "q") -> httpx.Response:
+    return await c.post("/v1/chat-messages", headers=h,
+                        json={"inputs": {}, "query": query, "user": "u1", "files": files})
 
 
 # ---- upload ---------------------------------------------------------------------------------------------
@@ -130,6 +168,10 @@ async def test_upload_limits_and_sniffing(apps: Apps) -> None:
     assert error(r) == (413, "file_too_large") and "1 MB" in r.json()["message"]
     assert error(await upload(c, h, "big.txt", b"a" * (MB + 1))) == (413, "file_too_large")
     assert (await upload(c, h, "fits.txt", b"a" * MB)).status_code == 201
+    # a long name is shortened in its stem: the extension, which decides the type, stays
+    r = await upload(c, h, "a" * 300 + ".png", image)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "a" * 251 + ".png" and r.json()["extension"] == "png"
     params = (await c.get("/v1/parameters", headers=h)).json()["system_parameters"]
     assert params["image_file_size_limit"] == 1 and params["file_size_limit"] == 1
     assert params["video_file_size_limit"] == 100
@@ -144,10 +186,55 @@ async def test_upload_limits_and_sniffing(apps: Apps) -> None:
     assert (await c.post("/v1/files/upload", files={"file": ("a.txt", b"a")})).status_code == 401
 
 
-async def test_preview_and_workspace_isolation(apps: Apps, fstack: LiveServer) -> None:
+async def test_a_failed_upload_leaves_no_object(apps: Apps, fstack: LiveServer,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     c, h = apps.c, await apps.create()
+    tenant = (await upload(c, h, "first.txt", b"first")).json()["tenant_id"]
+    store = await fstack.ctx.bus.files()
+
+    async def objects() -> set[str]:
+        try:
+            infos = await store.list(ignore_deletes=True)
+        except nats.js.errors.NotFoundError:
+            return set()
+        return {i.name for i in infos if i.name.startswith(f"upload/{tenant}/")}
+
+    before = await objects()
+    assert before
+    db = fstack.ctx.local_apps["runtime"].state.runtime.db
+    real = db.session
+
+    @asynccontextmanager
+    async def session() -> AsyncIterator[Any]:
+        """The runtime's sessions, whose commit of an upload named orphan.txt fails (the database went away)."""
+        async with real() as s:
+            commit = s.commit
+
+            async def refuse() -> None:
+                if any(isinstance(o, UploadFile) and o.name == "orphan.txt" for o in s.new):
+                    raise ConnectionResetError("database connection lost")
+                await commit()
+
+            s.commit = refuse
+            yield s
+
+    monkeypatch.setattr(db, "session", session)
+    r = await upload(c, h, "orphan.txt", b"never listed anywhere")
+    assert error(r) == (503, "service_unavailable")  # a dependency that is down: refused, retry later
+    assert await objects() == before  # the object stored before the failed commit is gone again
+    monkeypatch.undo()
+    assert (await upload(c, h, "orphan.txt", b"now it works")).status_code == 201
+
+
+async def test_preview_once_attached_and_workspace_isolation(apps: Apps, fstack: LiveServer,
+                                                             llm: ScriptedLLM) -> None:
+    c, h = apps.c, await apps.create(**vision_app())
     image = png(3, 3)
     file_id = (await upload(c, h, "grey pic.png", image)).json()["id"]
+    # reference §2.13: a file can be previewed only after it is attached to a message
+    r = await c.get(f"/v1/files/{file_id}/preview", headers=h, params={"user": "u1"})
+    assert error(r) == (403, "file_access_denied"), r.text
+    assert (await send(c, h, [local(file_id)])).status_code == 200
     r = await c.get(f"/v1/files/{file_id}/preview", headers=h, params={"user": "u1"})
     assert r.status_code == 200 and r.content == image
     assert r.headers["content-type"] == "image/png" and r.headers["content-disposition"].startswith("inline")
@@ -157,15 +244,18 @@ async def test_preview_and_workspace_isolation(apps: Apps, fstack: LiveServer) -
     assert "grey%20pic.png" in r.headers["content-disposition"] or "grey pic.png" in r.headers["content-disposition"]
     # an app of another workspace, another app of the same workspace, an unknown id, a malformed id
     other = await seed_app(fstack.ctx.db)
-    for headers in ({"Authorization": f"Bearer {other.key}"}, await apps.create()):
+    for headers in ({"Authorization": f"Bearer {other.key}"}, await apps.create(),
+                    await apps.elsewhere(fstack, llm, **vision_app())):
         assert error(await c.get(f"/v1/files/{file_id}/preview", headers=headers)) == (404, "file_not_found")
     assert error(await c.get(f"/v1/files/{uuid.uuid4()}/preview", headers=h)) == (404, "file_not_found")
     assert error(await c.get("/v1/files/not-a-uuid/preview", headers=h)) == (404, "file_not_found")
     # markup is never rendered on the API's origin
-    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
-    svg_id = (await upload(c, h, "x.svg", svg)).json()["id"]
-    r = await c.get(f"/v1/files/{svg_id}/preview", headers=h)
-    assert r.headers["content-type"] == "image/svg+xml" and "sandbox" in r.headers["content-security-policy"]
+    page = b"<html><body><p>Hello</p><script>alert(1)</script></body></html>"
+    page_id = (await upload(c, h, "x.html", page)).json()["id"]
+    assert (await send(c, h, [local(page_id, "document")])).status_code == 200
+    r = await c.get(f"/v1/files/{page_id}/preview", headers=h)
+    assert r.content == page and r.headers["content-type"].startswith("text/html")
+    assert "sandbox" in r.headers["content-security-policy"]
 
 
 # ---- files in messages --------------------------------------------------------------------------------
@@ -214,18 +304,15 @@ async def test_images_need_a_vision_model(apps: Apps, llm: ScriptedLLM) -> None:
     assert len(llm.requests) == before  # refused before any model call
 
 
-async def test_files_are_checked_against_the_apps_file_upload_feature(apps: Apps, fstack: LiveServer) -> None:
+async def test_files_are_checked_against_the_apps_file_upload_feature(apps: Apps, fstack: LiveServer,
+                                                                      llm: ScriptedLLM) -> None:
     c = apps.c
     h = await apps.create(**vision_app())
     img = (await upload(c, h, "p.png", png())).json()["id"]
     doc = (await upload(c, h, "d.txt", b"hello")).json()["id"]
 
     async def chat(files: Any, headers: dict[str, str] = h) -> httpx.Response:
-        return await c.post("/v1/chat-messages", headers=headers,
-                            json={"inputs": {}, "query": "q", "user": "u1", "files": files})
-
-    def local(i: str, type_: str = "image") -> dict[str, str]:
-        return {"type": type_, "transfer_method": "local_file", "upload_file_id": i}
+        return await send(c, headers, files)
 
     cases = [
         ([local(img)] * 3, "at most 2"),
@@ -240,9 +327,11 @@ async def test_files_are_checked_against_the_apps_file_upload_feature(apps: Apps
     for files, words in cases:
         r = await chat(files)
         assert error(r) == (400, "invalid_param") and words in r.json()["message"], (files, r.text)
-    # another workspace's upload cannot be attached either
-    other = await seed_app(fstack.ctx.db)
-    assert error(await chat([local(img)], {"Authorization": f"Bearer {other.key}"}))[0] == 400
+    # an app of another workspace and another app of this one, both taking images: the upload is not theirs
+    for headers in (await apps.elsewhere(fstack, llm, **vision_app()), await apps.create(**vision_app())):
+        r = await chat([local(img)], headers)
+        assert error(r) == (400, "invalid_param"), r.text
+        assert r.json()["message"] == f"files[0]: upload file {img} not found."
     # an app whose file upload is off (Dify's default) and one that allows only local files
     r = await chat([local(img)], await apps.create())
     assert error(r) == (400, "invalid_param") and "not enabled" in r.json()["message"]
@@ -252,7 +341,7 @@ async def test_files_are_checked_against_the_apps_file_upload_feature(apps: Apps
     assert error(r) == (400, "invalid_param") and "remote_url is not allowed" in r.json()["message"]
 
 
-async def test_document_text_reaches_the_prompt(apps: Apps, llm: ScriptedLLM) -> None:
+async def test_document_text_reaches_the_prompt(apps: Apps, fstack: LiveServer, llm: ScriptedLLM) -> None:
     c = apps.c
     h = await apps.create(file_upload={**FILE_UPLOAD, "allowed_file_types": ["document"]})
     secret = f"The vault code is {uuid.uuid4().hex[:6]}."
@@ -266,6 +355,12 @@ async def test_document_text_reaches_the_prompt(apps: Apps, llm: ScriptedLLM) ->
     user_msg = llm.requests_matching(marker)[-1].messages[-1]["content"]
     assert isinstance(user_msg, str) and secret in user_msg and 'name="memo.docx"' in user_msg
     assert user_msg.endswith(marker)  # the documents come first, the question last
+    # the text is kept per upload: another message with it reads and parses nothing (the bytes are gone now)
+    await FileStore(fstack.ctx.bus).delete(f"upload/{up['tenant_id']}/{up['id']}")
+    marker = f"again {uuid.uuid4().hex[:6]}"
+    r = await send(c, h, [local(up["id"], "document")], marker)
+    assert r.status_code == 200, r.text
+    assert secret in llm.requests_matching(marker)[-1].messages[-1]["content"]
     # completion apps take files too
     hc = await apps.create("completion", file_upload={**FILE_UPLOAD, "allowed_file_types": ["document"]})
     up = (await upload(c, hc, "facts.csv", b"city,population\nOslo,709000\n")).json()
@@ -288,23 +383,27 @@ async def test_remote_url_goes_through_the_ssrf_guard(apps: Apps, llm: ScriptedL
     async def big(_: Any) -> Response:
         return Response(b"\x89PNG\r\n\x1a\n" + bytes(MB + 1), media_type="image/png")
 
-    site = await serve(Starlette(routes=[Route("/notes", notes), Route("/big.png", big)]))
+    async def clip(_: Any) -> Response:  # a 2 MB video: within the video limit (100 MB), beyond the others
+        return Response(b"\x00\x00\x00\x20ftypisom" + bytes(2 * MB), media_type="video/mp4")
+
+    site = await serve(Starlette(routes=[Route("/notes", notes), Route("/big.png", big), Route("/clip.mp4", clip)]))
     try:
         def remote(url: str, type_: str = "document") -> list[dict[str, str]]:
             return [{"type": type_, "transfer_method": "remote_url", "url": url}]
 
-        # a loopback address is refused before any connection, with the reason
-        r = await c.post("/v1/chat-messages", headers=h, json={
-            "inputs": {}, "query": "q", "user": "u1", "files": remote(f"http://127.0.0.1:{site.port}/notes")})
-        assert error(r) == (400, "invalid_param") and "loopback" in r.json()["message"], r.text
-        r = await c.post("/v1/chat-messages", headers=h, json={
-            "inputs": {}, "query": "q", "user": "u1", "files": remote("http://169.254.169.254/latest/meta-data")})
-        assert error(r) == (400, "invalid_param") and "metadata" in r.json()["message"], r.text
+        # loopback (open to tools, not to file fetches) and metadata addresses are refused before any connection;
+        # the client learns nothing about the address, the log has the reason
+        with structlog.testing.capture_logs() as logs:
+            for url in (f"http://127.0.0.1:{site.port}/notes", "http://169.254.169.254/latest/meta-data"):
+                r = await send(c, h, remote(url))
+                assert error(r) == (400, "invalid_param"), r.text
+                assert r.json()["message"] == "files[0]: the file at this URL cannot be fetched.", r.text
+        reasons = " ".join(str(e.get("reason")) for e in logs if e.get("event") == "remote_file_not_fetched")
+        assert "loopback" in reasons and "metadata" in reasons
         # an allowlisted host is fetched: its text reaches the prompt, the message keeps the URL
         marker = f"remote {uuid.uuid4().hex[:6]}"
         url = f"http://localhost:{site.port}/notes"
-        r = await c.post("/v1/chat-messages", headers=h, json={
-            "inputs": {}, "query": marker, "user": "u1", "files": remote(url)})
+        r = await send(c, h, remote(url), marker)
         assert r.status_code == 200, r.text
         assert served_doc in llm.requests_matching(marker)[-1].messages[-1]["content"]
         msgs = (await c.get("/v1/messages", headers=h, params={"user": "u1",
@@ -313,9 +412,12 @@ async def test_remote_url_goes_through_the_ssrf_guard(apps: Apps, llm: ScriptedL
         assert mf["transfer_method"] == "remote_url" and mf["url"] == url and mf["upload_file_id"] is None
         assert mf["type"] == "document" and mf["filename"] == "notes.txt" and mf["size"] == len(served_doc)
         # the size limit holds for remote files too
-        r = await c.post("/v1/chat-messages", headers=h, json={
-            "inputs": {}, "query": "q", "user": "u1", "files": remote(f"http://localhost:{site.port}/big.png",
-                                                                       "image")})
+        r = await send(c, h, remote(f"http://localhost:{site.port}/big.png", "image"))
         assert error(r) == (413, "file_too_large")
+        # a "custom" file is read no further than the largest limit of what a model takes (1 MB images and
+        # documents here), not the video limit
+        custom = await apps.create(**vision_app(file_upload={**FILE_UPLOAD, "allowed_file_types": ["custom"]}))
+        r = await send(c, custom, remote(f"http://localhost:{site.port}/clip.mp4", "custom"))
+        assert error(r) == (413, "file_too_large") and "1 MB" in r.json()["message"], r.text
     finally:
         await site.stop()

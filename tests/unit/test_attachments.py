@@ -7,7 +7,7 @@ import pytest
 
 from services.runtime.service.files import UploadPolicy, remote_name
 from services.runtime.service.prompt import estimate_usage, with_documents, with_images
-from shared.files import UnsupportedFileType, sniff_upload
+from shared.files import UnsupportedFileType, sniff_upload, upload_name
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(40)
 
@@ -51,7 +51,7 @@ def test_upload_policy_reads_new_and_legacy_configs() -> None:
 def test_documents_are_capped_and_shared_fairly() -> None:
     text = with_documents("the question", [("short.txt", "tiny"), ("long.txt", "x" * 1000)], max_chars=100)
     assert text.endswith("the question") and "tiny" in text
-    assert "x" * 96 in text and "x" * 97 not in text and "[… cut: 904 more characters]" in text
+    assert "x" * 96 in text and "x" * 97 not in text and "[… the rest of this document is cut]" in text
     assert with_documents("q", [], 10) == "q"
     assert 'name="a&quot;b.txt"' in with_documents("q", [('a"b.txt', "t")], 10)
 
@@ -78,3 +78,16 @@ def test_remote_name_takes_the_extension_from_the_content_type() -> None:
     assert remote_name("https://x.test/files/report%20v2.pdf?sig=1", "text/html") == "report v2.pdf"
     assert remote_name("https://x.test/render?id=3", "image/png; q=1") == "render.png"
     assert remote_name("https://x.test/", "text/plain") == "file.txt"
+    assert remote_name("https://x.test/" + "a" * 300 + ".png", "") == "a" * 196 + ".png"
+
+
+def test_long_file_names_keep_their_extension() -> None:
+    """The extension decides the type: a long name loses the end of its stem (the runtime's uploads and the
+    knowledge API's documents share this)."""
+    assert upload_name("a" * 300 + ".png") == "a" * 251 + ".png"
+    assert upload_name("notes.md") == "notes.md"
+    assert upload_name("C:\\Users\\me\\report.pdf") == "report.pdf"
+    assert upload_name("dir/sub/ notes.txt ") == "notes.txt"
+    assert upload_name("x" * 300) == "x" * 255  # no extension to keep
+    assert upload_name("a." + "b" * 300) == ("a." + "b" * 300)[:255]  # an "extension" longer than the limit
+    assert upload_name("b" * 30 + ".txt", limit=10) == "bbbbbb.txt"

@@ -1,28 +1,34 @@
-"""sniff() and extract() on real files generated here: PDF (fpdf2/pypdf), DOCX, XLSX, PPTX, HTML, MD, CSV,
-EML, TXT, plus damaged, disguised, encrypted and zip-bomb inputs."""
+"""sniff(), extract() and extract_head() on real files generated here: PDF (fpdf2/pypdf), DOCX, XLSX, PPTX,
+HTML, MD, CSV, EML, TXT, plus damaged, disguised, encrypted and zip-bomb inputs."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import zipfile
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import docx
 import openpyxl
 import pptx
+import pypdf
 import pytest
+from docx.parts.document import DocumentPart
 from fpdf import FPDF
 from pptx.util import Inches
 from pypdf import PdfReader, PdfWriter
 
+import shared.parse
 from shared.parse import (
     SNIFF_BYTES,
     Element,
     ParseError,
     UnsupportedFileType,
     extract,
+    extract_head,
     sniff,
 )
 
@@ -273,7 +279,7 @@ def test_highly_compressed_member_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- xlsx / pptx
 
 
-def test_xlsx_two_sheets(tmp_path: Path) -> None:
+def write_xlsx(path: Path) -> Path:
     workbook = openpyxl.Workbook()
     first = workbook.active
     first.title = "Sales"
@@ -284,9 +290,12 @@ def test_xlsx_two_sheets(tmp_path: Path) -> None:
     second.append(["Name", "Role"])
     second.append(["Ana", "Engineer"])
     workbook.create_sheet("Empty")
-    path = tmp_path / "book.xlsx"
     workbook.save(path)
-    elements = parse(path)
+    return path
+
+
+def test_xlsx_two_sheets(tmp_path: Path) -> None:
+    elements = parse(write_xlsx(tmp_path / "book.xlsx"))
     assert [(e.type, e.text) for e in elements] == [
         ("title", "Sales"),
         ("table", "| Region | Amount | Date |\n| EU | 3 | 2024-05-01 |\n| US | 2.5 |"),
@@ -295,7 +304,7 @@ def test_xlsx_two_sheets(tmp_path: Path) -> None:
     ]
 
 
-def test_pptx_titles_bullets_tables_and_notes(tmp_path: Path) -> None:
+def write_pptx(path: Path) -> Path:
     presentation = pptx.Presentation()
     slide = presentation.slides.add_slide(presentation.slide_layouts[1])  # "Title and Content"
     slide.shapes.title.text = "Quarterly Review"
@@ -310,9 +319,12 @@ def test_pptx_titles_bullets_tables_and_notes(tmp_path: Path) -> None:
     slide.notes_slide.notes_text_frame.text = "Mention the hiring freeze."
     blank = presentation.slides.add_slide(presentation.slide_layouts[6])
     blank.shapes.add_textbox(Inches(1), Inches(1), Inches(4), Inches(1)).text_frame.text = "Closing remarks"
-    path = tmp_path / "deck.pptx"
     presentation.save(str(path))
-    elements = parse(path)
+    return path
+
+
+def test_pptx_titles_bullets_tables_and_notes(tmp_path: Path) -> None:
+    elements = parse(write_pptx(tmp_path / "deck.pptx"))
     assert [(e.type, e.text, e.level, e.page) for e in elements] == [
         ("title", "Quarterly Review", 1, 1),
         ("list_item", "Revenue grew", 0, 1),
@@ -478,6 +490,11 @@ def test_empty_and_oversized_documents(tmp_path: Path) -> None:
     big.write_text("word " * 1000, encoding="utf-8")
     with pytest.raises(ParseError, match=r"more than 100 characters"):
         parse(big, max_chars=100)
+    # the head of a message's document is cut, not refused; an empty document is still an error
+    elements, cut = extract_head(big, "txt", 100)
+    assert (texts(elements), cut) == ([("word " * 1000).strip()[:100]], True)
+    with pytest.raises(ParseError, match=r"^The document contains no text\.$"):
+        extract_head(empty, "txt", 100)
 
 
 def test_unknown_kind_in_extract(tmp_path: Path) -> None:
@@ -485,3 +502,188 @@ def test_unknown_kind_in_extract(tmp_path: Path) -> None:
     path.write_bytes(b"x")
     with pytest.raises(UnsupportedFileType):
         extract(path, "bin")
+
+
+# ------------------------------------------------------------- extract_head (documents sent with a message)
+
+
+def head_of(elements: list[Element], chars: int) -> list[Element]:
+    """The first ``chars`` characters of the elements' text, the last element cut: what extract_head gives."""
+    out: list[Element] = []
+    for element in elements:
+        if len(element.text) > chars:
+            if chars:
+                out.append(Element(element.type, element.text[:chars], element.level, element.page))
+            break
+        out.append(element)
+        chars -= len(element.text)
+    return out
+
+
+def write(name: str, content: str) -> Callable[[Path], Path]:
+    def build(tmp: Path) -> Path:
+        (tmp / name).write_text(content, encoding="utf-8")
+        return tmp / name
+
+    return build
+
+
+def write_eml(tmp: Path) -> Path:
+    message = EmailMessage()
+    message["Subject"] = "Minutes"
+    message["From"] = "ana@example.com"
+    message.set_content("\n\n".join(f"Point {n}: the team agreed on item {n}." for n in range(12)))
+    (tmp / "minutes.eml").write_bytes(message.as_bytes())
+    return tmp / "minutes.eml"
+
+
+@pytest.mark.parametrize("build", [
+    lambda tmp: write_pdf(tmp / "a.pdf", [f"Page {n}.\n\nIt says thing {n}." for n in range(1, 4)]),
+    lambda tmp: write_docx(tmp / "a.docx"),
+    lambda tmp: write_xlsx(tmp / "a.xlsx"),
+    lambda tmp: write_pptx(tmp / "a.pptx"),
+    write("a.md", MARKDOWN),
+    write("a.html", HTML),
+    write("a.csv", "".join(f"name {n},city {n}\n" for n in range(30))),
+    write("a.txt", "\n\n".join(f"Paragraph {n} of the text." for n in range(20))),
+    write_eml,
+], ids=["pdf", "docx", "xlsx", "pptx", "md", "html", "csv", "txt", "eml"])
+def test_head_is_the_start_of_the_full_extraction(tmp_path: Path, build: Callable[[Path], Path]) -> None:
+    path = build(tmp_path)
+    full = parse(path)
+    kind = sniff(path.name, path.read_bytes()[:SNIFF_BYTES])
+    total = sum(len(e.text) for e in full)
+    for chars in (0, 1, 10, total // 3, total // 2 + 7, total - 1, total, total + 50):
+        assert extract_head(path, kind, chars) == (head_of(full, chars), chars < total), chars
+
+
+def test_docx_head_stops_reading_paragraphs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    document = docx.Document()
+    for n in range(2000):
+        document.add_paragraph(f"Paragraph number {n}.")
+    path = tmp_path / "long.docx"
+    document.save(str(path))
+    seen: list[int] = []
+    real = shared.parse._docx_paragraph
+
+    def counted(*args: Any) -> None:
+        seen.append(1)
+        real(*args)
+
+    monkeypatch.setattr(shared.parse, "_docx_paragraph", counted)
+    elements, cut = extract_head(path, "docx", 500)
+    assert cut and sum(len(e.text) for e in elements) == 500 and texts(elements)[0] == "Paragraph number 0."
+    assert len(seen) < 40
+
+
+def test_docx_styles_are_looked_up_once_per_style(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-docx scans all ~160 styles of a document on every ``paragraph.style``: per paragraph, that was
+    most of the time spent on a document of many short paragraphs."""
+    document = docx.Document()
+    for n in range(100):
+        document.add_heading(f"Part {n}", 1)
+        document.add_paragraph(f"Point {n}", style="List Bullet")
+        document.add_paragraph(f"Text {n}")
+    path = tmp_path / "styled.docx"
+    document.save(str(path))
+    calls: list[object] = []
+    real = DocumentPart.get_style
+
+    def counted(self: DocumentPart, *args: Any) -> Any:
+        calls.append(args)
+        return real(self, *args)
+
+    monkeypatch.setattr(DocumentPart, "get_style", counted)
+    elements = parse(path)
+    assert [(e.type, e.text) for e in elements[:3]] == [("title", "Part 0"), ("list_item", "Point 0"),
+                                                        ("text", "Text 0")]
+    assert len(elements) == 300 and len(calls) <= 3
+
+
+def test_pdf_head_stops_reading_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_pdf(tmp_path / "long.pdf", [f"Page {n} has a sentence of its own." for n in range(1, 41)])
+    pages: list[int] = []
+    real = pypdf.PageObject.extract_text
+
+    def counted(self: pypdf.PageObject, *args: Any, **kwargs: Any) -> str:
+        pages.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pypdf.PageObject, "extract_text", counted)
+    elements, cut = extract_head(path, "pdf", 80)
+    assert cut and texts(elements)[0] == "Page 1 has a sentence of its own." and len(pages) <= 3
+
+
+def test_pptx_head_stops_reading_slides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    presentation = pptx.Presentation()
+    for n in range(40):
+        slide = presentation.slides.add_slide(presentation.slide_layouts[6])
+        slide.shapes.add_textbox(Inches(1), Inches(1), Inches(4), Inches(1)).text_frame.text = f"Remark {n}"
+    path = tmp_path / "long.pptx"
+    presentation.save(str(path))
+    shapes: list[int] = []
+    real = shared.parse._pptx_shape
+
+    def counted(*args: Any) -> None:
+        shapes.append(1)
+        real(*args)
+
+    monkeypatch.setattr(shared.parse, "_pptx_shape", counted)
+    elements, cut = extract_head(path, "pptx", 40)
+    assert cut and texts(elements)[:2] == ["Slide 1", "Remark 0"] and len(shapes) <= 5
+
+
+def test_table_heads_stop_reading_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workbook = openpyxl.Workbook()
+    for n in range(3000):
+        workbook.active.append([f"row {n}", n, "x"])
+    xlsx = tmp_path / "rows.xlsx"
+    workbook.save(xlsx)
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text("".join(f"row {n},{n},x\n" for n in range(3000)), encoding="utf-8")
+    cells: list[int] = []
+    real = shared.parse._cell_text
+
+    def counted(value: object) -> str:
+        cells.append(1)
+        return real(value)
+
+    monkeypatch.setattr(shared.parse, "_cell_text", counted)
+    for path, kind in ((xlsx, "xlsx"), (csv_path, "csv")):
+        cells.clear()
+        elements, cut = extract_head(path, kind, 300)
+        assert cut and sum(len(e.text) for e in elements) == 300 and "| row 0 | 0 | x |" in texts(elements)[-1]
+        assert len(cells) < 100, kind
+
+
+def test_csv_head_never_reaches_a_damaged_row(tmp_path: Path) -> None:
+    path = tmp_path / "late.csv"
+    rows = "".join(f"a {n},b {n}\n" for n in range(50))
+    path.write_text(rows + "x," + "y" * 200_000 + "\n", encoding="utf-8")  # beyond csv's field size limit
+    with pytest.raises(ParseError, match="damaged"):
+        parse(path)
+    elements, cut = extract_head(path, "csv", 200)
+    assert cut and texts(elements)[0].startswith("| a 0 | b 0 |\n| a 1 | b 1 |")
+
+
+def test_markdown_head_parses_only_the_start_of_a_long_file(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "long.md"
+    path.write_text("".join(f"## Part {n}\n\nSome text for part {n}.\n\n- item {n}\n- another\n\n```\ncode {n}\n```\n\n"
+                            for n in range(4000)), encoding="utf-8")
+    full = parse(path)
+    parsed: list[int] = []
+    real = shared.parse._MARKDOWN
+
+    class Counted:
+        def parse(self, text: str) -> Any:
+            parsed.append(len(text))
+            return real.parse(text)
+
+    monkeypatch.setattr(shared.parse, "_MARKDOWN", Counted())
+    assert extract_head(path, "md", 2000) == (head_of(full, 2000), True)
+    assert sum(parsed) < 20_000 < path.stat().st_size
+    # a head longer than the first slice: a longer one is parsed, with the same result
+    parsed.clear()
+    assert extract_head(path, "md", 20_000) == (head_of(full, 20_000), True)
+    assert sum(parsed) < path.stat().st_size

@@ -26,7 +26,7 @@ from services.indexer.service.core import Knowledge
 from services.indexer.service.datasets import TECHNIQUES, DatasetService, parse_retrieval_model
 from services.indexer.service.metadata import built_in_values
 from shared.errors import ApiError, not_found
-from shared.files import MIME
+from shared.files import MIME, upload_name
 from shared.models import Dataset, Document, DocumentSegment, UploadFile, ts, utcnow
 from shared.parse import SNIFF_BYTES, UnsupportedFileType, sniff
 
@@ -139,7 +139,7 @@ class DocumentService:
             kind = sniff(filename, head)
         except UnsupportedFileType as e:
             raise unsupported(str(e)) from None
-        return Source(filename.rsplit("/", 1)[-1][:255], file=file, size=size, kind=kind)
+        return Source(upload_name(filename), file=file, size=size, kind=kind)
 
     # -- create / update ----------------------------------------------------------------------------------
     async def _prepare_dataset(self, s: AsyncSession, ds: Dataset, body: dict[str, Any], tenant_id: str

@@ -4,13 +4,14 @@ completion messages.
 An upload is typed by shared.files.sniff_upload (extension confirmed by content), limited per type by the
 ``files`` settings (what ``/parameters`` shows as ``system_parameters``), stored in the object store and kept
 as an upload_files row of the app's workspace, created by the end user. Only files uploaded through the
-same app can be previewed or attached.
+same app can be attached, and previewed once attached to one of its messages (reference §2.13).
 
 Files sent with a message are checked against the app's ``file_upload`` feature, then made ready for the
 model: images become data URLs in the user message (only for a model that takes images), documents are
-parsed to text with the indexer's parsers (in a thread) and put in front of the query, capped. A
-``remote_url`` is fetched through the SSRF guard (shared.egress) under the same size limits. The message
-keeps references (message_files rows), never bytes.
+parsed to text with the indexer's parsers (in a thread, only as far as the prompt takes; kept per upload)
+and put in front of the query, capped. A ``remote_url`` is fetched through the SSRF guard (shared.egress,
+with the files' own allowlist) under the same size limits. The message keeps references (message_files
+rows), never bytes.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import io
 import os
 import tempfile
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import structlog
 from sqlalchemy import insert
 from sqlmodel import select
 
@@ -44,10 +47,11 @@ from shared.files import (
     file_view,
     preview_url,
     sniff_upload,
+    upload_name,
 )
 from shared.identity import Caller
-from shared.models import EndUser, MessageFile, UploadFile, new_id, ts, utcnow
-from shared.parse import ParseError, extract
+from shared.models import EndUser, Message, MessageFile, UploadFile, new_id, ts, utcnow
+from shared.parse import ParseError, extract_head
 
 if TYPE_CHECKING:
     from sqlmodel.ext.asyncio.session import AsyncSession
@@ -55,10 +59,12 @@ if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
     from services.runtime.service.core import Runtime
 
+log = structlog.get_logger("plexus.runtime.files")
+
 FILE_OBJECT_TYPES = ("image", "document", "audio", "video", "custom")
 TRANSFER_METHODS = ("local_file", "remote_url")
 MODEL_IMAGE_FORMATS = ("png", "jpeg", "gif", "webp")  # what vision APIs take (no SVG)
-MAX_DOCUMENT_CHARS = 5_000_000  # a document with more text than this is refused outright, not cut
+DOCUMENT_TEXTS_KEPT = 128  # uploads whose prompt text stays in memory (each at most document_prompt_chars)
 
 
 def file_too_large(limit: int) -> ApiError:
@@ -71,6 +77,11 @@ def unsupported(message: str) -> ApiError:
 
 def file_not_found() -> ApiError:
     return ApiError(404, "file_not_found", "File not found.")
+
+
+def file_access_denied() -> ApiError:
+    return ApiError(403, "file_access_denied",
+                    "Access to the requested file is denied: a file can be previewed once it is attached to a message.")
 
 
 @lru_cache(maxsize=1024)
@@ -160,8 +171,11 @@ class FileService:
         self.settings = rt.ctx.settings.files
         self.store = FileStore(rt.bus)
         self.base = rt.ctx.settings.public_api_base.rstrip("/")
-        self.egress = Egress(EgressPolicy.from_allowlist(rt.ctx.settings.tools.egress_allowlist),
+        # not the tools' allowlist: what an operator opens to custom tools and HTTP nodes is not for every app key
+        self.egress = Egress(EgressPolicy.from_allowlist(self.settings.remote_url_allowlist),
                              user_agent="Plexus-Files/1.0")
+        # upload id → (its document text for the prompt, or why it cannot be read): uploads never change
+        self.texts: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
 
     async def close(self) -> None:
         await self.egress.close()
@@ -178,7 +192,7 @@ class FileService:
         app = await self.rt.app_for(caller)
         if not filename or not filename.strip():
             raise ApiError(400, "filename_not_exists_error", "The specified filename does not exist.")
-        name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
+        name = upload_name(filename)
         type_ = file_type_of(extension_of(name))
         if type_ is not None:  # an unknown type is a 415 from the sniffer below, whatever its size
             file.seek(0, io.SEEK_END)
@@ -198,9 +212,16 @@ class FileService:
                          mime_type=sniffed.mime_type, object_name="", created_by=end_user_id)
         row.object_name = f"upload/{app.tenant_id}/{row.id}"
         row.size = await self.store.put(row.object_name, file)
-        async with self.rt.db.session() as s:
-            s.add(row)
-            await s.commit()
+        try:
+            async with self.rt.db.session() as s:
+                s.add(row)
+                await s.commit()
+        except BaseException:
+            try:  # no row will ever point at the object: do not leave it behind
+                await self.store.delete(row.object_name)
+            except Exception:  # best effort: the commit's error is the one to report
+                log.warning("upload_object_not_deleted", object_name=row.object_name, exc_info=True)
+            raise
         return self.upload_view(row)
 
     def upload_view(self, row: UploadFile) -> dict[str, Any]:
@@ -223,8 +244,16 @@ class FileService:
         return row
 
     async def preview(self, caller: Caller, file_id: str) -> Preview:
+        """An upload of this app, once attached to one of its messages (reference §2.13); before that a 403.
+        Another app's or workspace's file is a 404, like an unknown id."""
         app = await self.rt.app_for(caller)
         row = await self._app_file(app, file_id, file_not_found())
+        async with self.rt.db.session() as s:
+            attached = (await s.exec(select(MessageFile.id).join(Message, Message.id == MessageFile.message_id)
+                                     .where(MessageFile.upload_file_id == row.id, Message.app_id == app.id)
+                                     .limit(1))).first()
+        if attached is None:
+            raise file_access_denied()
         fd, tmp = tempfile.mkstemp(prefix="plexus-preview-")
         path = Path(tmp)
         os.close(fd)
@@ -304,19 +333,22 @@ class FileService:
             '"features": ["vision"] in the app\'s model config if this model does accept them.')
 
     async def _fetch(self, i: int, url: str, declared: str) -> tuple[Sniffed, bytes, str]:
-        """A remote file through the SSRF guard, at most the declared type's size limit."""
-        limit = self.settings.limit_bytes(declared if declared in ("image", "document") else "document")
-        if declared == "custom":
-            limit = self.settings.max_bytes
+        """A remote file through the SSRF guard, at most the declared type's size limit; a "custom" file at most
+        the larger of the image and document limits, as only those can go to a model (audio and video are
+        refused once sniffed, so their larger limits would only let more bytes into memory)."""
+        limit = self.settings.limit_bytes(declared) if declared in ("image", "document") else max(
+            self.settings.limit_bytes("image"), self.settings.limit_bytes("document"))
         try:
             resp = await self.egress.request("GET", url, timeout=self.settings.remote_url_timeout,
                                              max_bytes=limit, max_redirects=3)
         except EgressError as e:
             if e.code == "response_too_large":
                 raise file_too_large(limit) from None
-            raise invalid_param(f"files[{i}]: the remote file cannot be fetched: {e.message}") from None
-        if not 200 <= resp.status < 300:
-            raise invalid_param(f"files[{i}]: the remote file cannot be fetched (HTTP {resp.status}).")
+            # the reason names addresses and DNS answers of the server's network: for the log only
+            log.info("remote_file_not_fetched", host=url_host(url), code=e.code, reason=e.message)
+            raise invalid_param(f"files[{i}]: the file at this URL cannot be fetched.") from None
+        if not 200 <= resp.status < 300:  # a host the guard let through: its status helps the client
+            raise invalid_param(f"files[{i}]: the file at this URL cannot be fetched (HTTP {resp.status}).")
         name = remote_name(resp.url, resp.headers.get("Content-Type", ""))
         try:
             sniffed = sniff_upload(name, resp.body[:SNIFF_BYTES])
@@ -342,17 +374,37 @@ class FileService:
             raise invalid_param(f"files[{i}]: {sniffed.type} files cannot be sent to the model.")
 
     async def _document_text(self, i: int, sniffed: Sniffed, src: UploadFile | bytes, name: str) -> str:
+        """The text of a document, as much as one message's prompt takes; an upload's is kept (uploads are
+        immutable), so attaching it to every message of a conversation parses it once."""
+        key = src.id if isinstance(src, UploadFile) else None
+        parsed = self.texts.get(key) if key is not None else None
+        if parsed is None:
+            parsed = await self._parse(sniffed, src)
+            if key is not None:
+                self.texts[key] = parsed
+                if len(self.texts) > DOCUMENT_TEXTS_KEPT:
+                    self.texts.popitem(last=False)
+        elif key is not None:
+            self.texts.move_to_end(key)
+        text, error = parsed
+        if error is not None:
+            raise invalid_param(f"files[{i}] ({name}): {error}")
+        return text
+
+    async def _parse(self, sniffed: Sniffed, src: UploadFile | bytes) -> tuple[str, str | None]:
+        """(the text, None), or ("", why the document cannot be read)."""
         with tempfile.TemporaryDirectory(prefix="plexus-doc-") as tmp:
             path = Path(tmp) / "file"
             if isinstance(src, bytes):
                 path.write_bytes(src)
             else:
                 await self.store.get_to(src.object_name, path)
-            try:  # parsing is CPU-bound: off the event loop
-                elements = await asyncio.to_thread(extract, path, sniffed.kind, max_chars=MAX_DOCUMENT_CHARS)
-            except (ParseError, UnsupportedFileType) as e:
-                raise invalid_param(f"files[{i}] ({name}): {e}") from None
-        return "\n\n".join(e.text for e in elements)
+            try:  # parsing is CPU-bound: off the event loop; and stops at what the prompt takes (cut, not refused)
+                elements, _cut = await asyncio.to_thread(extract_head, path, sniffed.kind,
+                                                         self.settings.document_prompt_chars)
+            except (ParseError, UnsupportedFileType) as e:  # the bytes decide: the same every time
+                return "", str(e)
+        return "\n\n".join(e.text for e in elements), None
 
     async def message_files(self, s: AsyncSession, message_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """message id → its ``message_files`` items, oldest first."""
@@ -377,11 +429,19 @@ def sniff_of(row: UploadFile) -> Sniffed:
     return Sniffed(type_, row.extension, row.mime_type, kind)
 
 
+def url_host(url: str) -> str | None:
+    """For the log: the host alone (a signed URL's query string is a credential)."""
+    try:
+        return urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
 def remote_name(url: str, content_type: str) -> str:
     """A file name for a fetched URL: its last path segment, with an extension from the Content-Type when the
     URL has none."""
     path = urllib.parse.urlsplit(url).path
-    name = urllib.parse.unquote(path.rsplit("/", 1)[-1]).strip()[:200] or "file"
+    name = upload_name(urllib.parse.unquote(path.rsplit("/", 1)[-1]), limit=200) or "file"
     if file_type_of(extension_of(name)) is None:
         ext = EXTENSION_OF_MIME.get(content_type.split(";", 1)[0].strip().lower())
         if ext:

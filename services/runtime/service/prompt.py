@@ -58,7 +58,8 @@ def with_documents(query: str, documents: list[tuple[str, str]], max_chars: int)
     left = max(max_chars, 0)
     for i, (name, text) in enumerate(documents):
         share = left // (len(documents) - i)  # an early short document leaves room for the later ones
-        body = text if len(text) <= share else text[:share].rstrip() + f"\n[… cut: {len(text) - share} more characters]"
+        # no count of what is left: the parser itself stops at the prompt's budget (files.py), so it is unknown
+        body = text if len(text) <= share else text[:share].rstrip() + "\n[… the rest of this document is cut]"
         left -= min(len(text), share)
         parts.append(f'<document name="{_attr(name)}">\n{body}\n</document>')
     docs = "\n".join(parts)
