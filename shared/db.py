@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from sqlalchemy import event
+from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -44,6 +44,20 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def lock_rows(session: AsyncSession, model: Any, where: tuple[Any, ...], noop: Any) -> None:
+    """Lock the rows of ``model`` matching ``where`` until the session's transaction ends, so that changes which
+    read them and write back run one after another, each seeing the last. Call it first in the session.
+
+    Postgres: SELECT ... FOR UPDATE. SQLite drops FOR UPDATE, and its driver begins the transaction only at the
+    first write: a no-op write (``noop``, a column set to itself) takes the database's write lock first (another
+    writer waits, busy_timeout), and the reads that follow see every change committed before."""
+    if session.bind.dialect.name == "sqlite":
+        await session.exec(update(model).where(*where).values({noop.key: noop})
+                           .execution_options(synchronize_session=False))
+    else:
+        await session.exec(select(noop).where(*where).with_for_update())
 
 
 def json_text(value: Any) -> str:

@@ -7,11 +7,12 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlmodel import select, update
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared import subjects
 from shared.bus import Bus
+from shared.db import lock_rows
 from shared.errors import ApiError, invalid_param, not_found, validation_message
 from shared.models import App
 
@@ -55,17 +56,9 @@ async def get_app(session: AsyncSession, tenant_id: str, app_id: str, *, for_upd
     rollout state and writes it back: concurrent changes then run one after another, each seeing the last.
     Call it first in the session."""
     where = (App.id == app_id, App.tenant_id == tenant_id)
-    q = select(App).where(*where)
     if for_update:
-        if session.bind.dialect.name == "sqlite":
-            # SQLite drops FOR UPDATE, and its driver begins the transaction only at the first write, so reads
-            # before it see no lock. A no-op write first takes the database's write lock (another writer waits,
-            # busy_timeout) and the read below then sees every change committed before it.
-            await session.exec(update(App).where(*where).values(updated_at=App.updated_at)
-                               .execution_options(synchronize_session=False))
-        else:
-            q = q.with_for_update()
-    app = (await session.exec(q)).first()
+        await lock_rows(session, App, where, App.updated_at)
+    app = (await session.exec(select(App).where(*where))).first()
     if app is None:
         raise not_found("App not found.")
     return app

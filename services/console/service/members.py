@@ -22,7 +22,7 @@ from services.console.service.accounts import check_attempt_limit, check_email, 
 from services.console.service.common import RANK, Principal
 from shared.context import Context
 from shared.crypto import hash_token
-from shared.db import Database
+from shared.db import Database, lock_rows
 from shared.errors import ApiError, forbidden, invalid_param, not_found
 from shared.models import Account, Tenant, TenantMember, utcnow
 
@@ -53,13 +53,7 @@ async def _member(s: Any, tenant_id: str, account_id: str) -> TenantMember:
 async def _lock_workspace(s: AsyncSession, tenant_id: str) -> None:
     """Lock the workspace row until the session's transaction ends, so that invitations, role changes, removals
     and transfers in it apply one after another, each reading what the one before wrote. Call it first."""
-    if s.bind.dialect.name == "sqlite":
-        # SQLite drops FOR UPDATE, and its driver begins the transaction only at the first write: a no-op write
-        # takes the database's write lock first (another writer waits, busy_timeout)
-        await s.exec(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name)
-                     .execution_options(synchronize_session=False))
-    else:
-        await s.exec(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    await lock_rows(s, Tenant, (Tenant.id == tenant_id,), Tenant.name)
 
 
 async def _locked_caller_role(s: AsyncSession, p: Principal) -> str:

@@ -60,8 +60,7 @@ class ChatService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.moderation = ModerationService(rt.ctx)  # sensitive_word_avoidance (moderation.py)
-        # the opt-in answer cache (answer_cache.py); a deleted app's moderators go with its answers
-        self.answers = AnswerCache(rt.ctx)
+        self.answers = AnswerCache(rt.ctx)  # the opt-in answer cache (answer_cache.py)
 
     async def create(
         self,
