@@ -112,7 +112,7 @@ async def save_draft(ctx: Context, p: Principal, app_id: str, body: dict[str, An
     if not isinstance(features, dict):
         raise invalid_param("features must be an object", params="features")
     async with ctx.db.session() as s:
-        app = await get_app(s, p.tenant_id, app_id)
+        app = await get_app(s, p.tenant_id, app_id, for_update=True)  # the draft's hash check holds under races
         _graph_app(app)
         draft = await _draft(s, app.id)
         stored_env = {v["name"]: v for v in (draft.environment_variables if draft else []) or []}
@@ -144,7 +144,7 @@ async def publish(ctx: Context, p: Principal, app_id: str, body: dict[str, Any])
     if not isinstance(name, str) or len(name) > 20 or not isinstance(comment, str) or len(comment) > 100:
         raise invalid_param("marked_name is at most 20 characters and marked_comment at most 100")
     async with ctx.db.session() as s:
-        app = await get_app(s, p.tenant_id, app_id)
+        app = await get_app(s, p.tenant_id, app_id, for_update=True)  # one publish at a time per app
         _graph_app(app)
         draft = await _draft(s, app.id)
         if draft is None:
