@@ -301,8 +301,13 @@ class ActivateBody(BaseModel):
 # ---- response shapes ------------------------------------------------------------------------------
 
 
+def _base(request: Request, ctx: Context) -> str:
+    """The public address clients use: the configured one, else the one this request came in on."""
+    return ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
+
+
 def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: PlanLimits) -> dict[str, Any]:
-    base = request.app.state.ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
+    base = _base(request, request.app.state.ctx)
     return {
         "id": app.id, "name": app.name, "description": app.description, "mode": app.mode,
         "icon_type": app.icon_type, "icon": app.icon, "icon_background": app.icon_background,
@@ -669,8 +674,7 @@ async def delete_admin_key(ctx: Ctx, caller: Caller, key_id: str) -> Response:
 
 @router.get("/datasets/api-base-info")
 async def dataset_api_base(request: Request, ctx: Ctx, caller: Caller) -> dict:
-    base = ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
-    return {"api_base_url": f"{base}/v1"}
+    return {"api_base_url": f"{_base(request, ctx)}/v1"}
 
 
 # ---- workspace plan (per-app default limits; only the owner changes it) ------------------------------
@@ -778,10 +782,6 @@ def _member_json(a: Account, m: TenantMember) -> dict[str, Any]:
             "last_login_at": ts(a.last_login_at), "last_active_at": ts(a.last_login_at),
             "created_at": ts(m.created_at), "role": m.role,
             "status": "pending" if m.status == "pending" else a.status}
-
-
-def _base(request: Request, ctx: Context) -> str:
-    return ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
 
 
 @router.get("/workspaces")
