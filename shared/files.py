@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import nats.js.errors
+import structlog
 
 from shared.bus import Bus
 
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from shared.models import MessageFile
 
 from shared.parse import SNIFF_BYTES, SUPPORTED, UnsupportedFileType, sniff
+
+log = structlog.get_logger("plexus.files")
 
 __all__ = ["FILE_TYPES", "MIME", "SNIFF_BYTES", "FileStore", "Sniffed", "UnsupportedFileType", "extension_of",
            "file_type_of", "file_view", "preview_url", "sniff_upload", "upload_name"]
@@ -183,6 +188,19 @@ class FileStore:
             await store.delete(name)
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError):
             pass
+
+    @asynccontextmanager
+    async def kept_if_recorded(self, name: str) -> AsyncIterator[None]:
+        """Around the commit of the row that points at object ``name``: when it fails, no row will ever
+        point at the object, so it is deleted (best effort; the commit's error is the one raised)."""
+        try:
+            yield
+        except BaseException:
+            try:
+                await self.delete(name)
+            except Exception:
+                log.warning("upload_object_not_deleted", object_name=name, exc_info=True)
+            raise
 
 
 def file_view(row: MessageFile, base: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ indexing status. Creating or updating stores the bytes in the object store, comm
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
 from datetime import UTC, datetime
@@ -169,7 +170,7 @@ class DocumentService:
 
     async def _store(self, tenant_id: str, src: Source) -> UploadFile:
         ext = "txt" if src.text is not None else src.kind
-        name = src.name if src.text is None else f"{src.name}.txt"
+        name = src.name if src.text is None else upload_name(f"{src.name}.txt")
         row = UploadFile(tenant_id=tenant_id, name=name, size=src.size, extension=ext,
                          mime_type=MIME.get(ext, "application/octet-stream"), object_name="")
         row.object_name = f"upload/{tenant_id}/{row.id}"
@@ -186,7 +187,7 @@ class DocumentService:
             await s.commit()  # the dataset's configuration stands even if the upload below fails
         f = await self._store(tenant_id, src)
         batch = new_batch()
-        async with self.kn.db.session() as s:
+        async with self.kn.files.kept_if_recorded(f.object_name), self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
             position = (await s.exec(select(func.coalesce(func.max(Document.position), 0))
                                      .where(Document.dataset_id == ds.id))).one() + 1
@@ -213,7 +214,8 @@ class DocumentService:
                 raise archived_immutable()
         if src is not None:
             new_file = await self._store(tenant_id, src)
-        async with self.kn.db.session() as s:
+        stored = self.kn.files.kept_if_recorded(new_file.object_name) if new_file else contextlib.nullcontext()
+        async with stored, self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
             doc = await get_document(s, ds, document_id)
             reindex = new_file is not None

@@ -212,16 +212,9 @@ class FileService:
                          mime_type=sniffed.mime_type, object_name="", created_by=end_user_id)
         row.object_name = f"upload/{app.tenant_id}/{row.id}"
         row.size = await self.store.put(row.object_name, file)
-        try:
-            async with self.rt.db.session() as s:
-                s.add(row)
-                await s.commit()
-        except BaseException:
-            try:  # no row will ever point at the object: do not leave it behind
-                await self.store.delete(row.object_name)
-            except Exception:  # best effort: the commit's error is the one to report
-                log.warning("upload_object_not_deleted", object_name=row.object_name, exc_info=True)
-            raise
+        async with self.store.kept_if_recorded(row.object_name), self.rt.db.session() as s:
+            s.add(row)
+            await s.commit()
         return self.upload_view(row)
 
     def upload_view(self, row: UploadFile) -> dict[str, Any]:
