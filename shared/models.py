@@ -372,7 +372,7 @@ class MessageFile(SQLModel, table=True):
     type: str = Field(max_length=16)  # image | document | audio | video
     transfer_method: str = Field(max_length=16)  # local_file | remote_url
     url: str | None = Field(default=None, sa_column=Column(Text))  # remote_url only
-    upload_file_id: str | None = Field(default=None, max_length=36)  # local_file only
+    upload_file_id: str | None = Field(default=None, max_length=36, index=True)  # local_file only; preview checks
     filename: str = Field(default="", max_length=255)
     mime_type: str = Field(default="", max_length=128)
     size: int = 0

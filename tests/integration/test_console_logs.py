@@ -383,7 +383,8 @@ async def test_log_indexes_are_migrated(live: LiveServer) -> None:
     """The log pages' lookups have indexes (conversations by app and sort column, feedback by conversation), and
     the migrated schema declares the same indexes as the models."""
     wanted = {"conversations": {("app_id", "updated_at"), ("app_id", "created_at")},
-              "message_feedbacks": {("conversation_id", "app_id")}}
+              "message_feedbacks": {("conversation_id", "app_id")},
+              "message_files": {("upload_file_id",)}}  # the file preview's "is it attached?" check
 
     def indexes(conn: Any) -> dict[str, set[tuple[str, tuple[str, ...]]]]:
         insp = inspect(conn)

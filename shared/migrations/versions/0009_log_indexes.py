@@ -1,4 +1,5 @@
-"""indexes for the console's log pages: conversations by app and sort column, feedback by conversation
+"""indexes for the console's log pages (conversations by app and sort column, feedback by conversation) and
+for the file preview check (message_files by upload)
 
 Revision ID: 0009
 Revises: 0008
@@ -20,9 +21,12 @@ def upgrade() -> None:
     # the feedback counts of a page of an app's conversations (app_id second: SQLite without ANALYZE statistics
     # would otherwise pick ix_message_feedbacks_app_id, the whole app's feedback)
     op.create_index('ix_feedback_conv_app', 'message_feedbacks', ['conversation_id', 'app_id'], unique=False)
+    # GET /v1/files/{id}/preview: is the upload attached to a message?
+    op.create_index('ix_message_files_upload_file_id', 'message_files', ['upload_file_id'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_message_files_upload_file_id', table_name='message_files')
     op.drop_index('ix_feedback_conv_app', table_name='message_feedbacks')
     op.drop_index('ix_conv_app_created', table_name='conversations')
     op.drop_index('ix_conv_app_updated', table_name='conversations')
