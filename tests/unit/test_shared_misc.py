@@ -52,3 +52,19 @@ async def test_unreachable_nats_fails_fast_and_clearly() -> None:
 
     with pytest.raises(RuntimeError, match="cannot reach NATS at nats://127.0.0.1"):
         await Bus.connect(f"nats://127.0.0.1:{free_port()}", deadline=1.0)
+
+
+def test_lru_drops_the_least_recently_used_and_says_so() -> None:
+    from shared.lru import Lru
+
+    dropped: list[str] = []
+    lru: Lru[str, str] = Lru(2, dropped.append)
+    lru.put("a", "A")
+    lru.put("b", "B")
+    assert lru.get("a") == "A"  # now b is the least recently used
+    lru.put("c", "C")
+    assert dropped == ["B"] and lru.get("b") is None and len(lru) == 2
+    lru.put("a", "A2")  # a replaced value is not an eviction
+    assert dropped == ["B"] and lru.get("a") == "A2"
+    assert lru.pop_where(lambda k: k in ("a", "x")) == ["A2"]
+    assert len(lru) == 1 and lru.get("c") == "C" and dropped == ["B"]

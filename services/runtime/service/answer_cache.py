@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
+from shared.lru import Lru
+
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
     from shared.context import Context
@@ -117,20 +119,15 @@ class AnswerCache:
             else MemoryBackend(ctx.settings.runtime.answer_cache_max_entries))
         # (app id, config id) → (the parsed config it was computed for, version): recomputed only when the
         # app cache loads the app again; the least recently used beyond MAX_VERSIONS are dropped
-        self._versions: OrderedDict[tuple[str, str | None], tuple[Any, str]] = OrderedDict()
-        self.max_versions = MAX_VERSIONS
+        self._versions: Lru[tuple[str, str | None], tuple[Any, str]] = Lru(MAX_VERSIONS)
 
     def _version(self, app: AppEntry) -> str:
         key = (app.id, app.config_id)
         hit = self._versions.get(key)
         if hit is not None and hit[0] is app.config:
-            self._versions.move_to_end(key)
             return hit[1]
         v = config_version(app)
-        self._versions[key] = (app.config, v)
-        self._versions.move_to_end(key)
-        while len(self._versions) > self.max_versions:
-            self._versions.popitem(last=False)
+        self._versions.put(key, (app.config, v))
         return v
 
     async def lookup(self, app: AppEntry, *, endpoint: str, new_conversation: bool, query: str,
@@ -165,8 +162,7 @@ class AnswerCache:
 
     async def forget_app(self, app_id: str) -> None:
         """The app was deleted (core.Runtime.on_config): its answers and versions go."""
-        for k in [k for k in self._versions if k[0] == app_id]:
-            del self._versions[k]
+        self._versions.pop_where(lambda k: k[0] == app_id)
         try:
             await self.backend.forget_app(app_id)
         except Exception:

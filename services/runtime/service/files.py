@@ -22,7 +22,6 @@ import io
 import os
 import tempfile
 import urllib.parse
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +49,7 @@ from shared.files import (
     upload_name,
 )
 from shared.identity import Caller
+from shared.lru import Lru
 from shared.models import EndUser, Message, MessageFile, UploadFile, new_id, ts, utcnow
 from shared.parse import ParseError, extract_head
 
@@ -175,7 +175,7 @@ class FileService:
         self.egress = Egress(EgressPolicy.from_allowlist(self.settings.remote_url_allowlist),
                              user_agent="Plexus-Files/1.0")
         # upload id → (its document text for the prompt, or why it cannot be read): uploads never change
-        self.texts: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self.texts: Lru[str, tuple[str, str | None]] = Lru(DOCUMENT_TEXTS_KEPT)
 
     async def close(self) -> None:
         await self.egress.close()
@@ -374,11 +374,7 @@ class FileService:
         if parsed is None:
             parsed = await self._parse(sniffed, src)
             if key is not None:
-                self.texts[key] = parsed
-                if len(self.texts) > DOCUMENT_TEXTS_KEPT:
-                    self.texts.popitem(last=False)
-        elif key is not None:
-            self.texts.move_to_end(key)
+                self.texts.put(key, parsed)
         text, error = parsed
         if error is not None:
             raise invalid_param(f"files[{i}] ({name}): {error}")

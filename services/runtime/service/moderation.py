@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import re
 import unicodedata
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ import structlog
 from services.runtime import llm
 from services.runtime.service.errors import completion_request_error, provider_not_initialize
 from shared.credentials import provider_credentials
+from shared.lru import Lru
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -290,8 +290,7 @@ class ModerationService:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.max_entries = MAX_MODERATORS
-        self._entries: OrderedDict[tuple[str, str | None], _Cached] = OrderedDict()
+        self._entries: Lru[tuple[str, str | None], _Cached] = Lru(MAX_MODERATORS, lambda c: c.mod.retire())
 
     async def for_app(self, app: AppEntry) -> Moderator | None:
         cfg = app.config
@@ -300,7 +299,6 @@ class ModerationService:
         key = (app.id, app.config_id)
         hit = self._entries.get(key)
         if hit is not None and hit.config is cfg:
-            self._entries.move_to_end(key)
             return hit.mod
         swa = cfg.sensitive_word_avoidance
         s: ModerationSettings = swa.settings()
@@ -314,21 +312,17 @@ class ModerationService:
         hit = self._entries.get(key)  # again: another request may have checked it meanwhile
         if hit is not None and hit.digest == digest and hit.credentials == fingerprint:
             hit.config = cfg
-            self._entries.move_to_end(key)
             return hit.mod
         mod = self._build(s, swa.type, creds)
         if hit is not None:
             hit.mod.retire()
-        self._entries[key] = _Cached(cfg, digest, fingerprint, mod)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)[1].mod.retire()
+        self._entries.put(key, _Cached(cfg, digest, fingerprint, mod))
         return mod
 
     def forget_app(self, app_id: str) -> None:
         """The app was deleted: drop its moderators."""
-        for key in [k for k in self._entries if k[0] == app_id]:
-            self._entries.pop(key).mod.retire()
+        for entry in self._entries.pop_where(lambda k: k[0] == app_id):
+            entry.mod.retire()
 
     def _build(self, s: ModerationSettings, kind: str, creds: dict[str, Any] | None) -> Moderator:
         assert s.inputs_config is not None and s.outputs_config is not None
