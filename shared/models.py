@@ -2,10 +2,11 @@
 
 console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
 app_dataset_joins, tool_providers (the tools service and the runtime read them), workflows (drafts and published
-versions; the runtime reads them).
+versions; the runtime reads them), tenant_default_models.
 runtime owns: end_users, conversations, messages, message_feedbacks, message_files, workflow_runs,
-workflow_node_executions, conversation_variables.
-indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments.
+workflow_node_executions, conversation_variables, message_annotations, app_annotation_settings.
+indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments,
+tags, tag_bindings.
 upload_files also holds the runtime's app uploads (/v1/files/upload, created_by = the end user); each service
 writes and deletes only its own rows.
 """
@@ -115,7 +116,24 @@ class App(SQLModel, table=True):
     rollout_percentage: float = 0.0
     rollout_started_at: datetime | None = None
     rollout_started_by: str | None = Field(default=None, max_length=36)
+    # GET /v1/site (reference §2.12): the web app's settings as saved in the console; None = derived from the app
+    site: dict | None = Field(default=None, sa_column=Column(JSON))
     created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class TenantDefaultModel(SQLModel, table=True):
+    """A workspace's default model of a type (Dify's default-model setting): speech2text and tts serve the
+    audio endpoints, whose requests name no model."""
+
+    __tablename__ = "tenant_default_models"
+    __table_args__ = (UniqueConstraint("tenant_id", "model_type", name="uq_default_model_tenant_type"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    model_type: str = Field(max_length=32)  # llm | text-embedding | rerank | speech2text | tts | moderation
+    provider: str = Field(max_length=255)
+    model: str = Field(max_length=255)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -381,6 +399,42 @@ class MessageFile(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class MessageAnnotation(SQLModel, table=True):
+    """A curated question and answer of an app (reference §2.16); with annotation reply on, a query close enough
+    to its question is answered with its answer, without the model."""
+
+    __tablename__ = "message_annotations"
+    __table_args__ = (Index("ix_annotations_app_created", "app_id", "created_at"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE")
+    question: str = Field(sa_column=Column(Text, nullable=False))
+    answer: str = Field(sa_column=Column(Text, nullable=False))
+    hit_count: int = 0
+    message_id: str | None = Field(default=None, max_length=36)  # the message it was made from, if any
+    conversation_id: str | None = Field(default=None, max_length=36)
+    account_id: str | None = Field(default=None, max_length=36)  # who wrote it (console); None from an app key
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AppAnnotationSetting(SQLModel, table=True):
+    """An app's annotation reply: on or off, its threshold and embedding model, and the last enable/disable job."""
+
+    __tablename__ = "app_annotation_settings"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    app_id: str = Field(foreign_key="apps.id", max_length=36, ondelete="CASCADE", unique=True, index=True)
+    enabled: bool = False
+    score_threshold: float = 0.0
+    embedding_provider: str | None = Field(default=None, max_length=255)
+    embedding_model: str | None = Field(default=None, max_length=255)
+    job_id: str | None = Field(default=None, max_length=36, index=True)
+    job_action: str | None = Field(default=None, max_length=16)  # enable | disable
+    job_status: str | None = Field(default=None, max_length=16)  # waiting | processing | completed | error
+    job_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class AppDatasetJoin(SQLModel, table=True):
     """Which datasets an app's current model config links (kept by the console on every config save):
     a linked dataset cannot be deleted (409 dataset_in_use)."""
@@ -415,6 +469,30 @@ class Dataset(SQLModel, table=True):
     updated_by: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Tag(SQLModel, table=True):
+    """A workspace's knowledge tag (reference §4.1 Tags)."""
+
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("tenant_id", "type", "name", name="uq_tags_tenant_type_name"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    type: str = Field(default="knowledge", max_length=16)
+    name: str = Field(max_length=255)
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TagBinding(SQLModel, table=True):
+    __tablename__ = "tag_bindings"
+    __table_args__ = (UniqueConstraint("tag_id", "target_id", name="uq_tag_binding"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    tag_id: str = Field(foreign_key="tags.id", max_length=36, ondelete="CASCADE")
+    target_id: str = Field(max_length=36, index=True)  # a dataset id
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class DatasetMetadataField(SQLModel, table=True):

@@ -44,7 +44,8 @@ NOT_FOUND = "The requested URL was not found on the server."
 _V1 = "/v1/"
 _DATASETS = "/v1/datasets"
 _WORKSPACES = "/v1/workspaces/"
-_FILES_UPLOAD = "/v1/files/upload"  # app uploads: the larger upload limit, like knowledge files
+# app uploads (files, audio for speech-to-text): the larger upload limit, like knowledge files
+_UPLOADS = frozenset(("/v1/files/upload", "/v1/audio-to-text"))
 _CONSOLE = "/console/api"
 _API = "/api"  # the public API's second prefix (the seeds call /api/chat-messages): served as /v1
 _OWN = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -167,7 +168,7 @@ class Gateway:
         h = _scan_headers(scope, keep_authorization=False)
         auth, length, chunked, rid, fwd = h.authorization, h.length, h.chunked, h.request_id, h.forward
         method = scope["method"]
-        limit = self.max_upload if service == "indexer" or scope["path"] == _FILES_UPLOAD else self.max_body
+        limit = self.max_upload if service == "indexer" or scope["path"] in _UPLOADS else self.max_body
         if length is not None and await self._too_large(send, service, method, t0, rid, length, limit):
             return
         try:

@@ -278,6 +278,8 @@ def required_permission(method: str, path: str) -> str | None:
         return "history" if method in ("GET", "HEAD") else "chat"
     if first in ("audio-to-text", "text-to-audio"):
         return "chat"
+    if first == "app" and path == "/app/feedbacks":  # the app's feedback, read like history
+        return "history"
     if first in ("parameters", "info", "meta", "site"):
         return None
     return UNSCOPED_ONLY

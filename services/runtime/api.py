@@ -102,14 +102,20 @@ async def counted(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         _ACTIVE.dec()
 
 
-def build_router(rt: Runtime, secret: str) -> APIRouter:
-    router = APIRouter(prefix="/v1")
-    ping_interval = rt.settings.ping_interval
+def caller_dependency(secret: str) -> Any:
+    """The gateway's caller as a route dependency; declared before the body, so an unauthenticated call is a
+    401 first."""
 
     async def identify(request: Request) -> Caller:  # async: a sync dependency would cost a thread hop
         return caller_from_request(request, secret)
 
-    who = Depends(identify)  # resolved before the body, so an unauthenticated call is a 401 first
+    return Depends(identify)
+
+
+def build_router(rt: Runtime, secret: str) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    ping_interval = rt.settings.ping_interval
+    who = caller_dependency(secret)
 
     async def respond(run: Run | WorkflowTask) -> Response:
         if run.channel is not None:
