@@ -35,6 +35,9 @@ class Lru(Generic[K, V]):
             if self.on_evict is not None:
                 self.on_evict(dropped)
 
+    def pop(self, key: K) -> V | None:
+        return self._items.pop(key, None)
+
     def pop_where(self, matches: Callable[[K], bool]) -> list[V]:
         """Remove the entries whose key ``matches``; their values."""
         return [self._items.pop(k) for k in [k for k in self._items if matches(k)]]

@@ -5,7 +5,6 @@ replicas share (when PLEXUS_TEST_REDIS_URL is set)."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -157,8 +156,9 @@ def test_memory_backend_expiry_and_lru() -> None:
         assert await b.get("a:1") == b"x"  # a:1 is now the newest
         await b.set("b:1", b"z", ttl=600)  # evicts a:2, the least recently used
         assert await b.get("a:2") is None and await b.get("a:1") == b"x"
-        b._items["a:1"] = (time.monotonic() - 1, b"x")  # expired
+        await b.set("a:1", b"x", ttl=-1)  # already expired
         assert await b.get("a:1") is None
+        assert len(b._items) == 1  # the expired entry is dropped on read, b:1 stays
         await b.forget_app("b")
         assert await b.get("b:1") is None
 

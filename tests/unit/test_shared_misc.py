@@ -68,3 +68,4 @@ def test_lru_drops_the_least_recently_used_and_says_so() -> None:
     assert dropped == ["B"] and lru.get("a") == "A2"
     assert lru.pop_where(lambda k: k in ("a", "x")) == ["A2"]
     assert len(lru) == 1 and lru.get("c") == "C" and dropped == ["B"]
+    assert lru.pop("c") == "C" and lru.pop("c") is None and len(lru) == 0 and dropped == ["B"]

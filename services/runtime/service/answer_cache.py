@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import time
 import unicodedata
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,29 +55,23 @@ def config_version(app: AppEntry) -> str:
 
 class MemoryBackend:
     def __init__(self, max_entries: int) -> None:
-        self.max_entries = max(max_entries, 1)
-        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._items: Lru[str, tuple[float, bytes]] = Lru(max(max_entries, 1))  # (expires at, answer)
 
     async def get(self, key: str) -> bytes | None:
         item = self._items.get(key)
         if item is None:
             return None
         if item[0] <= time.monotonic():
-            del self._items[key]
+            self._items.pop(key)
             return None
-        self._items.move_to_end(key)
         return item[1]
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
-        self._items[key] = (time.monotonic() + ttl, value)
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+        self._items.put(key, (time.monotonic() + ttl, value))
 
     async def forget_app(self, app_id: str) -> None:
         prefix = f"{app_id}:"
-        for k in [k for k in self._items if k.startswith(prefix)]:
-            del self._items[k]
+        self._items.pop_where(lambda k: k.startswith(prefix))
 
 
 class RedisBackend:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +29,7 @@ from shared.app_config import start_form, validate_form
 from shared.egress import Egress, EgressPolicy
 from shared.errors import ApiError, invalid_param, not_found
 from shared.identity import Caller
+from shared.lru import Lru
 from shared.models import Workflow, WorkflowNodeExecution, WorkflowRun, new_id, ts, utcnow
 from shared.subjects import task_events, task_stop
 from shared.workflow import Graph, parse_graph
@@ -96,8 +96,8 @@ class WorkflowService:
         self.settings = rt.ctx.settings.workflow
         self.egress = Egress(EgressPolicy.from_allowlist(rt.ctx.settings.tools.egress_allowlist))
         self.tasks: dict[str, WorkflowTask] = {}
-        self._graphs: OrderedDict[str, Graph] = OrderedDict()  # published versions never change
-        self._versions: OrderedDict[str, Workflow] = OrderedDict()
+        self._graphs: Lru[str, Graph] = Lru(256)  # published versions never change
+        self._versions: Lru[str, Workflow] = Lru(256)
 
     async def close(self) -> None:
         for t in list(self.tasks.values()):
@@ -175,9 +175,7 @@ class WorkflowService:
             async with self.rt.db.session() as s:
                 found = (await s.exec(select(Workflow).where(Workflow.id == wid))).first()
             if found is not None and found.version != "draft":
-                self._versions[wid] = found
-                if len(self._versions) > 256:
-                    self._versions.popitem(last=False)
+                self._versions.put(wid, found)
         if found is None or found.app_id != app.id:
             raise not_found("Workflow not found.")
         if found.version == "draft":
@@ -187,9 +185,8 @@ class WorkflowService:
     def _graph(self, workflow: Workflow) -> Graph:
         graph = self._graphs.get(workflow.id)
         if graph is None:
-            graph = self._graphs[workflow.id] = parse_graph(workflow.graph)
-            if len(self._graphs) > 256:
-                self._graphs.popitem(last=False)
+            graph = parse_graph(workflow.graph)
+            self._graphs.put(workflow.id, graph)
         return graph
 
     # -- the run -------------------------------------------------------------------------------------
