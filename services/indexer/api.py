@@ -18,6 +18,7 @@ from services.indexer.service.documents import DocumentService
 from services.indexer.service.metadata import MetadataService
 from services.indexer.service.retrieval import RetrievalService
 from services.indexer.service.segments import SegmentService
+from services.indexer.service.tags import TagService
 from shared.context import Context
 from shared.errors import INVALID_JSON, ApiError
 from shared.http import create_base_app
@@ -126,7 +127,39 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 def build_router(kn: Knowledge) -> APIRouter:
     r = APIRouter(prefix="/v1")
     datasets, docs, segs, search = DatasetService(kn), DocumentService(kn), SegmentService(kn), RetrievalService(kn)
-    meta = MetadataService(kn)
+    meta, tags = MetadataService(kn), TagService(kn)
+
+    # -- tags (reference §4.1); registered before /datasets/{dataset_id} so "tags" is never a dataset id ----
+    @r.get("/datasets/tags")
+    async def list_tags(t: Tenant) -> Response:
+        return json_response(await tags.list(t))  # a bare list, as Dify
+
+    @r.post("/datasets/tags")
+    async def create_tag(request: Request, t: Tenant) -> Response:
+        return json_response(await tags.create(t, await _json_body(request)))
+
+    @r.patch("/datasets/tags")
+    async def update_tag(request: Request, t: Tenant) -> Response:
+        return json_response(await tags.update(t, await _json_body(request)))
+
+    @r.delete("/datasets/tags")
+    async def delete_tag(request: Request, t: Tenant) -> Response:
+        await tags.delete(t, await _json_body(request))
+        return Response(status_code=204)
+
+    @r.post("/datasets/tags/binding")
+    async def bind_tags(request: Request, t: Tenant) -> Response:
+        await tags.bind(t, await _json_body(request))
+        return Response(status_code=204)
+
+    @r.post("/datasets/tags/unbinding")
+    async def unbind_tags(request: Request, t: Tenant) -> Response:
+        await tags.unbind(t, await _json_body(request))
+        return Response(status_code=204)
+
+    @r.get("/datasets/{dataset_id}/tags")
+    async def dataset_tags(t: Tenant, dataset_id: str) -> Response:
+        return json_response(await tags.of_dataset(t, dataset_id))
 
     # -- datasets --------------------------------------------------------------------------------------
     @r.post("/datasets")
@@ -134,8 +167,9 @@ def build_router(kn: Knowledge) -> APIRouter:
         return json_response(await datasets.create(t, body.model_dump()))
 
     @r.get("/datasets")
-    async def list_datasets(t: Tenant, page: Page = 1, limit: Limit = 20, keyword: str | None = None) -> Response:
-        return json_response(await datasets.list(t, page=page, limit=limit, keyword=keyword))
+    async def list_datasets(t: Tenant, page: Page = 1, limit: Limit = 20, keyword: str | None = None,
+                            tag_ids: Annotated[list[str] | None, Query()] = None) -> Response:
+        return json_response(await datasets.list(t, page=page, limit=limit, keyword=keyword, tag_ids=tag_ids))
 
     @r.get("/datasets/{dataset_id}")
     async def get_dataset(t: Tenant, dataset_id: str) -> Response:

@@ -19,6 +19,7 @@ from services.indexer.service.common import (
     space_for,
 )
 from services.indexer.service.core import Knowledge
+from services.indexer.service.tags import bound_to_any, tags_of, unbind_dataset
 from shared.errors import validation_message
 from shared.knowledge.models import (
     LOCAL_EMBEDDING_MODEL,
@@ -62,7 +63,7 @@ async def _counts(s: AsyncSession, ids: list[str]) -> dict[str, tuple[int, int, 
     return {i: (int(docs.get(i, 0)), int(words.get(i, 0)), int(apps.get(i, 0))) for i in ids}
 
 
-def detail(ds: Dataset, counts: tuple[int, int, int]) -> dict[str, Any]:
+def detail(ds: Dataset, counts: tuple[int, int, int], tags: list[dict[str, str]]) -> dict[str, Any]:
     rm = parse_retrieval_model(ds.retrieval_model or None, ds.indexing_technique)
     return {
         "id": ds.id, "name": ds.name, "description": ds.description, "provider": ds.provider,
@@ -71,7 +72,7 @@ def detail(ds: Dataset, counts: tuple[int, int, int]) -> dict[str, Any]:
         "word_count": counts[1], "created_by": ds.created_by, "created_at": ts(ds.created_at),
         "updated_by": ds.updated_by, "updated_at": ts(ds.updated_at),
         "embedding_model": ds.embedding_model, "embedding_model_provider": ds.embedding_model_provider,
-        "embedding_available": True, "retrieval_model_dict": rm.wire(), "tags": [], "doc_form": ds.doc_form,
+        "embedding_available": True, "retrieval_model_dict": rm.wire(), "tags": tags, "doc_form": ds.doc_form,
         "external_knowledge_info": {"external_knowledge_id": None, "external_knowledge_api_id": None,
                                     "external_knowledge_api_name": None,
                                     "external_knowledge_api_endpoint": None},
@@ -79,6 +80,10 @@ def detail(ds: Dataset, counts: tuple[int, int, int]) -> dict[str, Any]:
         "doc_metadata": [], "built_in_field_enabled": ds.built_in_field_enabled, "enable_api": ds.enable_api,
         "partial_member_list": [],
     }
+
+
+async def _detail(s: AsyncSession, ds: Dataset) -> dict[str, Any]:
+    return detail(ds, (await _counts(s, [ds.id]))[ds.id], (await tags_of(s, ds.tenant_id, [ds.id]))[ds.id])
 
 
 class DatasetService:
@@ -117,25 +122,30 @@ class DatasetService:
             except IntegrityError:
                 await s.rollback()
                 raise name_duplicate() from None
-            return detail(ds, (0, 0, 0))
+            return detail(ds, (0, 0, 0), [])
 
-    async def list(self, tenant_id: str, *, page: int, limit: int, keyword: str | None) -> dict[str, Any]:
+    async def list(self, tenant_id: str, *, page: int, limit: int, keyword: str | None,
+                   tag_ids: list[str] | None = None) -> dict[str, Any]:
         where = [Dataset.tenant_id == tenant_id]
         if keyword:
             where.append(col(Dataset.name).icontains(keyword, autoescape=True))
+        tag_ids = [t for t in tag_ids or [] if t]
+        if tag_ids:  # datasets carrying ANY of the tags, as Dify's get_target_ids_by_tag_ids
+            where.append(col(Dataset.id).in_(bound_to_any(tenant_id, tag_ids)))
         async with self.kn.db.session() as s:
             total = (await s.exec(select(func.count()).select_from(Dataset).where(*where))).one()
             rows = list(await s.exec(select(Dataset).where(*where)
                                      .order_by(col(Dataset.created_at).desc(), col(Dataset.id).desc())
                                      .offset((page - 1) * limit).limit(limit)))
             counts = await _counts(s, [d.id for d in rows])
-        return {"data": [detail(d, counts[d.id]) for d in rows], "has_more": page * limit < total,
+            tags = await tags_of(s, tenant_id, [d.id for d in rows])
+        return {"data": [detail(d, counts[d.id], tags[d.id]) for d in rows], "has_more": page * limit < total,
                 "limit": limit, "total": total, "page": page}
 
     async def get(self, tenant_id: str, dataset_id: str) -> dict[str, Any]:
         async with self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
-            return detail(ds, (await _counts(s, [ds.id]))[ds.id])
+            return await _detail(s, ds)
 
     async def update(self, tenant_id: str, dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Partial update. A new indexing technique or embedding model re-indexes every document."""
@@ -179,7 +189,7 @@ class DatasetService:
             except IntegrityError:
                 await s.rollback()
                 raise name_duplicate() from None
-            out = detail(ds, (await _counts(s, [ds.id]))[ds.id])
+            out = await _detail(s, ds)
         if reindex:
             await self.kn.vectors.delete_dataset(old_space, tenant_id, ds.id)
             for doc_id, version in reindex:
@@ -196,6 +206,7 @@ class DatasetService:
                 .where(Document.dataset_id == ds.id)))
             await s.exec(delete(DocumentSegment).where(DocumentSegment.dataset_id == ds.id))
             await s.exec(delete(Document).where(Document.dataset_id == ds.id))
+            await unbind_dataset(s, tenant_id, ds.id)
             if files:
                 await s.exec(delete(UploadFile).where(col(UploadFile.id).in_([f[0] for f in files])))
             await s.delete(ds)
