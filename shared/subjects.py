@@ -27,6 +27,15 @@ FILES_BUCKET = "plexus-files"
 KNOWLEDGE_RETRIEVE = f"{PREFIX}.knowledge.retrieve"
 KNOWLEDGE_QUEUE = "plexus-indexer"
 
+# Annotation reply vectors (docs/annotations.md), served by the indexer in KNOWLEDGE_QUEUE. Every payload names
+# {"tenant_id", "app_id", "provider", "model"} (provider/model null: the built-in embedding model).
+# upsert: + {"items": [{"id", "question"}]} → {"ok": true, "count"}; delete: + {"ids"?} (none: every
+# annotation of the app) → {"ok": true}; search: + {"query", "score_threshold", "top_k"} → {"hits": [{"id",
+# "score"}]}. Any of them may answer {"error": {"code", "message", "status"}}.
+ANNOTATION_UPSERT = f"{PREFIX}.annotations.upsert"
+ANNOTATION_DELETE = f"{PREFIX}.annotations.delete"
+ANNOTATION_SEARCH = f"{PREFIX}.annotations.search"
+
 # Tool calls, served by the tools service in a queue group; <provider> is "builtin" or a provider id.
 # Payload: {"tenant_id", "provider_type": "builtin"|"api", "provider_id", "tool", "arguments": {...}, "app_id"?}
 # Reply: {"ok": true, "output": str, "elapsed": s} or {"ok": false, "error": {"code", "message"}, "elapsed": s}:

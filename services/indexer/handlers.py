@@ -8,11 +8,19 @@ from typing import Any
 import structlog
 
 from services.indexer.service import Knowledge
+from services.indexer.service.annotations import AnnotationVectors
 from services.indexer.service.indexing import IndexWorkers
 from services.indexer.service.retrieval import RetrievalService
 from shared.context import Context
 from shared.errors import ApiError
-from shared.subjects import CONFIG_WILDCARD, KNOWLEDGE_QUEUE, KNOWLEDGE_RETRIEVE
+from shared.subjects import (
+    ANNOTATION_DELETE,
+    ANNOTATION_SEARCH,
+    ANNOTATION_UPSERT,
+    CONFIG_WILDCARD,
+    KNOWLEDGE_QUEUE,
+    KNOWLEDGE_RETRIEVE,
+)
 
 log = structlog.get_logger("plexus.indexer.handlers")
 
@@ -38,6 +46,13 @@ async def start(ctx: Context, app: Any) -> None:
     # concurrent requests overlap: embedding and vector search run off the loop, the database is async
     app.state.retrieve_sub = await ctx.bus.serve_json(KNOWLEDGE_RETRIEVE, _retrieve, queue=KNOWLEDGE_QUEUE,
                                                       concurrency=ctx.settings.knowledge.retrieve_concurrency)
+    # annotation reply vectors (service/annotations.py), answered like retrieval
+    vectors = AnnotationVectors(kn)
+    app.state.annotation_subs = [
+        await ctx.bus.serve_json(subject, _guarded(op), queue=KNOWLEDGE_QUEUE,
+                                 concurrency=ctx.settings.knowledge.retrieve_concurrency)
+        for subject, op in ((ANNOTATION_UPSERT, vectors.upsert), (ANNOTATION_DELETE, vectors.delete),
+                            (ANNOTATION_SEARCH, vectors.search))]
     await ctx.bus.subscribe_json(CONFIG_WILDCARD, _config)
     workers = IndexWorkers(kn)
     app.state.workers = workers
@@ -45,12 +60,29 @@ async def start(ctx: Context, app: Any) -> None:
     await ctx.bus.sync()
 
 
+def _guarded(op: Any) -> Any:
+    """``op``'s errors as the reply's ``error`` envelope, never a missing reply."""
+
+    async def handle(subject: str, req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await op(req)
+        except ApiError as e:
+            return {"error": e.body()}
+        except Exception as e:
+            log.exception("annotation_vectors_failed", subject=subject)
+            return {"error": {"code": "internal_server_error", "message": f"{type(e).__name__}: {e}",
+                              "status": 500}}
+
+    return handle
+
+
 async def stop(ctx: Context, app: Any) -> None:
     workers: IndexWorkers | None = getattr(app.state, "workers", None)
     if workers is not None:
         await workers.stop()
-    sub = getattr(app.state, "retrieve_sub", None)
-    if sub is not None:
+    for sub in [getattr(app.state, "retrieve_sub", None), *getattr(app.state, "annotation_subs", ())]:
+        if sub is None:
+            continue
         try:
             await sub.unsubscribe()
         except Exception:  # noqa: BLE001, S110 - closing anyway

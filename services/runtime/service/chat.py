@@ -119,10 +119,16 @@ class ChatService:
         mod = await self.moderation.for_app(app)
         # input moderation: a flagged request is answered with the preset response, without the model
         direct = await mod.check_inputs(inputs, query) if mod is not None else None
+        # annotation reply (annotations.py): a curated answer to a close enough question, without the model
+        annotated = await self.rt.annotations.match(app, query) if direct is None else None
+        if annotated is not None:
+            direct = annotated.answer
         # taken before anything else awaits: it keeps the moderator (and its client) in use until the run ends
         review = mod.output_review() if mod is not None and direct is None else None
         try:
             direct_trace: dict[str, Any] = {"moderation": {"inputs": "flagged"}} if direct is not None else {}
+            if annotated is not None:
+                direct_trace = {"annotation_reply": {"id": annotated.id, "score": annotated.score}}
             # images and documents (files.py); a blocked request fetches nothing
             attached = await self.rt.files.attach(app, end_user_id, files) if direct is None else None
             prompt_query = attached.query(query) if attached else query
@@ -234,6 +240,8 @@ class ChatService:
                 run.usage = direct_row["usage"]
                 if cached is not None:
                     run.extra_metadata["cache_hit"] = True
+                if annotated is not None:
+                    run.extra_metadata["annotation_reply"] = annotated.metadata()
                 if review is not None:  # an answer-cache hit: no model, nothing to review
                     review.close()
                 await self.rt.runs.answer_directly(run, direct)
