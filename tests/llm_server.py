@@ -20,6 +20,14 @@ Moderation (``POST /v1/moderations``): an input is flagged when it contains (cas
 ``moderation_terms``; scripts with ``endpoint="moderations"`` can fail it (``status``/``body``). Requests are
 recorded in ``moderation_requests``.
 
+Audio: ``POST /v1/audio/transcriptions`` (multipart, the file in part ``file``) answers
+``{"text": ...}``: a script's ``reply`` with ``endpoint="transcriptions"``, else ``transcription_text`` when
+set, else ``heard_text(<the bytes>)``; requests are recorded in ``transcription_requests`` with the form
+fields as ``body`` and the upload in ``file``/``filename``. ``POST /v1/audio/speech`` (JSON) answers
+``speech_bytes(input, response_format)`` with its media type (or a script's ``body`` bytes with status 200);
+scripts use ``endpoint="speech"``, requests are recorded in ``speech_requests``. For both, ``match`` is looked for in the input text (transcriptions: the
+bytes as latin-1) and ``status``/``body``/``first_delay`` apply, as for chat.
+
 The session fixture ``llm`` reaches every test through ``pytest_plugins`` in tests/conftest.py.
 """
 
@@ -72,7 +80,7 @@ class Script:
     usage: dict[str, int] | None = None  # overrides the computed usage
     match: str | None = None  # only for requests whose last user message contains this
     times: int = 1  # how many requests this script answers
-    endpoint: str = "chat"  # "chat" (chat completions), "embeddings" or "moderations"
+    endpoint: str = "chat"  # "chat" (chat completions), "embeddings", "moderations", "transcriptions", "speech"
     dim: int | None = None  # embeddings: vector size for this answer (wins over the server's default)
     # function calling: answer with these calls ({"name", "arguments": str | dict, "id"?}) after any reply
     # tokens; arguments are streamed in fragments of ``chunk_args`` characters, finish_reason "tool_calls"
@@ -87,6 +95,8 @@ class Received:
     path: str
     body: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
+    file: bytes | None = None  # transcriptions: the uploaded audio
+    filename: str | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -112,6 +122,24 @@ class Received:
         if raw and all(isinstance(x, int) for x in raw):
             return [" ".join(map(str, raw))]
         return [x if isinstance(x, str) else " ".join(map(str, x)) for x in raw]
+
+
+def heard_text(audio: bytes) -> str:
+    """The default transcription of ``audio``: its size and a digest, so a test can tell which bytes arrived."""
+    return f"heard {len(audio)} bytes {hashlib.sha256(audio).hexdigest()[:12]}"
+
+
+SPEECH_MEDIA = {"mp3": "audio/mpeg", "wav": "audio/wav", "opus": "audio/ogg", "aac": "audio/aac",
+                "flac": "audio/flac", "pcm": "audio/pcm"}
+
+
+def speech_bytes(text: str, response_format: str | None = "mp3") -> bytes:
+    """The scripted synthesis of ``text``: an ID3 header and the text for mp3, a RIFF/WAVE header and the
+    text for wav (not playable; enough for content sniffing and byte-for-byte checks)."""
+    data = text.encode()
+    if response_format == "wav":
+        return b"RIFF" + struct.pack("<I", len(data) + 4) + b"WAVE" + data
+    return b"ID3" + data
 
 
 def _text(content: Any) -> str:
@@ -148,6 +176,9 @@ class ScriptedLLM:
         self.requests: list[Received] = []
         self.embedding_requests: list[Received] = []
         self.moderation_requests: list[Received] = []
+        self.transcription_requests: list[Received] = []
+        self.speech_requests: list[Received] = []
+        self.transcription_text: str | None = None  # the text every transcription returns, when set
         self.moderation_terms: set[str] = {"forbidden-topic"}
         self.embedding_dim = 16  # default size of the scripted embeddings
         self.completed = 0  # streams sent to the end
@@ -163,6 +194,10 @@ class ScriptedLLM:
             Route("/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/moderations", self._moderations, methods=["POST"]),
             Route("/moderations", self._moderations, methods=["POST"]),
+            Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
+            Route("/audio/transcriptions", self._transcriptions, methods=["POST"]),
+            Route("/v1/audio/speech", self._speech, methods=["POST"]),
+            Route("/audio/speech", self._speech, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/models", self._models, methods=["GET"]),
         ]
@@ -180,6 +215,9 @@ class ScriptedLLM:
         self.requests.clear()
         self.embedding_requests.clear()
         self.moderation_requests.clear()
+        self.transcription_requests.clear()
+        self.speech_requests.clear()
+        self.transcription_text = None
         self.moderation_terms = {"forbidden-topic"}
         self.embedding_dim = 16
         self.completed = 0
@@ -190,7 +228,14 @@ class ScriptedLLM:
         return [r for r in self.requests if text in r.last_user]
 
     def _take(self, received: Received, endpoint: str = "chat") -> Script | None:
-        texts = received.inputs if endpoint in ("embeddings", "moderations") else [received.last_user]
+        if endpoint in ("embeddings", "moderations"):
+            texts = received.inputs
+        elif endpoint == "transcriptions":
+            texts = [(received.file or b"").decode("latin-1")]
+        elif endpoint == "speech":
+            texts = [str(received.body.get("input", ""))]
+        else:
+            texts = [received.last_user]
         for i, s in enumerate(self.scripts):
             if s.endpoint != endpoint:
                 continue
@@ -274,6 +319,42 @@ class ScriptedLLM:
                             "category_scores": {"harassment": 0.99 if flagged else 0.01}})
         return JSONResponse({"id": f"modr-{uuid.uuid4().hex[:12]}", "model": body.get("model", "scripted"),
                              "results": results})
+
+    async def _transcriptions(self, request: Request) -> Response:
+        form = await request.form()
+        upload = form.get("file")
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        data = await upload.read() if upload is not None and not isinstance(upload, str) else None
+        received = Received(request.url.path, fields, file=data,
+                            filename=getattr(upload, "filename", None))
+        self.transcription_requests.append(received)
+        script = self._take(received, "transcriptions") or Script(endpoint="transcriptions")
+        if script.first_delay:
+            await asyncio.sleep(script.first_delay)
+        if script.status != 200:
+            return self._failure(script)
+        if data is None:
+            return JSONResponse({"error": {"message": "file is required", "type": "invalid_request_error"}},
+                                status_code=400)
+        text = script.reply if script.reply is not None else self.transcription_text or heard_text(data)
+        if fields.get("response_format") == "text":
+            return Response(text, media_type="text/plain")
+        return JSONResponse({"text": text})
+
+    async def _speech(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        received = Received(request.url.path, body)
+        self.speech_requests.append(received)
+        script = self._take(received, "speech") or Script(endpoint="speech")
+        if script.first_delay:
+            await asyncio.sleep(script.first_delay)
+        if script.status != 200:
+            return self._failure(script)
+        fmt = body.get("response_format") or "mp3"
+        if isinstance(script.body, bytes):  # a provider that answers another format than asked
+            return Response(script.body, media_type="application/octet-stream")
+        return Response(speech_bytes(str(body.get("input", "")), fmt),
+                        media_type=SPEECH_MEDIA.get(fmt, "application/octet-stream"))
 
     async def _chat(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
