@@ -16,6 +16,7 @@ from services.console.auth import Auth, TokenPair
 from services.console.service import (
     accounts,
     apps,
+    default_models,
     dsl,
     keys,
     logs,
@@ -34,6 +35,7 @@ from shared.http import create_base_app
 from shared.identity import AuthError, bearer_token
 from shared.models import Account, ApiToken, App, TenantMember, ts
 from shared.plans import PlanLimits
+from shared.site import SiteUpdate, site_view
 
 AppName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
 Mode = Literal[apps.MODES]
@@ -89,6 +91,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("PUT", "/apps/{app_id}"): (E, "apps:write"),
     ("DELETE", "/apps/{app_id}"): (E, "apps:write"),
     ("POST", "/apps/{app_id}/api-enable"): (E, "apps:write"),
+    ("POST", "/apps/{app_id}/site"): (E, "apps:write"),
     ("GET", "/apps/{app_id}/model-config"): (N, "apps:read"),
     ("POST", "/apps/{app_id}/model-config"): (E, "apps:write"),
     ("POST", "/apps/imports"): (E, "apps:write"),
@@ -128,6 +131,8 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/workspaces/current/model-providers/{provider:path}/credentials/validate"): (A, "providers:write"),
     ("POST", "/workspaces/current/model-providers/{provider:path}/credentials"): (A, "providers:write"),
     ("DELETE", "/workspaces/current/model-providers/{provider:path}/credentials"): (A, "providers:write"),
+    ("GET", "/workspaces/current/default-model"): (N, "providers:read"),
+    ("POST", "/workspaces/current/default-model"): (A, "providers:write"),
     ("GET", "/workspaces/current/tool-providers"): (N, "tools:read"),
     ("GET", "/workspaces/current/tool-provider/builtin/{provider}/tools"): (N, "tools:read"),
     ("POST", "/workspaces/current/tool-provider/api/add"): (A, "tools:write"),
@@ -253,6 +258,10 @@ class ValidateBody(CredentialsBody):
     model: Short | None = None
 
 
+class DefaultModelBody(BaseModel):
+    model_settings: Any = None  # checked entry by entry by default_models.set_defaults
+
+
 Permissions = Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=32)]
 Role = Annotated[str, StringConstraints(max_length=16)]
 
@@ -315,6 +324,7 @@ def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: P
         "api_rph": app.api_rph, "api_rpd": app.api_rpd, "max_active_requests": app.max_active_requests,
         "effective_limits": plans.app_limits(app, plan), "model_config": config,
         "created_at": ts(app.created_at), "updated_at": ts(app.updated_at), "api_base_url": f"{base}/v1",
+        "site": site_view(app),  # as Dify's app detail carries it (GET /v1/site's body)
     }
 
 
@@ -413,6 +423,11 @@ async def update_app(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app
 async def delete_app(ctx: Ctx, caller: Caller, app_id: str) -> Response:
     await apps.delete_app(ctx, caller, app_id)
     return Response(status_code=204)
+
+
+@router.post("/apps/{app_id}/site")
+async def update_site(ctx: Ctx, caller: Caller, app_id: str, body: SiteUpdate) -> dict:
+    return await apps.update_site(ctx, caller, app_id, body.model_dump(exclude_unset=True))
 
 
 @router.post("/apps/{app_id}/api-enable")
@@ -714,6 +729,20 @@ async def save_credentials(ctx: Ctx, caller: Caller, provider: str, body: Creden
 @router.delete("/workspaces/current/model-providers/{provider:path}/credentials")
 async def delete_credentials(ctx: Ctx, caller: Caller, provider: str) -> dict:
     await providers.delete_credentials(ctx, caller, provider)
+    return SUCCESS
+
+
+# ---- workspace default models (the audio endpoints' speech2text and tts models; docs/audio.md) ---------
+
+
+@router.get("/workspaces/current/default-model")
+async def get_default_model(ctx: Ctx, caller: Caller, model_type: str | None = None) -> dict:
+    return await default_models.get_default(ctx, caller, model_type)
+
+
+@router.post("/workspaces/current/default-model")
+async def set_default_model(ctx: Ctx, caller: Caller, body: DefaultModelBody) -> dict:
+    await default_models.set_defaults(ctx, caller, body.model_settings)
     return SUCCESS
 
 

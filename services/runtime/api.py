@@ -69,9 +69,21 @@ class VariableBody(UserBody):
     value: Any = None
 
 
+class AnnotationBody(_Body):
+    question: Any = None  # checked by the service, for Dify's messages
+    answer: Any = None
+
+
 class RenameBody(UserBody):
     name: str | None = None
     auto_generate: bool = False
+
+
+class TextToAudioBody(UserBody):
+    message_id: str | None = None
+    text: str | None = None
+    voice: str | None = None
+    streaming: bool | None = None  # accepted; the audio comes in one response (docs/audio.md)
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -251,6 +263,15 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
         )
         return json_response({"result": "success"})
 
+    @router.get("/messages/{message_id}/suggested")
+    async def suggested(message_id: str, caller: Caller = who, user: str | None = None) -> Response:
+        return json_response({"result": "success",
+                              "data": await rt.extras.suggested(caller, message_id, user=user)})
+
+    @router.get("/app/feedbacks")
+    async def app_feedbacks(caller: Caller = who, page: int = 1, limit: int = 20) -> Response:
+        return json_response(await rt.extras.feedbacks(caller, page=page, limit=limit))
+
     @router.get("/conversations")
     async def conversations(
         user: str | None = None,
@@ -301,6 +322,27 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
             raise ApiError(400, "no_file_uploaded", "Please upload your file.")
         return json_response(await rt.files.upload(caller, parts[0].filename, parts[0].file, user), 201)
 
+    @router.post("/audio-to-text")
+    async def audio_to_text(request: Request, caller: Caller = who) -> Response:
+        part: FormFile | None = None
+        user = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=10)
+            for field in ("file", "audio_file"):  # older dify-client builds send `audio_file`
+                found = form.get(field)
+                if isinstance(found, FormFile):
+                    part = found
+                    break
+            user = form.get("user") if isinstance(form.get("user"), str) else None
+        name, ctype, data = (part.filename, part.content_type, part.file) if part else (None, None, None)
+        return json_response(await rt.audio.transcribe(caller, name, ctype, data, user))
+
+    @router.post("/text-to-audio")
+    async def text_to_audio(body: TextToAudioBody, caller: Caller = who) -> Response:
+        audio, media_type = await rt.audio.synthesize(caller, message_id=body.message_id, text=body.text,
+                                                      voice=body.voice, user=body.user)
+        return Response(audio, media_type=media_type)
+
     @router.get("/files/{file_id}/preview")
     async def preview_file(file_id: str, caller: Caller = who, as_attachment: bool = False,
                            user: str | None = None) -> Response:
@@ -323,6 +365,47 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
     @router.get("/meta")
     async def meta(caller: Caller = who) -> Response:
         return json_response(await rt.history.meta(caller))
+
+    @router.get("/site")
+    async def site(caller: Caller = who) -> Response:
+        return json_response(await rt.extras.site(caller))
+
+    # -- annotations (services/runtime/service/annotations.py, reference §2.16) -------------------------
+    @router.get("/apps/annotations")
+    async def annotations(caller: Caller = who, page: int = 1, limit: int = 20,
+                          keyword: str | None = None) -> Response:
+        return json_response(await rt.annotations.list_annotations(caller, page=page, limit=limit, keyword=keyword))
+
+    @router.post("/apps/annotations")
+    async def create_annotation(body: AnnotationBody, caller: Caller = who) -> Response:
+        return json_response(await rt.annotations.create(caller, question=body.question, answer=body.answer), 201)
+
+    @router.put("/apps/annotations/{annotation_id}")
+    async def update_annotation(annotation_id: str, body: AnnotationBody, caller: Caller = who) -> Response:
+        return json_response(await rt.annotations.update(caller, annotation_id, question=body.question,
+                                                         answer=body.answer))
+
+    @router.delete("/apps/annotations/{annotation_id}")
+    async def delete_annotation(annotation_id: str, caller: Caller = who) -> Response:
+        await rt.annotations.delete(caller, annotation_id)
+        return Response(status_code=204)
+
+    @router.post("/apps/annotation-reply/{action}")
+    async def annotation_reply(request: Request, action: str, caller: Caller = who) -> Response:
+        raw = await request.body()  # disable needs no body; the SDK sends the same three fields for both
+        data: Any = {}
+        if raw.strip():
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ApiError(400, "bad_request", INVALID_JSON) from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_param", "The request body must be a JSON object.")
+        return json_response(await rt.annotations.action(caller, action, data))
+
+    @router.get("/apps/annotation-reply/{action}/status/{job_id}")
+    async def annotation_reply_status(action: str, job_id: str, caller: Caller = who) -> Response:
+        return json_response(await rt.annotations.status(caller, action, job_id))
 
     return router
 

@@ -532,3 +532,42 @@ async def test_a_run_left_by_a_dead_replica_is_marked_failed(w: dict[str, Any]) 
     assert await runtime.sweep() >= 1
     got = (await w["c"].get(f"/v1/workflows/run/{run_id}", headers=h(key))).json()
     assert got["status"] == "failed" and "interrupted" in got["error"]
+
+
+async def test_parameters_of_graph_apps_come_from_the_start_node_and_features(w: dict[str, Any]) -> None:
+    """Reference §2.9: for workflow and advanced-chat apps the form is the Start node's, the features the
+    published workflow's; an app with nothing published is 400 app_unavailable."""
+    c, admin = w["c"], w["admin"]
+    unpublished = await new_app(w)
+    key0 = (await c.post(f"/console/api/apps/{unpublished}/api-keys", headers=admin)).json()["token"]
+    r = await c.get("/v1/parameters", headers=h(key0))
+    assert r.status_code == 400 and r.json()["code"] == "app_unavailable"
+
+    features = {"opening_statement": "Welcome!", "suggested_questions": ["What is tea?"],
+                "suggested_questions_after_answer": {"enabled": True}, "speech_to_text": {"enabled": True}}
+    first = g.start(g.text_var("topic"), g.text_var("tone", required=False, default="calm"))
+    graphs = {
+        "workflow": g.graph([first, g.end()], [g.edge(g.START, g.END)]),
+        "advanced-chat": g.graph([first, g.node(g.ANSWER, "answer", "Answer", answer="hi")],
+                                 [g.edge(g.START, g.ANSWER)]),
+    }
+    for mode, graph in graphs.items():
+        app_id = await new_app(w, mode)
+        r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin,
+                         json={"graph": graph, "features": features})
+        assert r.status_code == 200, r.text
+        r = await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=admin, json={})
+        assert r.status_code == 200, r.text
+        key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+        r = await c.get("/v1/parameters", headers=h(key))
+        assert r.status_code == 200, (mode, r.text)
+        p = r.json()
+        assert p["opening_statement"] == "Welcome!" and p["suggested_questions"] == ["What is tea?"]
+        assert p["suggested_questions_after_answer"] == {"enabled": True}
+        assert p["speech_to_text"] == {"enabled": True} and p["text_to_speech"] == {"enabled": False}
+        assert p["more_like_this"] == {"enabled": False} and p["retriever_resource"]["enabled"] is True
+        form = p["user_input_form"]
+        assert [next(iter(i)) for i in form] == ["text-input", "text-input"]
+        assert form[0]["text-input"]["variable"] == "topic" and form[0]["text-input"]["required"] is True
+        assert form[1]["text-input"]["variable"] == "tone" and form[1]["text-input"]["default"] == "calm"
+        assert p["file_upload"]["image"]["enabled"] is False and p["system_parameters"]["file_size_limit"] > 0

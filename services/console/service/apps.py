@@ -41,6 +41,7 @@ from shared.models import (
     utcnow,
 )
 from shared.settings import Settings
+from shared.site import site_view
 from shared.tool_catalog import AGENT_STRATEGIES, ToolResolutionError, resolve_agent_tools
 
 MODES = ("chat", "agent-chat", "advanced-chat", "workflow", "completion")
@@ -141,6 +142,21 @@ async def update_app(ctx: Context, p: Principal, app_id: str, changes: dict[str,
         detail = await _detail(s, app)
     await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
     return detail
+
+
+async def update_site(ctx: Context, p: Principal, app_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge validated site settings (shared/site.py SiteUpdate) into apps.site; runtimes reload the app."""
+    async with ctx.db.session() as s:
+        app = await get_app(s, p.tenant_id, app_id, for_update=True)  # read-merge-write: one at a time
+        if changes:
+            # a new dict: SQLAlchemy does not see in-place changes to a JSON column
+            app.site = {**(app.site or {}), **changes}
+            app.updated_at = utcnow()
+            await s.commit()
+        view = site_view(app)
+    if changes:
+        await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
+    return view
 
 
 async def set_api_enabled(ctx: Context, p: Principal, app_id: str, enable: bool) -> AppDetail:

@@ -17,6 +17,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy import insert
@@ -26,13 +27,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime.llm import ModelBinding, bind_model
 from services.runtime.service.agent import AgentPlan
-from services.runtime.service.errors import DEFAULT_USER
+from services.runtime.service.annotations import AnnotationReply, load_reply
+from services.runtime.service.errors import CHAT_MODES, DEFAULT_USER
 from shared.app_config import ModelConfig, load_model_config
 from shared.credentials import provider_credentials
 from shared.db import Database
 from shared.errors import forbidden
 from shared.models import Account, App, AppModelConfig, EndUser, new_id, utcnow
 from shared.settings import Settings
+from shared.site import site_view
 from shared.tool_catalog import resolve_agent_tools
 
 log = structlog.get_logger("plexus.runtime.cache")
@@ -71,6 +74,9 @@ class AppEntry:
     config_id: str | None = None  # the model-config version ``config`` is
     candidate: Variant | None = None  # a rollout's candidate version, served to ``rollout_percentage`` %
     rollout_percentage: float = 0.0
+    annotation: AnnotationReply | None = None  # annotation reply, when enabled (annotations.py)
+    enable_site: bool = True
+    site: dict[str, Any] | None = None  # GET /v1/site's body (shared/site.py), computed once per load
 
     def serving(self, pinned: str | None, key: str) -> AppEntry:
         """This entry as served to one conversation: the version it is pinned to while that version is still
@@ -163,6 +169,7 @@ class AppCache:
                 found = (await s.exec(select(AppModelConfig.id, AppModelConfig.config).where(
                     AppModelConfig.id == app.rollout_config_id, AppModelConfig.app_id == app.id))).first()
                 candidate = await self._variant(s, app, *found) if found else None
+            annotation = await load_reply(s, app.id) if app.mode in CHAT_MODES else None
         return AppEntry(
             id=app.id,
             tenant_id=app.tenant_id,
@@ -178,6 +185,9 @@ class AppCache:
             config_id=current.config_id if current else None,
             candidate=candidate,
             rollout_percentage=app.rollout_percentage if candidate else 0.0,
+            annotation=annotation,
+            enable_site=app.enable_site,
+            site=site_view(app),
         )
 
     async def _variant(self, s: AsyncSession, app: App, config_id: str, raw: dict | None) -> Variant:

@@ -13,6 +13,9 @@ import structlog
 from sqlalchemy import update
 from sqlmodel import select
 
+from services.runtime.service.annotations import AnnotationService
+from services.runtime.service.app_extras import AppExtras
+from services.runtime.service.audio import AudioService
 from services.runtime.service.cache import AppCache, AppEntry, EndUsers
 from services.runtime.service.chat import ChatService
 from services.runtime.service.files import FileService
@@ -45,6 +48,9 @@ class Runtime:
         self.chatflow = ChatflowService(self)
         self.resume = Resumer(self)
         self.files = FileService(self)
+        self.annotations = AnnotationService(self)  # annotations and annotation reply
+        self.audio = AudioService(self)  # /audio-to-text, /text-to-audio
+        self.extras = AppExtras(self)  # suggested questions, the app's feedback list, site
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # keeps fire-and-forget tasks referenced
 

@@ -330,7 +330,10 @@ class HistoryService:
         app = await self.rt.app_for(caller)
         if app.config is None:
             raise app_unavailable()
-        return parameters_view(app.config, self.rt.files.system_parameters())
+        view = parameters_view(app.config, self.rt.files.system_parameters())
+        # the app's annotation reply setting (annotations.py), not the model config, says whether it is on
+        view["annotation_reply"] = {"enabled": app.annotation is not None}
+        return view
 
     async def info(self, caller: Caller) -> dict[str, Any]:
         app = await self.rt.app_for(caller)

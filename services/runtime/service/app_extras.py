@@ -1,0 +1,204 @@
+"""The app's smaller service-API views: suggested follow-up questions (reference §2.7), the app's feedback
+list (§2.6 ``GET /app/feedbacks``) and its web-app site settings (§2.12)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlmodel import col, select
+
+from services.runtime import llm
+from services.runtime.service.errors import (
+    CHAT_MODES,
+    app_unavailable,
+    completion_request_error,
+    message_not_exists,
+    not_chat_app,
+    parse_uuid,
+    provider_not_initialize,
+    require_user,
+)
+from shared.credentials import provider_credentials
+from shared.errors import ApiError, forbidden, invalid_param
+from shared.identity import Caller
+from shared.models import Message, MessageFeedback
+
+if TYPE_CHECKING:
+    from services.runtime.service.cache import AppEntry
+    from services.runtime.service.core import Runtime
+
+log = structlog.get_logger("plexus.runtime.app_extras")
+
+# Dify's instruction (LLMGenerator.generate_suggested_questions_after_answer), asking for the conversation's
+# language explicitly: the model otherwise tends to answer in the language of the instruction.
+SUGGESTED_QUESTIONS_PROMPT = (
+    "Please help me predict the three most likely questions that the human would ask next, "
+    "keeping each question short (under 20 words).\n"
+    "MAKE SURE your output is in the SAME language as the conversation above, in particular as the "
+    "Assistant's latest response (if it is written in Chinese, your questions must be in Chinese).\n"
+    "The output must be a JSON array of strings following this schema, and nothing else:\n"
+    '["question1","question2","question3"]\n'
+)
+SUGGESTED_TURNS = 3  # the conversation's last messages (up to and including the one asked about) shown
+SUGGESTED_CHARS = 2000  # per query or answer: a long answer would cost tokens without helping much
+SUGGESTED_MAX_TOKENS = 256
+SUGGESTED_COUNT = 3
+FEEDBACKS_MAX_LIMIT = 101  # Dify's int_range(1, 101)
+FEEDBACKS_MAX_PAGE = 1_000_000  # keeps the offset inside a 64-bit integer
+
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+
+
+def suggested_disabled() -> ApiError:
+    # Dify 1.x's answer, the one the SDKs expect (newer Dify: 403 app_suggested_questions_after_answer_disabled)
+    return ApiError(400, "bad_request", "Suggested Questions Is Disabled.")
+
+
+def parse_questions(text: str) -> list[str]:
+    """The questions in a model's reply: the first JSON array of strings anywhere in it, else its non-empty
+    lines without bullets, numbering, quotes or code fences; stripped, at most three."""
+    decoder = json.JSONDecoder()
+    found: list[str] | None = None
+    for m in re.finditer(r"\[", text):
+        try:
+            value, _ = decoder.raw_decode(text, m.start())
+        except ValueError:
+            continue
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            found = value
+            if any(v.strip() for v in value):
+                break  # else keep looking: an empty array is the answer only if no other comes
+    if found is None:
+        found = []
+        for line in text.splitlines():
+            line = _BULLET.sub("", line.strip()).strip().strip('"“”\'').strip().rstrip(",").strip().strip('"')
+            if not line or line.startswith("```") or line in ("[", "]"):
+                continue
+            found.append(line)
+    return [q for q in (v.strip() for v in found) if q][:SUGGESTED_COUNT]
+
+
+def suggested_messages(turns: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """One user message: the conversation (oldest first) as Human/Assistant lines, then the instruction."""
+    lines = []
+    for query, answer in turns:
+        lines.append(f"Human: {query[:SUGGESTED_CHARS]}")
+        lines.append(f"Assistant: {answer[:SUGGESTED_CHARS]}")
+    return [{"role": "user", "content": "\n".join(lines) + "\n\n" + SUGGESTED_QUESTIONS_PROMPT}]
+
+
+def iso(dt: datetime) -> str:
+    """Dify's ``isoformat()`` of its naive UTC timestamps."""
+    return (dt.astimezone(UTC) if dt.tzinfo else dt).replace(tzinfo=None).isoformat()
+
+
+def feedback_view(f: MessageFeedback) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "app_id": f.app_id,
+        "conversation_id": f.conversation_id,
+        "message_id": f.message_id,
+        "rating": f.rating,
+        "content": f.content,
+        "from_source": f.from_source,
+        "from_end_user_id": f.from_end_user_id,
+        "from_account_id": None,  # feedback comes from end users only here (no console feedback)
+        "created_at": iso(f.created_at),
+        "updated_at": iso(f.updated_at),
+    }
+
+
+def _first_llm_model(graph: Any) -> dict[str, Any] | None:
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    for n in nodes or []:
+        data = n.get("data") if isinstance(n, dict) else None
+        if isinstance(data, dict) and data.get("type") == "llm" and isinstance(data.get("model"), dict):
+            return data["model"]
+    return None
+
+
+class AppExtras:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    # -- suggested questions ---------------------------------------------------------------------------
+    async def suggested(self, caller: Caller, message_id: str, *, user: str | None) -> list[str]:
+        session_id = require_user(user)
+        app = await self.rt.app_for(caller)
+        if app.mode not in CHAT_MODES:
+            raise not_chat_app()
+        end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id, create=False)
+        mid = parse_uuid(message_id, message_not_exists())
+        if end_user_id is None:
+            raise message_not_exists()
+        async with self.rt.db.session() as s:
+            msg = (await s.exec(select(Message.conversation_id, Message.created_at).where(
+                Message.id == mid, Message.app_id == app.id, Message.end_user_id == end_user_id))).first()
+        if msg is None:
+            raise message_not_exists()
+        enabled, binding = await self._suggest_settings(app)
+        if not enabled:
+            raise suggested_disabled()
+        async with self.rt.db.session() as s:
+            rows = (await s.exec(
+                select(Message.query, Message.answer)
+                .where(Message.conversation_id == msg[0], Message.created_at <= msg[1])
+                .order_by(col(Message.created_at).desc(), col(Message.id).desc())
+                .limit(SUGGESTED_TURNS))).all()
+        if binding is None:
+            raise provider_not_initialize()
+        turns = [(q or "", a or "") for q, a in reversed(rows)]
+        try:
+            text = await llm.complete_text(binding, suggested_messages(turns), timeout=self.rt.settings.llm_timeout,
+                                           max_tokens=SUGGESTED_MAX_TOKENS)
+        except Exception as e:  # noqa: BLE001 - any provider failure is the client's 400, as for a blocking chat
+            message = llm.error_message(e, binding.provider)
+            log.warning("suggested_questions_failed", app_id=app.id, error=message)
+            raise completion_request_error(message) from None
+        return parse_questions(text)
+
+    async def _suggest_settings(self, app: AppEntry) -> tuple[bool, llm.ModelBinding | None]:
+        """Whether the feature is on, and the model to ask: the app's model config (where /parameters reads
+        its features), or for advanced-chat the published workflow's features and its first LLM node's model."""
+        if app.config is not None:
+            return app.config.suggested_questions_after_answer.enabled, app.binding
+        if app.mode != "advanced-chat" or not app.workflow_id:
+            raise app_unavailable()
+        workflow = await self.rt.workflows._workflow(app, None)  # cached per version
+        feature = (workflow.features or {}).get("suggested_questions_after_answer")
+        if not (isinstance(feature, dict) and feature.get("enabled")):
+            return False, None
+        model = _first_llm_model(workflow.graph)
+        if model is None:
+            raise app_unavailable()
+        provider, name = str(model.get("provider") or ""), str(model.get("name") or "")
+        async with self.rt.db.session() as s:
+            creds = await provider_credentials(s, self.rt.ctx.settings.secret_key, app.tenant_id, provider)
+        if creds is None:
+            return True, None
+        return True, llm.bind_model(provider, name, creds, model.get("completion_params") or {})
+
+    # -- the app's feedback -------------------------------------------------------------------------------
+    async def feedbacks(self, caller: Caller, *, page: int, limit: int) -> dict[str, Any]:
+        if not 1 <= page <= FEEDBACKS_MAX_PAGE:
+            raise invalid_param(f"page must be between 1 and {FEEDBACKS_MAX_PAGE}", params="page")
+        if not 1 <= limit <= FEEDBACKS_MAX_LIMIT:
+            raise invalid_param(f"limit must be between 1 and {FEEDBACKS_MAX_LIMIT}", params="limit")
+        app = await self.rt.app_for(caller)
+        async with self.rt.db.session() as s:
+            rows = (await s.exec(
+                select(MessageFeedback).where(MessageFeedback.app_id == app.id)
+                .order_by(col(MessageFeedback.created_at).desc(), col(MessageFeedback.id).desc())
+                .offset((page - 1) * limit).limit(limit))).all()
+        return {"data": [feedback_view(f) for f in rows]}
+
+    # -- site ---------------------------------------------------------------------------------------------
+    async def site(self, caller: Caller) -> dict[str, Any]:
+        app = await self.rt.app_for(caller)  # the app cache: no query per call
+        if not app.enable_site or app.site is None:
+            raise forbidden("Site is disabled for this app.")
+        return dict(app.site)
