@@ -301,6 +301,11 @@ def render_prompt(template: str, inputs: dict[str, Any]) -> str:
     return PLACEHOLDER_RE.sub(_sub, template)
 
 
+# the on/off features of /parameters, in its order
+FEATURES = ("suggested_questions_after_answer", "speech_to_text", "text_to_speech", "retriever_resource",
+            "annotation_reply", "more_like_this")
+
+
 def parameters_view(config: ModelConfig, system_parameters: dict[str, int] | None = None) -> dict[str, Any]:
     """The ``GET /parameters`` body (reference §2.9); ``system_parameters``: the deployment's file limits
     (settings ``files``), Dify's defaults when not given."""
@@ -308,16 +313,43 @@ def parameters_view(config: ModelConfig, system_parameters: dict[str, int] | Non
     return {
         "opening_statement": config.opening_statement,
         "suggested_questions": config.suggested_questions,
-        "suggested_questions_after_answer": d["suggested_questions_after_answer"],
-        "speech_to_text": d["speech_to_text"],
-        "text_to_speech": d["text_to_speech"],
-        "retriever_resource": d["retriever_resource"],
-        "annotation_reply": d["annotation_reply"],
-        "more_like_this": d["more_like_this"],
+        **{name: d[name] for name in FEATURES},
         "user_input_form": [{k: v.model_dump(mode="json", exclude_none=True) for k, v in item.items()}
                             for item in config.user_input_form],
         "sensitive_word_avoidance": _moderation_view(config),
         "file_upload": config.file_upload,
+        "system_parameters": dict(system_parameters or SYSTEM_PARAMETERS),
+    }
+
+
+def graph_parameters_view(variables: list[dict[str, Any]], features: dict[str, Any],
+                          system_parameters: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``GET /parameters`` body of a workflow or advanced-chat app (reference §2.9): the start node's
+    variables as the form, the published workflow's ``features``, and ModelConfig's defaults for what those
+    lack or get wrong (a graph's features are not validated on save)."""
+    defaults = ModelConfig.model_fields
+
+    def feature(name: str) -> dict[str, Any]:
+        raw = features.get(name)
+        if isinstance(raw, dict):
+            try:
+                return Feature.model_validate(raw).model_dump(mode="json")
+            except ValueError:
+                pass
+        return defaults[name].get_default(call_default_factory=True).model_dump(mode="json")
+
+    questions = features.get("suggested_questions")
+    moderation = features.get("sensitive_word_avoidance")
+    file_upload = features.get("file_upload")
+    return {
+        "opening_statement": str(features.get("opening_statement") or ""),
+        "suggested_questions": [q for q in questions if isinstance(q, str)] if isinstance(questions, list) else [],
+        **{name: feature(name) for name in FEATURES},
+        "user_input_form": [{item.type: item.field.model_dump(mode="json", exclude_none=True)}
+                            for item in start_form(variables)],
+        "sensitive_word_avoidance": moderation if isinstance(moderation, dict) and "enabled" in moderation
+        else {"enabled": False, "type": "", "configs": []},
+        "file_upload": file_upload if isinstance(file_upload, dict) else dict(DEFAULT_FILE_UPLOAD),
         "system_parameters": dict(system_parameters or SYSTEM_PARAMETERS),
     }
 

@@ -7,6 +7,7 @@ types) and ``validate`` (the rules). Import from this package, not from the subm
 """
 
 from shared.workflow.graph import (
+    GRAPH_MODES,
     NODE_TYPES,
     SYS_VARIABLES,
     TEMPLATE_RE,
@@ -22,6 +23,7 @@ from shared.workflow.graph import (
 from shared.workflow.validate import validate_graph
 
 __all__ = [
+    "GRAPH_MODES",
     "NODE_TYPES",
     "SYS_VARIABLES",
     "TEMPLATE_RE",

@@ -130,6 +130,9 @@ class Edge:
     target_handle: str = "target"
 
 
+GRAPH_MODES = frozenset({"workflow", "advanced-chat"})  # the app modes served by a graph
+
+
 @dataclass
 class Graph:
     nodes: dict[str, Node]
@@ -147,6 +150,10 @@ class Graph:
         for node in self.nodes.values():
             if node.parent_id is not None:
                 self._kids.setdefault(node.parent_id, []).append(node)
+
+    def start_variables(self) -> list[dict[str, Any]]:
+        """The start node's input variables (the app's form)."""
+        return [v for v in self.nodes[self.start_id].data.get("variables") or [] if isinstance(v, dict)]
 
     def outgoing(self, node_id: str) -> list[Edge]:
         return list(self._out.get(node_id, ()))

@@ -15,9 +15,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.errors import invalid_param
 from shared.models import EndUser, WorkflowRun, ts
+from shared.workflow.graph import GRAPH_MODES
 
 # the app modes that have workflow runs
-WORKFLOW_LOG_MODES = ("workflow", "advanced-chat")
+WORKFLOW_LOG_MODES = GRAPH_MODES
 STATUSES = ("succeeded", "failed", "stopped", "partial-succeeded", "running")
 
 

@@ -20,9 +20,8 @@ from services.console.service.common import Principal, get_app, publish_change
 from shared.context import Context
 from shared.errors import ApiError, invalid_param
 from shared.models import App, Workflow, utcnow
-from shared.workflow import GraphError, parse_graph, validate_graph
+from shared.workflow import GRAPH_MODES, GraphError, parse_graph, validate_graph
 
-GRAPH_MODES = ("workflow", "advanced-chat")
 VAR_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,29}$")
 ENV_TYPES = ("string", "number", "secret")
 CONVERSATION_TYPES = ("string", "number", "object", "boolean", "array[string]", "array[number]", "array[object]",

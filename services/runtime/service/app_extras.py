@@ -168,7 +168,7 @@ class AppExtras:
             return app.config.suggested_questions_after_answer.enabled, app.binding
         if app.mode != "advanced-chat" or not app.workflow_id:
             raise app_unavailable()
-        workflow = await self.rt.workflows._workflow(app, None)  # cached per version
+        workflow = await self.rt.workflows.version(app)  # cached per version
         feature = (workflow.features or {}).get("suggested_questions_after_answer")
         if not (isinstance(feature, dict) and feature.get("enabled")):
             return False, None

@@ -34,7 +34,8 @@ from shared.errors import ApiError, invalid_param
 from shared.files import EXTENSION_OF_MIME, SNIFF_BYTES, UnsupportedFileType, extension_of, sniff_upload
 from shared.identity import Caller
 from shared.llm import litellm
-from shared.models import Message, TenantDefaultModel, Workflow
+from shared.models import Message, TenantDefaultModel
+from shared.workflow import GRAPH_MODES
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("plexus.runtime.audio")
 
 AUDIO_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm", "amr")  # Dify's ALLOWED_EXTENSIONS
-GRAPH_MODES = ("workflow", "advanced-chat")
 DEFAULT_VOICE = "alloy"  # OpenAI's first voice; used when neither the request nor the app names one
 # OpenAI's limit for one /audio/speech input: longer request text is refused, a longer answer is cut
 TTS_MAX_CHARS = 4096
@@ -180,11 +180,8 @@ class AudioService:
         """The app's ``name`` feature settings; 400 invalid_param ``disabled`` unless it is enabled."""
         feature: Any = None
         if app.mode in GRAPH_MODES:
-            if app.workflow_id:
-                async with self.rt.db.session() as s:
-                    features = (await s.exec(select(Workflow.features).where(
-                        Workflow.id == app.workflow_id))).first()
-                feature = (features or {}).get(name)
+            if app.workflow_id:  # the published version's features (cached per version)
+                feature = (await self.rt.workflows.published(app))[1].get(name)
         else:
             if app.config is None:
                 raise app_unavailable()

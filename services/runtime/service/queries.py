@@ -21,10 +21,11 @@ from services.runtime.service.errors import (
     require_user,
 )
 from services.runtime.service.prompt import clean_title, default_name, title_messages
-from shared.app_config import parameters_view
+from shared.app_config import graph_parameters_view, parameters_view
 from shared.errors import invalid_param, not_found
 from shared.identity import Caller
 from shared.models import Conversation, Message, MessageFeedback, new_id, ts, utcnow
+from shared.workflow import GRAPH_MODES
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -328,9 +329,13 @@ class HistoryService:
     # -- app views --------------------------------------------------------------------------------
     async def parameters(self, caller: Caller) -> dict[str, Any]:
         app = await self.rt.app_for(caller)
-        if app.config is None:
+        if app.mode in GRAPH_MODES:  # the start node's form and the published workflow's features
+            variables, features = await self.rt.workflows.published(app)
+            view = graph_parameters_view(variables, features, self.rt.files.system_parameters())
+        elif app.config is None:
             raise app_unavailable()
-        view = parameters_view(app.config, self.rt.files.system_parameters())
+        else:
+            view = parameters_view(app.config, self.rt.files.system_parameters())
         # the app's annotation reply setting (annotations.py), not the model config, says whether it is on
         view["annotation_reply"] = {"enabled": app.annotation is not None}
         return view

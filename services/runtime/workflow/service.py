@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import select
 
-from services.runtime.service.errors import parse_uuid, require_user
+from services.runtime.service.errors import app_unavailable, parse_uuid, require_user
 from services.runtime.service.runs import Channel, frame
 from services.runtime.workflow.engine import Engine, RunFailed, VariablePool
 from services.runtime.workflow.nodes import IMPLS, RunServices
@@ -32,7 +32,7 @@ from shared.identity import Caller
 from shared.lru import Lru
 from shared.models import Workflow, WorkflowNodeExecution, WorkflowRun, new_id, ts, utcnow
 from shared.subjects import task_events, task_stop
-from shared.workflow import Graph, parse_graph
+from shared.workflow import GRAPH_MODES, Graph, parse_graph
 from shared.workflow.logs import WORKFLOW_LOG_MODES, workflow_logs
 
 if TYPE_CHECKING:
@@ -125,11 +125,10 @@ class WorkflowService:
         """The version to run, its graph, and the inputs checked against its start node."""
         if inputs is None:
             raise invalid_param("inputs is required")
-        workflow = await self._workflow(app, workflow_id)
+        workflow = await self.version(app, workflow_id)
         graph = self._graph(workflow)
-        start = graph.nodes[graph.start_id]
         try:
-            return workflow, graph, validate_form(start_form(start.data.get("variables") or []), inputs)
+            return workflow, graph, validate_form(start_form(graph.start_variables()), inputs)
         except ValueError as e:
             raise invalid_param(str(e)) from None
 
@@ -162,7 +161,7 @@ class WorkflowService:
         self.tasks[task.task_id] = task
         task.task = asyncio.create_task(self._execute(task), name=f"workflow-{task.task_id}")
 
-    async def _workflow(self, app: AppEntry, workflow_id: str | None) -> Workflow:
+    async def version(self, app: AppEntry, workflow_id: str | None = None) -> Workflow:
         """The published version (or the one named); versions never change, so each is read once."""
         if workflow_id is None:
             if not app.workflow_id:
@@ -181,6 +180,14 @@ class WorkflowService:
         if found.version == "draft":
             raise ApiError(400, "draft_workflow_error", "Draft workflow cannot be run through the API; publish it.")
         return found
+
+    async def published(self, app: AppEntry) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The served version's start-node variables and features (/parameters, the audio and suggested-question
+        feature checks of graph apps); 400 app_unavailable when nothing is published."""
+        if not app.workflow_id:
+            raise app_unavailable()
+        workflow = await self.version(app)
+        return self._graph(workflow).start_variables(), workflow.features or {}
 
     def _graph(self, workflow: Workflow) -> Graph:
         graph = self._graphs.get(workflow.id)
@@ -323,7 +330,7 @@ class WorkflowService:
 
     async def get_run(self, caller: Caller, run_id: str) -> dict[str, Any]:
         app = await self.rt.app_for(caller)
-        if app.mode not in ("workflow", "advanced-chat"):
+        if app.mode not in GRAPH_MODES:
             raise not_workflow_app()
         rid = parse_uuid(run_id, not_found("Workflow run not found."))
         async with self.rt.db.session() as s:
