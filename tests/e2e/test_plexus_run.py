@@ -156,6 +156,7 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
             "pre_prompt": "You help with {{topic}}.",
             "user_input_form": [{"text-input": {"label": "Topic", "variable": "topic", "required": False}}],
             "opening_statement": "Hi!",
+            "suggested_questions_after_answer": {"enabled": True},
             "dataset_configs": {"retrieval_model": "multiple", "top_k": 2,
                                 "datasets": {"datasets": [{"dataset": {"enabled": True, "id": ds["id"]}}]}},
         })
@@ -173,6 +174,8 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
         llm.push(match="6 * 7", with_tools=True, tool_calls=[{"name": "calculator",
                                                               "arguments": {"expression": "6 * 7"}}])
         llm.push(match_last="42", reply="It is 42.")
+        # the suggested-questions call (reference §2.7) of the SDK run below
+        llm.push(match="three most likely questions", reply='Sure: ["Is green tea healthy?", "How hot?", "How long?"]')
 
     # both Dify SDKs, each in its own virtualenv, against the running server
     for sdk, python in SDKS.items():
@@ -194,6 +197,8 @@ async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None
             assert out["parameters"]["opening_statement"] == "Hi!"
         else:
             assert out["blocking"]["answer"] == "Echo: Hello from dify-client-python"
+            assert out["suggested"] == {"result": "success",
+                                        "data": ["Is green tea healthy?", "How hot?", "How long?"]}
             # the SDK's pydantic models accepted the retriever resources of the linked dataset
             resources = out["blocking"]["metadata"]["retriever_resources"]
             assert resources and resources[0]["dataset_name"] == "Handbook"

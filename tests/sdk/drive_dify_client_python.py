@@ -26,6 +26,10 @@ resp = client.chat_messages(models.ChatRequest(query="Hello from dify-client-pyt
                                                conversation_id=conversation_id))
 out["blocking"] = resp.model_dump(mode="json")
 
+# suggested questions after the answer (the app enables the feature): ChatSuggestResponse must parse
+out["suggested"] = client.suggest_messages(resp.message_id, models.ChatSuggestRequest(user=user)).model_dump(
+    mode="json")
+
 fb = client.feedback_messages(resp.message_id, models.FeedbackRequest(rating=models.Rating.LIKE, user=user))
 out["feedback"] = fb.model_dump(mode="json")
 stop = client.stop_chat_messages("00000000-0000-0000-0000-000000000000", models.StopRequest(user=user))
