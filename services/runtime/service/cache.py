@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import hashlib
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from shared.app_config import ModelConfig, load_model_config
 from shared.credentials import provider_credentials
 from shared.db import Database
 from shared.errors import forbidden
+from shared.lru import Lru
 from shared.models import Account, App, AppModelConfig, EndUser, new_id, utcnow
 from shared.settings import Settings
 from shared.site import site_view
@@ -221,14 +221,12 @@ class EndUsers:
 
     def __init__(self, db: Database, max_entries: int = 100_000) -> None:
         self.db = db
-        self.max_entries = max_entries
-        self._ids: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._ids: Lru[tuple[str, str], str] = Lru(max_entries)
 
     async def get(self, tenant_id: str, app_id: str, session_id: str, create: bool = True) -> str | None:
         key = (app_id, session_id)
         found = self._ids.get(key)
         if found is not None:
-            self._ids.move_to_end(key)
             return found
         found = await self._select(app_id, session_id)
         if found is None and create:
@@ -250,9 +248,7 @@ class EndUsers:
             except IntegrityError:  # another request or replica created it first
                 found = await self._select(app_id, session_id)
         if found is not None:
-            self._ids[key] = found
-            if len(self._ids) > self.max_entries:
-                self._ids.popitem(last=False)
+            self._ids.put(key, found)
         return found
 
     async def _select(self, app_id: str, session_id: str) -> str | None:
