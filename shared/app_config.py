@@ -325,9 +325,8 @@ def parameters_view(config: ModelConfig, system_parameters: dict[str, int] | Non
 def graph_parameters_view(variables: list[dict[str, Any]], features: dict[str, Any],
                           system_parameters: dict[str, int] | None = None) -> dict[str, Any]:
     """The ``GET /parameters`` body of a workflow or advanced-chat app (reference §2.9): the start node's
-    variables as the form, the published workflow's ``features``, and ModelConfig's defaults for what those
-    lack or get wrong (a graph's features are not validated on save)."""
-    defaults = ModelConfig.model_fields
+    variables as the form and the published workflow's ``features``; a feature they lack or get wrong (a graph's
+    features are not validated on save) is off, as in Dify's get_parameters_from_feature_dict."""
 
     def feature(name: str) -> dict[str, Any]:
         raw = features.get(name)
@@ -336,7 +335,7 @@ def graph_parameters_view(variables: list[dict[str, Any]], features: dict[str, A
                 return Feature.model_validate(raw).model_dump(mode="json")
             except ValueError:
                 pass
-        return defaults[name].get_default(call_default_factory=True).model_dump(mode="json")
+        return {"enabled": False}
 
     questions = features.get("suggested_questions")
     moderation = features.get("sensitive_word_avoidance")

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.indexer.service.tags import MAX_TAG_IDS
 from shared.models import Tenant, TenantMember
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
 from tests.support import bearer, console_admin, new_app, new_app_key
@@ -284,3 +285,14 @@ async def test_app_key_and_no_key_are_refused(kb: KB) -> None:
         for h in (app_h, {}):
             r = await kb.c.request(method, path, headers=h, json=body)
             assert err(r)[:2] == (401, "unauthorized"), (method, path)
+
+
+async def test_too_many_tag_ids_are_refused(kb: KB) -> None:
+    """A body naming more tags than any dataset needs is a 400, not one huge IN (...) the database refuses."""
+    ds, tag = await kb.dataset(), await kb.tag()
+    many = [tag["id"], *(str(uuid.uuid4()) for _ in range(MAX_TAG_IDS))]
+    r = await kb.bind(many, ds["id"])
+    assert err(r)[:2] == (400, "invalid_param")
+    r = await kb.unbind({"tag_ids": many, "target_id": ds["id"]})
+    assert err(r)[:2] == (400, "invalid_param")
+    assert (await kb.dataset_tags(ds["id"]))["total"] == 0

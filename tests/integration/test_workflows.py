@@ -565,7 +565,8 @@ async def test_parameters_of_graph_apps_come_from_the_start_node_and_features(w:
         assert p["opening_statement"] == "Welcome!" and p["suggested_questions"] == ["What is tea?"]
         assert p["suggested_questions_after_answer"] == {"enabled": True}
         assert p["speech_to_text"] == {"enabled": True} and p["text_to_speech"] == {"enabled": False}
-        assert p["more_like_this"] == {"enabled": False} and p["retriever_resource"]["enabled"] is True
+        # a feature the workflow lacks is off, retriever_resource included (Dify's get_parameters_from_feature_dict)
+        assert p["more_like_this"] == {"enabled": False} and p["retriever_resource"] == {"enabled": False}
         form = p["user_input_form"]
         assert [next(iter(i)) for i in form] == ["text-input", "text-input"]
         assert form[0]["text-input"]["variable"] == "topic" and form[0]["text-input"]["required"] is True

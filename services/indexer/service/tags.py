@@ -18,6 +18,7 @@ from shared.models import Tag, TagBinding
 
 TAG_TYPE = "knowledge"
 NAME_MAX = 50
+MAX_TAG_IDS = 1000  # per request: far more than a dataset carries, and one IN (...) every database accepts
 
 
 def tag_not_found() -> ApiError:
@@ -40,6 +41,8 @@ def _tag_ids(body: dict[str, Any]) -> list[str]:
         raise invalid("Tag IDs is required.")
     if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
         raise invalid("tag_ids must be a list of tag id strings.")
+    if len(raw) > MAX_TAG_IDS:
+        raise invalid(f"tag_ids must list at most {MAX_TAG_IDS} tags.")
     return list(dict.fromkeys(parse_id(t, tag_not_found()) for t in raw))
 
 

@@ -199,6 +199,7 @@ class AppExtras:
     # -- site ---------------------------------------------------------------------------------------------
     async def site(self, caller: Caller) -> dict[str, Any]:
         app = await self.rt.app_for(caller)  # the app cache: no query per call
-        if not app.enable_site or app.site is None:
-            raise forbidden("Site is disabled for this app.")
+        # Dify refuses only an app without a site row (or an archived workspace); enable_site is the web app's
+        if app.site is None:
+            raise forbidden("Site not found for this application.")
         return dict(app.site)

@@ -75,7 +75,6 @@ class AppEntry:
     candidate: Variant | None = None  # a rollout's candidate version, served to ``rollout_percentage`` %
     rollout_percentage: float = 0.0
     annotation: AnnotationReply | None = None  # annotation reply, when enabled (annotations.py)
-    enable_site: bool = True
     site: dict[str, Any] | None = None  # GET /v1/site's body (shared/site.py), computed once per load
 
     def serving(self, pinned: str | None, key: str) -> AppEntry:
@@ -186,7 +185,6 @@ class AppCache:
             candidate=candidate,
             rollout_percentage=app.rollout_percentage if candidate else 0.0,
             annotation=annotation,
-            enable_site=app.enable_site,
             site=site_view(app),
         )
 
