@@ -60,6 +60,36 @@ async def console_admin(c: Any, email: str = "a@example.com", password: str = "p
     return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
 
 
+def envelope(r: httpx.Response, status: int, code: str) -> str:
+    """An error answer's message, once its status and code (and the envelope's status field) are as expected."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert (body["code"], body["status"]) == (code, status), body
+    return body["message"]
+
+
+@asynccontextmanager
+async def in_other_workspace(c: Any, admin: dict[str, str], db: Database) -> AsyncIterator[str]:
+    """Inside the block the admin's current workspace is a new second one (its id is yielded); then back home."""
+    from shared.models import Tenant, TenantMember
+
+    me = (await c.get("/console/api/account/profile", headers=admin)).json()["id"]
+    async with db.session() as s:
+        ws = Tenant(name=f"other {time.monotonic_ns()}")
+        s.add(ws)
+        await s.flush()
+        s.add(TenantMember(tenant_id=ws.id, account_id=me, role="owner", current=False))
+        await s.commit()
+        ws_id = ws.id
+    home = (await c.get("/console/api/workspaces/current", headers=admin)).json()["id"]
+    switch = "/console/api/workspaces/switch"
+    assert (await c.post(switch, headers=admin, json={"tenant_id": ws_id})).status_code == 200
+    try:
+        yield ws_id
+    finally:
+        assert (await c.post(switch, headers=admin, json={"tenant_id": home})).status_code == 200
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -14,7 +14,7 @@ import pytest
 from services.runtime.service.app_extras import parse_questions
 from tests import workflow_graphs as g
 from tests.llm_server import ScriptedLLM
-from tests.support import Apps, bearer, scripted_owner
+from tests.support import Apps, bearer, envelope, scripted_owner
 
 MODEL = {"provider": "openai-compatible", "name": "scripted"}
 
@@ -22,13 +22,6 @@ MODEL = {"provider": "openai-compatible", "name": "scripted"}
 def config(suggest: bool = True, **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "pre_prompt": "You are helpful.",
             "suggested_questions_after_answer": {"enabled": suggest}, **extra}
-
-
-def envelope(r: httpx.Response, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert (body["code"], body["status"]) == (code, status), body
-    return body["message"]
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from services.indexer.service.tags import MAX_TAG_IDS
-from shared.models import Tenant, TenantMember
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
-from tests.support import bearer, console_admin, new_app, new_app_key
+from tests.support import bearer, console_admin, in_other_workspace, new_app, new_app_key
 
 
 @pytest.fixture(scope="module", params=db_params())
@@ -65,23 +64,10 @@ class KB:
 
     async def other_workspace_key(self) -> dict[str, str]:
         """Headers of a dataset key of a second workspace of the same admin."""
-        me = (await self.c.get("/console/api/account/profile", headers=self.admin)).json()["id"]
-        async with self.srv.ctx.db.session() as s:
-            ws = Tenant(name=f"other {uuid.uuid4().hex[:6]}")
-            s.add(ws)
-            await s.flush()
-            s.add(TenantMember(tenant_id=ws.id, account_id=me, role="owner", current=False))
-            await s.commit()
-            ws_id = ws.id
-        home = (await self.c.get("/console/api/workspaces/current", headers=self.admin)).json()["id"]
-        switch = "/console/api/workspaces/switch"
-        assert (await self.c.post(switch, headers=self.admin, json={"tenant_id": ws_id})).status_code == 200
-        try:
+        async with in_other_workspace(self.c, self.admin, self.srv.ctx.db):
             r = await self.c.post("/console/api/datasets/api-keys", headers=self.admin)
             assert r.status_code == 201, r.text
             return bearer(r.json()["token"])
-        finally:
-            assert (await self.c.post(switch, headers=self.admin, json={"tenant_id": home})).status_code == 200
 
 
 @pytest.fixture

@@ -26,12 +26,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shared.files import FileStore
-from shared.models import Tenant, TenantMember, UploadFile
+from shared.models import UploadFile
 from shared.settings import FilesSettings, ToolsSettings
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
 from tests.integration.gateway_env import seed_app
 from tests.llm_server import ScriptedLLM
-from tests.support import console_admin, serve
+from tests.support import console_admin, in_other_workspace, serve
 
 MB = 1024 * 1024
 FILE_UPLOAD = {"enabled": True, "allowed_file_types": ["image", "document"], "number_limits": 2,
@@ -89,25 +89,12 @@ class Apps:
 
     async def elsewhere(self, srv: LiveServer, llm: ScriptedLLM, **cfg: Any) -> dict[str, str]:
         """``create`` in a second workspace of the admin (with its own provider credentials)."""
-        me = (await self.c.get("/console/api/account/profile", headers=self.admin)).json()["id"]
-        async with srv.ctx.db.session() as s:
-            ws = Tenant(name=f"other {uuid.uuid4().hex[:6]}")
-            s.add(ws)
-            await s.flush()
-            s.add(TenantMember(tenant_id=ws.id, account_id=me, role="owner", current=False))
-            await s.commit()
-            ws_id = ws.id
-        home = (await self.c.get("/console/api/workspaces/current", headers=self.admin)).json()["id"]
-        switch = "/console/api/workspaces/switch"
-        assert (await self.c.post(switch, headers=self.admin, json={"tenant_id": ws_id})).status_code == 200
-        try:
+        async with in_other_workspace(self.c, self.admin, srv.ctx.db):
             r = await self.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
                                   headers=self.admin,
                                   json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
             assert r.status_code == 200, r.text
             return await self.create(**cfg)
-        finally:
-            assert (await self.c.post(switch, headers=self.admin, json={"tenant_id": home})).status_code == 200
 
 
 @pytest.fixture

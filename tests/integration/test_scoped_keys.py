@@ -15,14 +15,7 @@ import pytest
 from services import gateway as gateway_module
 from tests.conftest import LiveServer
 from tests.integration.gateway_env import close_context, make_context, service_app
-from tests.support import bearer, new_app, scripted_owner
-
-
-def envelope(r: httpx.Response, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert (body["code"], body["status"]) == (code, status), body
-    return body["message"]
+from tests.support import bearer, envelope, new_app, scripted_owner
 
 
 @pytest.fixture
