@@ -12,10 +12,13 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from sqlmodel import select
 
 from services.indexer.handlers import _guarded
 from services.indexer.service.annotations import AnnotationVectors
+from shared.models import App
 from shared.subjects import ANNOTATION_SEARCH, KNOWLEDGE_QUEUE
 from tests.conftest import LiveServer
 from tests.llm_server import ScriptedLLM
@@ -230,7 +233,8 @@ async def test_reply_with_builtin_model(client: httpx.AsyncClient, apps: Apps, l
     hit = await chat(client, k, "what is plexus")
     assert len(llm.requests) == calls
     assert hit["answer"] == "Plexus is a Dify-compatible backend."
-    assert hit["metadata"]["annotation_reply"] == {"id": plexus["id"], "account": None}
+    # Dify's shape: the account is always an object, "Dify user" when no console account wrote it
+    assert hit["metadata"]["annotation_reply"] == {"id": plexus["id"], "account": {"id": None, "name": "Dify user"}}
     assert hit["metadata"]["usage"]["total_tokens"] == 0
     # stored like any answer: the conversation's history shows it
     r = await client.get("/v1/messages", headers=k, params={"conversation_id": hit["conversation_id"], "user": "u1"})
@@ -240,7 +244,7 @@ async def test_reply_with_builtin_model(client: httpx.AsyncClient, apps: Apps, l
     assert len(llm.requests) == calls
     assert [e["event"] for e in events] == ["message", "message_end"]
     assert events[0]["answer"] == "Plexus is a Dify-compatible backend."
-    assert events[1]["metadata"]["annotation_reply"] == {"id": plexus["id"], "account": None}
+    assert events[1]["metadata"]["annotation_reply"] == hit["metadata"]["annotation_reply"]
 
     # a Chinese annotation and query
     zh_hit = await chat(client, k, "如何重置密码？")
@@ -354,3 +358,43 @@ async def test_enable_error_and_search_failure(client: httpx.AsyncClient, apps: 
             ANNOTATION_SEARCH, _guarded(vectors.search), queue=KNOWLEDGE_QUEUE, concurrency=4)
         await live.ctx.bus.sync()
     assert (await chat(client, k, "What is Plexus?"))["answer"] == "A backend."
+
+
+async def stored_hits(live: LiveServer, app_id: str, query: str, provider: str | None = None,
+                      model: str | None = None) -> list[dict[str, Any]]:
+    """The app's points in one embedding model's annotation space nearest ``query``, asked of the indexer."""
+    async with live.ctx.db.session() as s:
+        tenant_id = (await s.exec(select(App.tenant_id).where(App.id == app_id))).one()
+    msg = await live.ctx.bus.nc.request(ANNOTATION_SEARCH, orjson.dumps({
+        "tenant_id": tenant_id, "app_id": app_id, "provider": provider, "model": model, "query": query,
+        "score_threshold": 0.0, "top_k": 5}), timeout=30)
+    return orjson.loads(msg.data)["hits"]
+
+
+async def test_reenable_with_another_model(client: httpx.AsyncClient, apps: Apps, llm: ScriptedLLM,
+                                           live: LiveServer) -> None:
+    """Enabling again with another model: a failure leaves the reply in force answering from its vectors; a
+    success answers from the new model's vectors and only then removes the old model's."""
+    app_id, k = await apps.create("chat", CONFIG)
+    ann = await add(client, k, "What is Plexus?", "A backend.")
+    assert (await reply_job(client, k, "enable", score_threshold=0.9))["job_status"] == "completed"
+    assert [h["id"] for h in await stored_hits(live, app_id, "What is Plexus?")] == [ann["id"]]
+
+    failed = await reply_job(client, k, "enable", score_threshold=0.9, embedding_provider_name="anthropic",
+                             embedding_model_name="none")
+    assert failed["job_status"] == "error" and "credentials" in failed["error_msg"]
+    assert await parameters_enabled(client, k) is True
+    calls = len(llm.requests)
+    hit = await chat(client, k, "What is Plexus?")
+    assert hit["answer"] == "A backend." and hit["metadata"]["annotation_reply"]["id"] == ann["id"]
+    assert len(llm.requests) == calls
+    assert [h["id"] for h in await stored_hits(live, app_id, "What is Plexus?")] == [ann["id"]]
+
+    model = f"embed-{uuid.uuid4().hex[:8]}"
+    done = await reply_job(client, k, "enable", score_threshold=0.8, embedding_provider_name="openai-compatible",
+                           embedding_model_name=model)
+    assert done["job_status"] == "completed", done
+    hit = await chat(client, k, "What is Plexus?")
+    assert hit["answer"] == "A backend." and len(llm.requests) == calls
+    assert [r.inputs for r in llm.embedding_requests if r.body.get("model") == model][-1] == ["What is Plexus?"]
+    assert await stored_hits(live, app_id, "What is Plexus?") == []  # the built-in model's vectors are gone

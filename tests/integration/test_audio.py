@@ -15,7 +15,7 @@ import pytest
 from shared.settings import FilesSettings
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
 from tests.llm_server import ScriptedLLM, heard_text, speech_bytes
-from tests.support import bearer, new_app, new_app_key, scripted_owner
+from tests.support import bearer, envelope, new_app, new_app_key, scripted_owner
 from tests.workflow_graphs import linear_llm
 
 MB = 1024 * 1024
@@ -23,13 +23,6 @@ MODEL = {"provider": "openai-compatible", "name": "scripted"}
 DEFAULT_MODEL = "/console/api/workspaces/current/default-model"
 STT_ON = {"speech_to_text": {"enabled": True}}
 TTS_ON = {"text_to_speech": {"enabled": True, "voice": "nova", "language": "en-US"}}
-
-
-def envelope(r: httpx.Response, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert (body["code"], body["status"]) == (code, status), body
-    return body["message"]
 
 
 def mp3(marker: str, size: int = 0) -> bytes:
@@ -200,6 +193,21 @@ async def test_transcription_round_trip(env: Env) -> None:
         assert env.llm.transcription_requests[-1].body["model"] == "whisper-next"
     finally:
         env.llm.transcription_text = None
+
+
+async def test_transcription_of_a_blob_by_content_type(env: Env) -> None:
+    """A nameless recording is taken by its part's Content-Type: Dify's audio/<extension> types, and the
+    usual MIME names of them."""
+    _, h = await env.app(**STT_ON)
+    m4a = b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 24
+    for ctype, data in (("audio/mp3", mp3("as mp3")), ("audio/mpga", mp3("as mpga")), ("audio/m4a", m4a),
+                        ("audio/amr", b"#!AMR\n" + b"\x00" * 16), ("audio/webm; codecs=opus", b"\x1a\x45\xdf\xa3" + b"\x00" * 16),
+                        ("audio/mpeg", mp3("as mpeg")), ("audio/x-wav", wav("as x-wav"))):
+        r = await env.transcribe(h, data, name="blob", ctype=ctype)
+        assert r.status_code == 200 and r.json() == {"text": heard_text(data)}, (ctype, r.text)
+    # the type still has to match the bytes
+    envelope(await env.transcribe(h, wav("not an mp3"), name="blob", ctype="audio/mp3"), 415,
+             "unsupported_audio_type")
 
 
 async def test_transcription_size_limit_is_the_parameters_one(env: Env) -> None:

@@ -63,10 +63,10 @@ class AnnotationHit:
     id: str
     answer: str
     score: float
-    account: dict[str, Any] | None
+    account: dict[str, Any]
 
     def metadata(self) -> dict[str, Any]:
-        """``metadata.annotation_reply`` of the answer (Dify's shape; ``account`` null for an app key's)."""
+        """``metadata.annotation_reply`` of the answer, in Dify's shape."""
         return {"id": self.id, "account": self.account}
 
 
@@ -255,21 +255,28 @@ class AnnotationService:
 
     async def _run_job(self, tenant_id: str, app_id: str, job_id: str, action: str, target: AnnotationReply | None,
                        previous: AnnotationReply | None) -> None:
-        values: dict[str, Any]
         try:
             await self._job_update(app_id, job_id, job_status="processing")
             if target is not None:  # enable
-                if previous is not None and (previous.provider, previous.model) != (target.provider, target.model):
-                    # another embedding model: its space's vectors of this app would never be read again
-                    await self._request(ANNOTATION_DELETE, previous.target(tenant_id, app_id), WRITE_TIMEOUT)
                 await self._embed_all(tenant_id, app_id, target)
-                values = {"enabled": True, "score_threshold": target.score_threshold,
-                          "embedding_provider": target.provider, "embedding_model": target.model}
+                current = await self._job_update(app_id, job_id, enabled=True, score_threshold=target.score_threshold,
+                                                 embedding_provider=target.provider, embedding_model=target.model)
+                await self._announce(app_id)
+                if current and previous is not None \
+                        and (previous.provider, previous.model) != (target.provider, target.model):
+                    # the old model's vectors are never read again. Removed only once the new ones serve: a
+                    # failed enable leaves the reply in force answering from them
+                    try:
+                        await self._request(ANNOTATION_DELETE, previous.target(tenant_id, app_id), WRITE_TIMEOUT)
+                    except VectorsUnavailable as e:
+                        log.warning("annotation_old_vectors_kept", app_id=app_id, error=str(e))
             else:
                 if previous is not None:
                     await self._request(ANNOTATION_DELETE, previous.target(tenant_id, app_id), WRITE_TIMEOUT)
-                values = {"enabled": False}
-            await self._job_update(app_id, job_id, job_status="completed", **values)
+                await self._job_update(app_id, job_id, enabled=False)
+                await self._announce(app_id)
+            # last: a client that reads "completed" finds the new setting in force on this replica
+            await self._job_update(app_id, job_id, job_status="completed")
             log.info("annotation_reply_job_completed", app_id=app_id, action=action)
         except Exception as e:  # noqa: BLE001 - a job's failure is its status, read by the client
             log.warning("annotation_reply_job_failed", app_id=app_id, action=action, error=str(e))
@@ -277,13 +284,14 @@ class AnnotationService:
                 await self._job_update(app_id, job_id, job_status="error", job_error=str(e) or type(e).__name__)
             except Exception:
                 log.exception("annotation_reply_job_status_lost", app_id=app_id)
-        finally:
-            # every replica serves the new setting from its next message on
-            self.rt.apps.invalidate_app(app_id)
-            try:
-                await self.rt.bus.publish_json(config_changed("app", app_id), {"kind": "app", "id": app_id})
-            except Exception:  # noqa: BLE001 - the other replicas' cache TTL bounds the staleness
-                log.warning("annotation_config_publish_failed", app_id=app_id)
+
+    async def _announce(self, app_id: str) -> None:
+        """Every replica serves the app's setting as now saved from its next message on."""
+        self.rt.apps.invalidate_app(app_id)
+        try:
+            await self.rt.bus.publish_json(config_changed("app", app_id), {"kind": "app", "id": app_id})
+        except Exception:  # noqa: BLE001 - the other replicas' cache TTL bounds the staleness
+            log.warning("annotation_config_publish_failed", app_id=app_id)
 
     async def _embed_all(self, tenant_id: str, app_id: str, target: AnnotationReply) -> None:
         last: tuple[Any, str] | None = None
@@ -303,13 +311,14 @@ class AnnotationService:
                                                                          for _, i, qn in rows]}, WRITE_TIMEOUT)
             last = (rows[-1][0], rows[-1][1])
 
-    async def _job_update(self, app_id: str, job_id: str, **values: Any) -> None:
-        """Only while ``job_id`` is still the app's latest job: a newer one has the last word."""
+    async def _job_update(self, app_id: str, job_id: str, **values: Any) -> bool:
+        """Only while ``job_id`` is still the app's latest job (a newer one has the last word): whether it was."""
         async with self.rt.db.session() as s:
-            await s.exec(update(AppAnnotationSetting).where(AppAnnotationSetting.app_id == app_id,
-                                                            AppAnnotationSetting.job_id == job_id)
-                         .values(updated_at=utcnow(), **values))
+            result = await s.exec(update(AppAnnotationSetting).where(AppAnnotationSetting.app_id == app_id,
+                                                                     AppAnnotationSetting.job_id == job_id)
+                                  .values(updated_at=utcnow(), **values))
             await s.commit()
+        return result.rowcount > 0
 
     async def _request(self, subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
@@ -350,10 +359,10 @@ class AnnotationService:
             ann_id, answer, account_id = rows[best["id"]]
             t = MessageAnnotation.__table__
             await s.exec(update(t).where(t.c.id == ann_id).values(hit_count=t.c.hit_count + 1))
-            account = None
-            if account_id:
-                name = (await s.exec(select(Account.name).where(Account.id == account_id))).first()
-                account = {"id": account_id, "name": name or "Dify user"}
+            # Dify's: always an object, named "Dify user" when no console account wrote it (an app key's)
+            name = (await s.exec(select(Account.name).where(Account.id == account_id))).first() \
+                if account_id else None
+            account = {"id": account_id, "name": name or "Dify user"}
             await s.commit()
         return AnnotationHit(ann_id, answer, float(best["score"]), account)
 

@@ -126,7 +126,8 @@ class AudioService:
         ext = extension_of(name)
         if ext not in AUDIO_EXTENSIONS:  # a browser's recorded Blob comes as "blob" with a Content-Type
             mime = (content_type or "").split(";", 1)[0].strip().lower()
-            ext = "amr" if mime == "audio/amr" else EXTENSION_OF_MIME.get(mime, "")
+            # the usual MIME names (audio/mpeg is MP3), else Dify's rule: audio/<one of its extensions>
+            ext = EXTENSION_OF_MIME.get(mime) or (mime.removeprefix("audio/") if mime.startswith("audio/") else "")
             if ext not in AUDIO_EXTENSIONS:
                 raise unsupported_audio_type()
             name = f"{name}.{ext}"

@@ -120,7 +120,9 @@ class ChatService:
         # input moderation: a flagged request is answered with the preset response, without the model
         direct = await mod.check_inputs(inputs, query) if mod is not None else None
         # annotation reply (annotations.py): a curated answer to a close enough question, without the model
-        annotated = await self.rt.annotations.match(app, query) if direct is None else None
+        # (checked here: a chat of an app without it costs not even an await)
+        annotated = await self.rt.annotations.match(app, query) \
+            if direct is None and app.annotation is not None else None
         if annotated is not None:
             direct = annotated.answer
         # taken before anything else awaits: it keeps the moderator (and its client) in use until the run ends
