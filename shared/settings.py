@@ -81,6 +81,8 @@ class WorkflowSettings(BaseModel):
     code_memory_mb: int = Field(256, description="code node: address-space limit (MiB)")
     http_timeout: float = Field(30.0, description="http-request node: seconds unless the node sets its own")
     http_max_response_bytes: int = Field(10 * 1024 * 1024, description="http-request node: larger bodies fail the node")
+    document_extractor_chars: int = Field(
+        100_000, ge=1, description="document-extractor node: characters of text it keeps per file (the rest is cut)")
 
 
 class ToolsSettings(BaseModel):

@@ -168,7 +168,8 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
 
     async def run_workflow(body: WorkflowBody, caller: Caller, workflow_id: str | None = None) -> Response:
         task = await rt.workflows.run(caller, inputs=body.inputs, user=body.user,
-                                      streaming=body.response_mode == "streaming", workflow_id=workflow_id)
+                                      streaming=body.response_mode == "streaming", workflow_id=workflow_id,
+                                      files=body.files)
         if task.channel is not None:
             return StreamingResponse(sse(task, ping_interval), media_type="text/event-stream", headers=SSE_HEADERS)
         return json_response(await rt.workflows.result(task))

@@ -432,6 +432,10 @@ def _check_list_operator(graph: Graph, node: Node) -> None:
     _selector_set(node, "variable")
 
 
+def _check_document_extractor(graph: Graph, node: Node) -> None:
+    _selector_set(node, "variable_selector")
+
+
 def _check_aggregator(graph: Graph, node: Node) -> None:
     settings = node.data.get("advanced_settings")
     if isinstance(settings, Mapping) and settings.get("group_enabled"):
@@ -464,6 +468,7 @@ _CONFIG_CHECKS = {
     "loop": _check_container,
     "parameter-extractor": _check_extractor,
     "list-operator": _check_list_operator,
+    "document-extractor": _check_document_extractor,
     "variable-aggregator": _check_aggregator,
     "variable-assigner": _check_aggregator,
 }

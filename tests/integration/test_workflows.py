@@ -572,3 +572,26 @@ async def test_parameters_of_graph_apps_come_from_the_start_node_and_features(w:
         assert form[0]["text-input"]["variable"] == "topic" and form[0]["text-input"]["required"] is True
         assert form[1]["text-input"]["variable"] == "tone" and form[1]["text-input"]["default"] == "calm"
         assert p["file_upload"]["image"]["enabled"] is False and p["system_parameters"]["file_size_limit"] > 0
+
+
+async def test_advanced_chat_later_turns_keep_the_required_inputs(w: dict[str, Any]) -> None:
+    """Reference §2.3: an existing conversation reuses its stored inputs and ignores the request's, so a later
+    turn without the start node's required inputs is answered with the first turn's."""
+    c, admin = w["c"], w["admin"]
+    app_id = await new_app(w, "advanced-chat")
+    graph = g.graph([g.start(g.text_var("name")),
+                     g.node(g.ANSWER, "answer", "Answer", answer="Hello {{#" + g.START + ".name#}}: {{#sys.query#}}")],
+                    [g.edge(g.START, g.ANSWER)])
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin, json={"graph": graph, "features": {}})
+    assert r.status_code == 200, r.text
+    assert (await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=admin, json={})).status_code == 200
+    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+    r = await c.post("/v1/chat-messages", headers=h(key), json={"inputs": {}, "query": "one", "user": "u1"})
+    assert r.status_code == 400 and r.json()["message"] == "name is required in input form"
+    r = await c.post("/v1/chat-messages", headers=h(key), json={"inputs": {"name": "Ann"}, "query": "one", "user": "u1"})
+    assert r.status_code == 200 and r.json()["answer"] == "Hello Ann: one", r.text
+    conv = r.json()["conversation_id"]
+    for inputs in ({}, {"name": "Bob"}):  # later turns: the stored inputs, whatever the request says
+        r = await c.post("/v1/chat-messages", headers=h(key), json={
+            "inputs": inputs, "query": "two", "user": "u1", "conversation_id": conv})
+        assert r.status_code == 200 and r.json()["answer"] == "Hello Ann: two", r.text

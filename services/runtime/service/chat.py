@@ -83,11 +83,10 @@ class ChatService:
         if endpoint == "chat" and query is None:
             raise invalid_param("query is required")
         query = query or ""
-        if app.mode == "advanced-chat":  # a workflow run per message
-            if files:  # workflows take no files yet: refuse rather than drop them
-                raise invalid_param("files are not supported for advanced-chat apps yet")
+        if app.mode == "advanced-chat":  # a workflow run per message; its files become sys.files
             return await self.rt.chatflow.create(app, session_id=session_id, inputs=inputs, query=query,
-                                                 conversation_id=conversation_id, streaming=streaming)
+                                                 conversation_id=conversation_id, streaming=streaming,
+                                                 files=files)
         config = app.config
         if config is None:
             raise app_unavailable()

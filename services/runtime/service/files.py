@@ -325,10 +325,12 @@ class FileService:
             f"The model {app.binding.model} does not accept images. Use a vision model, or declare "
             '"features": ["vision"] in the app\'s model config if this model does accept them.')
 
-    async def _fetch(self, i: int, url: str, declared: str) -> tuple[Sniffed, bytes, str]:
+    async def _fetch(self, i: int | str, url: str, declared: str) -> tuple[Sniffed, bytes, str]:
         """A remote file through the SSRF guard, at most the declared type's size limit; a "custom" file at most
         the larger of the image and document limits, as only those can go to a model (audio and video are
-        refused once sniffed, so their larger limits would only let more bytes into memory)."""
+        refused once sniffed, so their larger limits would only let more bytes into memory). ``i``: the file's
+        index in ``files``, or a label for the messages (a workflow input names its variable)."""
+        where = i if isinstance(i, str) else f"files[{i}]"
         limit = self.settings.limit_bytes(declared) if declared in ("image", "document") else max(
             self.settings.limit_bytes("image"), self.settings.limit_bytes("document"))
         try:
@@ -339,14 +341,14 @@ class FileService:
                 raise file_too_large(limit) from None
             # the reason names addresses and DNS answers of the server's network: for the log only
             log.info("remote_file_not_fetched", host=url_host(url), code=e.code, reason=e.message)
-            raise invalid_param(f"files[{i}]: the file at this URL cannot be fetched.") from None
+            raise invalid_param(f"{where}: the file at this URL cannot be fetched.") from None
         if not 200 <= resp.status < 300:  # a host the guard let through: its status helps the client
-            raise invalid_param(f"files[{i}]: the file at this URL cannot be fetched (HTTP {resp.status}).")
+            raise invalid_param(f"{where}: the file at this URL cannot be fetched (HTTP {resp.status}).")
         name = remote_name(resp.url, resp.headers.get("Content-Type", ""))
         try:
             sniffed = sniff_upload(name, resp.body[:SNIFF_BYTES])
         except UnsupportedFileType as e:
-            raise unsupported(f"files[{i}]: {e}") from None
+            raise unsupported(f"{where}: {e}") from None
         if len(resp.body) > self.settings.limit_bytes(sniffed.type):
             raise file_too_large(self.settings.limit_bytes(sniffed.type))
         return sniffed, resp.body, name
@@ -380,8 +382,10 @@ class FileService:
             raise invalid_param(f"files[{i}] ({name}): {error}")
         return text
 
-    async def _parse(self, sniffed: Sniffed, src: UploadFile | bytes) -> tuple[str, str | None]:
-        """(the text, None), or ("", why the document cannot be read)."""
+    async def _parse(self, sniffed: Sniffed, src: UploadFile | bytes, chars: int | None = None
+                     ) -> tuple[str, str | None]:
+        """(the text, None), or ("", why the document cannot be read); at most ``chars`` characters (default:
+        what one message's prompt takes)."""
         with tempfile.TemporaryDirectory(prefix="plexus-doc-") as tmp:
             path = Path(tmp) / "file"
             if isinstance(src, bytes):
@@ -390,7 +394,7 @@ class FileService:
                 await self.store.get_to(src.object_name, path)
             try:  # parsing is CPU-bound: off the event loop; and stops at what the prompt takes (cut, not refused)
                 elements, _cut = await asyncio.to_thread(extract_head, path, sniffed.kind,
-                                                         self.settings.document_prompt_chars)
+                                                         chars or self.settings.document_prompt_chars)
             except (ParseError, UnsupportedFileType) as e:  # the bytes decide: the same every time
                 return "", str(e)
         return "\n\n".join(e.text for e in elements), None

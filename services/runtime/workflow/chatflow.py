@@ -31,7 +31,7 @@ from services.runtime.workflow.engine import Engine
 from services.runtime.workflow.service import WorkflowTask
 from shared.errors import ApiError, invalid_param, not_found
 from shared.identity import Caller
-from shared.models import Conversation, ConversationVariable, Message, new_id, ts, utcnow
+from shared.models import Conversation, ConversationVariable, Message, MessageFile, new_id, ts, utcnow
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -101,7 +101,7 @@ class ChatflowService:
         self.rt = rt
 
     async def create(self, app: AppEntry, *, session_id: str, inputs: Any, query: str,
-                     conversation_id: str | None, streaming: bool) -> WorkflowTask:
+                     conversation_id: str | None, streaming: bool, files: Any = None) -> WorkflowTask:
         wf = self.rt.workflows
         end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
         assert end_user_id is not None
@@ -125,12 +125,16 @@ class ChatflowService:
             inputs = dict(conv_inputs)
             parent_id = rows[0][0] if rows else None
             history = [(q, a) for _, q, a in reversed(rows) if a]
-        workflow, graph, cleaned = await wf.prepare(app, None, inputs if conv_id is None else {})
-        if conv_id is not None:
-            cleaned = inputs  # a conversation keeps the inputs it started with
+        if conv_id is None:
+            workflow, graph, cleaned = await wf.prepare(app, None, inputs, end_user_id=end_user_id)
+        else:  # a conversation keeps the inputs it started with (checked and resolved then)
+            workflow, graph = await wf.served(app)
+            cleaned = inputs
+        system_files, file_rows = await wf.files.system(app, workflow.features, files, end_user_id)
         declared = workflow.conversation_variables or []
         variables = {v["name"]: stored.get(v["id"], v.get("value")) for v in declared}
         task = wf.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
+        task.files = system_files
         new_conversation = conv_id is None
         conv_id = conv_id or new_id()
         task.chat = ChatPart(conversation_id=conv_id, message_id=new_id(), query=query,
@@ -160,6 +164,9 @@ class ChatflowService:
                 "model_provider": None, "model_id": None, "message_tokens": 0, "answer_tokens": 0, "usage": {},
                 "retriever_resources": [], "agent_thoughts": [], "trace": {}, "workflow_run_id": task.run_id,
                 "latency": 0.0, "created_at": now, "updated_at": now})
+            if file_rows:  # the message's files, as chat keeps them (GET /messages, preview)
+                await s.exec(insert(MessageFile.__table__),  # type: ignore[call-overload]
+                             params=[{**r, "id": new_id(), "message_id": task.chat.message_id} for r in file_rows])
 
         await wf.launch(task, before=rows)
         return task

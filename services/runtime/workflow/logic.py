@@ -624,6 +624,16 @@ def _lookup(selector: Any, get: Getter) -> Any:
         return MISSING
 
 
+# a File's keys as Dify's file filters name them (list-operator, if-else sub-conditions) → its value's keys
+_FILE_KEYS = {"name": "filename", "url": "remote_url"}
+
+
+def _field(item: dict[str, Any], key: str) -> Any:
+    if item.get("dify_model_identity") == "__dify__file__":
+        key = _FILE_KEYS.get(key, key)
+    return item.get(key, MISSING)
+
+
 def _sub_conditions(files: list[Any], sub: dict[str, Any], get: Getter) -> bool:
     """Dify's file-array sub-conditions: each sub-condition holds for any file (all files for "not ..."
     operators); the sub-conditions combine with the sub logical operator."""
@@ -631,7 +641,7 @@ def _sub_conditions(files: list[Any], sub: dict[str, Any], get: Getter) -> bool:
     for cond in sub.get("conditions") or []:
         key, op = str(cond.get("key") or ""), str(cond.get("comparison_operator") or "")
         expected = _render_value(cond.get("value"), get)
-        values = [f.get(key, MISSING) if isinstance(f, dict) else MISSING for f in files]
+        values = [_field(f, key) if isinstance(f, dict) else MISSING for f in files]
         if key == "extension":
             if isinstance(expected, str) and expected and not expected.startswith("."):
                 expected = "." + expected
@@ -699,7 +709,7 @@ def _item_value(item: Any, key: str | None) -> Any:
     if not key:
         return item
     if isinstance(item, dict):
-        return item.get(key, MISSING)
+        return _field(item, key)
     return MISSING
 
 

@@ -12,7 +12,7 @@ import nats.errors
 import orjson
 
 from services.runtime import llm
-from services.runtime.service.prompt import estimate_usage
+from services.runtime.service.prompt import estimate_usage, with_images
 from services.runtime.workflow import logic
 from services.runtime.workflow.engine import NodeError, NodeResult, VariablePool
 from shared.context import Context
@@ -38,6 +38,7 @@ class RunServices:
     bindings: dict[tuple[str, str, str], llm.ModelBinding] = field(default_factory=dict)
     history: list[tuple[str, str]] = field(default_factory=list)  # advanced-chat: earlier (query, answer) turns
     conversation_types: dict[str, str] = field(default_factory=dict)  # conversation variable → value_type
+    files: Any = None  # services.runtime.workflow.files.WorkflowFiles: file bytes for document-extractor, vision
 
     async def binding(self, model: dict[str, Any]) -> llm.ModelBinding:
         provider, name = str(model.get("provider") or ""), str(model.get("name") or "")
@@ -191,9 +192,39 @@ def _prompt(node: Node, pool: VariablePool, history: list[tuple[str, str]]) -> l
     return [m for m in messages if m["content"] or m["role"] == "user"]
 
 
+async def _vision(node: Node, pool: VariablePool, eng: Engine, messages: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """``vision: {enabled, configs: {variable_selector, detail}}``: the image files of that variable go to the
+    model with the last user message, as chat sends images (other files are left out, as Dify)."""
+    vision = node.data.get("vision") or {}
+    if not isinstance(vision, dict) or not vision.get("enabled"):
+        return messages
+    configs = vision.get("configs") or {}
+    value = pool.maybe(configs.get("variable_selector") or ["sys", "files"])
+    svc = _services(eng)
+    urls = []
+    for f in value if isinstance(value, list) else [value] if value is not None else []:
+        url = await svc.files.image_url(svc.tenant_id, svc.app_id, f)
+        if url is not None:
+            urls.append(url)
+    detail = configs.get("detail") if configs.get("detail") in ("high", "low", "auto") else "high"
+    return with_images(messages, urls, detail)
+
+
+def _stored(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompts as kept with the run: an image's data URL (megabytes) becomes a short placeholder."""
+    def part(p: Any) -> Any:
+        if isinstance(p, dict) and p.get("type") == "image_url":
+            return {**p, "image_url": {**p["image_url"], "url": "[image]"}}
+        return p
+
+    return [{**m, "content": [part(p) for p in m["content"]]} if isinstance(m.get("content"), list) else m
+            for m in messages]
+
+
 async def llm_node(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     binding = await _services(eng).binding(node.data.get("model") or {})
-    messages = _prompt(node, pool, _services(eng).history)
+    messages = await _vision(node, pool, eng, _prompt(node, pool, _services(eng).history))
     usage, parts, started = llm.Usage(), [], time.perf_counter()
     try:
         async for delta in llm.stream_chat(binding, messages, eng.services.ctx.settings.runtime.llm_timeout, usage):
@@ -205,7 +236,7 @@ async def llm_node(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     u = _usage(binding, usage, messages, text, started)
     return NodeResult(outputs={"text": text, "usage": u, "finish_reason": "stop"},
                       process_data={"model_mode": (node.data.get("model") or {}).get("mode", "chat"),
-                                    "prompts": messages, "usage": u, "model_provider": binding.provider,
+                                    "prompts": _stored(messages), "usage": u, "model_provider": binding.provider,
                                     "model_name": binding.model},
                       metadata=_meta(u))
 
@@ -465,10 +496,28 @@ async def assigner(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     return NodeResult(outputs={}, inputs={"items": [s for s, _, _ in items]}, process_data={"updated": changed})
 
 
+async def document_extractor(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
+    """Dify's document-extractor: ``variable_selector`` → a file (``text`` is its text) or a list of files
+    (``text`` is a list, one text per file), each cut at the workflow's document_extractor_chars."""
+    selector = node.data.get("variable_selector")
+    value = pool.maybe(selector)
+    svc, chars = _services(eng), eng.settings.document_extractor_chars
+    if value is None:
+        raise NodeError(f"no file in {'.'.join(map(str, selector or []))}")
+    if isinstance(value, list):
+        text: Any = [await svc.files.text(svc.tenant_id, svc.app_id, f, chars) for f in value]
+    else:
+        text = await svc.files.text(svc.tenant_id, svc.app_id, value, chars)
+    return NodeResult(outputs={"text": text}, inputs={"variable_selector": selector},
+                      process_data={"documents": [f.get("filename") if isinstance(f, dict) else None
+                                                  for f in (value if isinstance(value, list) else [value])]})
+
+
 IMPLS = {
     "start": start, "end": end, "answer": answer, "llm": llm_node, "if-else": if_else, "code": code,
     "template-transform": template_transform, "http-request": http_request, "tool": tool,
     "knowledge-retrieval": knowledge_retrieval, "question-classifier": question_classifier,
     "parameter-extractor": parameter_extractor, "variable-aggregator": aggregator, "variable-assigner": aggregator,
     "list-operator": list_operator, "iteration": iteration, "iteration-start": iteration_start, "assigner": assigner,
+    "document-extractor": document_extractor,
 }

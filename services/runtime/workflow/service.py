@@ -24,6 +24,7 @@ from sqlmodel import select
 from services.runtime.service.errors import app_unavailable, parse_uuid, require_user
 from services.runtime.service.runs import Channel, frame
 from services.runtime.workflow.engine import Engine, RunFailed, VariablePool
+from services.runtime.workflow.files import WorkflowFiles
 from services.runtime.workflow.nodes import IMPLS, RunServices
 from shared.app_config import start_form, validate_form
 from shared.egress import Egress, EgressPolicy
@@ -77,6 +78,7 @@ class WorkflowTask:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     chat: Any = None  # advanced-chat: services.runtime.workflow.chatflow.ChatPart
     seq: int = 0  # events emitted so far (the SSE ids)
+    files: list[dict[str, Any]] = field(default_factory=list)  # sys.files: the request's files as File values
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None and not self.finished.is_set():
@@ -98,6 +100,7 @@ class WorkflowService:
         self.tasks: dict[str, WorkflowTask] = {}
         self._graphs: Lru[str, Graph] = Lru(256)  # published versions never change
         self._versions: Lru[str, Workflow] = Lru(256)
+        self.files = WorkflowFiles(rt)  # file inputs, sys.files, and file bytes for nodes (files.py)
 
     async def close(self) -> None:
         for t in list(self.tasks.values()):
@@ -109,28 +112,33 @@ class WorkflowService:
 
     # -- starting ------------------------------------------------------------------------------------
     async def run(self, caller: Caller, *, inputs: Any, user: str | None, streaming: bool,
-                  workflow_id: str | None = None) -> WorkflowTask:
+                  workflow_id: str | None = None, files: Any = None) -> WorkflowTask:
         session_id = require_user(user)
         app = await self.rt.app_for(caller)
         if app.mode != "workflow":
             raise not_workflow_app()
-        workflow, graph, cleaned = await self.prepare(app, workflow_id, inputs)
         end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
-        assert end_user_id is not None
+        assert end_user_id is not None  # file inputs are checked against the end user's uploads
+        workflow, graph, cleaned = await self.prepare(app, workflow_id, inputs, end_user_id=end_user_id)
+        system_files, _rows = await self.files.system(app, workflow.features, files, end_user_id)
         task = self.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
+        task.files = system_files
         await self.launch(task)
         return task
 
-    async def prepare(self, app: AppEntry, workflow_id: str | None, inputs: Any) -> tuple[Workflow, Graph, dict]:
-        """The version to run, its graph, and the inputs checked against its start node."""
+    async def prepare(self, app: AppEntry, workflow_id: str | None, inputs: Any, *, end_user_id: str
+                      ) -> tuple[Workflow, Graph, dict]:
+        """The version to run, its graph, and the inputs checked against its start node (file inputs
+        resolved to File values from ``end_user_id``'s uploads or their URLs)."""
         if inputs is None:
             raise invalid_param("inputs is required")
-        workflow = await self.version(app, workflow_id)
-        graph = self._graph(workflow)
+        workflow, graph = await self.served(app, workflow_id)
+        variables = graph.start_variables()
         try:
-            return workflow, graph, validate_form(start_form(graph.start_variables()), inputs)
+            cleaned = validate_form(start_form(variables), inputs)
         except ValueError as e:
             raise invalid_param(str(e)) from None
+        return workflow, graph, await self.files.start_inputs(app, variables, cleaned, end_user_id)
 
     def new_task(self, tenant_id: str, app_id: str, workflow: Workflow, graph: Graph, inputs: dict[str, Any],
                  end_user_id: str, session_id: str, streaming: bool) -> WorkflowTask:
@@ -181,13 +189,18 @@ class WorkflowService:
             raise ApiError(400, "draft_workflow_error", "Draft workflow cannot be run through the API; publish it.")
         return found
 
+    async def served(self, app: AppEntry, workflow_id: str | None = None) -> tuple[Workflow, Graph]:
+        """The version to run (the published one unless named) and its parsed graph, both cached."""
+        workflow = await self.version(app, workflow_id)
+        return workflow, self._graph(workflow)
+
     async def published(self, app: AppEntry) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The served version's start-node variables and features (/parameters, the audio and suggested-question
         feature checks of graph apps); 400 app_unavailable when nothing is published."""
         if not app.workflow_id:
             raise app_unavailable()
-        workflow = await self.version(app)
-        return self._graph(workflow).start_variables(), workflow.features or {}
+        workflow, graph = await self.served(app)
+        return graph.start_variables(), workflow.features or {}
 
     def _graph(self, workflow: Workflow) -> Graph:
         graph = self._graphs.get(workflow.id)
@@ -224,10 +237,10 @@ class WorkflowService:
 
         env = {v["name"]: v.get("value") for v in task.workflow.environment_variables or []}
         system = {"user_id": task.session_id, "app_id": task.app_id, "workflow_id": task.workflow.id,
-                  "workflow_run_id": task.run_id, "files": []}
+                  "workflow_run_id": task.run_id, "files": task.files}
         roots: dict[str, dict[str, Any]] = {"sys": system, "env": env, task.graph.start_id: dict(task.inputs)}
         services = RunServices(ctx=self.rt.ctx, tenant_id=task.tenant_id, app_id=task.app_id,
-                               user_id=task.end_user_id, egress=self.egress)
+                               user_id=task.end_user_id, egress=self.egress, files=self.files)
         if chat is not None:
             system.update(query=chat.query, conversation_id=chat.conversation_id, dialogue_count=chat.dialogue_count)
             roots["conversation"] = chat.variables
