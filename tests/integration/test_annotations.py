@@ -1,7 +1,8 @@
 """Annotations and annotation reply (reference §2.16) through the gateway of the `all` stack: CRUD with paging,
 keyword and errors; enable/disable jobs; chat answered from a close annotation without a model call (blocking
 and streaming, hit_count), far queries and disabled reply going to the model; the built-in embedding model and a
-workspace embedding model (the scripted server's /v1/embeddings) through litellm."""
+workspace embedding model (the scripted server's /v1/embeddings) through litellm; an advanced-chat app answered
+from an annotation without running its workflow."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from sqlmodel import select
 
 from services.indexer.handlers import _guarded
 from services.indexer.service.annotations import AnnotationVectors
-from shared.models import App
+from shared.models import App, Message, WorkflowRun
 from shared.subjects import ANNOTATION_SEARCH, KNOWLEDGE_QUEUE
+from tests import workflow_graphs as g
 from tests.conftest import LiveServer
 from tests.llm_server import ScriptedLLM
-from tests.support import Apps, scripted_owner
+from tests.support import Apps, bearer, new_app, new_app_key, scripted_owner
 
 CONFIG = {"model": {"provider": "openai-compatible", "name": "scripted"}, "pre_prompt": "Be brief."}
 
@@ -63,14 +65,18 @@ async def reply_job(c: httpx.AsyncClient, k: dict[str, str], action: str, **body
         await asyncio.sleep(0.05)
 
 
-async def chat(c: httpx.AsyncClient, k: dict[str, str], query: str, user: str = "u1") -> dict[str, Any]:
-    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {}, "query": query, "user": user})
+async def chat(c: httpx.AsyncClient, k: dict[str, str], query: str, user: str = "u1",
+               conversation_id: str | None = None) -> dict[str, Any]:
+    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {}, "query": query, "user": user,
+                                                           "conversation_id": conversation_id})
     assert r.status_code == 200, r.text
     return r.json()
 
 
-async def stream(c: httpx.AsyncClient, k: dict[str, str], query: str, user: str = "u1") -> list[dict[str, Any]]:
-    body = {"inputs": {}, "query": query, "user": user, "response_mode": "streaming"}
+async def stream(c: httpx.AsyncClient, k: dict[str, str], query: str, user: str = "u1",
+                 conversation_id: str | None = None) -> list[dict[str, Any]]:
+    body = {"inputs": {}, "query": query, "user": user, "response_mode": "streaming",
+            "conversation_id": conversation_id}
     async with c.stream("POST", "/v1/chat-messages", headers=k, json=body) as s:
         assert s.status_code == 200
         return [json.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
@@ -398,3 +404,101 @@ async def test_reenable_with_another_model(client: httpx.AsyncClient, apps: Apps
     assert hit["answer"] == "A backend." and len(llm.requests) == calls
     assert [r.inputs for r in llm.embedding_requests if r.body.get("model") == model][-1] == ["What is Plexus?"]
     assert await stored_hits(live, app_id, "What is Plexus?") == []  # the built-in model's vectors are gone
+
+
+# -- annotation reply in advanced-chat apps ---------------------------------------------------------------
+
+
+async def chatflow_app(c: httpx.AsyncClient, apps: Apps) -> tuple[str, dict[str, str]]:
+    """An advanced-chat app publishing tests/workflow_graphs.py's chatflow (turns += 1, an LLM with memory)."""
+    app_id = await new_app(c, apps.h, "advanced-chat", prefix="ann-chatflow")
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=apps.h, json={
+        "graph": g.chatflow(), "features": {}, "conversation_variables": g.CONVERSATION_VARIABLES})
+    assert r.status_code == 200, r.text
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=apps.h, json={})
+    assert r.status_code == 200, r.text
+    return app_id, bearer(await new_app_key(c, apps.h, app_id))
+
+
+async def turns(c: httpx.AsyncClient, k: dict[str, str], conversation_id: str) -> str:
+    r = await c.get(f"/v1/conversations/{conversation_id}/variables", headers=k, params={"user": "u1"})
+    assert r.status_code == 200, r.text
+    (var,) = r.json()["data"]
+    assert var["name"] == "turns"
+    return var["value"]
+
+
+async def test_reply_in_advanced_chat(client: httpx.AsyncClient, apps: Apps, llm: ScriptedLLM,
+                                      live: LiveServer) -> None:
+    app_id, k = await chatflow_app(client, apps)
+    ann = await add(client, k, "What is Plexus?", "Plexus is a Dify-compatible backend.")
+    assert (await reply_job(client, k, "enable", score_threshold=0.85))["job_status"] == "completed"
+    assert await parameters_enabled(client, k) is True
+    reply = {"id": ann["id"], "account": {"id": None, "name": "Dify user"}}
+    calls = len(llm.requests)
+
+    # streaming, a close query: the annotation answers; no model call and no workflow events (none ran)
+    events = await stream(client, k, "what is plexus")
+    assert len(llm.requests) == calls
+    assert [e["event"] for e in events] == ["message", "message_end"], events
+    conv, msg = events[0]["conversation_id"], events[0]["message_id"]
+    assert uuid.UUID(conv) and uuid.UUID(msg)
+    assert all(e["conversation_id"] == conv and e["message_id"] == msg and e["id"] == msg for e in events)
+    assert events[0]["answer"] == "Plexus is a Dify-compatible backend."
+    assert events[0]["task_id"] == events[1]["task_id"]
+    assert events[1]["metadata"]["annotation_reply"] == reply
+    usage = events[1]["metadata"]["usage"]
+    assert usage["total_tokens"] == 0 and float(usage["total_price"]) == 0 and len(usage) == 12
+    # the new conversation has its conversation variables, at their defaults
+    assert await turns(client, k, conv) == "0"
+
+    # blocking: the usual advanced-chat body
+    hit = await chat(client, k, "Tell me what Plexus is")
+    assert len(llm.requests) == calls
+    assert set(hit) == {"event", "task_id", "id", "message_id", "conversation_id", "mode", "answer", "metadata",
+                        "created_at"}
+    assert hit["event"] == "message" and hit["mode"] == "advanced-chat" and hit["id"] == hit["message_id"]
+    assert hit["answer"] == "Plexus is a Dify-compatible backend." and hit["conversation_id"] != conv
+    assert hit["metadata"]["annotation_reply"] == reply and hit["metadata"]["usage"]["total_tokens"] == 0
+
+    # a far query in the conversation the hit started runs the workflow; its memory holds the annotated turn
+    far = await stream(client, k, "How do I bake sourdough bread?", conversation_id=conv)
+    kinds = [e["event"] for e in far]
+    assert kinds[0] == "workflow_started" and "workflow_finished" in kinds and "message_end" in kinds, kinds
+    assert "".join(e["answer"] for e in far if e["event"] == "message") == \
+        "Turn 1: Echo: How do I bake sourdough bread?"
+    assert all(e["conversation_id"] == conv for e in far)
+    end = next(e for e in far if e["event"] == "message_end")
+    assert "annotation_reply" not in end["metadata"]
+    assert len(llm.requests) == calls + 1
+    sent = llm.requests[-1].messages
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert (sent[1]["content"], sent[2]["content"]) == ("what is plexus", "Plexus is a Dify-compatible backend.")
+    assert await turns(client, k, conv) == "1"
+
+    # a hit in the existing conversation keeps it and leaves its variables alone
+    again = await chat(client, k, "what is Plexus?", conversation_id=conv)
+    assert again["conversation_id"] == conv and again["answer"] == "Plexus is a Dify-compatible backend."
+    assert again["metadata"]["annotation_reply"] == reply and len(llm.requests) == calls + 1
+    assert await turns(client, k, conv) == "1"
+    r = await client.get("/v1/messages", headers=k, params={"conversation_id": conv, "user": "u1"})
+    assert r.status_code == 200, r.text
+    assert [(m["query"], m["answer"]) for m in r.json()["data"]] == [
+        ("what is plexus", "Plexus is a Dify-compatible backend."),
+        ("How do I bake sourdough bread?", "Turn 1: Echo: How do I bake sourdough bread?"),
+        ("what is Plexus?", "Plexus is a Dify-compatible backend.")]
+
+    assert {a["id"]: a["hit_count"] for a in (await listing(client, k))["data"]} == {ann["id"]: 3}
+    # stored final, and only the far query made a workflow run
+    async with live.ctx.db.session() as s:
+        runs = (await s.exec(select(WorkflowRun.id).where(WorkflowRun.app_id == app_id))).all()
+        stored = (await s.exec(select(Message.status, Message.workflow_run_id, Message.message_tokens).where(
+            Message.app_id == app_id, Message.id.in_([msg, hit["id"], again["id"]])))).all()
+    assert len(runs) == 1 and runs[0] == far[0]["workflow_run_id"]
+    assert sorted(stored) == [("normal", None, 0)] * 3
+
+    # reply off: the workflow answers the annotated question
+    assert (await reply_job(client, k, "disable"))["job_status"] == "completed"
+    off = await chat(client, k, "What is Plexus?")
+    assert off["answer"] == "Turn 1: Echo: What is Plexus?" and "annotation_reply" not in off["metadata"]
+    assert len(llm.requests) == calls + 2

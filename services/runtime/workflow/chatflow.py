@@ -4,11 +4,13 @@ The user's query is ``sys.query``; answer nodes stream ``message`` events; the r
 ``message_end`` and ``workflow_finished`` (a failed run: ``workflow_finished`` then ``error``). A
 conversation keeps its inputs, its history (LLM nodes with memory see earlier turns) and its
 conversation variables, which assigner nodes change and the API reads and updates (reference §2.8).
+With annotation reply on, a close enough annotation answers instead of a run (docs/annotations.md).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from sqlalchemy import insert, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.runtime import llm
 from services.runtime.service.chat import INSERT_CONVERSATION, INSERT_MESSAGE
 from services.runtime.service.errors import (
     completion_request_error,
@@ -26,6 +29,7 @@ from services.runtime.service.errors import (
 )
 from services.runtime.service.prompt import default_name
 from services.runtime.service.queries import users_conversations
+from services.runtime.service.runs import Run
 from services.runtime.workflow import logic
 from services.runtime.workflow.engine import Engine
 from services.runtime.workflow.service import WorkflowTask
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from services.runtime.service.core import Runtime
 
 VARIABLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+# an annotation reply calls no model: its zero usage is priced by no binding
+NO_MODEL = llm.ModelBinding(provider="", model="", kwargs={})
 
 
 @dataclass
@@ -101,7 +107,8 @@ class ChatflowService:
         self.rt = rt
 
     async def create(self, app: AppEntry, *, session_id: str, inputs: Any, query: str,
-                     conversation_id: str | None, streaming: bool, files: Any = None) -> WorkflowTask:
+                     conversation_id: str | None, streaming: bool, files: Any = None) -> WorkflowTask | Run:
+        started = time.perf_counter()
         wf = self.rt.workflows
         end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
         assert end_user_id is not None
@@ -141,6 +148,14 @@ class ChatflowService:
                              dialogue_count=len(history) + 1, variables=variables,
                              types={v["name"]: v.get("value_type", "string") for v in declared},
                              ids={v["name"]: v["id"] for v in declared}, history=history, rt=self.rt)
+        # annotation reply, checked before the graph as Dify does: a hit is the answer, stored final at once,
+        # and no workflow runs (no run row, no workflow events). No await while reply is off
+        hit = await self.rt.annotations.match(app, query) if app.annotation is not None else None
+        direct: dict[str, Any] = {}
+        if hit is not None:
+            usage = llm.dify_usage(NO_MODEL, 0, 0, time.perf_counter() - started)
+            direct = {"answer": hit.answer, "status": "normal", "usage": usage, "latency": usage["latency"],
+                      "workflow_run_id": None, "trace": {"annotation_reply": {"id": hit.id, "score": hit.score}}}
 
         async def rows(s: AsyncSession) -> None:
             now = utcnow()
@@ -163,13 +178,25 @@ class ChatflowService:
                 "inputs": cleaned, "query": query, "answer": "", "status": "running", "error": None,
                 "model_provider": None, "model_id": None, "message_tokens": 0, "answer_tokens": 0, "usage": {},
                 "retriever_resources": [], "agent_thoughts": [], "trace": {}, "workflow_run_id": task.run_id,
-                "latency": 0.0, "created_at": now, "updated_at": now})
+                "latency": 0.0, "created_at": now, "updated_at": now, **direct})
             if file_rows:  # the message's files, as chat keeps them (GET /messages, preview)
                 await s.exec(insert(MessageFile.__table__),  # type: ignore[call-overload]
                              params=[{**r, "id": new_id(), "message_id": task.chat.message_id} for r in file_rows])
 
-        await wf.launch(task, before=rows)
-        return task
+        if hit is None:
+            await wf.launch(task, before=rows)
+            return task
+        async with self.rt.db.session() as s:
+            await rows(s)
+            await s.commit()
+        # answered like a basic chat's direct answer: `message` and `message_end`, the advanced-chat blocking body
+        run = Run(task_id=task.task_id, message_id=task.chat.message_id, conversation_id=conv_id, app_id=app.id,
+                  end_user_id=end_user_id, session_id=session_id, mode=app.mode, created_at=task.created_at,
+                  binding=NO_MODEL, messages=[], channel=task.channel, tenant_id=app.tenant_id)
+        run.usage = direct["usage"]
+        run.extra_metadata["annotation_reply"] = hit.metadata()
+        await self.rt.runs.answer_directly(run, hit.answer)
+        return run
 
     async def result(self, task: WorkflowTask) -> dict[str, Any]:
         await task.finished.wait()
