@@ -241,6 +241,13 @@ def load_model_config(data: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
     return ModelConfig.model_validate(data, context={_IGNORED: ignored}), ignored
 
 
+def load_moderation(data: Any) -> tuple[SensitiveWordAvoidance, list[str]]:
+    """A graph app's ``sensitive_word_avoidance`` feature (its published workflow's ``features``, not validated
+    on save), as leniently as ``load_model_config``: an unusable one is moderation off, the reason listed."""
+    ignored: list[str] = []
+    return SensitiveWordAvoidance.model_validate(data, context={_IGNORED: ignored}), ignored
+
+
 def validate_inputs(config: ModelConfig, inputs: dict[str, Any]) -> dict[str, Any]:
     """Clean ``inputs`` against the form with Dify's messages (ValueError → 400 invalid_param)."""
     return validate_form(config.form(), inputs)

@@ -1,4 +1,6 @@
-"""Sensitive-word moderation of chat/completion runs (Dify's ``sensitive_word_avoidance``, docs/moderation.md).
+"""Sensitive-word moderation (Dify's ``sensitive_word_avoidance``, docs/moderation.md) of chat, completion and
+agent runs, and of graph apps (advanced-chat: inputs and the answer stream; workflow: inputs), whose setting is
+a feature of the workflow version they run.
 
 - Input review, before anything else runs: the query and every input value. Flagged → the run answers
   ``inputs_config.preset_response`` without calling the model.
@@ -31,6 +33,7 @@ import structlog
 
 from services.runtime import llm
 from services.runtime.service.errors import completion_request_error, provider_not_initialize
+from shared.app_config import load_moderation
 from shared.credentials import provider_credentials
 from shared.lru import Lru
 
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
     from shared.app_config import ModerationSettings, SensitiveWordAvoidance
     from shared.context import Context
+    from shared.models import Workflow
 
 log = structlog.get_logger("plexus.runtime.moderation")
 
@@ -275,32 +279,60 @@ def _digest(swa: SensitiveWordAvoidance) -> str:
 
 @dataclass(slots=True)
 class _Cached:
-    config: Any  # the parsed config object it was last checked against
+    config: Any  # the parsed config object (graph apps: the features dict) it was last checked against
     digest: str  # of the moderation setting
     credentials: str | None  # digest of the credentials the moderator's client was built with
-    mod: Moderator
+    mod: Moderator | None  # None: a graph app's stored setting is unusable, so moderation is off
+
+
+def _retire(c: _Cached) -> None:
+    if c.mod is not None:
+        c.mod.retire()
 
 
 class ModerationService:
-    """Moderators per app config version (app id, config id), least recently used first out beyond
-    ``MAX_MODERATORS``. When the app cache loads the app again (every ``app_cache_seconds``, or at once after a
-    config or provider change) the entry is checked, not rebuilt: the same moderation setting and, for the
-    moderation model, the same credentials (one indexed query) keep the moderator and its client. A moderator
-    dropped (changed, evicted, its app deleted) is retired: its client is closed once no review uses it."""
+    """Moderators per app config version (app id, config id; graph apps: app id, workflow version id), least
+    recently used first out beyond ``MAX_MODERATORS``. When the app cache loads the app again (every
+    ``app_cache_seconds``, or at once after a config or provider change) the entry is checked, not rebuilt:
+    the same moderation setting and, for the moderation model, the same credentials (one indexed query) keep
+    the moderator and its client. A moderator dropped (changed, evicted, its app deleted) is retired: its
+    client is closed once no review uses it."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._entries: Lru[tuple[str, str | None], _Cached] = Lru(MAX_MODERATORS, lambda c: c.mod.retire())
+        self._entries: Lru[tuple[str, str | None], _Cached] = Lru(MAX_MODERATORS, _retire)
 
-    async def for_app(self, app: AppEntry) -> Moderator | None:
-        cfg = app.config
-        if cfg is None or not cfg.sensitive_word_avoidance.enabled:
+    async def for_app(self, app: AppEntry, workflow: Workflow | None = None) -> Moderator | None:
+        """The moderator of the app's model config, or of a graph app's ``workflow`` (the version it runs:
+        Dify keeps a graph app's moderation in the workflow's ``features``); None when moderation is off."""
+        cfg: Any = app.config
+        if cfg is not None:
+            if not cfg.sensitive_word_avoidance.enabled:
+                return None
+            key = (app.id, app.config_id)
+            hit = self._entries.get(key)
+            if hit is not None and hit.config is cfg:
+                return hit.mod
+            swa = cfg.sensitive_word_avoidance
+        elif workflow is not None:
+            cfg = workflow.features or {}
+            raw = cfg.get("sensitive_word_avoidance")
+            if not isinstance(raw, dict) or not raw.get("enabled"):
+                return None  # off: no lookup, no validation
+            key = (app.id, workflow.id)
+            hit = self._entries.get(key)
+            if hit is not None and hit.config is cfg:  # a published version never changes
+                return hit.mod
+            swa, ignored = load_moderation(raw)
+            for why in ignored:  # served without moderation rather than refused, as a model config is
+                log.warning("app_config_setting_ignored", app_id=app.id, workflow_id=workflow.id, error=why)
+            if not swa.enabled:
+                if hit is not None:
+                    _retire(hit)
+                self._entries.put(key, _Cached(cfg, "", None, None))
+                return None
+        else:
             return None
-        key = (app.id, app.config_id)
-        hit = self._entries.get(key)
-        if hit is not None and hit.config is cfg:
-            return hit.mod
-        swa = cfg.sensitive_word_avoidance
         s: ModerationSettings = swa.settings()
         creds = fingerprint = None
         if swa.type != "keywords":
@@ -310,19 +342,19 @@ class ModerationService:
                 fingerprint = hashlib.sha256(orjson.dumps(creds, option=orjson.OPT_SORT_KEYS)).hexdigest()
         digest = _digest(swa)
         hit = self._entries.get(key)  # again: another request may have checked it meanwhile
-        if hit is not None and hit.digest == digest and hit.credentials == fingerprint:
+        if hit is not None and hit.mod is not None and hit.digest == digest and hit.credentials == fingerprint:
             hit.config = cfg
             return hit.mod
         mod = self._build(s, swa.type, creds)
         if hit is not None:
-            hit.mod.retire()
+            _retire(hit)
         self._entries.put(key, _Cached(cfg, digest, fingerprint, mod))
         return mod
 
     def forget_app(self, app_id: str) -> None:
         """The app was deleted: drop its moderators."""
         for entry in self._entries.pop_where(lambda k: k[0] == app_id):
-            entry.mod.retire()
+            _retire(entry)
 
     def _build(self, s: ModerationSettings, kind: str, creds: dict[str, Any] | None) -> Moderator:
         assert s.inputs_config is not None and s.outputs_config is not None

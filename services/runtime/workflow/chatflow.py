@@ -59,6 +59,7 @@ class ChatPart:
     usage: dict[str, Any] | None = None
     answer: str = ""
     rt: Any = None
+    review: Any = None  # moderation.OutputReview of the answer stream (service.py feeds it every delta)
 
     def metadata(self) -> dict[str, Any]:
         return {"usage": self.usage, "retriever_resources": []}
@@ -68,6 +69,8 @@ class ChatPart:
         self.usage = _usage(engine, task.elapsed)
         self.answer = "".join(engine.answer_parts)
         status = {"succeeded": "normal", "partial-succeeded": "normal", "stopped": "stopped"}.get(task.status, "error")
+        if self.review is not None and self.review.flagged:  # output moderation: the preset replaces it all
+            self.answer, status = self.review.preset, "normal"  # a whole answer, as a moderated chat's
         now = utcnow()
         async with self.rt.db.session() as s:
             await s.exec(update(Message.__table__).where(Message.__table__.c.id == self.message_id).values(
@@ -137,7 +140,12 @@ class ChatflowService:
         else:  # a conversation keeps the inputs it started with (checked and resolved then)
             workflow, graph = await wf.served(app)
             cleaned = inputs
-        system_files, file_rows = await wf.files.system(app, workflow.features, files, end_user_id)
+        # sensitive-word moderation, from the version's features (moderation.py), before the annotation lookup
+        # and the graph as chat.py orders it: a flagged request is answered with the preset, no run
+        mod = await self.rt.chat.moderation.for_app(app, workflow)
+        flagged = await mod.check_inputs(cleaned, query) if mod is not None else None
+        system_files, file_rows = await wf.files.system(app, workflow.features, files, end_user_id) \
+            if flagged is None else ([], [])  # a blocked request fetches nothing
         declared = workflow.conversation_variables or []
         variables = {v["name"]: stored.get(v["id"], v.get("value")) for v in declared}
         task = wf.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
@@ -150,12 +158,16 @@ class ChatflowService:
                              ids={v["name"]: v["id"] for v in declared}, history=history, rt=self.rt)
         # annotation reply, checked before the graph as Dify does: a hit is the answer, stored final at once,
         # and no workflow runs (no run row, no workflow events). No await while reply is off
-        hit = await self.rt.annotations.match(app, query) if app.annotation is not None else None
+        hit = await self.rt.annotations.match(app, query) \
+            if flagged is None and app.annotation is not None else None
         direct: dict[str, Any] = {}
-        if hit is not None:
+        if flagged is not None:
+            direct = {"answer": flagged, "trace": {"moderation": {"inputs": "flagged"}}}
+        elif hit is not None:
+            direct = {"answer": hit.answer, "trace": {"annotation_reply": {"id": hit.id, "score": hit.score}}}
+        if direct:
             usage = llm.dify_usage(NO_MODEL, 0, 0, time.perf_counter() - started)
-            direct = {"answer": hit.answer, "status": "normal", "usage": usage, "latency": usage["latency"],
-                      "workflow_run_id": None, "trace": {"annotation_reply": {"id": hit.id, "score": hit.score}}}
+            direct.update(status="normal", usage=usage, latency=usage["latency"], workflow_run_id=None)
 
         async def rows(s: AsyncSession) -> None:
             now = utcnow()
@@ -183,8 +195,15 @@ class ChatflowService:
                 await s.exec(insert(MessageFile.__table__),  # type: ignore[call-overload]
                              params=[{**r, "id": new_id(), "message_id": task.chat.message_id} for r in file_rows])
 
-        if hit is None:
-            await wf.launch(task, before=rows)
+        if not direct:
+            # the review is the run's from here: service.py feeds it every answer delta and closes it
+            task.chat.review = mod.output_review() if mod is not None else None
+            try:
+                await wf.launch(task, before=rows)
+            except BaseException:
+                if task.chat.review is not None and task.task is None:  # the run never started
+                    task.chat.review.close()
+                raise
             return task
         async with self.rt.db.session() as s:
             await rows(s)
@@ -194,8 +213,9 @@ class ChatflowService:
                   end_user_id=end_user_id, session_id=session_id, mode=app.mode, created_at=task.created_at,
                   binding=NO_MODEL, messages=[], channel=task.channel, tenant_id=app.tenant_id)
         run.usage = direct["usage"]
-        run.extra_metadata["annotation_reply"] = hit.metadata()
-        await self.rt.runs.answer_directly(run, hit.answer)
+        if hit is not None:
+            run.extra_metadata["annotation_reply"] = hit.metadata()
+        await self.rt.runs.answer_directly(run, direct["answer"])
         return run
 
     async def result(self, task: WorkflowTask) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlmodel import select
 
 from services.runtime.service.errors import app_unavailable, parse_uuid, require_user
+from services.runtime.service.moderation import OUTPUT_REASON
 from services.runtime.service.runs import Channel, frame
 from services.runtime.workflow.engine import Engine, RunFailed, VariablePool
 from services.runtime.workflow.files import WorkflowFiles
@@ -79,6 +80,7 @@ class WorkflowTask:
     chat: Any = None  # advanced-chat: services.runtime.workflow.chatflow.ChatPart
     seq: int = 0  # events emitted so far (the SSE ids)
     files: list[dict[str, Any]] = field(default_factory=list)  # sys.files: the request's files as File values
+    preset: str | None = None  # input moderation flagged the inputs: no node runs, this is the output text
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None and not self.finished.is_set():
@@ -120,9 +122,15 @@ class WorkflowService:
         end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
         assert end_user_id is not None  # file inputs are checked against the end user's uploads
         workflow, graph, cleaned = await self.prepare(app, workflow_id, inputs, end_user_id=end_user_id)
-        system_files, _rows = await self.files.system(app, workflow.features, files, end_user_id)
+        # sensitive-word moderation of the inputs (the version's features, moderation.py): a flagged run runs
+        # no node and succeeds at once with the preset response as its text output
+        mod = await self.rt.chat.moderation.for_app(app, workflow)
+        preset = await mod.check_inputs(cleaned, "") if mod is not None else None
+        system_files, _rows = await self.files.system(app, workflow.features, files, end_user_id) \
+            if preset is None else ([], [])
         task = self.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
         task.files = system_files
+        task.preset = preset
         await self.launch(task)
         return task
 
@@ -223,8 +231,15 @@ class WorkflowService:
             envelope = {"conversation_id": chat.conversation_id, "message_id": chat.message_id,
                         "created_at": task.created_at, **envelope}
 
+        review = chat.review if chat is not None else None
+
         async def emit(event: str, fields: dict[str, Any]) -> None:
             if event == "message":  # an answer delta: Dify's message chunk, id = the message id
+                if review is not None and review.feed(fields["answer"]):
+                    # output moderation flagged the answer: nothing more of it goes out; the run stops (its
+                    # model calls closed) and ends with message_replace (below)
+                    task.request_stop("moderation")
+                    return
                 fields = {"id": chat.message_id, **fields}
             data = orjson.dumps({"event": event, **envelope, **fields})
             task.seq += 1
@@ -252,11 +267,19 @@ class WorkflowService:
         await emit("workflow_started", {"data": {"id": task.run_id, "workflow_id": task.workflow.id,
                                                  "inputs": task.inputs, "created_at": task.created_at}})
         try:
-            await engine.run()
+            if task.preset is not None:  # input moderation: Dify's preset text instead of the graph
+                await emit("text_chunk", {"data": {"text": task.preset, "from_variable_selector": None}})
+                engine.outputs = {"text": task.preset}
+            else:
+                await engine.run()
+            if task.stop_reason is not None:
+                await asyncio.sleep(0)  # a stop asked for by the run's own last step lands here, as a stop
+            if review is not None:
+                await review.finish()  # the moderation model's last review (keywords saw every delta)
             task.status = "partial-succeeded" if engine.exceptions else "succeeded"
         except asyncio.CancelledError:
             task.status = "stopped"
-            task.error = None if task.stop_reason == "user" else "interrupted"
+            task.error = None if task.stop_reason in ("user", "moderation") else "interrupted"
             if task.stop_reason is not None:  # ours (stop, shutdown): carry on and record it
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
         except RunFailed as e:
@@ -273,6 +296,11 @@ class WorkflowService:
                 if chat is not None:
                     await asyncio.shield(chat.finish(task, engine))
             finally:
+                if review is not None:
+                    review.close()
+                    if review.flagged:  # the answer as stored: the preset (chat.finish)
+                        await emit("message_replace", {"id": chat.message_id, "answer": review.preset,
+                                                       "reason": OUTPUT_REASON})
                 if chat is not None and task.status != "failed":  # a failed chat run ends without message_end
                     await emit("message_end", {"id": chat.message_id, "metadata": chat.metadata(), "files": []})
                 await emit("workflow_finished", {"data": {
