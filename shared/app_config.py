@@ -323,7 +323,7 @@ def parameters_view(config: ModelConfig, system_parameters: dict[str, int] | Non
         **{name: d[name] for name in FEATURES},
         "user_input_form": [{k: v.model_dump(mode="json", exclude_none=True) for k, v in item.items()}
                             for item in config.user_input_form],
-        "sensitive_word_avoidance": _moderation_view(config),
+        "sensitive_word_avoidance": _moderation_view(config.sensitive_word_avoidance),
         "file_upload": config.file_upload,
         "system_parameters": dict(system_parameters or SYSTEM_PARAMETERS),
     }
@@ -353,14 +353,15 @@ def graph_parameters_view(variables: list[dict[str, Any]], features: dict[str, A
         **{name: feature(name) for name in FEATURES},
         "user_input_form": [{item.type: item.field.model_dump(mode="json", exclude_none=True)}
                             for item in start_form(variables)],
-        "sensitive_word_avoidance": moderation if isinstance(moderation, dict) and "enabled" in moderation
-        else {"enabled": False, "type": "", "configs": []},
+        # as served: an unusable stored setting is moderation off (load_moderation), shown in Dify's default shape
+        "sensitive_word_avoidance": _moderation_view(load_moderation(moderation)[0] if isinstance(moderation, dict)
+                                                     else SensitiveWordAvoidance()),
         "file_upload": file_upload if isinstance(file_upload, dict) else dict(DEFAULT_FILE_UPLOAD),
         "system_parameters": dict(system_parameters or SYSTEM_PARAMETERS),
     }
 
 
-def _moderation_view(config: ModelConfig) -> dict[str, Any]:
+def _moderation_view(swa: SensitiveWordAvoidance) -> dict[str, Any]:
     """As stored (Dify echoes the dict); Dify's default shape when nothing was configured."""
-    d = config.sensitive_word_avoidance.model_dump(mode="json", exclude_none=True)
+    d = swa.model_dump(mode="json", exclude_none=True)
     return d if "config" in d else {"enabled": False, "type": "", "configs": [], **d}

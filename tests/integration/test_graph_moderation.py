@@ -262,6 +262,10 @@ async def test_unusable_feature_is_moderation_off(client: httpx.AsyncClient, own
     assert len(ignored) == 1, ignored  # checked once per published version, not per request
     assert ignored[0]["log_level"] == "warning" and ignored[0]["app_id"] == app_id and ignored[0]["workflow_id"]
     assert "sensitive_word_avoidance" in ignored[0]["error"] and message in ignored[0]["error"]
+    # /parameters shows what is served: moderation off, Dify's default shape (as for a model-config app)
+    r = await client.get("/v1/parameters", headers=k)
+    assert r.status_code == 200 and r.json()["sensitive_word_avoidance"] == {"enabled": False, "type": "",
+                                                                             "configs": []}, r.text
 
     # a workflow app the same
     _, wk = await graph_app(client, owner, "workflow", g.linear_llm(), swa)
