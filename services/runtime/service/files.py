@@ -104,6 +104,28 @@ def takes_images(app: AppEntry) -> bool:
     return _litellm_vision(str(app.binding.kwargs.get("model", "")))
 
 
+def check_file(policy: UploadPolicy, where: str, f: Any) -> tuple[str, str, str]:
+    """(declared type, transfer method, upload id or URL) of one file object (reference §2.17) named ``where`` in
+    the messages, against the policy: of a message, a run's ``files`` or a start-node file variable."""
+    if not isinstance(f, dict):
+        raise invalid_param(f"{where} must be a file object with type and transfer_method")
+    declared, method = f.get("type"), f.get("transfer_method")
+    if declared not in FILE_OBJECT_TYPES:
+        raise invalid_param(f"{where}.type must be one of {', '.join(FILE_OBJECT_TYPES)}")
+    if method not in TRANSFER_METHODS:
+        raise invalid_param(f"{where}.transfer_method must be local_file or remote_url")
+    if declared not in policy.types:
+        raise invalid_param(f"{where}: {declared} files are not allowed here (allowed: {', '.join(policy.types)}).")
+    if method not in policy.methods:
+        raise invalid_param(f"{where}: transfer method {method} is not allowed here "
+                            f"(allowed: {', '.join(policy.methods)}).")
+    key = "upload_file_id" if method == "local_file" else "url"
+    ref = f.get(key)
+    if not isinstance(ref, str) or not ref.strip():
+        raise invalid_param(f"{where}.{key} is required for transfer_method {method}")
+    return str(declared), str(method), ref.strip()
+
+
 @dataclass(frozen=True, slots=True)
 class UploadPolicy:
     """The app's ``file_upload`` feature: Dify's newer keys, or the legacy ``image`` block alone."""
@@ -271,7 +293,7 @@ class FileService:
             raise invalid_param("File upload is not enabled for this app.")
         if len(files) > policy.number_limits:
             raise invalid_param(f"Too many files: this app accepts at most {policy.number_limits} per message.")
-        items = [self._check(policy, i, f) for i, f in enumerate(files)]
+        items = [self._check(policy, f"files[{i}]", f) for i, f in enumerate(files)]
         if any(declared == "image" for declared, _m, _r in items) and not takes_images(app):
             raise self._no_vision(app)
         out = Attachments(detail=policy.detail if policy.detail in ("high", "low", "auto") else "high",
@@ -297,27 +319,13 @@ class FileService:
                              "created_by": end_user_id, "created_at": utcnow()})
         return out
 
-    def _check(self, policy: UploadPolicy, i: int, f: Any) -> tuple[str, str, str]:
-        """(declared type, transfer method, upload id or URL) of one file object, against the policy."""
-        if not isinstance(f, dict):
-            raise invalid_param(f"files[{i}] must be an object with type and transfer_method")
-        declared, method = f.get("type"), f.get("transfer_method")
-        if declared not in FILE_OBJECT_TYPES:
-            raise invalid_param(f"files[{i}].type must be one of {', '.join(FILE_OBJECT_TYPES)}")
-        if method not in TRANSFER_METHODS:
-            raise invalid_param(f"files[{i}].transfer_method must be local_file or remote_url")
-        if declared not in policy.types:
-            raise invalid_param(f"files[{i}]: {declared} files are not allowed for this app "
-                                f"(allowed: {', '.join(policy.types)}).")
-        if method not in policy.methods:
-            raise invalid_param(f"files[{i}]: transfer method {method} is not allowed for this app.")
+    @staticmethod
+    def _check(policy: UploadPolicy, where: str, f: Any) -> tuple[str, str, str]:
+        """check_file, for a message: audio and video have no way to the model."""
+        declared, method, ref = check_file(policy, where, f)
         if declared in ("audio", "video"):
-            raise invalid_param(f"files[{i}]: {declared} files cannot be sent to the model.")
-        key = "upload_file_id" if method == "local_file" else "url"
-        ref = f.get(key)
-        if not isinstance(ref, str) or not ref.strip():
-            raise invalid_param(f"files[{i}].{key} is required for transfer_method {method}")
-        return str(declared), str(method), ref.strip()
+            raise invalid_param(f"{where}: {declared} files cannot be sent to the model.")
+        return declared, method, ref
 
     def _no_vision(self, app: AppEntry) -> ApiError:
         assert app.binding is not None

@@ -24,6 +24,7 @@ from services.runtime.service.files import (
     MODEL_IMAGE_FORMATS,
     TRANSFER_METHODS,
     UploadPolicy,
+    check_file,
     sniff_of,
 )
 from services.runtime.workflow.engine import NodeError
@@ -62,7 +63,9 @@ def variable_policy(var: dict[str, Any], default_limit: int) -> UploadPolicy:
 
     exts = tuple(e.lower().lstrip(".") for e in names("allowed_file_extensions"))
     limit = var.get("max_length") if var.get("type") == "file-list" else 1
-    return UploadPolicy(True, names("allowed_file_types"), exts, names("allowed_file_upload_methods"),
+    # Dify: an empty allowed_file_types / allowed_file_upload_methods allows them all
+    return UploadPolicy(True, names("allowed_file_types") or FILE_OBJECT_TYPES, exts,
+                        names("allowed_file_upload_methods") or TRANSFER_METHODS,
                         int(limit) if isinstance(limit, int) and limit > 0 else default_limit, "high")
 
 
@@ -129,7 +132,7 @@ class WorkflowFiles:
         values, rows = [], []
         for i, f in enumerate(items):
             where = label(i)
-            declared, method, ref = self._check(policy, where, f)
+            declared, method, ref = check_file(policy, where, f)
             if method == "local_file":
                 row = await self._upload(app, end_user_id, ref, where)
                 sniffed = sniff_of(row)
@@ -151,28 +154,6 @@ class WorkflowFiles:
                          "size": value["size"], "type": sniffed.type, "transfer_method": method,
                          "belongs_to": "user", "created_by": end_user_id, "created_at": utcnow()})
         return values, rows
-
-    @staticmethod
-    def _check(policy: UploadPolicy, where: str, f: Any) -> tuple[str, str, str]:
-        """(declared type, transfer method, upload id or URL) of one file object, against the policy."""
-        if not isinstance(f, dict):
-            raise invalid_param(f"{where} must be a file object with type and transfer_method")
-        declared, method = f.get("type"), f.get("transfer_method")
-        if declared not in FILE_OBJECT_TYPES:
-            raise invalid_param(f"{where}.type must be one of {', '.join(FILE_OBJECT_TYPES)}")
-        if method not in TRANSFER_METHODS:
-            raise invalid_param(f"{where}.transfer_method must be local_file or remote_url")
-        if policy.types and declared not in policy.types:
-            raise invalid_param(f"{where}: {declared} files are not allowed here "
-                                f"(allowed: {', '.join(policy.types)}).")
-        if policy.methods and method not in policy.methods:
-            raise invalid_param(f"{where}: transfer method {method} is not allowed here "
-                                f"(allowed: {', '.join(policy.methods)}).")
-        key = "upload_file_id" if method == "local_file" else "url"
-        ref = f.get(key)
-        if not isinstance(ref, str) or not ref.strip():
-            raise invalid_param(f"{where}.{key} is required for transfer_method {method}")
-        return str(declared), str(method), ref.strip()
 
     async def _upload(self, app: AppEntry, end_user_id: str, ref: str, where: str) -> UploadFile:
         """An upload of this app by this end user: a run reads only what its own user uploaded. Another
