@@ -332,12 +332,8 @@ class Topology:
             raise
         return self
 
-    def _start(self) -> None:
-        work = self.work
-        for target in ("gateway", "runtime", "console", "indexer", "tools"):
-            for name in self.names(target):
-                self.ports[name] = free_port()
-        # the balancers and proxies
+    def _net_spec(self, proxy_redis: bool) -> dict[str, Any]:
+        """Ports for the balancers and fault proxies (``self.lb``) and what each forwards to."""
         spec: dict[str, Any] = {}
         for lb, target in (("front", "gateway"), ("runtime", "runtime"), ("console", "console"),
                            ("indexer", "indexer"), ("tools", "tools")):
@@ -345,17 +341,38 @@ class Topology:
             spec[lb] = {"port": self.lb[lb], "backends": [self.ports[n] for n in self.names(target)]}
         self.lb["postgres"] = free_port()
         spec["postgres"] = {"port": self.lb["postgres"], "backends": [_host_port(pg_admin_url(), 5432)[1]]}
+        if proxy_redis:  # the shared Redis, behind a fault proxy (keys are per app id: no collisions)
+            self.lb["redis"] = free_port()
+            spec["redis"] = {"port": self.lb["redis"], "backends": [_host_port(redis_url_fallback(), 6379)[1]]}
+        return spec
+
+    def _start(self) -> None:
+        work = self.work
+        for target in ("gateway", "runtime", "console", "indexer", "tools"):
+            for name in self.names(target):
+                self.ports[name] = free_port()
+        # the balancers and proxies
         own_redis = shutil.which("redis-server")
         if own_redis:
             self.ports["redis"] = free_port()
             self.redis_url = f"redis://{HOST}:{self.ports['redis']}/0"
-        else:  # the shared Redis, behind a fault proxy (keys are per app id: no collisions)
-            self.lb["redis"] = free_port()
-            spec["redis"] = {"port": self.lb["redis"], "backends": [_host_port(redis_url_fallback(), 6379)[1]]}
+        for attempt in range(3):
+            spec = self._net_spec(own_redis is None)
+            self.net = Proc("net", [sys.executable, "-m", "tests.topology", "net", "--control",
+                                    str(self.control_port), "--spec", json.dumps(spec)],
+                            env=python_env(), log_dir=work, cwd=work).start()
+            try:
+                self._wait_port(self.control_port, self.net)
+                break
+            except RuntimeError as e:
+                # a port free_port() handed out was taken before the balancer bound it (another process's
+                # outgoing connection, say): nothing depends on these ports yet, so pick new ones
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.net.stop()
+                self.control_port = free_port()
+        if not own_redis:
             self.redis_url = f"redis://{HOST}:{self.lb['redis']}/0"
-        self.net = Proc("net", [sys.executable, "-m", "tests.topology", "net", "--control", str(self.control_port),
-                                "--spec", json.dumps(spec)], env=python_env(), log_dir=work, cwd=work).start()
-        self._wait_port(self.control_port, self.net)
 
         # the nats-server binary shared.natsd runs, but in a session of its own like every child here, so a
         # Ctrl-C in the terminal reaches only us and we stop the services before their NATS
