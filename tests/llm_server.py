@@ -283,15 +283,21 @@ class ScriptedLLM:
             return Response(payload, status_code=script.status, media_type="application/json")
         return JSONResponse(payload, status_code=script.status)
 
+    async def _scripted(self, received: Received, log: list[Received], endpoint: str
+                        ) -> tuple[Script, Response | None]:
+        """Record a non-chat request and take its script; the scripted failure to answer instead, if any."""
+        log.append(received)
+        script = self._take(received, endpoint) or Script(endpoint=endpoint)
+        if script.first_delay:
+            await asyncio.sleep(script.first_delay)
+        return script, self._failure(script) if script.status != 200 else None
+
     async def _embeddings(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         received = Received(request.url.path, body)
-        self.embedding_requests.append(received)
-        script = self._take(received, "embeddings") or Script(endpoint="embeddings")
-        if script.first_delay:
-            await asyncio.sleep(script.first_delay)
-        if script.status != 200:
-            return self._failure(script)
+        script, failed = await self._scripted(received, self.embedding_requests, "embeddings")
+        if failed is not None:
+            return failed
         dim = script.dim or body.get("dimensions") or self.embedding_dim
         as_base64 = body.get("encoding_format") == "base64"
         data = []
@@ -327,12 +333,9 @@ class ScriptedLLM:
         data = await upload.read() if upload is not None and not isinstance(upload, str) else None
         received = Received(request.url.path, fields, file=data,
                             filename=getattr(upload, "filename", None))
-        self.transcription_requests.append(received)
-        script = self._take(received, "transcriptions") or Script(endpoint="transcriptions")
-        if script.first_delay:
-            await asyncio.sleep(script.first_delay)
-        if script.status != 200:
-            return self._failure(script)
+        script, failed = await self._scripted(received, self.transcription_requests, "transcriptions")
+        if failed is not None:
+            return failed
         if data is None:
             return JSONResponse({"error": {"message": "file is required", "type": "invalid_request_error"}},
                                 status_code=400)
@@ -344,12 +347,9 @@ class ScriptedLLM:
     async def _speech(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         received = Received(request.url.path, body)
-        self.speech_requests.append(received)
-        script = self._take(received, "speech") or Script(endpoint="speech")
-        if script.first_delay:
-            await asyncio.sleep(script.first_delay)
-        if script.status != 200:
-            return self._failure(script)
+        script, failed = await self._scripted(received, self.speech_requests, "speech")
+        if failed is not None:
+            return failed
         fmt = body.get("response_format") or "mp3"
         if isinstance(script.body, bytes):  # a provider that answers another format than asked
             return Response(script.body, media_type="application/octet-stream")
