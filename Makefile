@@ -27,8 +27,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: $(VENV)/.installed
 	$(VENV)/bin/plexus run
 
+# One pytest-xdist worker per core, handed whole modules (a module's shared stack starts once); each
+# worker has its own nats-server, temp dirs and Postgres database (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test-unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -q tests/unit

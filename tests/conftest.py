@@ -21,13 +21,54 @@ from shared.natsd import EmbeddedNats, free_port
 from shared.settings import Settings
 from tests.support import Served, serve
 
-pytest_plugins = ["tests.llm_server"]  # the scripted OpenAI-compatible server: fixture `llm`
+pytest_plugins = [
+    "tests.llm_server",  # the scripted OpenAI-compatible server: fixture `llm`
+    "tests.xdist_schedule",  # how `make test` (pytest -n) spreads the suite over its workers
+]
 
-PG_URL = os.environ.get("PLEXUS_TEST_DATABASE_URL")
+# Under `pytest -n N` (pytest-xdist, what `make test` uses) each worker is its own process: "gw0", "gw1"...
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _worker_database(url: str | None) -> str | None:
+    """The Postgres database this process tests on: the given one, or under xdist one per worker on the
+    same server (``test_gw0``...), because tests reset the schema they use."""
+    if not url or not WORKER:
+        return url
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return u.set(database=f"{u.database}_{WORKER}").render_as_string(hide_password=False)
+
+
+PG_BASE_URL = os.environ.get("PLEXUS_TEST_DATABASE_URL")
+PG_URL = _worker_database(PG_BASE_URL)
+# Redis needs no split: every test keys its data by a random prefix or app id.
 REDIS_URL = os.environ.get("PLEXUS_TEST_REDIS_URL")
 
 needs_postgres = pytest.mark.skipif(not PG_URL, reason="PLEXUS_TEST_DATABASE_URL not set (no Postgres)")
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="PLEXUS_TEST_REDIS_URL not set (no Redis)")
+
+
+async def _create_worker_database() -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(PG_URL).database
+    base = make_url(PG_BASE_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(base, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if PG_URL and PG_URL != PG_BASE_URL:
+        import asyncio
+
+        asyncio.run(_create_worker_database())  # kept afterwards: the next run resets and reuses it
 
 
 def db_params() -> list:

@@ -24,7 +24,10 @@ from tests.support import console_admin
 from tests.topology import Shape, Topology, _pg_dsn, missing_dependencies, pg_admin_url
 
 _WHY = missing_dependencies()
-pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"the split topology needs Postgres and Redis: {_WHY}")
+pytestmark = [
+    pytest.mark.skipif(_WHY is not None, reason=f"the split topology needs Postgres and Redis: {_WHY}"),
+    pytest.mark.heavy,
+]
 
 LEASE = 3.0  # PLEXUS_RUNTIME__RUN_LEASE: a dead replica's runs are marked within ~LEASE + LEASE/3 s
 PROPAGATION = 1.0  # key deletion and prompt changes: every replica within this many seconds (the issue)

@@ -71,7 +71,7 @@ SPACE = space_for("high_quality", "plexus", "all-MiniLM-L6-v2")
 PLEXUS = Path(sys.executable).parent / "plexus"
 PAST_PARSING = ("cleaning", "splitting", "indexing", "completed")
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.heavy]
 
 # -- the corpus -------------------------------------------------------------------------------------------
 

@@ -190,6 +190,7 @@ async def test_confirmation_makes_saves_drafts_until_published(client, llm) -> N
 # ---- canary ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 async def test_canary_split_over_2000_conversations(request: pytest.FixtureRequest, live: LiveServer, client,
                                                     llm) -> None:
     if request.node.callspec.params.get("live") == "postgres":
