@@ -79,7 +79,7 @@ async def run(args: argparse.Namespace, base: str, key: str) -> dict[str, list[f
     out: dict[str, list[float]] = {"hit": [], "miss": [], "stream": [], "stream_first": [], "params": []}
 
     def chat(query: str, i: int, streaming: bool = False) -> bytes:
-        body = {"inputs": {}, "query": query, "user": f"bench-{i % USERS}"}
+        body = {"inputs": {}, "query": query, "user": f"bench-{i % USERS}", "auto_generate_name": False}
         if streaming:
             body["response_mode"] = "streaming"
         return request(base, key, "POST", "/v1/chat-messages", body)

@@ -412,7 +412,10 @@ async def chat_stream(conn: HttpConn, raw: bytes, timeout: float = 120.0,
 
 def chat_request(base: str, key: str, user: str, query: str = "hello") -> bytes:
     host = base.split("://", 1)[1]
-    body = orjson.dumps({"inputs": {}, "query": query, "user": user, "response_mode": "streaming"})
+    # every chat starts a conversation: without auto_generate_name false each would also cost a background title
+    # call to the model, which none of the recorded figures includes (docs/benchmarks.md, Setup)
+    body = orjson.dumps({"inputs": {}, "query": query, "user": user, "response_mode": "streaming",
+                         "auto_generate_name": False})
     return HttpConn.build("POST", "/v1/chat-messages", host, {
         "Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "text/event-stream",
     }, body)

@@ -28,6 +28,12 @@ fields as ``body`` and the upload in ``file``/``filename``. ``POST /v1/audio/spe
 scripts use ``endpoint="speech"``, requests are recorded in ``speech_requests``. For both, ``match`` is looked for in the input text (transcriptions: the
 bytes as latin-1) and ``status``/``body``/``first_delay`` apply, as for chat.
 
+Conversation titles: a chat request whose system message is the runtime's title instruction (``TITLE_SYSTEM``,
+sent in the background after a new conversation's first answer) is recorded in ``title_requests``, not
+``requests``, only scripts pushed with ``endpoint="title"`` answer it, and it is left out of ``completed``.
+Without a script the reply is empty, so the conversation keeps its first-line name and no other test sees
+the call.
+
 The session fixture ``llm`` reaches every test through ``pytest_plugins`` in tests/conftest.py.
 """
 
@@ -51,6 +57,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from services.runtime.service.prompt import TITLE_SYSTEM
 from shared.natsd import free_port
 from tests.support import Served, serve
 
@@ -80,7 +87,8 @@ class Script:
     usage: dict[str, int] | None = None  # overrides the computed usage
     match: str | None = None  # only for requests whose last user message contains this
     times: int = 1  # how many requests this script answers
-    endpoint: str = "chat"  # "chat" (chat completions), "embeddings", "moderations", "transcriptions", "speech"
+    endpoint: str = "chat"  # "chat" (chat completions), "title", "embeddings", "moderations", "transcriptions",
+    # "speech"
     dim: int | None = None  # embeddings: vector size for this answer (wins over the server's default)
     # function calling: answer with these calls ({"name", "arguments": str | dict, "id"?}) after any reply
     # tokens; arguments are streamed in fragments of ``chunk_args`` characters, finish_reason "tool_calls"
@@ -108,6 +116,12 @@ class Received:
             if m.get("role") == "user":
                 return _text(m.get("content"))
         return ""
+
+    @property
+    def is_title(self) -> bool:
+        """A conversation-title request of the runtime's (see the module docstring)."""
+        first = self.messages[0] if self.messages else {}
+        return first.get("role") == "system" and _text(first.get("content")) == TITLE_SYSTEM
 
     @property
     def last_text(self) -> str:
@@ -174,6 +188,7 @@ class ScriptedLLM:
     def __init__(self) -> None:
         self.scripts: list[Script] = []
         self.requests: list[Received] = []
+        self.title_requests: list[Received] = []
         self.embedding_requests: list[Received] = []
         self.moderation_requests: list[Received] = []
         self.transcription_requests: list[Received] = []
@@ -213,6 +228,7 @@ class ScriptedLLM:
     def reset(self) -> None:
         self.scripts.clear()
         self.requests.clear()
+        self.title_requests.clear()
         self.embedding_requests.clear()
         self.moderation_requests.clear()
         self.transcription_requests.clear()
@@ -359,8 +375,12 @@ class ScriptedLLM:
     async def _chat(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         received = Received(request.url.path, body)
-        self.requests.append(received)
-        script = self._take(received) or Script()
+        if received.is_title:
+            self.title_requests.append(received)
+            script = self._take(received, "title") or Script(endpoint="title", reply="")
+        else:
+            self.requests.append(received)
+            script = self._take(received) or Script()
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
         if script.status != 200:
@@ -394,7 +414,8 @@ class ScriptedLLM:
             for _ in tokens:
                 if script.delay:
                     await asyncio.sleep(script.delay)
-            self.completed += 1
+            if not received.is_title:  # the runtime's background calls stay out of every count
+                self.completed += 1
             message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
             if calls:
                 message["tool_calls"] = calls

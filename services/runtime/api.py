@@ -163,6 +163,7 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
             conversation_id=body.conversation_id,
             streaming=body.response_mode == "streaming",
             files=body.files,
+            auto_name=bool(body.auto_generate_name),  # Dify: null turns it off too
         )
         return await respond(run)
 

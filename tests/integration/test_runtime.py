@@ -945,12 +945,12 @@ async def test_rename_conversation(world: World) -> None:
     assert set(r.json()) == CONVERSATION_KEYS and r.json()["name"] == "Sea talk" and r.json()["id"] == conv
     r = await c.post(f"/v1/conversations/{conv}/name", json={"name": "  ", "user": "namer"}, headers=h)
     assert r.status_code == 400 and r.json()["message"] == "name is required when auto_generate is false"
-    w.llm.push(reply='"Sailing the Seas."', match="Tell me about the sea")
+    w.llm.push(reply='"Sailing the Seas."', match="Tell me about the sea", endpoint="title")
     r = await c.post(
         f"/v1/conversations/{conv}/name", json={"auto_generate": True, "user": "namer"}, headers=h
     )
     assert r.status_code == 200 and r.json()["name"] == "Sailing the Seas"
-    title_call = w.llm.requests[-1]
+    title_call = w.llm.title_requests[-1]
     assert title_call.body.get("stream") in (None, False) and title_call.last_user == "Tell me about the sea"
     listed = (await c.get("/v1/conversations", params={"user": "namer"}, headers=h)).json()
     assert listed["data"][0]["name"] == "Sailing the Seas"

@@ -22,7 +22,6 @@ from services.runtime.service.errors import (
     provider_not_initialize,
     require_user,
 )
-from shared.credentials import provider_credentials
 from shared.errors import ApiError, forbidden, invalid_param
 from shared.identity import Caller
 from shared.models import Message, MessageFeedback
@@ -112,15 +111,6 @@ def feedback_view(f: MessageFeedback) -> dict[str, Any]:
     }
 
 
-def _first_llm_model(graph: Any) -> dict[str, Any] | None:
-    nodes = graph.get("nodes") if isinstance(graph, dict) else None
-    for n in nodes or []:
-        data = n.get("data") if isinstance(n, dict) else None
-        if isinstance(data, dict) and data.get("type") == "llm" and isinstance(data.get("model"), dict):
-            return data["model"]
-    return None
-
-
 class AppExtras:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -162,25 +152,17 @@ class AppExtras:
         return parse_questions(text)
 
     async def _suggest_settings(self, app: AppEntry) -> tuple[bool, llm.ModelBinding | None]:
-        """Whether the feature is on, and the model to ask: the app's model config (where /parameters reads
-        its features), or for advanced-chat the published workflow's features and its first LLM node's model."""
+        """Whether the feature is on (the model config's, where /parameters reads it, or for advanced-chat
+        the published workflow's), and the model to ask (helper_model.py)."""
         if app.config is not None:
-            return app.config.suggested_questions_after_answer.enabled, app.binding
-        if app.mode != "advanced-chat" or not app.workflow_id:
+            enabled = app.config.suggested_questions_after_answer.enabled
+        elif app.mode == "advanced-chat" and app.workflow_id:
+            workflow = await self.rt.workflows.version(app)  # cached per version
+            feature = (workflow.features or {}).get("suggested_questions_after_answer")
+            enabled = isinstance(feature, dict) and bool(feature.get("enabled"))
+        else:
             raise app_unavailable()
-        workflow = await self.rt.workflows.version(app)  # cached per version
-        feature = (workflow.features or {}).get("suggested_questions_after_answer")
-        if not (isinstance(feature, dict) and feature.get("enabled")):
-            return False, None
-        model = _first_llm_model(workflow.graph)
-        if model is None:
-            raise app_unavailable()
-        provider, name = str(model.get("provider") or ""), str(model.get("name") or "")
-        async with self.rt.db.session() as s:
-            creds = await provider_credentials(s, self.rt.ctx.settings.secret_key, app.tenant_id, provider)
-        if creds is None:
-            return True, None
-        return True, llm.bind_model(provider, name, creds, model.get("completion_params") or {})
+        return enabled, (await self.rt.helper.binding(app) if enabled else None)
 
     # -- the app's feedback -------------------------------------------------------------------------------
     async def feedbacks(self, caller: Caller, *, page: int, limit: int) -> dict[str, Any]:

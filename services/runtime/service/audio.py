@@ -20,21 +20,19 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import structlog
 from sqlmodel import select
 
-from services.runtime.llm import ModelBinding, bind_model, error_message
+from services.runtime.llm import ModelBinding, error_message
 from services.runtime.service.errors import (
     DEFAULT_USER,
     app_unavailable,
     completion_request_error,
     message_not_exists,
     parse_uuid,
-    provider_not_initialize,
 )
-from shared.credentials import provider_credentials
 from shared.errors import ApiError, invalid_param
 from shared.files import EXTENSION_OF_MIME, SNIFF_BYTES, UnsupportedFileType, extension_of, sniff_upload
 from shared.identity import Caller
 from shared.llm import litellm
-from shared.models import Message, TenantDefaultModel
+from shared.models import Message
 from shared.workflow import GRAPH_MODES
 
 if TYPE_CHECKING:
@@ -193,13 +191,7 @@ class AudioService:
 
     async def _binding(self, tenant_id: str, model_type: str, missing: Any) -> ModelBinding:
         """The workspace's default ``model_type`` model with its provider's credentials, ready to call."""
-        async with self.rt.db.session() as s:
-            row = (await s.exec(select(TenantDefaultModel.provider, TenantDefaultModel.model).where(
-                TenantDefaultModel.tenant_id == tenant_id, TenantDefaultModel.model_type == model_type))).first()
-            if row is None:
-                raise missing()
-            provider, model = row
-            credentials = await provider_credentials(s, self.rt.ctx.settings.secret_key, tenant_id, provider)
-        if credentials is None:  # the provider's credentials were removed after the default was set
-            raise provider_not_initialize()
-        return bind_model(provider, model, credentials, {})
+        binding = await self.rt.helper.default_binding(tenant_id, model_type)
+        if binding is None:
+            raise missing()
+        return binding

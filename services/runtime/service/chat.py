@@ -73,6 +73,7 @@ class ChatService:
         conversation_id: str | None,
         streaming: bool,
         files: Any = None,
+        auto_name: bool = False,
     ) -> Run | WorkflowTask:
         started = time.perf_counter()
         session_id = require_user(user)
@@ -86,7 +87,7 @@ class ChatService:
         if app.mode == "advanced-chat":  # a workflow run per message; its files become sys.files
             return await self.rt.chatflow.create(app, session_id=session_id, inputs=inputs, query=query,
                                                  conversation_id=conversation_id, streaming=streaming,
-                                                 files=files)
+                                                 files=files, auto_name=auto_name)
         config = app.config
         if config is None:
             raise app_unavailable()
@@ -118,6 +119,8 @@ class ChatService:
         mod = await self.moderation.for_app(app)
         # input moderation: a flagged request is answered with the preset response, without the model
         direct = await mod.check_inputs(inputs, query) if mod is not None else None
+        # a generated title for a new conversation (helper_model.py); never from a flagged query
+        titled = auto_name and new_conversation and endpoint == "chat" and direct is None
         # annotation reply (annotations.py): a curated answer to a close enough question, without the model
         # (checked here: a chat of an app without it costs not even an await)
         annotated = await self.rt.annotations.match(app, query) \
@@ -246,10 +249,13 @@ class ChatService:
                 if review is not None:  # an answer-cache hit: no model, nothing to review
                     review.close()
                 await self.rt.runs.answer_directly(run, direct)
-                return run
-            run.cache = cached
-            run.review = review
-            self.rt.runs.start(run)
+            else:
+                run.cache = cached
+                run.review = review
+                self.rt.runs.start(run)
+            if titled:
+                self.rt.helper.title_after(app, conv_id, query, run.finished,
+                                           lambda: run.status in ("normal", "stopped"))
             return run
         except BaseException:
             if review is not None:

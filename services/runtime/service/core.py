@@ -19,6 +19,7 @@ from services.runtime.service.audio import AudioService
 from services.runtime.service.cache import AppCache, AppEntry, EndUsers
 from services.runtime.service.chat import ChatService
 from services.runtime.service.files import FileService
+from services.runtime.service.helper_model import HelperModel
 from services.runtime.service.queries import HistoryService
 from services.runtime.service.resume import Resumer
 from services.runtime.service.runs import RunRegistry
@@ -42,6 +43,7 @@ class Runtime:
         self.apps = AppCache(ctx.db, ctx.settings)
         self.end_users = EndUsers(ctx.db)
         self.runs = RunRegistry(ctx)
+        self.helper = HelperModel(self)  # titles and suggested questions: the model they ask
         self.chat = ChatService(self)
         self.history = HistoryService(self)
         self.workflows = WorkflowService(self)
@@ -99,6 +101,7 @@ class Runtime:
                 pass
             self._sweeper = None
         await self.runs.shutdown()
+        await self.helper.close()
         await self.workflows.close()
         await self.files.close()
 

@@ -9,7 +9,6 @@ from sqlalchemy import and_, delete, insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from services.runtime import llm
 from services.runtime.service.errors import (
     CHAT_MODES,
     DEFAULT_USER,
@@ -20,7 +19,6 @@ from services.runtime.service.errors import (
     parse_uuid,
     require_user,
 )
-from services.runtime.service.prompt import clean_title, default_name, title_messages
 from shared.app_config import graph_parameters_view, parameters_view
 from shared.errors import invalid_param, not_found
 from shared.identity import Caller
@@ -302,29 +300,13 @@ class HistoryService:
                         .limit(1)
                     )
                 ).first()
-                new_name = await self._title(app, first_query or "") if first_query else conv.name
+                new_name = await self.rt.helper.title(app, first_query) if first_query else conv.name
             else:
                 new_name = name.strip()[:255]  # type: ignore[union-attr]
             conv.name = new_name
             conv.updated_at = utcnow()
             await s.commit()
             return conversation_view(conv)
-
-    async def _title(self, app: AppEntry, first_query: str) -> str:
-        """Ask the app's model for a short title; fall back to the query's first line."""
-        if app.binding is not None:
-            try:
-                text = await llm.complete_text(
-                    app.binding, title_messages(first_query), timeout=self.rt.settings.llm_timeout
-                )
-                title = clean_title(text)
-                if title:
-                    return title
-            except Exception as e:  # noqa: BLE001 - a title is cosmetic: never fail the rename on it
-                log.warning(
-                    "title_generation_failed", app_id=app.id, error=llm.error_message(e, app.binding.provider)
-                )
-        return default_name(first_query)
 
     # -- app views --------------------------------------------------------------------------------
     async def parameters(self, caller: Caller) -> dict[str, Any]:

@@ -110,7 +110,8 @@ class ChatflowService:
         self.rt = rt
 
     async def create(self, app: AppEntry, *, session_id: str, inputs: Any, query: str,
-                     conversation_id: str | None, streaming: bool, files: Any = None) -> WorkflowTask | Run:
+                     conversation_id: str | None, streaming: bool, files: Any = None,
+                     auto_name: bool = False) -> WorkflowTask | Run:
         started = time.perf_counter()
         wf = self.rt.workflows
         end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
@@ -204,6 +205,9 @@ class ChatflowService:
                 if task.chat.review is not None and task.task is None:  # the run never started
                     task.chat.review.close()
                 raise
+            if auto_name and new_conversation:  # a generated title, as chat.py names its conversations
+                self.rt.helper.title_after(app, conv_id, query, task.finished,
+                                           lambda: task.status in ("succeeded", "partial-succeeded", "stopped"))
             return task
         async with self.rt.db.session() as s:
             await rows(s)
@@ -216,6 +220,8 @@ class ChatflowService:
         if hit is not None:
             run.extra_metadata["annotation_reply"] = hit.metadata()
         await self.rt.runs.answer_directly(run, direct["answer"])
+        if auto_name and new_conversation and flagged is None:
+            self.rt.helper.title_after(app, conv_id, query, run.finished, lambda: True)
         return run
 
     async def result(self, task: WorkflowTask) -> dict[str, Any]:
