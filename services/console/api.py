@@ -91,6 +91,8 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("PUT", "/apps/{app_id}"): (E, "apps:write"),
     ("DELETE", "/apps/{app_id}"): (E, "apps:write"),
     ("POST", "/apps/{app_id}/api-enable"): (E, "apps:write"),
+    ("POST", "/apps/{app_id}/site-enable"): (E, "apps:write"),
+    ("POST", "/apps/{app_id}/copy"): (E, "apps:write"),
     ("POST", "/apps/{app_id}/site"): (E, "apps:write"),
     ("GET", "/apps/{app_id}/model-config"): (N, "apps:read"),
     ("POST", "/apps/{app_id}/model-config"): (E, "apps:write"),
@@ -248,6 +250,20 @@ class AppUpdateBody(BaseModel):
 
 class ApiEnableBody(BaseModel):
     enable_api: bool
+
+
+class SiteEnableBody(BaseModel):
+    enable_site: bool
+
+
+class AppCopyBody(BaseModel):
+    """Dify's copy: each field absent keeps the source app's (the name gets " (copy)")."""
+
+    name: AppName | None = None
+    description: Annotated[str, StringConstraints(max_length=200)] | None = None
+    icon_type: IconType | None = None
+    icon: Short | None = None
+    icon_background: Short | None = None
 
 
 class CredentialsBody(BaseModel):
@@ -434,6 +450,19 @@ async def update_site(ctx: Ctx, caller: Caller, app_id: str, body: SiteUpdate) -
 async def api_enable(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str, body: ApiEnableBody
                      ) -> dict:
     return _app_json(request, *await apps.set_api_enabled(ctx, caller, app_id, body.enable_api), plan)
+
+
+@router.post("/apps/{app_id}/site-enable")
+async def site_enable(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str, body: SiteEnableBody
+                      ) -> dict:
+    return _app_json(request, *await apps.update_app(ctx, caller, app_id, {"enable_site": body.enable_site}), plan)
+
+
+@router.post("/apps/{app_id}/copy", status_code=201)
+async def copy_app(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str,
+                   body: AppCopyBody | None = None) -> dict:
+    copied = await dsl.copy_app(ctx, caller, app_id, (body or AppCopyBody()).model_dump(exclude_none=True))
+    return _app_json(request, *await apps.get_app_detail(ctx.db, caller, copied.id), plan)
 
 
 @router.get("/apps/{app_id}/model-config")

@@ -265,6 +265,8 @@ def required_permission(method: str, path: str) -> str | None:
         return "completion"
     if first == "workflows":
         return "history" if path == "/workflows/logs" else "workflow"
+    if first == "workflow":  # GET /workflow/{task_id}/events, Dify's newest resume path
+        return "workflow"
     if first == "files":
         return "files"
     if first == "messages":

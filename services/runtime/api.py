@@ -204,6 +204,12 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
                               last_event_id: str | None = None) -> Response:
         return await replay(request, await rt.resume.workflow_task(caller, run_id, user), last_event_id)
 
+    @router.get("/workflow/{task_id}/events")  # Dify's newest path: the same stream, found by the task id
+    async def workflow_task_events(request: Request, task_id: str, caller: Caller = who, user: str | None = None,
+                                   last_event_id: str | None = None) -> Response:
+        return await replay(request, await rt.resume.workflow_task(caller, task_id, user, by_task=True),
+                            last_event_id)
+
     @router.get("/chat-messages/{task_id}/events")
     @router.get("/completion-messages/{task_id}/events")
     async def chat_events(request: Request, task_id: str, caller: Caller = who, user: str | None = None,

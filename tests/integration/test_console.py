@@ -398,6 +398,11 @@ async def test_app_update_and_api_enable(console: Console) -> None:
     await c.events.wait_for(lambda s, p: p["kind"] == "app" and p["id"] == app["id"])
     assert (await c.http.get(f"/apps/{app['id']}", headers=h)).json()["enable_api"] is False
     assert_envelope(await c.http.post(f"/apps/{app['id']}/api-enable", headers=h, json={}), 400, "invalid_param")
+    r = await c.http.post(f"/apps/{app['id']}/site-enable", headers=h, json={"enable_site": True})
+    assert r.status_code == 200 and r.json()["enable_site"] is True
+    assert (await c.http.get(f"/apps/{app['id']}", headers=h)).json()["enable_site"] is True
+    assert_envelope(await c.http.post(f"/apps/{app['id']}/site-enable", headers=h, json={"enable_site": "x"}), 400,
+                    "invalid_param")
 
 
 async def test_app_delete_removes_everything(console: Console) -> None:
@@ -468,7 +473,8 @@ async def test_other_workspace_is_invisible(console: Console) -> None:
     for method, path, body in (("GET", "", None), ("PUT", "", {"name": "stolen"}), ("DELETE", "", None),
                                ("GET", "/api-keys", None), ("POST", "/api-keys", None),
                                ("GET", "/model-config", None), ("POST", "/model-config", CHAT_CONFIG),
-                               ("POST", "/api-enable", {"enable_api": False})):
+                               ("POST", "/api-enable", {"enable_api": False}),
+                               ("POST", "/site-enable", {"enable_site": False}), ("POST", "/copy", {})):
         r = await c.http.request(method, f"/apps/{mine['id']}{path}", headers=h2, json=body)
         assert_envelope(r, 404, "not_found", "App not found.")
     assert (await c.http.get(f"/apps/{mine['id']}", headers=h1)).json()["name"] == "iso-shared-name"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -60,6 +61,9 @@ async def test_app_key_permissions(client: httpx.AsyncClient, app_env) -> None:
     assert "'history'" in msg and "GET /conversations" in msg
     msg = envelope(await client.post("/v1/workflows/run", headers=bearer(chat_only["token"]),
                                      json={"inputs": {}, "user": "u1"}), 403, "forbidden")
+    assert "'workflow'" in msg
+    msg = envelope(await client.get(f"/v1/workflow/{uuid.uuid4()}/events", params={"user": "u1"},
+                                    headers=bearer(chat_only["token"])), 403, "forbidden")
     assert "'workflow'" in msg
     msg = envelope(await client.post(f"/v1/messages/{message_id}/feedbacks", headers=bearer(chat_only["token"]),
                                      json={"rating": "like", "user": "u1"}), 403, "forbidden")

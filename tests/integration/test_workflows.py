@@ -483,6 +483,59 @@ async def test_dsl_export_import_round_trip(w: dict[str, Any]) -> None:
     assert r.status_code == 400 and "YAML" in r.json()["message"]
 
 
+async def test_copy_an_app(w: dict[str, Any]) -> None:
+    """POST /console/api/apps/{id}/copy: a new app with the source's draft, secrets included, and its own name;
+    a model-config app keeps its config; keys and runs are not copied."""
+    c, admin = w["c"], w["admin"]
+    app_id = await new_app(w)
+    env = [{"name": "api_token", "value_type": "secret", "value": "s3cret"}]
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin,
+                     json={"graph": g.tool_graph(), "features": {"opening_statement": "hi"},
+                           "environment_variables": env})
+    assert r.status_code == 200, r.text
+    assert (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).status_code == 201
+    source = (await c.get(f"/console/api/apps/{app_id}", headers=admin)).json()
+
+    r = await c.post(f"/console/api/apps/{app_id}/copy", headers=admin, json={})
+    assert r.status_code == 201, r.text
+    copied = r.json()
+    assert copied["id"] != app_id and copied["name"] == f"{source['name']} (copy)"[:40]
+    assert (copied["mode"], copied["icon"], copied["description"]) == (source["mode"], source["icon"],
+                                                                       source["description"])
+    draft = (await c.get(f"/console/api/apps/{copied['id']}/workflows/draft", headers=admin)).json()
+    assert draft["graph"]["nodes"] == g.tool_graph()["nodes"] and draft["features"] == {"opening_statement": "hi"}
+    exported = (await c.get(f"/console/api/apps/{copied['id']}/export", headers=admin,
+                            params={"include_secret": "true"})).json()["data"]
+    assert "s3cret" in exported  # the secret came along, as Dify's copy does
+    assert (await c.get(f"/console/api/apps/{copied['id']}/api-keys", headers=admin)).json()["data"] == []
+
+    name = f"copy-{uuid.uuid4().hex[:6]}"
+    r = await c.post(f"/console/api/apps/{app_id}/copy", headers=admin,
+                     json={"name": name, "description": "mine", "icon": "🚀"})
+    assert r.status_code == 201 and (r.json()["name"], r.json()["description"], r.json()["icon"]) == (
+        name, "mine", "🚀")
+    # the name is taken now; a bad body and an unknown app are refused, and no app is left behind
+    before = (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"]
+    r = await c.post(f"/console/api/apps/{app_id}/copy", headers=admin, json={"name": name})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+    r = await c.post(f"/console/api/apps/{app_id}/copy", headers=admin, json={"name": "x" * 41})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+    r = await c.post(f"/console/api/apps/{uuid.uuid4()}/copy", headers=admin, json={})
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    assert (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"] == before
+
+    # a basic app: its model config
+    chat_id = (await c.post("/console/api/apps", headers=admin,
+                            json={"name": f"chat-{uuid.uuid4().hex[:6]}", "mode": "chat"})).json()["id"]
+    config = {"model": {"provider": "openai-compatible", "name": "scripted"}, "pre_prompt": "Be {{tone}}.",
+              "user_input_form": [{"text-input": {"variable": "tone", "label": "Tone", "required": False}}]}
+    assert (await c.post(f"/console/api/apps/{chat_id}/model-config", headers=admin, json=config)).status_code == 200
+    r = await c.post(f"/console/api/apps/{chat_id}/copy", headers=admin)
+    assert r.status_code == 201, r.text
+    got = (await c.get(f"/console/api/apps/{r.json()['id']}/model-config", headers=admin)).json()
+    assert got["pre_prompt"] == "Be {{tone}}." and got["model"]["name"] == "scripted"
+
+
 async def test_resume_a_workflow_stream(w: dict[str, Any]) -> None:
     c, up = w["c"], w["up"]
     _, key = await publish(w, g.failing_http(w["base"] + "/hang", None))
@@ -512,6 +565,16 @@ async def test_resume_a_workflow_stream(w: dict[str, Any]) -> None:
     assert rest[-1][1]["data"]["status"] == "succeeded" and rest[-1][1]["data"]["outputs"] == {"body": "late"}
     r = await c.get(f"/v1/workflows/run/{run_id}/events", headers=h(key), params={"user": "stranger"})
     assert r.status_code == 404
+    # Dify's newest path finds the same log by the run's task id
+    task_id = seen[0][1]["task_id"]
+    r = await c.get(f"/v1/workflow/{task_id}/events", headers={**h(key), "Last-Event-ID": str(last)},
+                    params={"user": "u1"})
+    assert r.status_code == 200
+    assert [(int(f.partition(b"\n")[0][4:]), orjson.loads(f.partition(b"\n")[2][6:]))
+            for f in r.content.split(b"\n\n")[:-1] if f.startswith(b"id: ")] == rest
+    for who, ident in (("stranger", task_id), ("u1", run_id)):  # another user; a run id is not a task id
+        r = await c.get(f"/v1/workflow/{ident}/events", headers=h(key), params={"user": who})
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
 
 
 async def test_a_run_left_by_a_dead_replica_is_marked_failed(w: dict[str, Any]) -> None:

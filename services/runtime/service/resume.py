@@ -61,14 +61,18 @@ class Resumer:
             raise not_found("Task not found.")
         return tid, row[0] != "running", app.mode == "advanced-chat"
 
-    async def workflow_task(self, caller: Caller, run_id: str, user: str | None) -> tuple[str, bool, bool]:
+    async def workflow_task(self, caller: Caller, run_id: str, user: str | None, *, by_task: bool = False
+                            ) -> tuple[str, bool, bool]:
+        """(task id, finished?, advanced-chat?) of a workflow run of this app and user, found by its run id or,
+        with ``by_task``, by its task id."""
         session_id = require_user(user)
         app = await self.rt.app_for(caller)
         rid = parse_uuid(run_id, not_found("Workflow run not found."))
         end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id, create=False)
+        key = WorkflowRun.task_id if by_task else WorkflowRun.id
         async with self.rt.db.session() as s:
             row = (await s.exec(select(WorkflowRun.task_id, WorkflowRun.status, WorkflowRun.created_by).where(
-                WorkflowRun.id == rid, WorkflowRun.app_id == app.id))).first()
+                key == rid, WorkflowRun.app_id == app.id))).first()
         if row is None or row[2] != end_user_id:
             raise not_found("Workflow run not found.")
         return row[0], row[1] != "running", app.mode == "advanced-chat"
