@@ -237,6 +237,86 @@ async def test_workflow_flagged_input_ends_with_the_preset(live: LiveServer, cli
     assert r.json()["data"]["outputs"]["text"] != INPUT_PRESET
 
 
+def template_graph() -> dict[str, Any]:
+    """start(topic) → template "secret {{ topic }}" → end(text): an output no event streams."""
+    return g.graph([
+        g.start(g.text_var("topic")),
+        g.node(g.T, "template-transform", "Format", template="secret {{ topic }}",
+               variables=[{"variable": "topic", "value_selector": [g.START, "topic"]}]),
+        g.end(text=[g.T, "output"]),
+    ], [g.edge(g.START, g.T), g.edge(g.T, g.END)])
+
+
+async def run_row(live: LiveServer, run_id: str) -> WorkflowRun:
+    async with live.ctx.db.session() as s:
+        return (await s.exec(select(WorkflowRun).where(WorkflowRun.id == run_id))).one()
+
+
+async def test_workflow_output_flagged_mid_stream(live: LiveServer, client: httpx.AsyncClient,
+                                                  owner: dict[str, str], llm: ScriptedLLM) -> None:
+    """The text the run streams is reviewed as it goes: flagged, the rest is held back, the run stops (its
+    model call closed), ``text_replace`` carries the preset and the preset is the run's output."""
+    _, k = await graph_app(client, owner, "workflow", g.linear_llm(), keywords_config())
+    llm.push(tokens=["Sure. ", "The SEC", "RET P", "LAN is ", "to win."] + [" more"] * 40, delay=0.02,
+             match="Write about tea")
+    aborted, completed = llm.aborted, llm.completed
+    events = await stream(client, k, "/v1/workflows/run", {"inputs": {"topic": "tea"}})
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "workflow_started" and kinds[-2:] == ["text_replace", "workflow_finished"], kinds
+    assert "".join(e["data"]["text"] for e in events if e["event"] == "text_chunk") == "Sure. The SECRET P"
+    replace, finished = events[-2:]
+    assert replace["data"] == {"text": OUTPUT_PRESET} and replace["task_id"] == finished["task_id"]
+    assert replace["workflow_run_id"] == finished["workflow_run_id"]
+    data = finished["data"]
+    assert (data["status"], data["error"], data["outputs"]) == ("stopped", None, {"text": OUTPUT_PRESET})
+    got = (await client.get(f"/v1/workflows/run/{data['id']}", headers=k)).json()
+    assert got["status"] == "stopped" and got["outputs"] == {"text": OUTPUT_PRESET}
+    assert (await run_row(live, data["id"])).status == "stopped"
+    await settled(llm, aborted + 1)
+    assert llm.aborted == aborted + 1 and llm.completed == completed
+
+    # blocking: the same result
+    llm.push(tokens=["关于", "违禁", "词的", "回答"], match="Write about 茶")
+    r = await client.post("/v1/workflows/run", headers=k,
+                          json={"inputs": {"topic": "茶"}, "user": "u1", "response_mode": "blocking"})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["outputs"] == {"text": OUTPUT_PRESET} and r.json()["data"]["status"] == "stopped"
+
+
+async def test_workflow_outputs_not_streamed_are_reviewed(live: LiveServer, client: httpx.AsyncClient,
+                                                          owner: dict[str, str], llm: ScriptedLLM) -> None:
+    """An output no event carried (a template's) is reviewed when the graph is done: flagged, the run keeps
+    its status and its outputs become the preset."""
+    _, k = await graph_app(client, owner, "workflow", template_graph(), keywords_config())
+    r = await client.post("/v1/workflows/run", headers=k,
+                          json={"inputs": {"topic": "plan"}, "user": "u1", "response_mode": "blocking"})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert (data["status"], data["outputs"]) == ("succeeded", {"text": OUTPUT_PRESET})
+    assert (await run_row(live, data["id"])).outputs == {"text": OUTPUT_PRESET}
+    events = await stream(client, k, "/v1/workflows/run", {"inputs": {"topic": "PLAN"}})
+    kinds = [e["event"] for e in events]
+    assert "text_chunk" not in kinds and kinds[-2:] == ["text_replace", "workflow_finished"], kinds
+    assert events[-1]["data"]["status"] == "succeeded" and events[-1]["data"]["outputs"] == {"text": OUTPUT_PRESET}
+    # a clean one is returned as made
+    r = await client.post("/v1/workflows/run", headers=k,
+                          json={"inputs": {"topic": "garden"}, "user": "u1", "response_mode": "blocking"})
+    assert r.json()["data"]["outputs"] == {"text": "secret garden"}
+
+
+async def test_workflow_output_reviewed_by_the_moderation_model(live: LiveServer, client: httpx.AsyncClient,
+                                                                owner: dict[str, str], llm: ScriptedLLM) -> None:
+    """`openai_moderation`: one final review of the streamed text (the output it became is not sent again)."""
+    _, k = await graph_app(client, owner, "workflow", g.linear_llm(), model_moderation(inputs=False))
+    llm.push(tokens=["All about ", "the forbidden-", "topic here."], match="Write about it")
+    before = len(llm.moderation_requests)
+    events = await stream(client, k, "/v1/workflows/run", {"inputs": {"topic": "it"}})
+    kinds = [e["event"] for e in events]
+    assert kinds[-2:] == ["text_replace", "workflow_finished"], kinds
+    assert events[-1]["data"]["status"] == "succeeded" and events[-1]["data"]["outputs"] == {"text": OUTPUT_PRESET}
+    assert [m.inputs for m in llm.moderation_requests[before:]] == [["All about the forbidden-topic here."]]
+
+
 # -- an unusable stored feature ----------------------------------------------------------------------------
 
 API_TYPE = {"enabled": True, "type": "api", "config": {

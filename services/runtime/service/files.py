@@ -306,7 +306,7 @@ class FileService:
                 meta = {"upload_file_id": row.id, "url": None, "filename": row.name, "mime_type": row.mime_type,
                         "size": row.size}
             else:
-                sniffed, data_src, name = await self._fetch(i, ref, declared)
+                sniffed, data_src, name = await self.fetch(i, ref, declared)
                 meta = {"upload_file_id": None, "url": ref, "filename": name, "mime_type": sniffed.mime_type,
                         "size": len(data_src)}
             if declared == "custom":
@@ -333,7 +333,7 @@ class FileService:
             f"The model {app.binding.model} does not accept images. Use a vision model, or declare "
             '"features": ["vision"] in the app\'s model config if this model does accept them.')
 
-    async def _fetch(self, i: int | str, url: str, declared: str) -> tuple[Sniffed, bytes, str]:
+    async def fetch(self, i: int | str, url: str, declared: str) -> tuple[Sniffed, bytes, str]:
         """A remote file through the SSRF guard, at most the declared type's size limit; a "custom" file at most
         the larger of the image and document limits, as only those can go to a model (audio and video are
         refused once sniffed, so their larger limits would only let more bytes into memory). ``i``: the file's
@@ -382,7 +382,7 @@ class FileService:
         key = src.id if isinstance(src, UploadFile) else None
         parsed = self.texts.get(key) if key is not None else None
         if parsed is None:
-            parsed = await self._parse(sniffed, src)
+            parsed = await self.parse(sniffed, src)
             if key is not None:
                 self.texts.put(key, parsed)
         text, error = parsed
@@ -390,7 +390,7 @@ class FileService:
             raise invalid_param(f"files[{i}] ({name}): {error}")
         return text
 
-    async def _parse(self, sniffed: Sniffed, src: UploadFile | bytes, chars: int | None = None
+    async def parse(self, sniffed: Sniffed, src: UploadFile | bytes, chars: int | None = None
                      ) -> tuple[str, str | None]:
         """(the text, None), or ("", why the document cannot be read); at most ``chars`` characters (default:
         what one message's prompt takes)."""

@@ -1,6 +1,6 @@
 """Sensitive-word moderation (Dify's ``sensitive_word_avoidance``, docs/moderation.md) of chat, completion and
-agent runs, and of graph apps (advanced-chat: inputs and the answer stream; workflow: inputs), whose setting is
-a feature of the workflow version they run.
+agent runs, and of graph apps (advanced-chat: inputs and the answer stream; workflow: inputs, the text stream
+and the outputs), whose setting is a feature of the workflow version they run.
 
 - Input review, before anything else runs: the query and every input value. Flagged → the run answers
   ``inputs_config.preset_response`` without calling the model.
@@ -87,6 +87,17 @@ def pieces(text: str) -> list[str]:
         return [text]
     step = MODEL_PIECE_CHARS - MODEL_OVERLAP_CHARS
     return [text[i:i + MODEL_PIECE_CHARS] for i in range(0, len(text) - MODEL_OVERLAP_CHARS, step)]
+
+
+def text_leaves(value: Any) -> list[str]:
+    """Every string inside a JSON-like value (a workflow's outputs), in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in text_leaves(v)]
+    return []
 
 
 class KeywordMatcher:
@@ -252,6 +263,20 @@ class OutputReview:
             text = "".join(self._parts) if whole else self._unsent()
             self._sent = self._size
             self.flagged = await self._model_review(text)
+        return self.flagged
+
+    async def also(self, texts: list[str]) -> bool:
+        """After ``finish``: review texts the stream did not carry (a workflow's outputs); flagged when one is.
+        A model review skips a text the stream carried whole (the model judged it already)."""
+        if self.flagged:
+            return True
+        if self.mod.matcher is not None:
+            self.flagged = any(self.mod.matcher.search(fold(t)) for t in texts)
+            return self.flagged
+        streamed = "".join(self._parts)
+        rest = [t for t in texts if t and t not in streamed]
+        if rest:
+            self.flagged = await self._model_review("\n".join(rest))
         return self.flagged
 
     def close(self) -> None:

@@ -139,7 +139,7 @@ class WorkflowFiles:
                 value = file_value(sniffed, method, related_id=row.id, remote_url=None, filename=row.name,
                                    size=row.size, url=preview_url(self.service.base, row.id))
             else:
-                sniffed, data, name = await self.service._fetch(where, ref, declared)
+                sniffed, data, name = await self.service.fetch(where, ref, declared)
                 value = file_value(sniffed, method, related_id=None, remote_url=ref, filename=name,
                                    size=len(data), url=ref)
             if declared == "custom":
@@ -184,7 +184,7 @@ class WorkflowFiles:
                 raise NodeError(f"{name}: the uploaded file was not found")
             return sniff_of(row), row, row.name
         try:
-            sniffed, data, fetched = await self.service._fetch(name, str(value["remote_url"]), declared)
+            sniffed, data, fetched = await self.service.fetch(name, str(value["remote_url"]), declared)
         except ApiError as e:
             raise NodeError(e.message) from None
         return sniffed, data, fetched
@@ -198,7 +198,7 @@ class WorkflowFiles:
         if sniffed.type != "document":
             raise NodeError(f"{name}: {sniffed.type} files have no text to extract; the document extractor "
                             "reads documents (pdf, docx, xlsx, pptx, txt, md, html, csv, eml)")
-        text, error = await self.service._parse(sniffed, src, chars)
+        text, error = await self.service.parse(sniffed, src, chars)
         if error is not None:
             raise NodeError(f"{name}: {error}")
         return text

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlmodel import select
 
 from services.runtime.service.errors import app_unavailable, parse_uuid, require_user
-from services.runtime.service.moderation import OUTPUT_REASON
+from services.runtime.service.moderation import OUTPUT_REASON, text_leaves
 from services.runtime.service.runs import Channel, frame
 from services.runtime.workflow.engine import Engine, RunFailed, VariablePool
 from services.runtime.workflow.files import WorkflowFiles
@@ -81,6 +81,7 @@ class WorkflowTask:
     seq: int = 0  # events emitted so far (the SSE ids)
     files: list[dict[str, Any]] = field(default_factory=list)  # sys.files: the request's files as File values
     preset: str | None = None  # input moderation flagged the inputs: no node runs, this is the output text
+    review: Any = None  # workflow apps: moderation.OutputReview of the text stream and outputs (advanced-chat: chat's)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None and not self.finished.is_set():
@@ -131,7 +132,14 @@ class WorkflowService:
         task = self.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
         task.files = system_files
         task.preset = preset
-        await self.launch(task)
+        # output moderation of what the run streams and returns; the review holds its moderator until the run ends
+        task.review = mod.output_review() if mod is not None and preset is None else None
+        try:
+            await self.launch(task)
+        except BaseException:
+            if task.review is not None and task.task is None:  # the run never started
+                task.review.close()
+            raise
         return task
 
     async def prepare(self, app: AppEntry, workflow_id: str | None, inputs: Any, *, end_user_id: str
@@ -231,7 +239,7 @@ class WorkflowService:
             envelope = {"conversation_id": chat.conversation_id, "message_id": chat.message_id,
                         "created_at": task.created_at, **envelope}
 
-        review = chat.review if chat is not None else None
+        review = chat.review if chat is not None else task.review
 
         async def emit(event: str, fields: dict[str, Any]) -> None:
             if event == "message":  # an answer delta: Dify's message chunk, id = the message id
@@ -241,6 +249,10 @@ class WorkflowService:
                     task.request_stop("moderation")
                     return
                 fields = {"id": chat.message_id, **fields}
+            elif event == "text_chunk" and chat is None and review is not None \
+                    and review.feed(fields["data"]["text"]):
+                task.request_stop("moderation")  # as above; the stream ends with text_replace
+                return
             data = orjson.dumps({"event": event, **envelope, **fields})
             task.seq += 1
             if channel is not None:
@@ -276,6 +288,8 @@ class WorkflowService:
                 await asyncio.sleep(0)  # a stop asked for by the run's own last step lands here, as a stop
             if review is not None:
                 await review.finish()  # the moderation model's last review (keywords saw every delta)
+                if chat is None:  # a workflow's result is its outputs, streamed or not
+                    await review.also(text_leaves(engine.outputs))
             task.status = "partial-succeeded" if engine.exceptions else "succeeded"
         except asyncio.CancelledError:
             task.status = "stopped"
@@ -289,6 +303,8 @@ class WorkflowService:
             task.status, task.error = "failed", f"{type(e).__name__}: {e}"
         finally:
             task.outputs = engine.outputs if task.status in ("succeeded", "partial-succeeded") else {}
+            if chat is None and review is not None and review.flagged:
+                task.outputs = {"text": review.preset}  # as a flagged input's run: the preset is the result
             task.elapsed, task.steps, task.tokens = time.perf_counter() - started, engine.steps, engine.tokens
             task.finished_at = int(time.time())
             try:
@@ -298,9 +314,11 @@ class WorkflowService:
             finally:
                 if review is not None:
                     review.close()
-                    if review.flagged:  # the answer as stored: the preset (chat.finish)
+                    if review.flagged and chat is not None:  # the answer as stored: the preset (chat.finish)
                         await emit("message_replace", {"id": chat.message_id, "answer": review.preset,
                                                        "reason": OUTPUT_REASON})
+                    elif review.flagged:  # Dify's workflow event: the preset replaces the text streamed so far
+                        await emit("text_replace", {"data": {"text": review.preset}})
                 if chat is not None and task.status != "failed":  # a failed chat run ends without message_end
                     await emit("message_end", {"id": chat.message_id, "metadata": chat.metadata(), "files": []})
                 await emit("workflow_finished", {"data": {
