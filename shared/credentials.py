@@ -1,4 +1,5 @@
-"""A workspace's provider credentials, decrypted for a call (the console stores them encrypted)."""
+"""A workspace's provider credentials, decrypted for a call (the console stores them encrypted), and its default
+models (the console's ``/workspaces/current/default-model``), as the other services read them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.crypto import decrypt_json
 from shared.llm import canonical_provider
-from shared.models import ProviderCredential
+from shared.models import ProviderCredential, TenantDefaultModel
 
 log = structlog.get_logger("plexus.credentials")
 
@@ -32,3 +33,10 @@ async def provider_credentials(s: AsyncSession, secret_key: str | None, tenant_i
     except Exception:  # noqa: BLE001
         log.warning("provider_credentials_undecryptable", tenant_id=tenant_id, provider=provider)
         return None
+
+
+async def default_model(s: AsyncSession, tenant_id: str, model_type: str) -> tuple[str, str] | None:
+    """The workspace's default (provider, model) of ``model_type`` ("llm", "text-embedding", ...), or None."""
+    row = (await s.exec(select(TenantDefaultModel.provider, TenantDefaultModel.model).where(
+        TenantDefaultModel.tenant_id == tenant_id, TenantDefaultModel.model_type == model_type))).first()
+    return (row[0], row[1]) if row is not None else None

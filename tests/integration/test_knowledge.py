@@ -499,6 +499,46 @@ async def test_provider_embeddings_and_giving_up_after_max_attempts(kb: KB, llm)
     assert r.status_code == 400 and r.json()["code"] == "provider_not_initialize"
 
 
+async def test_workspace_default_embedding_model(kb: KB, llm) -> None:
+    """A high-quality dataset that names no embedding model gets the workspace's default text-embedding model
+    (Dify's choice), or the built-in one when none is set."""
+    r = await kb.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                        headers=kb.admin, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
+    assert r.status_code == 200
+
+    async def set_default(model: str | None) -> None:
+        entry: dict[str, Any] = {"model_type": "text-embedding"}
+        if model is not None:
+            entry.update(provider="openai-compatible", model=model)
+        r = await kb.c.post("/console/api/workspaces/current/default-model", headers=kb.admin,
+                            json={"model_settings": [entry]})
+        assert r.status_code == 200, r.text
+
+    await set_default("trigram-default")
+    try:
+        ds = await kb.dataset(indexing_technique="high_quality")
+        assert (ds["embedding_model_provider"], ds["embedding_model"]) == ("openai-compatible", "trigram-default")
+        before = len(llm.embedding_requests)
+        created = await kb.text_doc(ds["id"], "faq", FAQ)
+        (st,) = await kb.wait(ds["id"], created["batch"])
+        assert st["indexing_status"] == "completed", st
+        assert [q.body["model"] for q in llm.embedding_requests[before:]][:1] == ["trigram-default"]
+        # an economy dataset switched to high_quality without a model: the default too
+        eco = await kb.dataset(indexing_technique="economy")
+        r = await kb.c.patch(f"/v1/datasets/{eco['id']}", headers=kb.h, json={"indexing_technique": "high_quality"})
+        assert r.status_code == 200, r.text
+        assert (r.json()["embedding_model_provider"], r.json()["embedding_model"]) == (
+            "openai-compatible", "trigram-default")
+        # a model named wins over the default
+        named = await kb.dataset(indexing_technique="high_quality", embedding_model_provider="openai-compatible",
+                                 embedding_model="trigram-embed")
+        assert named["embedding_model"] == "trigram-embed"
+    finally:
+        await set_default(None)
+    plain = await kb.dataset(indexing_technique="high_quality")
+    assert plain["embedding_model_provider"] == "plexus"
+
+
 async def test_metadata_fields_values_and_filtered_retrieval(kb: KB) -> None:
     ds = await kb.dataset()
     base = f"/v1/datasets/{ds['id']}"

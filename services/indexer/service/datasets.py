@@ -20,6 +20,7 @@ from services.indexer.service.common import (
 )
 from services.indexer.service.core import Knowledge
 from services.indexer.service.tags import bound_to_any, tags_of, unbind_dataset
+from shared.credentials import default_model
 from shared.errors import validation_message
 from shared.knowledge.models import (
     LOCAL_EMBEDDING_MODEL,
@@ -92,7 +93,10 @@ class DatasetService:
 
     async def _check_embedding(self, s: AsyncSession, tenant_id: str, provider: str | None, model: str | None
                                ) -> tuple[str, str]:
-        """The embedding model to store, checked usable now (reference: 400 provider_not_initialize)."""
+        """The embedding model to store, checked usable now (reference: 400 provider_not_initialize). None named:
+        the workspace's default text-embedding model, as Dify does, else the built-in one."""
+        if not provider:
+            provider, model = await default_model(s, tenant_id, "text-embedding") or (None, None)
         if not provider or provider == LOCAL_EMBEDDING_PROVIDER:
             return LOCAL_EMBEDDING_PROVIDER, LOCAL_EMBEDDING_MODEL
         if not model:

@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import update
-from sqlmodel import select
 
 from services.runtime import llm
 from services.runtime.service.errors import provider_not_initialize
 from services.runtime.service.prompt import clean_title, default_name, title_messages
-from shared.credentials import provider_credentials
+from shared.credentials import default_model, provider_credentials
 from shared.errors import ApiError
-from shared.models import Conversation, TenantDefaultModel
+from shared.models import Conversation
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -64,8 +63,7 @@ class HelperModel:
         """The workspace's default ``model_type`` model, ready to call; None when none is set. 400
         ``provider_not_initialize`` when its provider's credentials were removed after it was set."""
         async with self.rt.db.session() as s:
-            row = (await s.exec(select(TenantDefaultModel.provider, TenantDefaultModel.model).where(
-                TenantDefaultModel.tenant_id == tenant_id, TenantDefaultModel.model_type == model_type))).first()
+            row = await default_model(s, tenant_id, model_type)
         if row is None:
             return None
         binding = await self.bind(tenant_id, row[0], row[1])
