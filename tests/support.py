@@ -119,6 +119,13 @@ async def new_app(c: Any, h: dict[str, str], mode: str, config: dict[str, Any] |
     return app_id
 
 
+async def chat_ok(c: Any, k: dict[str, str], query: str, user: str = "u1", **kw: Any) -> dict[str, Any]:
+    """The body of a blocking chat message (empty inputs) that must succeed."""
+    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {}, "query": query, "user": user, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 async def new_app_key(c: Any, h: dict[str, str], app_id: str) -> str:
     """A new unrestricted app key of ``app_id``."""
     r = await c.post(f"/console/api/apps/{app_id}/api-keys", headers=h)

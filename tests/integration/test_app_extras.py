@@ -15,6 +15,7 @@ from services.runtime.service.app_extras import parse_questions
 from tests import workflow_graphs as g
 from tests.llm_server import ScriptedLLM
 from tests.support import Apps, bearer, envelope, scripted_owner
+from tests.support import chat_ok as chat
 
 MODEL = {"provider": "openai-compatible", "name": "scripted"}
 
@@ -28,12 +29,6 @@ def config(suggest: bool = True, **extra: Any) -> dict[str, Any]:
 async def apps(client: httpx.AsyncClient, llm: ScriptedLLM) -> Apps:
     llm.reset()
     return Apps(client, await scripted_owner(client, llm), prefix="extras")
-
-
-async def chat(c: httpx.AsyncClient, k: dict[str, str], query: str, user: str = "u1", **kw: Any) -> dict[str, Any]:
-    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {}, "query": query, "user": user, **kw})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 # ---- parsing the model's reply ----------------------------------------------------------------------------

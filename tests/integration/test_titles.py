@@ -21,6 +21,7 @@ from tests import workflow_graphs as g
 from tests.conftest import LiveServer
 from tests.llm_server import ScriptedLLM
 from tests.support import Apps, bearer, scripted_owner
+from tests.support import chat_ok as chat
 
 MODEL = {"provider": "openai-compatible", "name": "scripted"}
 CONFIG = {"model": MODEL, "pre_prompt": "You are helpful."}
@@ -34,12 +35,6 @@ MODERATED = {"enabled": True, "type": "keywords", "config": {
 async def apps(client: httpx.AsyncClient, llm: ScriptedLLM) -> Apps:
     llm.reset()
     return Apps(client, await scripted_owner(client, llm), prefix="titles")
-
-
-async def chat(c: httpx.AsyncClient, k: dict[str, str], query: str, user: str = "u1", **kw: Any) -> dict[str, Any]:
-    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {}, "query": query, "user": user, **kw})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 async def settled(live: LiveServer, timeout: float = 20) -> None:
