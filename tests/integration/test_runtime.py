@@ -938,7 +938,9 @@ async def test_rename_conversation(world: World) -> None:
     w = world
     h, c = w.h("chat"), w.a.client
     conv = (
-        await c.post("/v1/chat-messages", json=chat("Tell me about the sea", user="namer"), headers=h)
+        # no title in the background: the one asked for below must be the only title call
+        await c.post("/v1/chat-messages", json=chat("Tell me about the sea", user="namer", auto_generate_name=False),
+                     headers=h)
     ).json()["conversation_id"]
     r = await c.post(f"/v1/conversations/{conv}/name", json={"name": "Sea talk", "user": "namer"}, headers=h)
     assert r.status_code == 200, r.text
