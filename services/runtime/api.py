@@ -83,7 +83,7 @@ class TextToAudioBody(UserBody):
     message_id: str | None = None
     text: str | None = None
     voice: str | None = None
-    streaming: bool | None = None  # accepted; the audio comes in one response (docs/audio.md)
+    streaming: bool | None = None  # accepted; a long text's audio streams anyway (docs/audio.md)
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -347,9 +347,17 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
 
     @router.post("/text-to-audio")
     async def text_to_audio(body: TextToAudioBody, caller: Caller = who) -> Response:
-        audio, media_type = await rt.audio.synthesize(caller, message_id=body.message_id, text=body.text,
-                                                      voice=body.voice, user=body.user)
-        return Response(audio, media_type=media_type)
+        speech = await rt.audio.synthesize(caller, message_id=body.message_id, text=body.text, voice=body.voice,
+                                           user=body.user)
+        if speech.rest is None:
+            return Response(speech.first, media_type=speech.media_type)
+
+        async def pieces() -> AsyncIterator[bytes]:  # a long text: each piece's audio as soon as it is made
+            yield speech.first
+            async for audio in speech.rest:
+                yield audio
+
+        return StreamingResponse(pieces(), media_type=speech.media_type)
 
     @router.get("/files/{file_id}/preview")
     async def preview_file(file_id: str, caller: Caller = who, as_attachment: bool = False,

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.runtime.service.audio import TTS_MAX_TOTAL_CHARS, speech_pieces
 from shared.settings import FilesSettings
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
 from tests.llm_server import ScriptedLLM, heard_text, speech_bytes
@@ -320,13 +321,55 @@ async def test_text_to_audio_by_message_id(env: Env) -> None:
     assert len(env.llm.speech_requests) == seen
 
 
+async def test_long_text_is_read_in_pieces(env: Env) -> None:
+    """Text over one provider call's 4,096 characters is read in pieces split at sentence ends, their MP3 audio
+    streamed one after the other; a long answer is read the same way."""
+    _, h = await env.app(**TTS_ON)
+    text = " ".join(f"Sentence number {i} is here." for i in range(400))  # 11,289 characters
+    seen = len(env.llm.speech_requests)
+    r = await env.speak(h, text=text)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg", r.text
+    inputs = [q.body["input"] for q in env.llm.speech_requests[seen:]]
+    assert len(inputs) == 3 and all(len(x) <= 4096 and x.endswith("is here.") for x in inputs)
+    assert " ".join(inputs) == text  # nothing lost or read twice
+    assert r.content == b"".join(speech_bytes(x) for x in inputs)
+
+    # a later piece that fails ends the audio early (the status went out with the first piece)
+    env.llm.push(endpoint="speech", match="Sentence number 399 ", status=500,
+                 body={"error": {"message": "voice engine down", "type": "server_error"}})
+    r = await env.speak(h, text=text)
+    assert r.status_code == 200 and r.content == b"".join(speech_bytes(x) for x in inputs[:2])
+    # a provider answering WAV cannot be joined: refused with the reason
+    env.llm.push(endpoint="speech", match="Sentence number 0 ", body=wav("first-piece"))
+    msg = envelope(await env.speak(h, text=text), 400, "completion_request_error")
+    assert "MP3" in msg
+
+    # a long answer, by message id
+    env.llm.push(reply=text, match="read-long")
+    r = await env.c.post("/v1/chat-messages", headers=h, json={"inputs": {}, "query": "read-long", "user": "u1",
+                                                               "response_mode": "blocking"})
+    assert r.status_code == 200, r.text
+    seen = len(env.llm.speech_requests)
+    r = await env.speak(h, message_id=r.json()["message_id"])
+    assert r.status_code == 200
+    assert [q.body["input"] for q in env.llm.speech_requests[seen:]] == inputs
+    assert r.content == b"".join(speech_bytes(x) for x in inputs)
+
+
+def test_speech_pieces() -> None:
+    assert speech_pieces("One. Two.", 100) == ["One. Two."]
+    assert speech_pieces("Aaaa. Bbbb. Cccc.", 12) == ["Aaaa. Bbbb.", "Cccc."]
+    assert speech_pieces("abcdefghij klm", 8) == ["abcdefgh", "ij klm"]  # no sentence end or space far enough in
+    assert speech_pieces("  ") == []
+
+
 async def test_text_to_audio_errors(env: Env) -> None:
     _, h = await env.app(**TTS_ON)
     seen = len(env.llm.speech_requests)
     for body in ({}, {"text": ""}, {"text": "   "}, {"message_id": "", "text": None}):
         envelope(await env.speak(h, **body), 400, "invalid_param")
-    msg = envelope(await env.speak(h, text="x" * 4097), 400, "invalid_param")
-    assert "4096" in msg
+    msg = envelope(await env.speak(h, text="x" * (TTS_MAX_TOTAL_CHARS + 1)), 400, "invalid_param")
+    assert str(TTS_MAX_TOTAL_CHARS) in msg
     _, off = await env.app(**STT_ON)
     assert envelope(await env.speak(off, text="hello"), 400, "invalid_param") == "TTS is not enabled"
     assert len(env.llm.speech_requests) == seen

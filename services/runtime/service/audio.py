@@ -13,8 +13,10 @@ limit ``/parameters`` shows (``system_parameters.audio_file_size_limit``, MB).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import structlog
@@ -43,8 +45,11 @@ log = structlog.get_logger("plexus.runtime.audio")
 
 AUDIO_EXTENSIONS = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm", "amr")  # Dify's ALLOWED_EXTENSIONS
 DEFAULT_VOICE = "alloy"  # OpenAI's first voice; used when neither the request nor the app names one
-# OpenAI's limit for one /audio/speech input: longer request text is refused, a longer answer is cut
+# OpenAI's limit for one /audio/speech input: longer text is read in pieces of at most this, split at sentence
+# ends, whose audio is streamed one after the other
 TTS_MAX_CHARS = 4096
+# what one request reads aloud (ten provider calls): longer request text is refused, a longer answer is cut
+TTS_MAX_TOTAL_CHARS = 10 * TTS_MAX_CHARS
 _SENTENCE_END = re.compile(r"[.!?。！？\n]\s*")
 
 
@@ -81,6 +86,28 @@ def cut_text(text: str, limit: int = TTS_MAX_CHARS) -> str:
     ends = [m.end() for m in _SENTENCE_END.finditer(head)]
     cut = ends[-1] if ends else head.rfind(" ") + 1
     return (head[:cut] if cut > limit // 2 else head).rstrip()
+
+
+def speech_pieces(text: str, limit: int = TTS_MAX_CHARS) -> list[str]:
+    """``text`` in consecutive pieces of at most ``limit`` characters, each ending at a sentence end where one
+    falls in the second half of the piece (else at a space, else anywhere)."""
+    pieces = []
+    rest = text.strip()
+    while len(rest) > limit:
+        head = cut_text(rest, limit)
+        pieces.append(head)
+        rest = rest[len(head):].lstrip()
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+class Speech:
+    """The audio of one text-to-audio request: the first piece's bytes (already made, so a provider error is
+    the request's 400) and, for a long text, the rest, made one by one as the response streams."""
+
+    def __init__(self, first: bytes, media_type: str, rest: AsyncIterator[bytes] | None = None) -> None:
+        self.first, self.media_type, self.rest = first, media_type, rest
 
 
 class AudioService:
@@ -133,31 +160,61 @@ class AudioService:
 
     # -- text to speech -------------------------------------------------------------------------------
     async def synthesize(self, caller: Caller, *, message_id: str | None, text: str | None, voice: str | None,
-                         user: str | None) -> tuple[bytes, str]:
-        """(audio bytes, media type) of the message's answer (``message_id`` wins) or of ``text``."""
+                         user: str | None) -> Speech:
+        """The audio of the message's answer (``message_id`` wins) or of ``text``."""
         app = await self.rt.app_for(caller)
         features = await self._feature(app, "text_to_speech", "TTS is not enabled")
         if message_id:
-            content = cut_text(await self._answer(app, message_id, user or DEFAULT_USER))
+            content = cut_text(await self._answer(app, message_id, user or DEFAULT_USER), TTS_MAX_TOTAL_CHARS)
         else:
             content = (text or "").strip()
             if not content:
                 raise invalid_param("Text is required")
-            if len(content) > TTS_MAX_CHARS:
-                raise invalid_param(f"Text is too long: at most {TTS_MAX_CHARS} characters can be read aloud "
-                                    "in one request.")
-        voice = voice or features.get("voice") or DEFAULT_VOICE
+            if len(content) > TTS_MAX_TOTAL_CHARS:
+                raise invalid_param(f"Text is too long: at most {TTS_MAX_TOTAL_CHARS} characters can be read "
+                                    "aloud in one request.")
+        voice = str(voice or features.get("voice") or DEFAULT_VOICE)
         binding = await self._binding(app.tenant_id, "tts", no_text_to_speech)
+        pieces = speech_pieces(content)
         try:
-            resp = await litellm().aspeech(**binding.kwargs, input=content, voice=str(voice),
-                                           response_format="mp3", timeout=self.rt.settings.llm_timeout,
-                                           max_retries=0)
-            audio = resp.content
+            first = await self._speak(binding, pieces[0], voice)
         except Exception as e:  # noqa: BLE001 - any provider failure is the request's 400
             message = error_message(e, binding.provider)
             log.info("speech_failed", app_id=app.id, error=message)
             raise completion_request_error(message) from None
-        return audio, audio_media_type(audio)
+        media_type = audio_media_type(first)
+        if len(pieces) == 1:
+            return Speech(first, media_type)
+        if media_type != "audio/mpeg":  # MP3 frames join into one stream; WAV files do not
+            raise completion_request_error(
+                f"The text-to-speech provider answered {media_type}, which cannot be joined: text longer than "
+                f"{TTS_MAX_CHARS} characters needs a provider that answers MP3.")
+        return Speech(first, media_type, self._rest(app.id, binding, pieces[1:], voice))
+
+    async def _speak(self, binding: ModelBinding, text: str, voice: str) -> bytes:
+        resp = await litellm().aspeech(**binding.kwargs, input=text, voice=voice, response_format="mp3",
+                                       timeout=self.rt.settings.llm_timeout, max_retries=0)
+        return resp.content
+
+    async def _rest(self, app_id: str, binding: ModelBinding, pieces: list[str], voice: str
+                    ) -> AsyncIterator[bytes]:
+        """The audio of the pieces after the first; the next one is made while the current one is sent. A
+        provider failure now ends the audio early (the status is sent already), logged."""
+        loop = asyncio.get_running_loop()
+        pending = loop.create_task(self._speak(binding, pieces[0], voice))
+        try:
+            for i in range(len(pieces)):
+                audio = await pending
+                if i + 1 < len(pieces):
+                    pending = loop.create_task(self._speak(binding, pieces[i + 1], voice))
+                yield audio
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            log.warning("speech_cut_short", app_id=app_id, error=error_message(e, binding.provider))
+        finally:
+            if not pending.done():
+                pending.cancel()  # the client went away: the next piece is not needed
+            elif not pending.cancelled():
+                pending.exception()  # read, so an unsent piece's failure is not reported as never retrieved
 
     async def _answer(self, app: AppEntry, message_id: str, session_id: str) -> str:
         """The answer of a message of this app and end user (another's is a 404, like a missing one)."""
