@@ -282,6 +282,8 @@ def required_permission(method: str, path: str) -> str | None:
         return "chat"
     if first == "app" and path == "/app/feedbacks":  # the app's feedback, read like history
         return "history"
+    if first == "end-users":  # who an id in the history is
+        return "history"
     if first in ("parameters", "info", "meta", "site"):
         return None
     return UNSCOPED_ONLY

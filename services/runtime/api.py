@@ -276,6 +276,10 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
         return json_response({"result": "success",
                               "data": await rt.extras.suggested(caller, message_id, user=user)})
 
+    @router.get("/end-users/{end_user_id}")
+    async def end_user(end_user_id: str, caller: Caller = who) -> Response:
+        return json_response(await rt.extras.end_user(caller, end_user_id))
+
     @router.get("/app/feedbacks")
     async def app_feedbacks(caller: Caller = who, page: int = 1, limit: int = 20) -> Response:
         return json_response(await rt.extras.feedbacks(caller, page=page, limit=limit))

@@ -145,6 +145,32 @@ async def test_suggested_advanced_chat(client: httpx.AsyncClient, apps: Apps, ll
              400, "bad_request")
 
 
+# ---- end users (Dify's newest GET /end-users/{id}) ------------------------------------------------------
+
+
+async def test_end_user_by_id(client: httpx.AsyncClient, apps: Apps) -> None:
+    """The id an upload's ``created_by`` names: the end user of this app, with ISO timestamps."""
+    _, k = await apps.create("chat", config())
+    r = await client.post("/v1/files/upload", headers=k, files={"file": ("a.txt", b"hello", "text/plain")},
+                          data={"user": "eu-alice"})
+    assert r.status_code in (200, 201), r.text
+    end_user_id = r.json()["created_by"]
+    r = await client.get(f"/v1/end-users/{end_user_id}", headers=k)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert set(got) == {"id", "tenant_id", "app_id", "type", "external_user_id", "name", "is_anonymous",
+                        "session_id", "created_at", "updated_at"}
+    assert (got["id"], got["type"], got["external_user_id"], got["session_id"], got["name"], got["is_anonymous"]) \
+        == (end_user_id, "service_api", "eu-alice", "eu-alice", None, False)
+    created = datetime.strptime(got["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - created).total_seconds()) < 300
+    # another app's key, an unknown id, a malformed one: 404
+    _, other = await apps.create("chat", config())
+    for key, ident in ((other, end_user_id), (k, str(uuid.uuid4())), (k, "not-a-uuid")):
+        assert envelope(await client.get(f"/v1/end-users/{ident}", headers=key), 404, "not_found") \
+            == "End user not found."
+
+
 # ---- the app's feedback ---------------------------------------------------------------------------------
 
 

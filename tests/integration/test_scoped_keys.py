@@ -65,6 +65,9 @@ async def test_app_key_permissions(client: httpx.AsyncClient, app_env) -> None:
     msg = envelope(await client.get(f"/v1/workflow/{uuid.uuid4()}/events", params={"user": "u1"},
                                     headers=bearer(chat_only["token"])), 403, "forbidden")
     assert "'workflow'" in msg
+    msg = envelope(await client.get(f"/v1/end-users/{uuid.uuid4()}", headers=bearer(chat_only["token"])), 403,
+                   "forbidden")
+    assert "'history'" in msg
     msg = envelope(await client.post(f"/v1/messages/{message_id}/feedbacks", headers=bearer(chat_only["token"]),
                                      json={"rating": "like", "user": "u1"}), 403, "forbidden")
     assert "'feedback'" in msg

@@ -1,5 +1,6 @@
 """The app's smaller service-API views: suggested follow-up questions (reference §2.7), the app's feedback
-list (§2.6 ``GET /app/feedbacks``) and its web-app site settings (§2.12)."""
+list (§2.6 ``GET /app/feedbacks``), its web-app site settings (§2.12) and one of its end users (Dify's newest
+``GET /end-users/{id}``, §2.15)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from services.runtime.service.errors import (
     provider_not_initialize,
     require_user,
 )
-from shared.errors import ApiError, forbidden, invalid_param
+from shared.errors import ApiError, forbidden, invalid_param, not_found
 from shared.identity import Caller
-from shared.models import Message, MessageFeedback
+from shared.models import EndUser, Message, MessageFeedback
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -111,6 +112,15 @@ def feedback_view(f: MessageFeedback) -> dict[str, Any]:
     }
 
 
+def iso_z(dt: datetime) -> str:
+    """A UTC timestamp as Dify's newer response models write it: ``2024-01-16T12:00:29Z``."""
+    return (dt.astimezone(UTC) if dt.tzinfo else dt).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def end_user_not_found() -> ApiError:
+    return not_found("End user not found.")
+
+
 class AppExtras:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -163,6 +173,21 @@ class AppExtras:
         else:
             raise app_unavailable()
         return enabled, (await self.rt.helper.binding(app) if enabled else None)
+
+    # -- end users ------------------------------------------------------------------------------------------
+    async def end_user(self, caller: Caller, end_user_id: str) -> dict[str, Any]:
+        """One end user of this app (another app's is a 404, like a missing one), as Dify's EndUserDetail."""
+        app = await self.rt.app_for(caller)
+        eid = parse_uuid(end_user_id, end_user_not_found())
+        async with self.rt.db.session() as s:
+            u = (await s.exec(select(EndUser).where(EndUser.id == eid, EndUser.app_id == app.id))).first()
+        if u is None:
+            raise end_user_not_found()
+        created = iso_z(u.created_at)
+        # the service API's end users are the `user` a request named (external id = session id), never renamed
+        return {"id": u.id, "tenant_id": u.tenant_id, "app_id": u.app_id, "type": u.type,
+                "external_user_id": u.session_id, "name": None, "is_anonymous": u.is_anonymous,
+                "session_id": u.session_id, "created_at": created, "updated_at": created}
 
     # -- the app's feedback -------------------------------------------------------------------------------
     async def feedbacks(self, caller: Caller, *, page: int, limit: int) -> dict[str, Any]:
