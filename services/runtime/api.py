@@ -47,6 +47,7 @@ class ChatBody(CompletionBody):
     query: str | None = None
     conversation_id: str | None = None
     auto_generate_name: bool | None = True
+    workflow_id: str | None = None  # advanced-chat: run this published version instead of the current one
 
 
 class UserBody(_Body):
@@ -164,6 +165,7 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
             streaming=body.response_mode == "streaming",
             files=body.files,
             auto_name=bool(body.auto_generate_name),  # Dify: null turns it off too
+            workflow_id=body.workflow_id or None,
         )
         return await respond(run)
 

@@ -637,6 +637,53 @@ async def test_parameters_of_graph_apps_come_from_the_start_node_and_features(w:
         assert p["file_upload"]["image"]["enabled"] is False and p["system_parameters"]["file_size_limit"] > 0
 
 
+async def test_advanced_chat_runs_a_named_version(w: dict[str, Any]) -> None:
+    """`workflow_id` on /v1/chat-messages (reference §2.3): an advanced-chat message runs that published
+    version, in a new conversation and in a later turn; the version's errors are those of /workflows/{id}/run."""
+    c, admin, llm = w["c"], w["admin"], w["llm"]
+    app_id = await new_app(w, "advanced-chat")
+    base = f"/console/api/apps/{app_id}/workflows"
+
+    async def publish_version(graph: dict[str, Any]) -> str:
+        r = await c.post(base + "/draft", headers=admin, json={
+            "graph": graph, "features": {}, "conversation_variables": g.CONVERSATION_VARIABLES})
+        assert r.status_code == 200, r.text
+        r = await c.post(base + "/publish", headers=admin, json={})
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    v1 = await publish_version(g.chatflow())
+    v2_graph = g.chatflow()
+    next(n for n in v2_graph["nodes"] if n["id"] == g.ANSWER)["data"]["answer"] = "V2: {{#" + g.LLM + ".text#}}"
+    await publish_version(v2_graph)
+    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+
+    async def ask(query: str, **kw: Any) -> httpx.Response:
+        return await c.post("/v1/chat-messages", headers=h(key), json={"inputs": {}, "query": query, "user": "u1",
+                                                                       **kw})
+
+    llm.push(reply="current", match="which one")
+    assert (await ask("which one")).json()["answer"] == "V2: current"
+    llm.push(reply="older", match="the old one")
+    r = await ask("the old one", workflow_id=v1)
+    assert r.status_code == 200 and r.json()["answer"] == "Turn 1: older", r.text
+    conv = r.json()["conversation_id"]
+    llm.push(reply="still old", match="again")
+    r = await ask("again", workflow_id=v1, conversation_id=conv)
+    assert r.json()["answer"] == "Turn 2: still old"
+    from shared.models import Message
+
+    async with w["srv"].ctx.db.session() as s:
+        run_id = (await s.exec(select(Message.workflow_run_id).where(Message.id == r.json()["message_id"]))).one()
+    run = (await c.get(f"/v1/workflows/run/{run_id}", headers=h(key))).json()
+    assert run["workflow_id"] == v1
+    draft = (await c.get(base + "/draft", headers=admin)).json()["id"]
+    for wid, status, code in (("not-a-uuid", 400, "workflow_id_format_error"), (str(uuid.uuid4()), 404, "not_found"),
+                              (draft, 400, "draft_workflow_error")):
+        r = await ask("errors", workflow_id=wid)
+        assert (r.status_code, r.json()["code"]) == (status, code), r.text
+
+
 async def test_advanced_chat_later_turns_keep_the_required_inputs(w: dict[str, Any]) -> None:
     """Reference §2.3: an existing conversation reuses its stored inputs and ignores the request's, so a later
     turn without the start node's required inputs is answered with the first turn's."""

@@ -74,6 +74,7 @@ class ChatService:
         streaming: bool,
         files: Any = None,
         auto_name: bool = False,
+        workflow_id: str | None = None,
     ) -> Run | WorkflowTask:
         started = time.perf_counter()
         session_id = require_user(user)
@@ -87,7 +88,7 @@ class ChatService:
         if app.mode == "advanced-chat":  # a workflow run per message; its files become sys.files
             return await self.rt.chatflow.create(app, session_id=session_id, inputs=inputs, query=query,
                                                  conversation_id=conversation_id, streaming=streaming,
-                                                 files=files, auto_name=auto_name)
+                                                 files=files, auto_name=auto_name, workflow_id=workflow_id)
         config = app.config
         if config is None:
             raise app_unavailable()

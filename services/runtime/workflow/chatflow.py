@@ -111,7 +111,8 @@ class ChatflowService:
 
     async def create(self, app: AppEntry, *, session_id: str, inputs: Any, query: str,
                      conversation_id: str | None, streaming: bool, files: Any = None,
-                     auto_name: bool = False) -> WorkflowTask | Run:
+                     auto_name: bool = False, workflow_id: str | None = None) -> WorkflowTask | Run:
+        """One message: a run of the published version (``workflow_id``: that one), or a direct answer."""
         started = time.perf_counter()
         wf = self.rt.workflows
         end_user_id = await self.rt.end_users.get(app.tenant_id, app.id, session_id)
@@ -137,9 +138,9 @@ class ChatflowService:
             parent_id = rows[0][0] if rows else None
             history = [(q, a) for _, q, a in reversed(rows) if a]
         if conv_id is None:
-            workflow, graph, cleaned = await wf.prepare(app, None, inputs, end_user_id=end_user_id)
+            workflow, graph, cleaned = await wf.prepare(app, workflow_id, inputs, end_user_id=end_user_id)
         else:  # a conversation keeps the inputs it started with (checked and resolved then)
-            workflow, graph = await wf.served(app)
+            workflow, graph = await wf.served(app, workflow_id)
             cleaned = inputs
         # sensitive-word moderation, from the version's features (moderation.py), before the annotation lookup
         # and the graph as chat.py orders it: a flagged request is answered with the preset, no run
