@@ -275,7 +275,7 @@ class WorkflowNodeExecution(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     elapsed_time: float = 0.0
     execution_metadata: dict = _json(dict)
-    iteration_id: str | None = Field(default=None, max_length=255)
+    iteration_id: str | None = Field(default=None, max_length=255)  # the enclosing iteration or loop node
     iteration_index: int | None = None
     retry_index: int = 0
     created_at: datetime = Field(default_factory=utcnow)

@@ -76,6 +76,7 @@ class WorkflowSettings(BaseModel):
     max_execution_time: float = Field(1200.0, description="seconds a workflow run may take before it is stopped")
     node_timeout: float = Field(600.0, description="seconds one node may take (LLM, tool and HTTP nodes also have their own)")
     max_parallelism: int = Field(10, description="upper bound for an iteration's parallel_nums")
+    max_loop_count: int = Field(100, description="upper bound for a loop node's loop_count (Dify's default)")
     code_cpu_seconds: float = Field(5.0, description="code node: CPU seconds per run")
     code_wall_seconds: float = Field(10.0, description="code node: wall-clock seconds per run")
     code_memory_mb: int = Field(256, description="code node: address-space limit (MiB)")

@@ -16,10 +16,14 @@ START, LLM, END, IF, A, B, AGG, CODE, ITER, ITER_START, T, HTTP, KR, TOOL, LIST,
     "1711000000013", "1711000000014", "1711000000015", "1711000000016", "1711000000017")
 
 
-def node(node_id: str, type_: str, title: str | None = None, parent: str | None = None, **data: Any) -> dict[str, Any]:
+def node(node_id: str, type_: str, title: str | None = None, parent: str | None = None, *, in_loop: bool = False,
+         **data: Any) -> dict[str, Any]:
     n: dict[str, Any] = {"id": node_id, "type": "custom", "position": {"x": 0, "y": 0},
                          "data": {"type": type_, "title": title or type_, "selected": False, **data}}
-    if parent:
+    if parent and in_loop:
+        n["parentId"] = parent
+        n["data"].update(isInLoop=True, loop_id=parent)
+    elif parent:
         n["parentId"] = parent
         n["data"].update(isInIteration=True, iteration_id=parent)
     return n
@@ -210,3 +214,41 @@ def chatflow() -> dict[str, Any]:
              prompt_template=[{"role": "system", "text": "You are terse."}]),
         node(ANSWER, "answer", "Answer", answer="Turn {{#conversation.turns#}}: {{#" + LLM + ".text#}}"),
     ], [edge(START, ASSIGN), edge(ASSIGN, LLM), edge(LLM, ANSWER)])
+
+
+LOOP, LOOP_START, LOOP_END, L_ASSIGN, L_IF = (
+    "1711000000020", "1711000000021", "1711000000022", "1711000000023", "1711000000024")
+
+
+def loop_graph(*, loop_count: int = 10, step: int = 2, stop_at: int | None = 6, end_at: int | None = None,
+               start_total: Any = 0) -> dict[str, Any]:
+    """start → loop(total: number = start_total, seen: array[string] = []) whose rounds add ``step`` to total and
+    append "r" to seen, breaking when total ≥ ``stop_at`` (break conditions) or, with ``end_at``, by an if-else
+    that reaches a loop-end node once total ≥ ``end_at`` → end(total, seen, rounds)."""
+    children = [
+        node(LOOP_START, "loop-start", "", parent=LOOP, in_loop=True),
+        node(L_ASSIGN, "assigner", "Step", parent=LOOP, in_loop=True, version="2", items=[
+            {"variable_selector": [LOOP, "total"], "input_type": "constant", "operation": "+=", "value": step},
+            {"variable_selector": [LOOP, "seen"], "input_type": "constant", "operation": "append", "value": "r"}]),
+    ]
+    edges = [edge(START, LOOP), edge(LOOP_START, L_ASSIGN), edge(LOOP, END)]
+    if end_at is not None:
+        children += [
+            node(L_IF, "if-else", "Enough?", parent=LOOP, in_loop=True, cases=[{
+                "case_id": "true", "logical_operator": "and", "conditions": [
+                    {"id": "c1", "variable_selector": [LOOP, "total"], "comparison_operator": "≥",
+                     "value": str(end_at), "varType": "number"}]}]),
+            node(LOOP_END, "loop-end", "Stop", parent=LOOP, in_loop=True),
+        ]
+        edges += [edge(L_ASSIGN, L_IF), edge(L_IF, LOOP_END, "true")]
+    breaks = [] if stop_at is None else [{"id": "b1", "variable_selector": [LOOP, "total"],
+                                          "comparison_operator": "≥", "value": str(stop_at), "varType": "number"}]
+    return graph([
+        start(),
+        node(LOOP, "loop", "Count up", loop_count=loop_count, logical_operator="and", break_conditions=breaks,
+             start_node_id=LOOP_START, loop_variables=[
+                 {"id": "v1", "label": "total", "var_type": "number", "value_type": "constant", "value": start_total},
+                 {"id": "v2", "label": "seen", "var_type": "array[string]", "value_type": "constant", "value": "[]"}]),
+        *children,
+        end(total=[LOOP, "total"], seen=[LOOP, "seen"], rounds=[LOOP, "loop_round"]),
+    ], edges)

@@ -263,6 +263,37 @@ async def test_iteration(w: dict[str, Any], parallel: bool) -> None:
     assert len(inner) == 3 and all(d["iteration_id"] == g.ITER for d in inner)
 
 
+async def test_loop(w: dict[str, Any]) -> None:
+    """Dify's loop node: rounds until the break conditions hold, loop variables written by an assigner inside,
+    loop_started / loop_next / loop_completed around the children's events (which carry loop_id)."""
+    _, key = await publish(w, g.loop_graph(step=2, stop_at=6))
+    events = await stream(w, key, {})
+    assert events[-1]["data"]["status"] == "succeeded", events[-1]
+    assert events[-1]["data"]["outputs"] == {"total": 6, "seen": ["r", "r", "r"], "rounds": 3}
+    kinds = [e["event"] for e in events]
+    assert kinds.count("loop_started") == 1 and kinds.count("loop_completed") == 1
+    assert [e["data"]["index"] for e in events if e["event"] == "loop_next"] == [1, 2]
+    done = next(e for e in events if e["event"] == "loop_completed")["data"]
+    assert done["outputs"] == {"total": 6, "seen": ["r", "r", "r"], "loop_round": 3} and done["status"] == "succeeded"
+    inner = [e["data"] for e in events if e["event"] == "node_started" and e["data"]["node_id"] == g.L_ASSIGN]
+    assert len(inner) == 3 and all(d["loop_id"] == g.LOOP and d["iteration_id"] is None for d in inner)
+
+    # a loop-end node reached in a round makes it the last
+    _, key = await publish(w, g.loop_graph(step=1, stop_at=None, end_at=3))
+    assert (await run(w, key, {}))["data"]["outputs"] == {"total": 3, "seen": ["r", "r", "r"], "rounds": 3}
+    # no break: loop_count rounds
+    _, key = await publish(w, g.loop_graph(loop_count=4, step=1, stop_at=None))
+    assert (await run(w, key, {}))["data"]["outputs"] == {"total": 4, "seen": ["r"] * 4, "rounds": 4}
+    # break conditions that already hold: no round
+    _, key = await publish(w, g.loop_graph(start_total=10))
+    assert (await run(w, key, {}))["data"]["outputs"] == {"total": 10, "seen": [], "rounds": 0}
+    # a starting value that is not of its type, a loop_count over the limit: the loop node fails the run
+    for graph, message in ((g.loop_graph(start_total="ten"), "total"), (g.loop_graph(loop_count=101), "loop_count")):
+        _, key = await publish(w, graph)
+        out = await run(w, key, {})
+        assert out["data"]["status"] == "failed" and message in out["data"]["error"], out
+
+
 async def test_code_template_http(w: dict[str, Any]) -> None:
     _, key = await publish(w, g.code_template_http(w["base"] + "/weather"))
     out = await run(w, key, {"city": "paris"})

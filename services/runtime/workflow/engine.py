@@ -4,7 +4,9 @@ Scheduling: a node becomes ready once every incoming edge is resolved and at lea
 branch node (if-else, question-classifier, a fail-branch) takes the edges of the handle it chose and
 skips the others, and a node whose incoming edges are all skipped is skipped in turn. Ready nodes run
 concurrently as tasks, so independent branches overlap. An iteration runs its child sub-graph once per
-item (in parallel up to ``parallel_nums``) in a pool layered over the run's.
+item (in parallel up to ``parallel_nums``) in a pool layered over the run's. A loop runs its child sub-graph
+round after round (at most ``loop_count``) until a loop-end node runs or its break conditions hold; its loop
+variables persist across rounds and assigner nodes inside it may write them.
 
 Each node gets ``node_started``/``node_finished`` (and ``node_retry``) events, a timeout, retries, and its
 error strategy (fail the run, default values, or the fail branch). Text reaches the client as soon as it
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.runtime.workflow.logic import render_template, to_text
+from services.runtime.workflow.logic import evaluate_cases, loop_value, render_template, to_text
 from shared.models import new_id
 from shared.settings import WorkflowSettings
 from shared.workflow import TEMPLATE_RE, Graph, Node
@@ -103,7 +105,7 @@ class Execution:
     node: Node
     index: int
     predecessor: str | None
-    iteration_id: str | None
+    iteration_id: str | None  # the enclosing iteration or loop (stored in the iteration_* columns either way)
     iteration_index: int | None
     started: float
     created_at: int
@@ -113,13 +115,16 @@ class Execution:
     elapsed: float = 0.0
     finished_at: int | None = None
     retry_index: int = 0
+    in_loop: bool = False  # the container is a loop: events name it loop_id, not iteration_id
 
     def base(self) -> dict[str, Any]:
         return {"id": self.id, "node_id": self.node.id, "node_type": self.node.type, "title": self.node.title,
                 "index": self.index, "predecessor_node_id": self.predecessor,
                 "inputs": self.result.inputs if self.result else None, "created_at": self.created_at,
                 "extras": {}, "parallel_id": None, "parallel_start_node_id": None, "parent_parallel_id": None,
-                "parent_parallel_start_node_id": None, "iteration_id": self.iteration_id, "loop_id": None,
+                "parent_parallel_start_node_id": None,
+                "iteration_id": None if self.in_loop else self.iteration_id,
+                "loop_id": self.iteration_id if self.in_loop else None,
                 "parallel_run_id": None, "agent_strategy": None}
 
     def finished(self) -> dict[str, Any]:
@@ -178,6 +183,7 @@ class Engine:
         self.finished_nodes: set[str] = set()
         self.skipped: set[str] = set()
         self.conversation_changed: dict[str, Any] = {}  # advanced-chat: variables the assigner wrote
+        self.loop_ended: set[str] = set()  # loops whose current round ran a loop-end node
         self._streams = self._plan_streams()
 
     # -- streaming text ------------------------------------------------------------------------------
@@ -323,7 +329,8 @@ class Engine:
             raise RunFailed(f"workflow run exceeded {self.settings.max_steps} steps", node.id)
         ex = Execution(id=new_id(), node=node, index=self.steps, predecessor=predecessor,
                        iteration_id=iteration.id if iteration else None, iteration_index=item_index,
-                       started=time.perf_counter(), created_at=int(time.time()))
+                       started=time.perf_counter(), created_at=int(time.time()),
+                       in_loop=iteration is not None and iteration.type == "loop")
         self.executions.append(ex)
         impl = self.impls.get(node.type)
         await self.emit("node_started", {"data": ex.base()})
@@ -430,3 +437,67 @@ class Engine:
             "execution_metadata": None, "finished_at": int(time.time()), "steps": len(items)}})
         return NodeResult(outputs={"output": results}, inputs={"iterator_selector": items})
 
+
+    # -- loop -----------------------------------------------------------------------------------------
+    async def loop(self, node: Node, pool: VariablePool) -> NodeResult:
+        """Dify's loop: the break conditions are checked before the first round and after each one; a round
+        that ran a loop-end node is the last. Outputs: the loop variables as the last round left them, and
+        ``loop_round``, the number of rounds run."""
+        data = node.data
+        count = int(data.get("loop_count") or 0)
+        if not 0 <= count <= self.settings.max_loop_count:
+            raise NodeError(f"loop_count must be between 0 and {self.settings.max_loop_count}, got {count}")
+        state: dict[str, Any] = {}  # the loop variables: [loop id, label] inside, written by assigners
+        for var in data.get("loop_variables") or []:
+            label = var.get("label")
+            if not label:
+                continue
+            raw = pool.maybe(var.get("value")) if var.get("value_type") == "variable" else var.get("value")
+            try:
+                state[label] = loop_value(raw, var.get("var_type"))
+            except ValueError as e:
+                raise NodeError(f"loop variable {label!r}: {e}") from None
+        children = self.graph.children(node.id)
+        start_id = str(data.get("start_node_id"))
+        conditions = {"logical_operator": data.get("logical_operator") or "and",
+                      "conditions": data.get("break_conditions") or []}
+        started = time.perf_counter()
+        inputs = {"loop_count": count}
+        meta = {"id": new_id(), "node_id": node.id, "node_type": "loop", "title": node.title,
+                "created_at": int(time.time()), "extras": {}, "parallel_id": None, "parallel_start_node_id": None}
+        await self.emit("loop_started", {"data": {**meta, "metadata": {"loop_length": count}, "inputs": inputs}})
+
+        def broken(layer: VariablePool) -> bool:
+            if not conditions["conditions"]:
+                return False
+            try:
+                return evaluate_cases(conditions, layer.get)[1]
+            except ValueError:  # Dify: a condition that cannot be evaluated does not break the loop
+                return False
+
+        rounds = 0
+        try:
+            if not broken(VariablePool({node.id: state}, parent=pool)):
+                for i in range(count):
+                    layer = VariablePool({node.id: state}, parent=pool)  # the round's node outputs stay in it
+                    self.loop_ended.discard(node.id)
+                    await self._scope(children, start_id, layer, node, i)
+                    rounds = i + 1
+                    if node.id in self.loop_ended or broken(layer):
+                        break
+                    await self.emit("loop_next", {"data": {**meta, "index": i + 1, "pre_loop_output": dict(state),
+                                                           "parallel_mode_run_id": None, "duration": None}})
+        except RunFailed as e:
+            await self.emit("loop_completed", {"data": {
+                **meta, "outputs": None, "inputs": inputs, "status": "failed", "error": str(e),
+                "elapsed_time": round(time.perf_counter() - started, 6), "total_tokens": self.tokens,
+                "execution_metadata": None, "finished_at": int(time.time()), "steps": rounds}})
+            raise NodeError(f"loop failed: {e}") from None
+        finally:
+            self.loop_ended.discard(node.id)
+        outputs = {**state, "loop_round": rounds}
+        await self.emit("loop_completed", {"data": {
+            **meta, "outputs": outputs, "inputs": inputs, "status": "succeeded", "error": None,
+            "elapsed_time": round(time.perf_counter() - started, 6), "total_tokens": self.tokens,
+            "execution_metadata": None, "finished_at": int(time.time()), "steps": rounds}})
+        return NodeResult(outputs=outputs, inputs=inputs)

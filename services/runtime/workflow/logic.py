@@ -39,6 +39,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum, pass_context, pass_environment, pass_eval_context
 
 from shared.workflow import TEMPLATE_RE
+from shared.workflow.graph import normalize_type
 
 Getter = Callable[[list[str]], Any]
 
@@ -862,6 +863,13 @@ def _coerce_scalar(value: Any, type_name: str) -> Any:
             if isinstance(loaded, dict):
                 return loaded
     raise ValueError(f"expected {type_name}, got {_describe(value)}")
+
+
+def loop_value(value: Any, var_type: Any) -> Any:
+    """A loop variable's starting value as its declared ``var_type`` (a constant as the editor saves it: numbers
+    may be text, arrays and objects JSON text); a type Plexus does not know keeps the value as it is."""
+    type_name = normalize_type(var_type)
+    return value if type_name == "any" else coerce(value, type_name)
 
 
 def coerce(value: Any, type_name: str) -> Any:

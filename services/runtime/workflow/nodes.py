@@ -21,6 +21,7 @@ from shared.egress import Egress, EgressError
 from shared.subjects import KNOWLEDGE_RETRIEVE
 from shared.tool_catalog import ToolResolutionError, call_tool, resolve_agent_tools
 from shared.workflow import Node
+from shared.workflow.graph import normalize_type
 
 if TYPE_CHECKING:
     from services.runtime.workflow.engine import Engine
@@ -79,6 +80,20 @@ async def iteration_start(node: Node, pool: VariablePool, eng: Engine) -> NodeRe
 
 async def iteration(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     return await eng.iterate(node, pool)
+
+
+async def loop(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
+    return await eng.loop(node, pool)
+
+
+async def loop_start(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
+    return NodeResult()
+
+
+async def loop_end(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
+    """Reached: the enclosing loop's current round is its last."""
+    eng.loop_ended.add(str(node.parent_id))
+    return NodeResult()
 
 
 async def if_else(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
@@ -467,8 +482,21 @@ def _assign(current: Any, operation: str, value: Any, value_type: str) -> Any:
     raise NodeError(f"unknown assigner operation {operation!r}")
 
 
+def _enclosing_loops(node: Node, eng: Engine) -> dict[str, dict[str, str]]:
+    """Loop id → its loop variables' types, for every loop ``node`` sits inside."""
+    out: dict[str, dict[str, str]] = {}
+    parent = eng.graph.nodes.get(node.parent_id) if node.parent_id else None
+    while parent is not None:
+        if parent.type == "loop":
+            out[parent.id] = {v["label"]: normalize_type(v.get("var_type"))
+                              for v in parent.data.get("loop_variables") or [] if v.get("label")}
+        parent = eng.graph.nodes.get(parent.parent_id) if parent.parent_id else None
+    return out
+
+
 async def assigner(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
-    """Variable Assigner (advanced-chat): writes conversation variables; v1 (one write) and v2 (items)."""
+    """Variable Assigner: writes conversation variables (advanced-chat) and, inside a loop, its loop
+    variables; v1 (one write) and v2 (items)."""
     d = node.data
     if d.get("version") == "2":
         items = [(it.get("variable_selector"), it.get("operation", "over-write"),
@@ -479,19 +507,29 @@ async def assigner(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
                   pool.maybe(d.get("input_variable_selector")))]
     conversation = pool.node("conversation")
     types = getattr(eng.services, "conversation_types", {})
+    loops = _enclosing_loops(node, eng)
     changed = {}
     for selector, operation, value in items:
-        if not isinstance(selector, list) or len(selector) != 2 or selector[0] != "conversation" \
-                or conversation is None or selector[1] not in conversation:
-            raise NodeError(f"the assigner can only write declared conversation variables, not {selector!r}")
-        name = selector[1]
-        vtype = types.get(name, "string")
-        new = _assign(conversation.get(name), operation, value, vtype)
+        if isinstance(selector, list) and len(selector) == 2 and selector[0] in loops \
+                and selector[1] in loops[selector[0]]:
+            # a loop variable of a loop this assigner is inside: its next rounds and outputs see the value
+            name, vtype = selector[1], loops[selector[0]][selector[1]]
+            target = pool.node(selector[0])
+            what = "loop variable"
+        elif isinstance(selector, list) and len(selector) == 2 and selector[0] == "conversation" \
+                and conversation is not None and selector[1] in conversation:
+            name, vtype, target, what = selector[1], types.get(selector[1], "string"), conversation, "conversation variable"
+        else:
+            raise NodeError("the assigner can only write declared conversation variables or the loop variables of "
+                            f"a loop it is inside, not {selector!r}")
+        new = _assign(target.get(name), operation, value, vtype)
         try:
-            new = logic.coerce(new, vtype) if new is not None else None
+            new = logic.coerce(new, vtype) if new is not None and vtype != "any" else new
         except ValueError as e:
-            raise NodeError(f"conversation variable {name!r}: {e}") from None
-        conversation[name] = changed[name] = new
+            raise NodeError(f"{what} {name!r}: {e}") from None
+        target[name] = new
+        if target is conversation:
+            changed[name] = new
     eng.conversation_changed.update(changed)
     return NodeResult(outputs={}, inputs={"items": [s for s, _, _ in items]}, process_data={"updated": changed})
 
@@ -519,5 +557,5 @@ IMPLS = {
     "knowledge-retrieval": knowledge_retrieval, "question-classifier": question_classifier,
     "parameter-extractor": parameter_extractor, "variable-aggregator": aggregator, "variable-assigner": aggregator,
     "list-operator": list_operator, "iteration": iteration, "iteration-start": iteration_start, "assigner": assigner,
-    "document-extractor": document_extractor,
+    "document-extractor": document_extractor, "loop": loop, "loop-start": loop_start, "loop-end": loop_end,
 }
