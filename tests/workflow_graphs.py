@@ -252,3 +252,22 @@ def loop_graph(*, loop_count: int = 10, step: int = 2, stop_at: int | None = 6, 
         *children,
         end(total=[LOOP, "total"], seen=[LOOP, "seen"], rounds=[LOOP, "loop_round"]),
     ], edges)
+
+
+L_ANSWER = "1711000000025"
+
+
+def chat_loop_graph(rounds: int = 3) -> dict[str, Any]:
+    """advanced-chat: start → loop(total = 0, ``rounds`` rounds){loop-start → assigner(total += 1) → answer
+    "Round N. "} → answer "<loop_round> rounds." (an answer inside a loop says its text every round)."""
+    return graph([
+        start(),
+        node(LOOP, "loop", "Rounds", loop_count=rounds, logical_operator="and", break_conditions=[],
+             start_node_id=LOOP_START, loop_variables=[
+                 {"id": "v1", "label": "total", "var_type": "number", "value_type": "constant", "value": 0}]),
+        node(LOOP_START, "loop-start", "", parent=LOOP, in_loop=True),
+        node(L_ASSIGN, "assigner", "Count", parent=LOOP, in_loop=True, version="2", items=[
+            {"variable_selector": [LOOP, "total"], "input_type": "constant", "operation": "+=", "value": 1}]),
+        node(L_ANSWER, "answer", "Say", parent=LOOP, in_loop=True, answer="Round {{#" + LOOP + ".total#}}. "),
+        node(ANSWER, "answer", "Answer", answer="{{#" + LOOP + ".loop_round#}} rounds."),
+    ], [edge(START, LOOP), edge(LOOP_START, L_ASSIGN), edge(L_ASSIGN, L_ANSWER), edge(LOOP, ANSWER)])

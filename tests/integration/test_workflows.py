@@ -294,6 +294,25 @@ async def test_loop(w: dict[str, Any]) -> None:
         assert out["data"]["status"] == "failed" and message in out["data"]["error"], out
 
 
+async def test_answers_inside_a_loop_are_part_of_the_chat_answer(w: dict[str, Any]) -> None:
+    c, admin = w["c"], w["admin"]
+    app_id = await new_app(w, "advanced-chat")
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin,
+                     json={"graph": g.chat_loop_graph(3), "features": {}})
+    assert r.status_code == 200, r.text
+    assert (await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=admin, json={})).status_code == 200
+    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+    body = {"inputs": {}, "query": "count", "user": "u1", "response_mode": "streaming"}
+    async with c.stream("POST", "/v1/chat-messages", headers=h(key), json=body) as s:
+        events = [json.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+    said = [e["answer"] for e in events if e["event"] == "message"]
+    assert "".join(said) == "Round 1. Round 2. Round 3. 3 rounds.", said
+    assert [e["event"] for e in events][-2:] == ["message_end", "workflow_finished"]
+    r = await c.get("/v1/messages", headers=h(key), params={"conversation_id": events[0]["conversation_id"],
+                                                             "user": "u1"})
+    assert r.json()["data"][0]["answer"] == "Round 1. Round 2. Round 3. 3 rounds."
+
+
 async def test_code_template_http(w: dict[str, Any]) -> None:
     _, key = await publish(w, g.code_template_http(w["base"] + "/weather"))
     out = await run(w, key, {"city": "paris"})

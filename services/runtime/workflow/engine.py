@@ -11,7 +11,8 @@ variables persist across rounds and assigner nodes inside it may write them.
 Each node gets ``node_started``/``node_finished`` (and ``node_retry``) events, a timeout, retries, and its
 error strategy (fail the run, default values, or the fail branch). Text reaches the client as soon as it
 can: answer nodes (advanced-chat) and end nodes fed by an LLM stream their segments in order while the
-model is still writing, once no branch can still skip them.
+model is still writing, once no branch can still skip them. An answer node inside an iteration or loop
+sends its whole text each time it runs.
 """
 
 from __future__ import annotations
@@ -251,9 +252,12 @@ class Engine:
                 st.done = True
 
     async def _send(self, st: _Stream, text: str, selector: list[str] | None) -> None:
+        await self._say(st.event, text, selector)
+
+    async def _say(self, event: str, text: str, selector: list[str] | None) -> None:
         if not text:
             return
-        if st.event == "message":
+        if event == "message":
             self.answer_parts.append(text)
             await self.emit("message", {"answer": text, "from_variable_selector": selector})
         else:
@@ -364,6 +368,9 @@ class Engine:
             self.llm_done.add(node.id)
         if iteration is None:
             self.finished_nodes.add(node.id)
+        elif node.type == "answer" and self.mode == "advanced-chat" and ex.status == "succeeded":
+            # an answer inside an iteration or loop says its text each time it runs, as each run finishes
+            await self._say("message", to_text(result.outputs.get("answer")), None)
         await self.emit("node_finished", {"data": ex.finished()})
         if ex.status == "failed":
             raise RunFailed(ex.error or "node failed", node.id)
