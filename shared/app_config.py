@@ -170,6 +170,43 @@ class AnswerCache(BaseModel):
     ttl_seconds: int = Field(3600, ge=1, le=ANSWER_CACHE_MAX_TTL)
 
 
+class ExternalDataTool(BaseModel):
+    """One of a model config's ``external_data_tools`` (Dify's): an enabled one names an API-based extension
+    whose answer becomes ``variable`` in the prompt (shared.extensions). Only type ``api`` exists here; a stored
+    tool that breaks these rules (a Dify import of a code-based tool, say) is served as off, as moderation is."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = False
+    variable: str = ""
+    type: str = "api"
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check(cls, data: Any, handler: ModelWrapValidatorHandler[ExternalDataTool],
+               info: ValidationInfo) -> ExternalDataTool:
+        try:
+            tool = handler(data)
+            if tool.enabled:
+                if tool.type != "api":
+                    raise ValueError("type must be 'api' (an API-based extension)")
+                if not VAR_RE.match(tool.variable):
+                    raise ValueError(f"variable {tool.variable!r} must be a valid variable name")
+                if not isinstance(tool.extension_id, str) or not tool.extension_id:
+                    raise ValueError("config.api_based_extension_id is required")
+            return tool
+        except ValueError as e:
+            ignored = info.context.get(_IGNORED) if isinstance(info.context, dict) else None
+            if ignored is None:
+                raise ValueError(f"external_data_tools: {_reason(e)}") from None
+            ignored.append(f"external_data_tools: {_reason(e)} (the tool is off)")
+            return cls()
+
+    @property
+    def extension_id(self) -> Any:
+        return self.config.get("api_based_extension_id")
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
@@ -193,7 +230,7 @@ class ModelConfig(BaseModel):
     sensitive_word_avoidance: SensitiveWordAvoidance = Field(default_factory=SensitiveWordAvoidance)
     answer_cache: AnswerCache = Field(default_factory=AnswerCache)
     file_upload: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_FILE_UPLOAD))
-    external_data_tools: list[dict[str, Any]] = Field(default_factory=list)
+    external_data_tools: list[ExternalDataTool] = Field(default_factory=list)
 
     @field_validator("user_input_form")
     @classmethod

@@ -2,7 +2,7 @@
 
 console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
 app_dataset_joins, tool_providers (the tools service and the runtime read them), workflows (drafts and published
-versions; the runtime reads them), tenant_default_models.
+versions; the runtime reads them), tenant_default_models, api_based_extensions (the runtime reads them).
 runtime owns: end_users, conversations, messages, message_feedbacks, message_files, workflow_runs,
 workflow_node_executions, conversation_variables, message_annotations, app_annotation_settings.
 indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments,
@@ -121,6 +121,20 @@ class App(SQLModel, table=True):
     created_by: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiBasedExtension(SQLModel, table=True):
+    """A workspace's API-based extension (Dify's): an HTTP endpoint and its key that apps call for external
+    data tools (shared.extensions). Written by the console; the runtime reads it per request."""
+
+    __tablename__ = "api_based_extensions"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_api_extension_name"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    name: str = Field(max_length=255)
+    api_endpoint: str = Field(max_length=255)
+    encrypted_api_key: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class TenantDefaultModel(SQLModel, table=True):

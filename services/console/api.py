@@ -28,6 +28,7 @@ from services.console.service import (
     workflows,
 )
 from services.console.service.common import Principal
+from services.console.service.extensions import Extensions
 from services.console.service.plans import INT32
 from shared.context import Context
 from shared.errors import forbidden, not_found, unauthorized
@@ -145,6 +146,12 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/workspaces/current/tool-provider/api/schema"): (E, "tools:read"),
     ("POST", "/workspaces/current/tool-provider/api/test/pre"): (E, "tools:write"),
     ("POST", "/workspaces/current/tool-provider/api/test"): (E, "tools:write"),
+    # API-based extensions (external data tools): their keys are credentials, managed like tool providers'
+    ("GET", "/api-based-extension"): (N, "tools:read"),
+    ("POST", "/api-based-extension"): (A, "tools:write"),
+    ("GET", "/api-based-extension/{extension_id}"): (N, "tools:read"),
+    ("POST", "/api-based-extension/{extension_id}"): (A, "tools:write"),
+    ("DELETE", "/api-based-extension/{extension_id}"): (A, "tools:write"),
 }
 _PREFIX_LEN = len("/console/api")
 
@@ -764,6 +771,40 @@ async def delete_credentials(ctx: Ctx, caller: Caller, provider: str) -> dict:
 # ---- workspace default models (the audio endpoints' speech2text and tts models; docs/audio.md) ---------
 
 
+# ---- API-based extensions (docs/extensions.md) ------------------------------------------------------------
+
+
+def _extensions(request: Request) -> Extensions:
+    return request.app.state.extensions
+
+
+@router.get("/api-based-extension")
+async def list_extensions(request: Request, caller: Caller) -> list:
+    return await _extensions(request).list(caller)
+
+
+@router.post("/api-based-extension", status_code=201)
+async def create_extension(request: Request, caller: Caller, body: Annotated[dict[str, Any], Body()]) -> dict:
+    return await _extensions(request).save(caller, body)
+
+
+@router.get("/api-based-extension/{extension_id}")
+async def get_extension(request: Request, caller: Caller, extension_id: str) -> dict:
+    return await _extensions(request).get(caller, extension_id)
+
+
+@router.post("/api-based-extension/{extension_id}")
+async def update_extension(request: Request, caller: Caller, extension_id: str,
+                           body: Annotated[dict[str, Any], Body()]) -> dict:
+    return await _extensions(request).save(caller, body, extension_id)
+
+
+@router.delete("/api-based-extension/{extension_id}", status_code=204)
+async def delete_extension(request: Request, caller: Caller, extension_id: str) -> Response:
+    await _extensions(request).delete(caller, extension_id)
+    return Response(status_code=204)
+
+
 @router.get("/workspaces/current/default-model")
 async def get_default_model(ctx: Ctx, caller: Caller, model_type: str | None = None) -> dict:
     return await default_models.get_default(ctx, caller, model_type)
@@ -916,5 +957,6 @@ def create_app(ctx: Context) -> FastAPI:
     app = create_base_app("console", checks=checks)
     app.state.ctx = ctx
     app.state.auth = Auth.from_settings(ctx.settings, ctx.redis)
+    app.state.extensions = Extensions(ctx)  # its egress client is closed by handlers.stop
     app.include_router(router)
     return app

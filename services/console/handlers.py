@@ -12,4 +12,4 @@ async def start(ctx: Context, app: Any) -> None:
 
 
 async def stop(ctx: Context, app: Any) -> None:
-    pass
+    await app.state.extensions.close()

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.console.service import keys, versions
+from services.console.service import extensions, keys, versions
 from services.console.service.common import (
     Principal,
     get_app,
@@ -215,6 +215,7 @@ async def save_model_config(ctx: Context, p: Principal, app_id: str, data: dict[
         _basic_mode(app)
         if app.mode == "agent-chat":
             await _check_agent(s, p.tenant_id, config.agent_mode, ctx.settings)
+        await extensions.check_exist(s, p.tenant_id, extensions.extension_ids(config.to_wire()))
         if dataset_ids:
             found = set(await s.exec(select(Dataset.id).where(Dataset.tenant_id == p.tenant_id,
                                                               col(Dataset.id).in_(dataset_ids))))

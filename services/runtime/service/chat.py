@@ -138,7 +138,10 @@ class ChatService:
             attached = await self.rt.files.attach(app, end_user_id, files) if direct is None else None
             prompt_query = attached.query(query) if attached else query
 
-            system = render_prompt(config.pre_prompt, inputs)
+            prompt_inputs = inputs  # plus what the app's external data tools fetch (external_data.py)
+            if direct is None and config.external_data_tools:
+                prompt_inputs = await self.rt.external_data.fill(app, config.external_data_tools, inputs, query)
+            system = render_prompt(config.pre_prompt, prompt_inputs)
             retrieved = rag.Retrieved()
             dc = rag.dataset_configs(config)
             if dc is not None and direct is None:

@@ -18,6 +18,7 @@ from services.runtime.service.app_extras import AppExtras
 from services.runtime.service.audio import AudioService
 from services.runtime.service.cache import AppCache, AppEntry, EndUsers
 from services.runtime.service.chat import ChatService
+from services.runtime.service.external_data import ExternalData
 from services.runtime.service.files import FileService
 from services.runtime.service.helper_model import HelperModel
 from services.runtime.service.queries import HistoryService
@@ -44,6 +45,7 @@ class Runtime:
         self.end_users = EndUsers(ctx.db)
         self.runs = RunRegistry(ctx)
         self.helper = HelperModel(self)  # titles and suggested questions: the model they ask
+        self.external_data = ExternalData(self)  # external data tools of model-config apps
         self.chat = ChatService(self)
         self.history = HistoryService(self)
         self.workflows = WorkflowService(self)

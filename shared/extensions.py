@@ -1,0 +1,72 @@
+"""Dify's API-based extensions: an HTTP endpoint of the workspace's own that apps call at fixed points.
+
+Protocol (Dify's): ``POST <api_endpoint>`` with ``Authorization: Bearer <api_key>`` and the JSON body
+``{"point": <point>, "params": {...}}``; the answer is a JSON object. Points used here:
+
+- ``ping`` (no params) when the console saves an extension: the answer must be ``{"result": "pong"}``.
+- ``app.external_data_tool.query`` (``app_id``, ``tool_variable``, ``inputs``, ``query``) before a chat,
+  agent-chat or completion app writes its prompt: ``{"result": <text>}`` becomes the tool's variable.
+
+Every call goes through the SSRF guard (shared.egress) with the tools' egress allowlist: an endpoint on a
+private address must be listed there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from shared.egress import Egress, EgressError
+
+PING = "ping"
+EXTERNAL_DATA_QUERY = "app.external_data_tool.query"
+MAX_RESPONSE_BYTES = 1_000_000
+
+
+class ExtensionError(Exception):
+    """The extension could not be called or answered something else than the protocol says."""
+
+
+def obfuscated(api_key: str) -> str:
+    """How the console shows a saved key (Dify's: the first 6 and last 2 characters)."""
+    return api_key[:6] + "*" * 12 + api_key[-2:] if len(api_key) > 8 else "*" * len(api_key)
+
+
+async def call(egress: Egress, endpoint: str, api_key: str, point: str, params: dict[str, Any] | None,
+               timeout: float) -> dict[str, Any]:
+    """One call at ``point``: the JSON object the extension answered."""
+    body: dict[str, Any] = {"point": point}
+    if params is not None:
+        body["params"] = params
+    try:
+        resp = await egress.request("POST", endpoint, timeout=timeout, max_bytes=MAX_RESPONSE_BYTES,
+                                    content=orjson.dumps(body),
+                                    headers={"Authorization": f"Bearer {api_key}",
+                                             "Content-Type": "application/json"})
+    except EgressError as e:
+        raise ExtensionError(f"the API extension could not be reached: {e}") from None
+    if resp.status != 200:
+        raise ExtensionError(f"the API extension answered HTTP {resp.status}: {resp.text()[:200]}")
+    try:
+        data = resp.json()
+    except ValueError:
+        raise ExtensionError("the API extension did not answer JSON") from None
+    if not isinstance(data, dict):
+        raise ExtensionError("the API extension did not answer a JSON object")
+    return data
+
+
+async def ping(egress: Egress, endpoint: str, api_key: str, timeout: float) -> None:
+    data = await call(egress, endpoint, api_key, PING, None, timeout)
+    if data.get("result") != "pong":
+        raise ExtensionError('the API extension did not answer the ping with {"result": "pong"}')
+
+
+async def query_external_data(egress: Egress, endpoint: str, api_key: str, params: dict[str, Any],
+                              timeout: float) -> str:
+    data = await call(egress, endpoint, api_key, EXTERNAL_DATA_QUERY, params, timeout)
+    result = data.get("result")
+    if not isinstance(result, str):
+        raise ExtensionError('the API extension did not answer {"result": <text>}')
+    return result

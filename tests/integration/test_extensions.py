@@ -1,0 +1,173 @@
+"""API-based extensions and external data tools through the gateway of the `all` stack (SQLite and, in CI,
+Postgres), against a real extension server speaking Dify's protocol on loopback (allowed by the tools' egress
+allowlist): the console's /console/api/api-based-extension routes (ping on save, the key encrypted and shown
+obfuscated, errors), and chat and completion apps whose external data tools fill prompt variables."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shared.settings import ToolsSettings
+from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.llm_server import ScriptedLLM
+from tests.support import Apps, envelope, scripted_owner
+
+EXT = "/console/api/api-based-extension"
+KEY = "ext-key-123456"
+MODEL = {"provider": "openai-compatible", "name": "scripted"}
+
+
+class ExtensionServer:
+    """Dify's API-based extension protocol: ping → pong; external data queries → a weather line."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.app = Starlette(routes=[Route("/ext", self.receive, methods=["POST"]),
+                                     Route("/not-pong", self.not_pong, methods=["POST"])])
+
+    async def receive(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {KEY}":
+            return JSONResponse({"error": "bad key"}, status_code=401)
+        body = orjson.loads(await request.body())
+        self.calls.append(body)
+        if body["point"] == "ping":
+            return JSONResponse({"result": "pong"})
+        params = body["params"]
+        location = params["inputs"].get("location", "")
+        if location == "nowhere":
+            return JSONResponse({"error": "unknown place"}, status_code=500)
+        return JSONResponse({"result": f"Weather in {location}: rainy, 10°C"})
+
+    async def not_pong(self, request: Request) -> Response:
+        return JSONResponse({"result": "hello"})
+
+
+@pytest.fixture(scope="module", params=db_params())
+async def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
+                ) -> AsyncIterator[tuple[LiveServer, ExtensionServer, str]]:
+    from tests.support import serve
+
+    ext = ExtensionServer()
+    served = await serve(ext.app)
+    tmp = tmp_path_factory.mktemp("extensions")
+    srv = await start_live(make_settings(tmp, database_url(request.param, tmp), nats_url,
+                                         tools=ToolsSettings(egress_allowlist=["127.0.0.1/32"])))
+    yield srv, ext, served.url
+    await srv.stop()
+    await served.stop()
+
+
+@pytest.fixture
+async def env(stack: tuple[LiveServer, ExtensionServer, str], llm: ScriptedLLM
+              ) -> AsyncIterator[tuple[httpx.AsyncClient, Apps, ExtensionServer, str]]:
+    srv, ext, base = stack
+    llm.reset()
+    ext.calls.clear()
+    async with httpx.AsyncClient(base_url=srv.base_url, timeout=30) as c:
+        yield c, Apps(c, await scripted_owner(c, llm), prefix="ext"), ext, base
+
+
+async def create(c: httpx.AsyncClient, h: dict[str, str], base: str, **body: Any) -> httpx.Response:
+    return await c.post(EXT, headers=h, json={"name": f"weather-{uuid.uuid4().hex[:6]}",
+                                              "api_endpoint": f"{base}/ext", "api_key": KEY, **body})
+
+
+def weather_config(ext_id: str, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "pre_prompt": "Answer using this: {{weather}}",
+            "user_input_form": [{"text-input": {"variable": "location", "label": "Location", "required": True}}],
+            "external_data_tools": [{"enabled": True, "variable": "weather", "type": "api", "label": "Weather",
+                                     "config": {"api_based_extension_id": ext_id}}], **extra}
+
+
+async def test_extension_crud_pings_and_hides_the_key(env: tuple[httpx.AsyncClient, Apps, ExtensionServer, str]
+                                                      ) -> None:
+    c, apps, ext, base = env
+    h = apps.h
+    r = await create(c, h, base, name="weather-crud")
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert set(created) == {"id", "name", "api_endpoint", "api_key", "created_at"}
+    assert created["api_key"] != KEY and created["api_key"].startswith(KEY[:6]) and created["api_key"].endswith(KEY[-2:])
+    assert ext.calls == [{"point": "ping"}]  # pinged with the key before it was stored
+    listed = (await c.get(EXT, headers=h)).json()
+    assert created["id"] in [e["id"] for e in listed] and all(e["api_key"] != KEY for e in listed)
+    assert (await c.get(f"{EXT}/{created['id']}", headers=h)).json()["name"] == "weather-crud"
+
+    # rename, sending the key back as shown or as Dify's placeholder: the stored key is kept (and pinged)
+    for shown in (created["api_key"], "[__HIDDEN__]"):
+        r = await c.post(f"{EXT}/{created['id']}", headers=h,
+                         json={"name": "weather-renamed", "api_endpoint": f"{base}/ext", "api_key": shown})
+        assert r.status_code == 200 and r.json()["name"] == "weather-renamed", r.text
+    assert ext.calls[-1] == {"point": "ping"} and len(ext.calls) == 3
+
+    # refused: a taken name, a wrong key, an endpoint that does not answer pong, a metadata address, bad fields
+    envelope(await create(c, h, base, name="weather-renamed"), 400, "invalid_param")
+    msg = envelope(await create(c, h, base, api_key="wrong-key"), 400, "invalid_param")
+    assert "401" in msg
+    msg = envelope(await create(c, h, base, api_endpoint=f"{base}/not-pong"), 400, "invalid_param")
+    assert "pong" in msg
+    envelope(await create(c, h, base, api_endpoint="http://169.254.169.254/latest"), 400, "invalid_param")
+    for bad in ({"name": ""}, {"api_endpoint": "ftp://example.com/x"}, {"api_key": "abc"}):
+        envelope(await create(c, h, base, **bad), 400, "invalid_param")
+    assert len([e for e in (await c.get(EXT, headers=h)).json() if e["id"] == created["id"]]) == 1
+
+    r = await c.delete(f"{EXT}/{created['id']}", headers=h)
+    assert r.status_code == 204
+    envelope(await c.get(f"{EXT}/{created['id']}", headers=h), 404, "not_found")
+    envelope(await c.delete(f"{EXT}/{uuid.uuid4()}", headers=h), 404, "not_found")
+
+
+async def test_external_data_fills_the_prompt(env: tuple[httpx.AsyncClient, Apps, ExtensionServer, str],
+                                              llm: ScriptedLLM) -> None:
+    c, apps, ext, base = env
+    ext_id = (await create(c, apps.h, base)).json()["id"]
+    # a config naming an extension the workspace does not have is refused
+    r = await c.post("/console/api/apps", headers=apps.h, json={"name": f"ext-bad-{uuid.uuid4().hex[:6]}",
+                                                                "mode": "chat"})
+    r = await c.post(f"/console/api/apps/{r.json()['id']}/model-config", headers=apps.h,
+                     json=weather_config(str(uuid.uuid4())))
+    assert envelope(r, 400, "invalid_param").startswith("external_data_tools")
+
+    app_id, k = await apps.create("chat", weather_config(ext_id))
+    ext.calls.clear()
+    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {"location": "London"},
+                                                           "query": "Do I need an umbrella?", "user": "u1"})
+    assert r.status_code == 200, r.text
+    system = llm.requests[-1].messages[0]["content"]
+    assert system == "Answer using this: Weather in London: rainy, 10°C"
+    assert ext.calls == [{"point": "app.external_data_tool.query", "params": {
+        "app_id": app_id, "tool_variable": "weather", "inputs": {"location": "London"},
+        "query": "Do I need an umbrella?"}}]
+
+    # completion apps too
+    _, ck = await apps.create("completion", weather_config(ext_id))
+    r = await c.post("/v1/completion-messages", headers=ck, json={"inputs": {"location": "Paris"}, "user": "u1"})
+    assert r.status_code == 200 and "Weather in Paris" in llm.requests[-1].messages[0]["content"], r.text
+
+    # a failing tool fails the request, naming it; the model is not called
+    before = len(llm.requests)
+    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {"location": "nowhere"}, "query": "hi",
+                                                           "user": "u1"})
+    msg = envelope(r, 400, "completion_request_error")
+    assert "weather" in msg and "500" in msg and len(llm.requests) == before
+
+    # an extension in use cannot be deleted
+    envelope(await c.delete(f"{EXT}/{ext_id}", headers=apps.h), 400, "invalid_param")
+    # a disabled tool is not called
+    await apps.configure(app_id, weather_config(ext_id, external_data_tools=[
+        {"enabled": False, "variable": "weather", "type": "api", "config": {"api_based_extension_id": ext_id}}]))
+    ext.calls.clear()
+    r = await c.post("/v1/chat-messages", headers=k, json={"inputs": {"location": "Oslo"}, "query": "x", "user": "u1"})
+    # (the placeholder of a variable nobody set stays as written, as Dify's prompt templates do)
+    assert r.status_code == 200 and ext.calls == [] and llm.requests[-1].messages[0]["content"] == \
+        "Answer using this: {{weather}}"
