@@ -122,17 +122,11 @@ class SensitiveWordAvoidance(BaseModel):
     @classmethod
     def _check(cls, data: Any, handler: ModelWrapValidatorHandler[SensitiveWordAvoidance],
                info: ValidationInfo) -> SensitiveWordAvoidance:
-        try:
-            swa = handler(data)
+        def rules(swa: SensitiveWordAvoidance) -> None:
             if swa.enabled:
                 swa.settings()
-            return swa
-        except ValueError as e:  # pydantic's ValidationError is one too
-            ignored = info.context.get(_IGNORED) if isinstance(info.context, dict) else None
-            if ignored is None:
-                raise
-            ignored.append(f"sensitive_word_avoidance: {_reason(e)} (moderation is off)")
-            return cls()
+
+        return _checked(cls, data, handler, info, rules, "sensitive_word_avoidance", "moderation is off")
 
     def settings(self) -> ModerationSettings:
         """The validated config (ValueError in Dify's words when it is not usable)."""
@@ -185,22 +179,17 @@ class ExternalDataTool(BaseModel):
     @classmethod
     def _check(cls, data: Any, handler: ModelWrapValidatorHandler[ExternalDataTool],
                info: ValidationInfo) -> ExternalDataTool:
-        try:
-            tool = handler(data)
-            if tool.enabled:
-                if tool.type != "api":
-                    raise ValueError("type must be 'api' (an API-based extension)")
-                if not VAR_RE.match(tool.variable):
-                    raise ValueError(f"variable {tool.variable!r} must be a valid variable name")
-                if not isinstance(tool.extension_id, str) or not tool.extension_id:
-                    raise ValueError("config.api_based_extension_id is required")
-            return tool
-        except ValueError as e:
-            ignored = info.context.get(_IGNORED) if isinstance(info.context, dict) else None
-            if ignored is None:
-                raise ValueError(f"external_data_tools: {_reason(e)}") from None
-            ignored.append(f"external_data_tools: {_reason(e)} (the tool is off)")
-            return cls()
+        def rules(tool: ExternalDataTool) -> None:
+            if not tool.enabled:
+                return
+            if tool.type != "api":
+                raise ValueError("type must be 'api' (an API-based extension)")
+            if not VAR_RE.match(tool.variable):
+                raise ValueError(f"variable {tool.variable!r} must be a valid variable name")
+            if not isinstance(tool.extension_id, str) or not tool.extension_id:
+                raise ValueError("config.api_based_extension_id is required")
+
+        return _checked(cls, data, handler, info, rules, "external_data_tools", "the tool is off")
 
     @property
     def extension_id(self) -> Any:
@@ -268,6 +257,21 @@ def parse_model_config(data: dict[str, Any]) -> ModelConfig:
 
 
 _IGNORED = "ignored"  # validation context key: where a lenient load lists the settings it set aside
+
+
+def _checked(cls: Any, data: Any, handler: Any, info: ValidationInfo, rules: Any, name: str, off: str) -> Any:
+    """A feature setting validated and held to ``rules``: a save refuses one that breaks them; a lenient load
+    (``load_model_config``) serves it as ``cls()`` (off) and lists why under ``name``."""
+    try:
+        value = handler(data)
+        rules(value)
+        return value
+    except ValueError as e:  # pydantic's ValidationError is one too
+        ignored = info.context.get(_IGNORED) if isinstance(info.context, dict) else None
+        if ignored is None:
+            raise
+        ignored.append(f"{name}: {_reason(e)} ({off})")
+        return cls()
 
 
 def load_model_config(data: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
