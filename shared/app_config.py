@@ -70,7 +70,7 @@ class Feature(BaseModel):
     enabled: bool = False
 
 
-MODERATION_TYPES = ("keywords", "openai_moderation")
+MODERATION_TYPES = ("keywords", "openai_moderation", "api")
 MODERATION_KEYWORDS_MAX_CHARS = 10000  # Dify's limits (core/moderation/keywords)
 MODERATION_KEYWORDS_MAX_LINES = 100
 MODERATION_PRESET_MAX_CHARS = 100
@@ -95,6 +95,7 @@ class ModerationSettings(BaseModel):
     outputs_config: ModerationIO | None = None
     provider: str = Field("openai", min_length=1, max_length=64)
     model: str = Field("omni-moderation-latest", min_length=1, max_length=255)
+    api_based_extension_id: str = ""  # type api: the API-based extension that judges (docs/extensions.md)
 
     def keyword_list(self) -> list[str]:
         return [k.strip() for k in self.keywords.splitlines() if k.strip()]
@@ -107,11 +108,12 @@ def _reason(e: ValueError) -> str:
 
 
 class SensitiveWordAvoidance(BaseModel):
-    """Dify's shape: ``{enabled, type: "keywords"|"openai_moderation", config: {keywords?, inputs_config,
-    outputs_config}}``, validated with Dify's rules when enabled (a disabled one is kept as sent).
+    """Dify's shape: ``{enabled, type: "keywords"|"openai_moderation"|"api", config: {keywords?,
+    api_based_extension_id?, inputs_config, outputs_config}}``, validated with Dify's rules when enabled (a
+    disabled one is kept as sent).
 
     Loading a stored config (``load_model_config``) is lenient: one saved before these rules, or imported
-    from Dify with a type Plexus lacks (``api``), is served as moderation off rather than refused."""
+    from Dify with a setting Plexus lacks, is served as moderation off rather than refused."""
 
     model_config = ConfigDict(extra="allow")
     enabled: bool = False
@@ -142,10 +144,12 @@ class SensitiveWordAvoidance(BaseModel):
         if not s.inputs_config.enabled and not s.outputs_config.enabled:
             raise ValueError("At least one of inputs_config or outputs_config must be enabled")
         for side, io in (("inputs_config", s.inputs_config), ("outputs_config", s.outputs_config)):
-            if io.enabled and not io.preset_response:
+            if io.enabled and not io.preset_response and self.type != "api":  # the extension answers one
                 raise ValueError(f"{side}.preset_response is required")
             if io.enabled and len(io.preset_response) > MODERATION_PRESET_MAX_CHARS:
                 raise ValueError(f"{side}.preset_response must be less than {MODERATION_PRESET_MAX_CHARS} characters")
+        if self.type == "api" and not s.api_based_extension_id:
+            raise ValueError("api_based_extension_id is required")
         if self.type == "keywords":
             if not s.keyword_list():
                 raise ValueError("keywords is required")

@@ -6,6 +6,9 @@ Protocol (Dify's): ``POST <api_endpoint>`` with ``Authorization: Bearer <api_key
 - ``ping`` (no params) when the console saves an extension: the answer must be ``{"result": "pong"}``.
 - ``app.external_data_tool.query`` (``app_id``, ``tool_variable``, ``inputs``, ``query``) before a chat,
   agent-chat or completion app writes its prompt: ``{"result": <text>}`` becomes the tool's variable.
+- ``app.moderation.input`` (``app_id``, ``inputs``, ``query``) and ``app.moderation.output`` (``app_id``,
+  ``text``) for the ``api`` moderation type: ``{"flagged", "action": "direct_output" | "overridden",
+  "preset_response" | "inputs", "query" | "text"}`` (services/runtime/service/moderation.py).
 
 Every call goes through the SSRF guard (shared.egress) with the tools' egress allowlist: an endpoint on a
 private address must be listed there.
@@ -21,6 +24,8 @@ from shared.egress import Egress, EgressError
 
 PING = "ping"
 EXTERNAL_DATA_QUERY = "app.external_data_tool.query"
+MODERATION_INPUT = "app.moderation.input"
+MODERATION_OUTPUT = "app.moderation.output"
 MAX_RESPONSE_BYTES = 1_000_000
 
 

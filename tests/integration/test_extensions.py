@@ -43,6 +43,22 @@ class ExtensionServer:
         if body["point"] == "ping":
             return JSONResponse({"result": "pong"})
         params = body["params"]
+        if body["point"] == "app.moderation.input":
+            said = " ".join([params["query"] or "", *map(str, params["inputs"].values())])
+            if "crash" in said:
+                return JSONResponse({"error": "moderation down"}, status_code=500)
+            if "forbidden" in said:
+                return JSONResponse({"flagged": True, "action": "direct_output", "preset_response": "Blocked by policy."})
+            if "rewrite me" in said:
+                return JSONResponse({"flagged": True, "action": "overridden", "inputs": params["inputs"],
+                                     "query": "rewritten question"})
+            return JSONResponse({"flagged": False})
+        if body["point"] == "app.moderation.output":
+            if "secret" in params["text"]:
+                return JSONResponse({"flagged": True, "action": "direct_output", "preset_response": "[redacted by api]"})
+            if "overwrite" in params["text"]:
+                return JSONResponse({"flagged": True, "action": "overridden", "text": "clean text"})
+            return JSONResponse({"flagged": False})
         location = params["inputs"].get("location", "")
         if location == "nowhere":
             return JSONResponse({"error": "unknown place"}, status_code=500)
@@ -136,7 +152,7 @@ async def test_external_data_fills_the_prompt(env: tuple[httpx.AsyncClient, Apps
                                                                 "mode": "chat"})
     r = await c.post(f"/console/api/apps/{r.json()['id']}/model-config", headers=apps.h,
                      json=weather_config(str(uuid.uuid4())))
-    assert envelope(r, 400, "invalid_param").startswith("external_data_tools")
+    assert "does not exist" in envelope(r, 400, "invalid_param")
 
     app_id, k = await apps.create("chat", weather_config(ext_id))
     ext.calls.clear()
@@ -171,3 +187,64 @@ async def test_external_data_fills_the_prompt(env: tuple[httpx.AsyncClient, Apps
     # (the placeholder of a variable nobody set stays as written, as Dify's prompt templates do)
     assert r.status_code == 200 and ext.calls == [] and llm.requests[-1].messages[0]["content"] == \
         "Answer using this: {{weather}}"
+
+
+def api_moderation(ext_id: str) -> dict[str, Any]:
+    return {"model": MODEL, "pre_prompt": "Be brief.", "sensitive_word_avoidance": {
+        "enabled": True, "type": "api", "config": {"api_based_extension_id": ext_id,
+                                                   "inputs_config": {"enabled": True},
+                                                   "outputs_config": {"enabled": True}}}}
+
+
+async def test_api_moderation(env: tuple[httpx.AsyncClient, Apps, ExtensionServer, str], llm: ScriptedLLM) -> None:
+    """The ``api`` moderation type: the extension judges the inputs (direct_output answers its preset without the
+    model; overridden rewrites what the model is asked) and the answer (its preset or its rewrite replaces it)."""
+    c, apps, ext, base = env
+    ext_id = (await create(c, apps.h, base)).json()["id"]
+    _, k = await apps.create("chat", api_moderation(ext_id))
+
+    async def ask(query: str) -> httpx.Response:
+        return await c.post("/v1/chat-messages", headers=k, json={"inputs": {}, "query": query, "user": "u1"})
+
+    before = len(llm.requests)
+    r = await ask("tell me forbidden things")
+    assert r.status_code == 200 and r.json()["answer"] == "Blocked by policy.", r.text
+    assert len(llm.requests) == before  # the model was not asked
+    assert ext.calls[-1] == {"point": "app.moderation.input", "params": {
+        "app_id": ext.calls[-1]["params"]["app_id"], "inputs": {}, "query": "tell me forbidden things"}}
+
+    llm.push(match="rewritten question", reply="A fine answer.")
+    r = await ask("rewrite me please")
+    assert r.status_code == 200 and r.json()["answer"] == "A fine answer.", r.text
+    assert llm.requests[-1].last_user == "rewritten question"
+    got = (await c.get("/v1/messages", headers=k, params={"user": "u1",
+                                                          "conversation_id": r.json()["conversation_id"]})).json()
+    assert got["data"][0]["query"] == "rewritten question"  # what went on is what is kept
+
+    llm.push(match="what is it", reply="The secret is 42.")
+    r = await ask("what is it")
+    assert r.status_code == 200 and r.json()["answer"] == "[redacted by api]", r.text
+    assert ext.calls[-1] == {"point": "app.moderation.output", "params": {
+        "app_id": ext.calls[-1]["params"]["app_id"], "text": "The secret is 42."}}
+    llm.push(match="and now", reply="Please overwrite this.")
+    async with c.stream("POST", "/v1/chat-messages", headers=k, json={
+            "inputs": {}, "query": "and now", "user": "u1", "response_mode": "streaming"}) as s:
+        events = [orjson.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+    replace = next(e for e in events if e["event"] == "message_replace")
+    assert replace["answer"] == "clean text" and events[-1]["event"] == "message_end"
+
+    # the extension failing on the inputs fails the request; on the answer, the answer goes out (as Dify)
+    envelope(await ask("crash it"), 400, "completion_request_error")
+    llm.push(match="plain", reply="Nothing to see.")
+    r = await ask("plain")
+    assert r.json()["answer"] == "Nothing to see."
+
+    # saving: an api type needs an existing extension; one in use cannot be deleted
+    app_id = (await c.post("/console/api/apps", headers=apps.h, json={"name": f"ext-m-{uuid.uuid4().hex[:6]}",
+                                                                      "mode": "chat"})).json()["id"]
+    bad = api_moderation("")
+    r = await c.post(f"/console/api/apps/{app_id}/model-config", headers=apps.h, json=bad)
+    assert "api_based_extension_id" in envelope(r, 400, "invalid_param")
+    r = await c.post(f"/console/api/apps/{app_id}/model-config", headers=apps.h, json=api_moderation(str(uuid.uuid4())))
+    assert "does not exist" in envelope(r, 400, "invalid_param")
+    envelope(await c.delete(f"{EXT}/{ext_id}", headers=apps.h), 400, "invalid_param")

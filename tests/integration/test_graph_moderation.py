@@ -18,7 +18,13 @@ from shared.models import Message, WorkflowRun
 from shared.settings import RuntimeSettings
 from tests import workflow_graphs as g
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
-from tests.integration.test_moderation import INPUT_PRESET, OUTPUT_PRESET, keywords_config, model_moderation
+from tests.integration.test_moderation import (
+    INPUT_PRESET,
+    OTHER_TYPE,
+    OUTPUT_PRESET,
+    keywords_config,
+    model_moderation,
+)
 from tests.llm_server import ScriptedLLM
 from tests.support import bearer, new_app, new_app_key, scripted_owner
 
@@ -319,14 +325,8 @@ async def test_workflow_output_reviewed_by_the_moderation_model(live: LiveServer
 
 # -- an unusable stored feature ----------------------------------------------------------------------------
 
-API_TYPE = {"enabled": True, "type": "api", "config": {
-    "api_based_extension_id": "ext-1",
-    "inputs_config": {"enabled": True, "preset_response": INPUT_PRESET},
-    "outputs_config": {"enabled": False, "preset_response": ""}}}
-
-
 @pytest.mark.parametrize(("swa", "message"), [
-    (API_TYPE, "type must be one of"),
+    (OTHER_TYPE, "type must be one of"),
     ({"enabled": True, "type": "keywords", "config": "badword"}, "dictionary"),
     (keywords_config(keywords=" \n "), "keywords is required"),
 ])

@@ -83,7 +83,10 @@ async def stored_answer(c: httpx.AsyncClient, k: dict[str, str], conversation_id
 # -- config -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("swa", "message"), [
-    ({"enabled": True, "type": "api", "config": {}}, "type must be one of ['keywords', 'openai_moderation']"),
+    ({"enabled": True, "type": "cloud_service", "config": {}},
+     "type must be one of ['keywords', 'openai_moderation', 'api']"),
+    ({"enabled": True, "type": "api", "config": {"inputs_config": {"enabled": True}, "outputs_config": {}}},
+     "api_based_extension_id is required"),
     ({"enabled": True, "type": "keywords"}, "config must be a dict"),
     (keywords_config(inputs=False, outputs=False), "At least one of inputs_config or outputs_config must be enabled"),
     (keywords_config(keywords="\n \n"), "keywords is required"),
@@ -115,15 +118,15 @@ async def test_parameters_echo_the_moderation_config(client: httpx.AsyncClient, 
     assert p["sensitive_word_avoidance"] == {"enabled": False, "type": "", "configs": []}
 
 
-# A config Plexus refuses today (Dify's "api" extension type) that may be stored from before the check.
-API_TYPE = {"enabled": True, "type": "api", "config": {
-    "api_based_extension_id": "ext-1",
+# A config Plexus refuses (a Dify code-based extension type) that may be stored by an import or from before the check.
+OTHER_TYPE = {"enabled": True, "type": "cloud_service", "config": {
+    "cloud_provider": "AWS",
     "inputs_config": {"enabled": True, "preset_response": INPUT_PRESET},
     "outputs_config": {"enabled": False, "preset_response": ""}}}
 
 
 @pytest.mark.parametrize(("swa", "message"), [
-    (API_TYPE, "type must be one of"),
+    (OTHER_TYPE, "type must be one of"),
     ({"enabled": True, "type": "keywords", "config": "badword"}, "dictionary"),  # a wrong shape, not just a rule
 ])
 async def test_stored_unusable_moderation_serves_without_moderation(live: LiveServer, client: httpx.AsyncClient,

@@ -184,8 +184,8 @@ async def test_moderator_survives_reloads_of_an_unchanged_config() -> None:
     assert await svc.for_app(entry()) is first  # the app cache loaded it again: same config, same moderator
     changed = await svc.for_app(entry(keywords="otherword"))  # edited in place under the same version id
     assert changed is not None and changed is not first
-    assert await changed.check_inputs({}, "an otherword") == "no"
-    assert await changed.check_inputs({}, "a badword") is None
+    assert (await changed.check_inputs({}, "an otherword"))[0] == "no"
+    assert (await changed.check_inputs({}, "a badword"))[0] is None
 
 
 async def test_moderators_are_bounded_and_forgotten_with_their_app(monkeypatch: pytest.MonkeyPatch) -> None:

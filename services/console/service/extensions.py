@@ -1,7 +1,7 @@
 """A workspace's API-based extensions (Dify's ``/console/api/api-based-extension``): name, endpoint and key,
 the key encrypted at rest and shown obfuscated. Saving one pings it (shared.extensions), so an app never
 points at an endpoint that does not speak the protocol. Apps name an extension in their model config's
-``external_data_tools``; one in use cannot be deleted."""
+``external_data_tools`` or ``api`` moderation; one in use there cannot be deleted."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.console.service.common import Principal
+from services.console.service.common import Principal, publish_change
 from services.console.service.providers import HIDDEN
 from shared import extensions
 from shared.context import Context
@@ -92,6 +92,8 @@ class Extensions:
                 await s.rollback()
                 raise invalid_param(f"An API-based extension named {name!r} exists already.", params="name") from None
             await s.refresh(ext)
+        # an api moderator holds the endpoint and key: the runtimes reload the workspace's apps now
+        await publish_change(self.ctx.bus, "tenant", p.tenant_id)
         return view(ext, key)
 
     async def delete(self, p: Principal, ext_id: str) -> None:
@@ -101,7 +103,7 @@ class Extensions:
                                     .where(App.tenant_id == p.tenant_id))).all()
             if any(ext.id in extension_ids(c) for c in configs):
                 raise ApiError(400, "invalid_param", "The API-based extension is used by an app's external data "
-                                                     "tools; remove it there first.")
+                                                     "tools or moderation; remove it there first.")
             await s.delete(ext)
             await s.commit()
 
@@ -119,13 +121,16 @@ async def check_exist(s: AsyncSession, tenant_id: str, ids: set[str]) -> None:
     found = set((await s.exec(select(ApiBasedExtension.id).where(
         ApiBasedExtension.tenant_id == tenant_id, col(ApiBasedExtension.id).in_(ids)))).all())
     for missing in sorted(ids - found):
-        raise invalid_param(f"external_data_tools: API-based extension {missing} does not exist.",
-                            params="external_data_tools")
+        raise invalid_param(f"API-based extension {missing} does not exist.", params="api_based_extension_id")
 
 
 def extension_ids(config: Any) -> set[str]:
-    """The extensions a model config's enabled external data tools call."""
-    tools = config.get("external_data_tools") if isinstance(config, dict) else None
-    return {str(t["config"]["api_based_extension_id"]) for t in tools or []
-            if isinstance(t, dict) and t.get("enabled") and isinstance(t.get("config"), dict)
-            and t["config"].get("api_based_extension_id")}
+    """The extensions a model config calls: its enabled external data tools' and its ``api`` moderation's."""
+    if not isinstance(config, dict):
+        return set()
+    uses = [t for t in config.get("external_data_tools") or [] if isinstance(t, dict) and t.get("enabled")]
+    swa = config.get("sensitive_word_avoidance")
+    if isinstance(swa, dict) and swa.get("enabled") and swa.get("type") == "api":
+        uses.append(swa)
+    return {str(u["config"]["api_based_extension_id"]) for u in uses
+            if isinstance(u.get("config"), dict) and u["config"].get("api_based_extension_id")}

@@ -59,7 +59,7 @@ def gate(endpoint: str, mode: str, streaming: bool) -> None:
 class ChatService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.moderation = ModerationService(rt.ctx)  # sensitive_word_avoidance (moderation.py)
+        self.moderation = ModerationService(rt.ctx, rt.egress)  # sensitive_word_avoidance (moderation.py)
         self.answers = AnswerCache(rt.ctx)  # the opt-in answer cache (answer_cache.py)
 
     async def create(
@@ -119,7 +119,8 @@ class ChatService:
         # moderation, resolved once per request: the input review now, the output review for the run
         mod = await self.moderation.for_app(app)
         # input moderation: a flagged request is answered with the preset response, without the model
-        direct = await mod.check_inputs(inputs, query) if mod is not None else None
+        # (an api extension may rewrite the inputs and query instead: what follows uses its version)
+        direct, inputs, query = await mod.check_inputs(inputs, query) if mod is not None else (None, inputs, query)
         # a generated title for a new conversation (helper_model.py); never from a flagged query
         titled = auto_name and new_conversation and endpoint == "chat" and direct is None
         # annotation reply (annotations.py): a curated answer to a close enough question, without the model

@@ -27,6 +27,7 @@ from services.runtime.service.runs import RunRegistry
 from services.runtime.workflow.chatflow import ChatflowService
 from services.runtime.workflow.service import WorkflowService
 from shared.context import Context
+from shared.egress import Egress, EgressPolicy
 from shared.errors import unauthorized
 from shared.identity import AUTH_INVALID, Caller
 from shared.models import App, Message, WorkflowRun, ts, utcnow
@@ -41,6 +42,8 @@ class Runtime:
         self.settings = ctx.settings.runtime
         self.db = ctx.db
         self.bus = ctx.bus
+        # the one guarded client for user-configured URLs (HTTP nodes, API-based extensions), tools' allowlist
+        self.egress = Egress(EgressPolicy.from_allowlist(ctx.settings.tools.egress_allowlist))
         self.apps = AppCache(ctx.db, ctx.settings)
         self.end_users = EndUsers(ctx.db)
         self.runs = RunRegistry(ctx)
@@ -106,6 +109,7 @@ class Runtime:
         await self.helper.close()
         await self.workflows.close()
         await self.files.close()
+        await self.egress.close()
 
     async def sweep(self) -> int:
         """Messages and workflow runs still "running" that no live replica refreshes belong to a replica that

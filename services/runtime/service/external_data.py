@@ -46,7 +46,7 @@ class ExternalData:
             params = {"app_id": app.id, "tool_variable": tool.variable, "inputs": inputs, "query": query}
             try:
                 return tool.variable, await extensions.query_external_data(
-                    self.rt.workflows.egress, ext.api_endpoint, decrypt_json(secret, ext.encrypted_api_key)["api_key"],
+                    self.rt.egress, ext.api_endpoint, decrypt_json(secret, ext.encrypted_api_key)["api_key"],
                     params, timeout)
             except extensions.ExtensionError as e:
                 raise completion_request_error(f"External data tool '{tool.variable}': {e}") from None

@@ -30,12 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
+from sqlmodel import select
 
 from services.runtime import llm
 from services.runtime.service.errors import completion_request_error, provider_not_initialize
+from shared import extensions
 from shared.app_config import load_moderation
 from shared.credentials import provider_credentials
+from shared.crypto import decrypt_json
+from shared.errors import ApiError
 from shared.lru import Lru
+from shared.models import ApiBasedExtension
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -55,6 +60,7 @@ MODEL_OVERLAP_CHARS = 200
 PENDING_CHARS = 32  # the longest run of trailing combining characters held for the next delta (stream-safe: 30)
 MAX_MODERATORS = 1000  # app config versions whose moderators are kept (least recently used dropped)
 OUTPUT_REASON = "output_moderation"  # message_replace.reason, Dify's MessageReplaceReason
+BLOCKED = "Your request was blocked by the content moderation."  # an api verdict that names no preset
 
 _closing: set[asyncio.Task] = set()  # client closes in flight (referenced until done)
 
@@ -116,7 +122,7 @@ class KeywordMatcher:
 class Moderator:
     """One app config version's moderation, shared by its requests while the config is unchanged."""
 
-    kind: str  # keywords | openai_moderation
+    kind: str  # keywords | openai_moderation | api
     input_preset: str | None  # None: inputs are not reviewed
     output_preset: str | None  # None: outputs are not reviewed
     matcher: KeywordMatcher | None = None
@@ -125,6 +131,10 @@ class Moderator:
     provider: str = ""
     users: int = 0  # output reviews and input checks using it now
     retired: bool = False  # dropped from the cache: its client is closed once unused
+    # api: the API-based extension (endpoint, api_key; None: it no longer exists), the client, the app
+    extension: dict[str, str] | None = None
+    egress: Any = None
+    app_id: str = ""
 
     async def flagged(self, text: str | list[str]) -> bool:
         """One review of ``text`` (a list: pieces judged apart; raises on a failing moderation model)."""
@@ -134,26 +144,61 @@ class Moderator:
             raise provider_not_initialize()
         return await llm.moderate(self.model_kwargs, text, self.timeout)
 
-    async def check_inputs(self, inputs: dict[str, Any], query: str) -> str | None:
-        """The preset answer when the query or an input value is flagged, else None."""
+    async def check_inputs(self, inputs: dict[str, Any], query: str) -> tuple[str | None, dict[str, Any], str]:
+        """(the preset answer when the query or an input value is flagged, else None; the inputs and query to
+        go on with, which only an ``api`` extension's ``overridden`` verdict changes)."""
         if self.input_preset is None:
-            return None
+            return None, inputs, query
         values = [str(v) for v in inputs.values() if v not in (None, "")]
         if query:
             values.append(query)
         if not values:
-            return None
-        if self.matcher is None and self.model_kwargs is None:
-            raise provider_not_initialize()  # the moderation provider has no credentials
+            return None, inputs, query
+        if self.matcher is None and self.model_kwargs is None and self.extension is None:
+            raise provider_not_initialize()  # the moderation provider (or extension) is gone
         self.users += 1
         try:
+            if self.kind == "api":
+                return await self._api_inputs(inputs, query)
             hit = await self.flagged("\n".join(values))
+        except ApiError:
+            raise
         except Exception as e:  # noqa: BLE001 - any provider failure is the request's 400
             log.warning("input_moderation_failed", error=str(e))
             raise completion_request_error(llm.error_message(e, self.provider)) from None
         finally:
             self.release()
-        return self.input_preset if hit else None
+        return (self.input_preset if hit else None), inputs, query
+
+    async def _api_inputs(self, inputs: dict[str, Any], query: str) -> tuple[str | None, dict[str, Any], str]:
+        verdict = await self._ask(extensions.MODERATION_INPUT, {"app_id": self.app_id, "inputs": inputs,
+                                                                "query": query})
+        if not verdict.get("flagged"):
+            return None, inputs, query
+        if verdict.get("action") == "overridden":  # go on with what the extension rewrote
+            new_inputs = verdict.get("inputs")
+            new_query = verdict.get("query")
+            return (None, {**inputs, **new_inputs} if isinstance(new_inputs, dict) else inputs,
+                    new_query if isinstance(new_query, str) else query)
+        return str(verdict.get("preset_response") or self.input_preset or BLOCKED), inputs, query
+
+    async def api_output(self, text: str) -> str | None:
+        """An ``api`` extension's verdict on an answer: what replaces it when flagged, else None."""
+        verdict = await self._ask(extensions.MODERATION_OUTPUT, {"app_id": self.app_id, "text": text})
+        if not verdict.get("flagged"):
+            return None
+        if verdict.get("action") == "overridden" and isinstance(verdict.get("text"), str):
+            return verdict["text"]
+        return str(verdict.get("preset_response") or self.output_preset or BLOCKED)
+
+    async def _ask(self, point: str, params: dict[str, Any]) -> dict[str, Any]:
+        if self.extension is None:
+            raise completion_request_error("The moderation's API-based extension no longer exists.")
+        try:
+            return await extensions.call(self.egress, self.extension["endpoint"], self.extension["api_key"], point,
+                                         params, self.timeout)
+        except extensions.ExtensionError as e:
+            raise completion_request_error(f"Moderation: {e}") from None
 
     def output_review(self) -> OutputReview | None:
         """A review of one answer; it holds the moderator (and its client) until ``close``."""
@@ -290,8 +335,13 @@ class OutputReview:
         self.mod.release()
 
     async def _model_review(self, text: str) -> bool:
-        parts = pieces(text)
         try:
+            if self.mod.kind == "api":  # the extension also says what replaces the answer
+                replacement = await self.mod.api_output(text)
+                if replacement is not None:
+                    self.preset = replacement
+                return replacement is not None
+            parts = pieces(text)
             return await self.mod.flagged(parts[0] if len(parts) == 1 else parts)
         except Exception as e:  # noqa: BLE001 - a failing reviewer lets the answer through, as Dify does
             log.warning("output_moderation_failed", error=str(e))
@@ -323,8 +373,9 @@ class ModerationService:
     the moderator and its client. A moderator dropped (changed, evicted, its app deleted) is retired: its
     client is closed once no review uses it."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, egress: Any = None) -> None:
         self.ctx = ctx
+        self.egress = egress  # the runtime's guarded client: ``api`` moderation calls an extension with it
         self._entries: Lru[tuple[str, str | None], _Cached] = Lru(MAX_MODERATORS, _retire)
 
     async def for_app(self, app: AppEntry, workflow: Workflow | None = None) -> Moderator | None:
@@ -360,17 +411,25 @@ class ModerationService:
             return None
         s: ModerationSettings = swa.settings()
         creds = fingerprint = None
-        if swa.type != "keywords":
+        if swa.type == "api":  # the extension's endpoint and key, read like credentials
+            async with self.ctx.db.session() as session:
+                ext = (await session.exec(select(ApiBasedExtension).where(
+                    ApiBasedExtension.id == s.api_based_extension_id,
+                    ApiBasedExtension.tenant_id == app.tenant_id))).first()
+            if ext is not None:
+                creds = {"endpoint": ext.api_endpoint,
+                         "api_key": decrypt_json(self.ctx.settings.secret_key, ext.encrypted_api_key)["api_key"]}
+        elif swa.type != "keywords":
             async with self.ctx.db.session() as session:
                 creds = await provider_credentials(session, self.ctx.settings.secret_key, app.tenant_id, s.provider)
-            if creds is not None:
-                fingerprint = hashlib.sha256(orjson.dumps(creds, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        if creds is not None:
+            fingerprint = hashlib.sha256(orjson.dumps(creds, option=orjson.OPT_SORT_KEYS)).hexdigest()
         digest = _digest(swa)
         hit = self._entries.get(key)  # again: another request may have checked it meanwhile
         if hit is not None and hit.mod is not None and hit.digest == digest and hit.credentials == fingerprint:
             hit.config = cfg
             return hit.mod
-        mod = self._build(s, swa.type, creds)
+        mod = self._build(s, swa.type, creds, app.id)
         if hit is not None:
             _retire(hit)
         self._entries.put(key, _Cached(cfg, digest, fingerprint, mod))
@@ -381,7 +440,7 @@ class ModerationService:
         for entry in self._entries.pop_where(lambda k: k[0] == app_id):
             _retire(entry)
 
-    def _build(self, s: ModerationSettings, kind: str, creds: dict[str, Any] | None) -> Moderator:
+    def _build(self, s: ModerationSettings, kind: str, creds: dict[str, Any] | None, app_id: str = "") -> Moderator:
         assert s.inputs_config is not None and s.outputs_config is not None
         mod = Moderator(
             kind=kind,
@@ -389,9 +448,12 @@ class ModerationService:
             output_preset=s.outputs_config.preset_response if s.outputs_config.enabled else None,
             timeout=self.ctx.settings.runtime.moderation_timeout,
             provider=s.provider,
+            app_id=app_id,
         )
         if kind == "keywords":
             mod.matcher = KeywordMatcher(s.keyword_list())
+        elif kind == "api":
+            mod.extension, mod.egress = creds, self.egress
         elif creds is not None:
             mod.model_kwargs = llm.moderation_kwargs(s.provider, s.model, creds)
         return mod

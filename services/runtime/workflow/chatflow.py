@@ -145,7 +145,7 @@ class ChatflowService:
         # sensitive-word moderation, from the version's features (moderation.py), before the annotation lookup
         # and the graph as chat.py orders it: a flagged request is answered with the preset, no run
         mod = await self.rt.chat.moderation.for_app(app, workflow)
-        flagged = await mod.check_inputs(cleaned, query) if mod is not None else None
+        flagged, cleaned, query = await mod.check_inputs(cleaned, query) if mod is not None else (None, cleaned, query)
         system_files, file_rows = await wf.files.system(app, workflow.features, files, end_user_id) \
             if flagged is None else ([], [])  # a blocked request fetches nothing
         declared = workflow.conversation_variables or []

@@ -28,7 +28,6 @@ from services.runtime.workflow.engine import Engine, RunFailed, VariablePool
 from services.runtime.workflow.files import WorkflowFiles
 from services.runtime.workflow.nodes import IMPLS, RunServices
 from shared.app_config import start_form, validate_form
-from shared.egress import Egress, EgressPolicy
 from shared.errors import ApiError, invalid_param, not_found
 from shared.identity import Caller
 from shared.lru import Lru
@@ -99,7 +98,7 @@ class WorkflowService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.settings = rt.ctx.settings.workflow
-        self.egress = Egress(EgressPolicy.from_allowlist(rt.ctx.settings.tools.egress_allowlist))
+        self.egress = rt.egress  # the runtime's guarded client (HTTP nodes, tools' webhooks)
         self.tasks: dict[str, WorkflowTask] = {}
         self._graphs: Lru[str, Graph] = Lru(256)  # published versions never change
         self._versions: Lru[str, Workflow] = Lru(256)
@@ -111,7 +110,6 @@ class WorkflowService:
         pending = [t.task for t in self.tasks.values() if t.task is not None]
         if pending:
             await asyncio.wait(pending, timeout=10)
-        await self.egress.close()
 
     # -- starting ------------------------------------------------------------------------------------
     async def run(self, caller: Caller, *, inputs: Any, user: str | None, streaming: bool,
@@ -126,7 +124,7 @@ class WorkflowService:
         # sensitive-word moderation of the inputs (the version's features, moderation.py): a flagged run runs
         # no node and succeeds at once with the preset response as its text output
         mod = await self.rt.chat.moderation.for_app(app, workflow)
-        preset = await mod.check_inputs(cleaned, "") if mod is not None else None
+        preset, cleaned, _ = await mod.check_inputs(cleaned, "") if mod is not None else (None, cleaned, "")
         system_files, _rows = await self.files.system(app, workflow.features, files, end_user_id) \
             if preset is None else ([], [])
         task = self.new_task(app.tenant_id, app.id, workflow, graph, cleaned, end_user_id, session_id, streaming)
