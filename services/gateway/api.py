@@ -81,7 +81,7 @@ class _Headers(NamedTuple):
 def _scan_headers(scope: Scope, keep_authorization: bool) -> _Headers:
     """One pass over the request headers: what to forward (spoofable identity headers dropped), the
     body framing for the size limit, the request id, and the Authorization value."""
-    auth = length = rid = None
+    auth = length = rid = trace = None
     chunked = False
     fwd: list[tuple[bytes, bytes]] = []
     for k, v in scope["headers"]:
@@ -89,7 +89,9 @@ def _scan_headers(scope: Scope, keep_authorization: bool) -> _Headers:
             if k == b"x-request-id":
                 rid = v
             continue
-        if k == b"authorization":
+        if k == b"x-trace-id":  # Dify's client trace id: the request id when the client sends no X-Request-ID
+            trace = v
+        elif k == b"authorization":
             auth = v
             if not keep_authorization:
                 continue
@@ -98,7 +100,7 @@ def _scan_headers(scope: Scope, keep_authorization: bool) -> _Headers:
         elif k == b"transfer-encoding":
             chunked = True
         fwd.append((k, v))
-    return _Headers(auth, length, chunked, _request_id(rid), fwd)
+    return _Headers(auth, length, chunked, _request_id(rid or trace), fwd)
 
 
 def _request_id(given: bytes | None) -> bytes:

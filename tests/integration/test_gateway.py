@@ -208,6 +208,12 @@ async def test_identity_headers_added_and_spoofs_stripped(env: Env) -> None:
     r = await env.client.get("/v1/parameters", headers=bearer(seeded.key))
     rid = r.headers["x-request-id"]
     assert len(rid) == 32 and r.json()["headers"]["x-request-id"] == rid
+    # Dify's X-Trace-Id serves as the request id when there is no X-Request-ID (and still reaches the service)
+    r = await env.client.get("/v1/parameters", headers={**bearer(seeded.key), "X-Trace-Id": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42" and r.json()["headers"]["x-request-id"] == "trace-42"
+    assert r.json()["headers"]["x-trace-id"] == "trace-42"
+    r = await env.client.get("/v1/parameters", headers={**bearer(seeded.key), "X-Trace-Id": "t", "X-Request-Id": "r"})
+    assert r.headers["x-request-id"] == "r"
 
 
 async def test_console_needs_no_key_but_is_scrubbed(env: Env) -> None:
