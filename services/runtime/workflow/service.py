@@ -310,24 +310,26 @@ class WorkflowService:
                 if chat is not None:
                     await asyncio.shield(chat.finish(task, engine))
             finally:
-                if review is not None:
-                    review.close()
-                    if review.flagged and chat is not None:  # the answer as stored: the preset (chat.finish)
-                        await emit("message_replace", {"id": chat.message_id, "answer": review.preset,
-                                                       "reason": OUTPUT_REASON})
-                    elif review.flagged:  # Dify's workflow event: the preset replaces the text streamed so far
-                        await emit("text_replace", {"data": {"text": review.preset}})
-                if chat is not None and task.status != "failed":  # a failed chat run ends without message_end
-                    await emit("message_end", {"id": chat.message_id, "metadata": chat.metadata(), "files": []})
-                await emit("workflow_finished", {"data": {
-                    **task.data(), "created_by": {"id": task.end_user_id, "user": task.session_id},
-                    "exceptions_count": engine.exceptions, "files": []}})
-                if task.status == "failed":  # as Dify: the failure also as an error event, after the summary
-                    await emit("error", {"code": "internal_server_error", "message": task.error, "status": 500})
-                if channel is not None:
-                    channel.close()
-                self.tasks.pop(task.task_id, None)
-                task.finished.set()
+                try:  # the closing events; whatever happens in them, the run is over for its readers
+                    if review is not None:
+                        review.close()
+                        if review.flagged and chat is not None:  # the answer as stored: the preset (chat.finish)
+                            await emit("message_replace", {"id": chat.message_id, "answer": review.preset,
+                                                           "reason": OUTPUT_REASON})
+                        elif review.flagged:  # Dify's workflow event: the preset replaces the text streamed so far
+                            await emit("text_replace", {"data": {"text": review.preset}})
+                    if chat is not None and task.status != "failed":  # a failed chat run ends without message_end
+                        await emit("message_end", {"id": chat.message_id, "metadata": chat.metadata(), "files": []})
+                    await emit("workflow_finished", {"data": {
+                        **task.data(), "created_by": {"id": task.end_user_id, "user": task.session_id},
+                        "exceptions_count": engine.exceptions, "files": []}})
+                    if task.status == "failed":  # as Dify: the failure also as an error event, after the summary
+                        await emit("error", {"code": "internal_server_error", "message": task.error, "status": 500})
+                finally:
+                    if channel is not None:
+                        channel.close()
+                    self.tasks.pop(task.task_id, None)
+                    task.finished.set()
 
     async def _store(self, task: WorkflowTask, engine: Engine) -> None:
         now = utcnow()
