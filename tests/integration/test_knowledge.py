@@ -514,8 +514,16 @@ async def test_workspace_default_embedding_model(kb: KB, llm) -> None:
                             json={"model_settings": [entry]})
         assert r.status_code == 200, r.text
 
+    models = "/v1/workspaces/current/models/model-types/text-embedding"
+    listed = (await kb.c.get(models, headers=kb.h)).json()["data"]
+    assert [(p["provider"], p["models"][0]["model"]) for p in listed] == [("plexus", "all-MiniLM-L6-v2")]
     await set_default("trigram-default")
     try:
+        # the default is offered first, beside the built-in model
+        listed = (await kb.c.get(models, headers=kb.h)).json()["data"]
+        assert [(p["provider"], p["models"][0]["model"]) for p in listed] == [
+            ("openai-compatible", "trigram-default"), ("plexus", "all-MiniLM-L6-v2")]
+        assert listed[0]["models"][0]["model_type"] == "text-embedding"
         ds = await kb.dataset(indexing_technique="high_quality")
         assert (ds["embedding_model_provider"], ds["embedding_model"]) == ("openai-compatible", "trigram-default")
         before = len(llm.embedding_requests)
