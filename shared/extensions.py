@@ -16,11 +16,16 @@ private address must be listed there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from shared.crypto import decrypt_json
 from shared.egress import Egress, EgressError
+from shared.models import ApiBasedExtension
 
 PING = "ping"
 EXTERNAL_DATA_QUERY = "app.external_data_tool.query"
@@ -33,9 +38,12 @@ class ExtensionError(Exception):
     """The extension could not be called or answered something else than the protocol says."""
 
 
-def obfuscated(api_key: str) -> str:
-    """How the console shows a saved key (Dify's: the first 6 and last 2 characters)."""
-    return api_key[:6] + "*" * 12 + api_key[-2:] if len(api_key) > 8 else "*" * len(api_key)
+async def load(s: AsyncSession, secret_key: str, tenant_id: str, ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The workspace's extensions among ``ids``, as the runtime calls them: id → ``{"endpoint", "api_key"}``."""
+    rows = (await s.exec(select(ApiBasedExtension).where(
+        ApiBasedExtension.tenant_id == tenant_id, col(ApiBasedExtension.id).in_(set(ids))))).all()
+    return {e.id: {"endpoint": e.api_endpoint, "api_key": decrypt_json(secret_key, e.encrypted_api_key)["api_key"]}
+            for e in rows}
 
 
 async def call(egress: Egress, endpoint: str, api_key: str, point: str, params: dict[str, Any] | None,

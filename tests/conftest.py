@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
@@ -148,14 +149,22 @@ async def start_live(settings: Settings, target: str = "all") -> LiveServer:
     return LiveServer(stack, served, served.url)
 
 
-@pytest.fixture(scope="module", params=db_params())
-async def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
-               ) -> AsyncIterator[LiveServer]:
-    """The whole stack (`all` target) on SQLite and, in CI, on Postgres."""
-    tmp = tmp_path_factory.mktemp("live")
-    srv = await start_live(make_settings(tmp, database_url(request.param, tmp), nats_url))
-    yield srv
-    await srv.stop()
+def live_fixture(label: str, name: str = "live", **overrides: Any) -> Any:
+    """A module-scoped fixture ``name``: the whole stack (`all` target) on SQLite and, in CI, on Postgres, with
+    ``overrides`` for its Settings (a module that needs other limits or allowlists defines its own)."""
+
+    @pytest.fixture(scope="module", params=db_params(), name=name)
+    async def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
+                    ) -> AsyncIterator[LiveServer]:
+        tmp = tmp_path_factory.mktemp(label)
+        srv = await start_live(make_settings(tmp, database_url(request.param, tmp), nats_url, **overrides))
+        yield srv
+        await srv.stop()
+
+    return stack
+
+
+live = live_fixture("live")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from services.runtime.service.audio import TTS_MAX_TOTAL_CHARS, speech_pieces
 from shared.settings import FilesSettings
-from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.conftest import LiveServer, live_fixture
 from tests.llm_server import ScriptedLLM, heard_text, speech_bytes
 from tests.support import bearer, envelope, new_app, new_app_key, scripted_owner
 from tests.workflow_graphs import linear_llm
@@ -37,16 +37,8 @@ def wav(marker: str) -> bytes:
     return b"RIFF" + len(data).to_bytes(4, "little") + b"WAVE" + data
 
 
-@pytest.fixture(scope="module", params=db_params())
-async def astack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
-                 ) -> AsyncIterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("audio")
-    # a 1 MB audio limit keeps the oversize case small
-    settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
-                             files=FilesSettings(audio_file_size_limit=1))
-    srv = await start_live(settings)
-    yield srv
-    await srv.stop()
+# a 1 MB audio limit keeps the oversize case small
+astack = live_fixture("audio", "astack", files=FilesSettings(audio_file_size_limit=1))
 
 
 class Env:

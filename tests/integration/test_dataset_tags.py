@@ -11,17 +11,10 @@ import httpx
 import pytest
 
 from services.indexer.service.tags import MAX_TAG_IDS
-from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.conftest import LiveServer, live_fixture
 from tests.support import bearer, console_admin, in_other_workspace, new_app, new_app_key
 
-
-@pytest.fixture(scope="module", params=db_params())
-async def tstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
-                 ) -> AsyncIterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("tags")
-    srv = await start_live(make_settings(tmp, database_url(request.param, tmp), nats_url))
-    yield srv
-    await srv.stop()
+tstack = live_fixture("tags", "tstack")
 
 
 class KB:

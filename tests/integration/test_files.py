@@ -28,7 +28,7 @@ from starlette.routing import Route
 from shared.files import FileStore
 from shared.models import UploadFile
 from shared.settings import FilesSettings, ToolsSettings
-from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.conftest import LiveServer, live_fixture
 from tests.integration.gateway_env import seed_app
 from tests.llm_server import ScriptedLLM
 from tests.support import console_admin, in_other_workspace, serve
@@ -58,19 +58,12 @@ def docx_bytes(*paragraphs: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module", params=db_params())
-async def fstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
-                 ) -> AsyncIterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("files")
-    # 1 MB limits keep the oversize cases small; "localhost" is allowlisted for file fetches (the remote_url
-    # success case); 127.0.0.1 is open to tools only, so a file fetch of it stays refused
-    settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
-                             files=FilesSettings(image_file_size_limit=1, file_size_limit=1,
-                                                 remote_url_allowlist=["localhost"]),
-                             tools=ToolsSettings(egress_allowlist=["127.0.0.1/32"]))
-    srv = await start_live(settings)
-    yield srv
-    await srv.stop()
+# 1 MB limits keep the oversize cases small; "localhost" is allowlisted for file fetches (the remote_url success
+# case); 127.0.0.1 is open to tools only, so a file fetch of it stays refused
+fstack = live_fixture("files", "fstack",
+                      files=FilesSettings(image_file_size_limit=1, file_size_limit=1,
+                                          remote_url_allowlist=["localhost"]),
+                      tools=ToolsSettings(egress_allowlist=["127.0.0.1/32"]))
 
 
 class Apps:

@@ -17,7 +17,7 @@ from sqlmodel import select
 from shared.models import Message, WorkflowRun
 from shared.settings import RuntimeSettings
 from tests import workflow_graphs as g
-from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.conftest import LiveServer, live_fixture
 from tests.integration.test_moderation import (
     INPUT_PRESET,
     OTHER_TYPE,
@@ -28,15 +28,7 @@ from tests.integration.test_moderation import (
 from tests.llm_server import ScriptedLLM
 from tests.support import bearer, new_app, new_app_key, scripted_owner
 
-
-@pytest.fixture(scope="module", params=db_params())
-async def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str):
-    tmp = tmp_path_factory.mktemp("graph-moderation")
-    settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
-                             runtime=RuntimeSettings(moderation_timeout=60))
-    srv: LiveServer = await start_live(settings)
-    yield srv
-    await srv.stop()
+live = live_fixture("graph-moderation", runtime=RuntimeSettings(moderation_timeout=60))
 
 
 @pytest.fixture

@@ -17,22 +17,14 @@ import orjson
 import pytest
 
 from shared.settings import KnowledgeSettings
-from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.conftest import LiveServer, live_fixture
 from tests.support import console_admin
 
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module", params=db_params())
-async def kstack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str
-                 ) -> AsyncIterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("knowledge")
-    settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
-                             knowledge=KnowledgeSettings(max_file_bytes=2 * MB, ack_wait=5, requeue_after=2,
-                                                                 optimize_after=1))
-    srv = await start_live(settings)
-    yield srv
-    await srv.stop()
+kstack = live_fixture("knowledge", "kstack",
+                      knowledge=KnowledgeSettings(max_file_bytes=2 * MB, ack_wait=5, requeue_after=2, optimize_after=1))
 
 
 class KB:

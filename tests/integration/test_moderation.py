@@ -19,7 +19,7 @@ from sqlmodel import select
 from services.console.service.common import publish_change
 from shared.models import App, AppModelConfig
 from shared.settings import RuntimeSettings
-from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
+from tests.conftest import LiveServer, live_fixture
 from tests.llm_server import ScriptedLLM
 from tests.support import Apps, new_app, scripted_owner
 
@@ -44,16 +44,9 @@ def model_config(swa: dict[str, Any] | None = None, **extra: Any) -> dict[str, A
     return cfg
 
 
-@pytest.fixture(scope="module", params=db_params())
-async def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, nats_url: str):
-    """The `all` stack, with room for a first moderation call on a loaded machine (the OpenAI SDK detects the
-    platform once per process, which took seconds here)."""
-    tmp = tmp_path_factory.mktemp("moderation")
-    settings = make_settings(tmp, database_url(request.param, tmp), nats_url,
-                             runtime=RuntimeSettings(moderation_timeout=60))
-    srv: LiveServer = await start_live(settings)
-    yield srv
-    await srv.stop()
+# room for a first moderation call on a loaded machine (the OpenAI SDK detects the platform once per process,
+# which took seconds here)
+live = live_fixture("moderation", runtime=RuntimeSettings(moderation_timeout=60))
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """A workspace's API-based extensions (Dify's ``/console/api/api-based-extension``): name, endpoint and key,
-the key encrypted at rest and shown obfuscated. Saving one pings it (shared.extensions), so an app never
+the key encrypted at rest and shown masked. Saving one pings it (shared.extensions), so an app never
 points at an endpoint that does not speak the protocol. Apps name an extension in their model config's
 ``external_data_tools`` or ``api`` moderation; one in use there cannot be deleted."""
 
@@ -12,20 +12,21 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.console.service.common import Principal, publish_change
-from services.console.service.providers import HIDDEN
+from services.console.service.providers import mask_credentials, merge_hidden
 from shared import extensions
 from shared.context import Context
 from shared.crypto import decrypt_json, encrypt_json
 from shared.egress import Egress, EgressPolicy
 from shared.errors import ApiError, invalid_param, not_found
-from shared.models import ApiBasedExtension, App, AppModelConfig
+from shared.models import ApiBasedExtension, App, AppModelConfig, ts
 
 PING_TIMEOUT = 10.0
 
 
-def view(ext: ApiBasedExtension, api_key: str) -> dict[str, Any]:
+def view(ext: ApiBasedExtension, creds: dict[str, Any]) -> dict[str, Any]:
+    """``creds``: the decrypted ``{"api_key"}``, shown masked as provider credentials are."""
     return {"id": ext.id, "name": ext.name, "api_endpoint": ext.api_endpoint,
-            "api_key": extensions.obfuscated(api_key), "created_at": int(ext.created_at.timestamp())}
+            "api_key": mask_credentials(creds)["api_key"], "created_at": ts(ext.created_at)}
 
 
 def _not_found() -> ApiError:
@@ -47,22 +48,22 @@ class Extensions:
     async def close(self) -> None:
         await self.egress.close()
 
-    def _key(self, ext: ApiBasedExtension) -> str:
-        return decrypt_json(self.ctx.settings.secret_key, ext.encrypted_api_key)["api_key"]
+    def _creds(self, ext: ApiBasedExtension) -> dict[str, Any]:
+        return decrypt_json(self.ctx.settings.secret_key, ext.encrypted_api_key)
 
     async def list(self, p: Principal) -> list[dict[str, Any]]:
         async with self.ctx.db.session() as s:
             rows = (await s.exec(select(ApiBasedExtension).where(ApiBasedExtension.tenant_id == p.tenant_id)
                                  .order_by(ApiBasedExtension.created_at.desc()))).all()
-        return [view(e, self._key(e)) for e in rows]
+        return [view(e, self._creds(e)) for e in rows]
 
     async def get(self, p: Principal, ext_id: str) -> dict[str, Any]:
         async with self.ctx.db.session() as s:
             ext = await self._get(s, p, ext_id)
-        return view(ext, self._key(ext))
+        return view(ext, self._creds(ext))
 
     async def save(self, p: Principal, body: dict[str, Any], ext_id: str | None = None) -> dict[str, Any]:
-        """Create (``ext_id`` None) or update; the key may be sent back as ``[__HIDDEN__]`` or obfuscated to keep
+        """Create (``ext_id`` None) or update; the key may be sent back as ``[__HIDDEN__]`` or as shown to keep
         it. The endpoint is pinged with the key before anything is stored."""
         name = _text(body, "name", 1)
         endpoint = _text(body, "api_endpoint", 5)
@@ -70,9 +71,8 @@ class Extensions:
             raise invalid_param("api_endpoint must be an http(s) URL.", params="api_endpoint")
         async with self.ctx.db.session() as s:
             ext = await self._get(s, p, ext_id) if ext_id else None
-            key = body.get("api_key")
-            if ext is not None and key in (HIDDEN, extensions.obfuscated(self._key(ext))):
-                key = self._key(ext)
+            creds = merge_hidden({"api_key": body.get("api_key")}, self._creds(ext) if ext is not None else None)
+            key = creds["api_key"]
             if not isinstance(key, str) or len(key) < 5 or len(key) > 255:
                 raise invalid_param("api_key must be a string of 5 to 255 characters.", params="api_key")
         try:
@@ -84,7 +84,7 @@ class Extensions:
                                                                                   api_endpoint=endpoint,
                                                                                   encrypted_api_key="")
             ext.name, ext.api_endpoint = name, endpoint
-            ext.encrypted_api_key = encrypt_json(self.ctx.settings.secret_key, {"api_key": key})
+            ext.encrypted_api_key = encrypt_json(self.ctx.settings.secret_key, creds)
             s.add(ext)
             try:
                 await s.commit()
@@ -94,7 +94,7 @@ class Extensions:
             await s.refresh(ext)
         # an api moderator holds the endpoint and key: the runtimes reload the workspace's apps now
         await publish_change(self.ctx.bus, "tenant", p.tenant_id)
-        return view(ext, key)
+        return view(ext, creds)
 
     async def delete(self, p: Principal, ext_id: str) -> None:
         async with self.ctx.db.session() as s:

@@ -8,12 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import col, select
-
 from services.runtime.service.errors import completion_request_error
 from shared import extensions
-from shared.crypto import decrypt_json
-from shared.models import ApiBasedExtension
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -32,22 +28,19 @@ class ExternalData:
         if not enabled:
             return inputs
         async with self.rt.db.session() as s:
-            rows = {e.id: e for e in (await s.exec(select(ApiBasedExtension).where(
-                ApiBasedExtension.tenant_id == app.tenant_id,
-                col(ApiBasedExtension.id).in_({t.extension_id for t in enabled})))).all()}
-        secret = self.rt.ctx.settings.secret_key
+            found = await extensions.load(s, self.rt.ctx.settings.secret_key, app.tenant_id,
+                                          [t.extension_id for t in enabled])
         timeout = self.rt.ctx.settings.tools.default_timeout
 
         async def one(tool: ExternalDataTool) -> tuple[str, str]:
-            ext = rows.get(tool.extension_id)
+            ext = found.get(tool.extension_id)
             if ext is None:
                 raise completion_request_error(
                     f"External data tool '{tool.variable}': its API-based extension no longer exists.")
             params = {"app_id": app.id, "tool_variable": tool.variable, "inputs": inputs, "query": query}
             try:
                 return tool.variable, await extensions.query_external_data(
-                    self.rt.egress, ext.api_endpoint, decrypt_json(secret, ext.encrypted_api_key)["api_key"],
-                    params, timeout)
+                    self.rt.egress, ext["endpoint"], ext["api_key"], params, timeout)
             except extensions.ExtensionError as e:
                 raise completion_request_error(f"External data tool '{tool.variable}': {e}") from None
 

@@ -30,17 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from sqlmodel import select
 
 from services.runtime import llm
 from services.runtime.service.errors import completion_request_error, provider_not_initialize
 from shared import extensions
 from shared.app_config import load_moderation
 from shared.credentials import provider_credentials
-from shared.crypto import decrypt_json
 from shared.errors import ApiError
 from shared.lru import Lru
-from shared.models import ApiBasedExtension
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -413,12 +410,9 @@ class ModerationService:
         creds = fingerprint = None
         if swa.type == "api":  # the extension's endpoint and key, read like credentials
             async with self.ctx.db.session() as session:
-                ext = (await session.exec(select(ApiBasedExtension).where(
-                    ApiBasedExtension.id == s.api_based_extension_id,
-                    ApiBasedExtension.tenant_id == app.tenant_id))).first()
-            if ext is not None:
-                creds = {"endpoint": ext.api_endpoint,
-                         "api_key": decrypt_json(self.ctx.settings.secret_key, ext.encrypted_api_key)["api_key"]}
+                found = await extensions.load(session, self.ctx.settings.secret_key, app.tenant_id,
+                                              [s.api_based_extension_id])
+            creds = found.get(s.api_based_extension_id)
         elif swa.type != "keywords":
             async with self.ctx.db.session() as session:
                 creds = await provider_credentials(session, self.ctx.settings.secret_key, app.tenant_id, s.provider)
