@@ -48,6 +48,15 @@ def tools_invoke(provider_id: str) -> str:
     return f"{PREFIX}.tools.invoke.{provider_id}"
 
 
+# Console access for the /console/api routes another service serves (the knowledge routes are the indexer's):
+# the console, which owns accounts, memberships and admin keys, says who the caller is and whether its role and
+# key scopes allow the route. Served by every console replica in a queue group.
+# Payload: {"authorization": the request's Authorization header or null, "method", "path": the route template
+# after /console/api}. Reply: {"tenant_id", "account_id", "role", "key_id"} or {"error": {"code", "message",
+# "status"}} (401/403 exactly as the console's own routes answer).
+CONSOLE_AUTHORIZE = f"{PREFIX}.console.authorize"
+CONSOLE_QUEUE = "plexus-console"
+
 # Config change notifications (core pub/sub): kinds are app, apikey, provider, tenant, tool_provider.
 CONFIG_WILDCARD = f"{PREFIX}.config.>"
 

@@ -156,12 +156,26 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
 _PREFIX_LEN = len("/console/api")
 
 
+# The knowledge routes the indexer serves under /console/api (everything under /datasets but the keys above, and
+# console file uploads): one rule for all of them, as Dify's dataset editors: everyone reads and tests retrieval,
+# editors change. The indexer asks through CONSOLE_AUTHORIZE (handlers.py) with the route's template.
+KNOWLEDGE_READS = frozenset({"/datasets/{dataset_id}/retrieve", "/datasets/{dataset_id}/hit-testing"})
+
+
+def _knowledge(path: str) -> bool:
+    return path == "/datasets" or path.startswith("/datasets/") or path == "/files/upload"
+
+
 def access_for(method: str, path: str) -> tuple[str, str | None]:
     """The route's entry; a route missing from ACCESS (test_roles checks there are none) is members only,
     readable by everyone, changed by editors."""
-    found = ACCESS.get((method, path[_PREFIX_LEN:]))
+    path = path[_PREFIX_LEN:]
+    found = ACCESS.get((method, path))
     if found is not None:
         return found
+    if _knowledge(path):
+        return (N, "datasets:read") if method in ("GET", "HEAD") or path in KNOWLEDGE_READS \
+            else (E, "datasets:write")
     return (N, None) if method in ("GET", "HEAD") else (E, None)
 
 
@@ -172,24 +186,29 @@ def require_scope(p: Principal, scope: str, action: str) -> None:
         raise forbidden(f"This API key lacks the '{scope}' permission required for {action}.")
 
 
-async def _principal(request: Request) -> Principal:
-    """The caller, allowed to call this route (401 / 403 otherwise)."""
-    header = request.headers.get("authorization")
+async def authorize(ctx: Context, auth: Auth, header: str | None, method: str, path: str) -> Principal:
+    """The caller behind an Authorization header, allowed to call the route ``method path`` (its template, with
+    the /console/api prefix): 401 / 403 otherwise. For the console's routes and, over NATS, other services'."""
     try:
         token = bearer_token(header.encode("latin-1") if header is not None else None).decode("latin-1")
     except AuthError as e:
         raise unauthorized(e.message) from None
-    p = await accounts.authenticate(request.app.state.ctx.db, request.app.state.auth, token)
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
-    role, scope = access_for(request.method, path)
+    p = await accounts.authenticate(ctx.db, auth, token)
+    role, scope = access_for(method, path)
     if p.is_key:
         if scope is None:
-            raise forbidden(f"{request.method} {path} is not available to API keys; sign in as a workspace member.")
-        require_scope(p, scope, f"{request.method} {path}")
+            raise forbidden(f"{method} {path} is not available to API keys; sign in as a workspace member.")
+        require_scope(p, scope, f"{method} {path}")
     if not p.at_least(role):
         raise forbidden(f"This action requires the {role} role or higher; your role in this workspace is {p.role}.")
     return p
+
+
+async def _principal(request: Request) -> Principal:
+    """The caller, allowed to call this route (401 / 403 otherwise)."""
+    route = request.scope.get("route")
+    return await authorize(request.app.state.ctx, request.app.state.auth, request.headers.get("authorization"),
+                           request.method, getattr(route, "path", request.url.path))
 
 
 Ctx = Annotated[Context, Depends(_ctx)]

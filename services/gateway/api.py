@@ -5,7 +5,9 @@ request headers, a dict lookup for the key, one limiter decision, then the servi
 (`all` mode) or the pooled HTTP client (split mode). Only /healthz, /readyz and /metrics go to a
 small FastAPI sub-app.
 
-Routes: /console/api/* → console (no key: the console checks its own JWT); /v1/datasets* and
+Routes: /console/api/* → console (no key: the console checks its own JWT), except its knowledge routes
+(/console/api/datasets* but the dataset keys, /console/api/files/upload) → indexer, which asks the console
+who the caller is; /v1/datasets* and
 /v1/workspaces/* → indexer with a ``dataset`` key; other /v1/* → runtime with an ``app`` key;
 GET /v1 → the Dify welcome document. Client-sent identity headers are always stripped, and the
 API key itself is not passed on to the services behind /v1 (they get the identity headers).
@@ -47,11 +49,25 @@ _WORKSPACES = "/v1/workspaces/"
 # app uploads (files, audio for speech-to-text): the larger upload limit, like knowledge files
 _UPLOADS = frozenset(("/v1/files/upload", "/v1/audio-to-text"))
 _CONSOLE = "/console/api"
+# the console's knowledge routes are the indexer's (except the workspace's dataset keys, which are the console's)
+_CONSOLE_DATASETS = "/console/api/datasets"
+_CONSOLE_KEYS = ("/console/api/datasets/api-keys", "/console/api/datasets/api-base-info")
+_CONSOLE_UPLOAD = "/console/api/files/upload"
 _API = "/api"  # the public API's second prefix (the seeds call /api/chat-messages): served as /v1
 _OWN = frozenset({"/healthz", "/readyz", "/metrics"})
 _STRIP = frozenset(h.encode() for h in (*IDENTITY_HEADERS, H_REQUEST_ID))  # the gateway sets these
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="api"')]
 _UPSTREAMS = ("console", "runtime", "indexer", "tools")
+
+
+def _console_knowledge(path: str) -> bool:
+    """A /console/api path the indexer serves."""
+    if path == _CONSOLE_UPLOAD:
+        return True
+    if not path.startswith(_CONSOLE_DATASETS) or (len(path) > len(_CONSOLE_DATASETS)
+                                                  and path[len(_CONSOLE_DATASETS)] != "/"):
+        return False
+    return not any(path == k or path.startswith(k + "/") for k in _CONSOLE_KEYS)
 
 
 def server_version() -> str:
@@ -218,16 +234,17 @@ class Gateway:
         await self._dispatch(ex, service, fwd, _has_body(length, chunked))
 
     async def _console(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
-        # the console authenticates its own JWTs, so Authorization passes through
+        # the console authenticates its own JWTs (for the indexer too), so Authorization passes through
+        service = "indexer" if _console_knowledge(scope["path"]) else "console"
+        limit = self.max_upload if service == "indexer" else self.max_body
         h = _scan_headers(scope, keep_authorization=True)
         length, chunked, rid, fwd = h.length, h.chunked, h.request_id, h.forward
-        if length is not None and await self._too_large(send, "console", scope["method"], t0, rid, length,
-                                                        self.max_body):
+        if length is not None and await self._too_large(send, service, scope["method"], t0, rid, length, limit):
             return
         fwd.append((b"x-request-id", rid))
-        ex = Exchange(scope, receive, send, meter=self.meter, route="console", t0=t0, request_id=rid,
-                      extra=[], max_body=self.max_body, release=None)
-        await self._dispatch(ex, "console", fwd, _has_body(length, chunked))
+        ex = Exchange(scope, receive, send, meter=self.meter, route=service, t0=t0, request_id=rid,
+                      extra=[], max_body=limit, release=None)
+        await self._dispatch(ex, service, fwd, _has_body(length, chunked))
 
     async def _dispatch(self, ex: Exchange, service: str, headers: list[tuple[bytes, bytes]],
                         has_body: bool) -> None:

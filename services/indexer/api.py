@@ -1,10 +1,17 @@
 """Knowledge API (/v1/datasets …, reference §4), served by the indexer with a workspace-wide ``dataset-``
-key (the gateway authenticates it and forwards the tenant in identity headers)."""
+key (the gateway authenticates it and forwards the tenant in identity headers).
+
+The same routes are the console's knowledge API under /console/api (reference §7), plus what only the console
+has: file uploads, ``datasets/init``, documents from uploaded files, ``use-check``. There the caller is a
+workspace member (or an admin key), whom the console authenticates and authorizes for the route over NATS
+(CONSOLE_AUTHORIZE); dataset permissions (``only_me`` …) then apply to it (service/common.py ``CONSOLE_MEMBER``).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import nats.errors
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
@@ -12,7 +19,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.responses import Response
 
 from services.indexer.service import Knowledge
-from services.indexer.service.common import invalid, tenant_of
+from services.indexer.service.common import CONSOLE_MEMBER, Member, invalid, tenant_of
 from services.indexer.service.datasets import PERMISSIONS, DatasetService
 from services.indexer.service.documents import DocumentService
 from services.indexer.service.metadata import MetadataService
@@ -21,15 +28,18 @@ from services.indexer.service.segments import SegmentService
 from services.indexer.service.tags import TagService
 from shared.context import Context
 from shared.credentials import default_model, provider_credentials
-from shared.errors import INVALID_JSON, ApiError
+from shared.errors import INVALID_JSON, ApiError, unauthorized
 from shared.http import create_base_app
 from shared.identity import caller_from_request
 from shared.knowledge.models import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PROVIDER
 from shared.knowledge.vectors_factory import build_vector_store
+from shared.subjects import CONSOLE_AUTHORIZE
 
 DatasetName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
 Description = Annotated[str, StringConstraints(max_length=400)]
 SUCCESS = {"result": "success"}
+V1, CONSOLE = "/v1", "/console/api"
+AUTHORIZE_TIMEOUT = 10.0  # seconds for the console's access check
 
 
 class _Body(BaseModel):
@@ -116,8 +126,27 @@ async def _multipart(request: Request, docs: DocumentService, *, file_required: 
 
 
 async def _tenant(request: Request) -> str:
-    """The workspace of the ``dataset-`` key the gateway authenticated."""
-    return tenant_of(caller_from_request(request, request.app.state.knowledge.ctx.internal_secret))
+    """The workspace the request acts in: the ``dataset-`` key's the gateway authenticated (/v1), or the console
+    caller's (/console/api), which the console checks for this route."""
+    kn: Knowledge = request.app.state.knowledge
+    if not request.scope["path"].startswith(CONSOLE):
+        return tenant_of(caller_from_request(request, kn.ctx.internal_secret))
+    route = request.scope.get("route")
+    payload = {"authorization": request.headers.get("authorization"), "method": request.method,
+               "path": getattr(route, "path", request.scope["path"]).removeprefix(CONSOLE)}
+    try:
+        msg = await kn.ctx.bus.nc.request(CONSOLE_AUTHORIZE, orjson.dumps(payload), timeout=AUTHORIZE_TIMEOUT)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as e:
+        raise ApiError(503, "service_unavailable", f"The console could not check this request "
+                                                   f"({type(e).__name__}); try again shortly.") from None
+    reply = orjson.loads(msg.data)
+    err = reply.get("error")
+    if err is not None:
+        status = int(err.get("status") or 500)
+        message = err.get("message") or "The request was refused."
+        raise unauthorized(message) if status == 401 else ApiError(status, err.get("code"), message)
+    CONSOLE_MEMBER.set(Member(account_id=reply["account_id"], role=reply["role"]))
+    return str(reply["tenant_id"])
 
 
 Tenant = Annotated[str, Depends(_tenant)]
@@ -125,10 +154,30 @@ Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
-def build_router(kn: Knowledge) -> APIRouter:
-    r = APIRouter(prefix="/v1")
+def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
+    """The knowledge routes under ``prefix``: /v1 (dataset keys) or /console/api (console callers)."""
+    r = APIRouter(prefix=prefix)
     datasets, docs, segs, search = DatasetService(kn), DocumentService(kn), SegmentService(kn), RetrievalService(kn)
     meta, tags = MetadataService(kn), TagService(kn)
+
+    if prefix == CONSOLE:  # first: "init" is no dataset id
+        @r.post("/files/upload", status_code=201)
+        async def upload(request: Request, t: Tenant) -> Response:
+            src, _ = await _multipart(request, docs, file_required=True)
+            return json_response(await docs.upload(t, src), 201)
+
+        @r.post("/datasets/init")
+        async def init_dataset(request: Request, t: Tenant) -> Response:
+            return json_response(await docs.init(t, await _json_body(request)))
+
+        @r.post("/datasets/{dataset_id}/documents")
+        async def create_documents(request: Request, t: Tenant, dataset_id: str) -> Response:
+            out = await docs.create_from_files(t, dataset_id, await _json_body(request))
+            return json_response({"dataset": await datasets.get(t, dataset_id), **out})
+
+        @r.get("/datasets/{dataset_id}/use-check")
+        async def use_check(t: Tenant, dataset_id: str) -> Response:
+            return json_response({"is_using": await datasets.in_use(t, dataset_id)})
 
     # -- tags (reference §4.1); registered before /datasets/{dataset_id} so "tags" is never a dataset id ----
     @r.get("/datasets/tags")
@@ -314,6 +363,9 @@ def build_router(kn: Knowledge) -> APIRouter:
         await meta.update_documents(t, dataset_id, body.get("operation_data"))
         return json_response(SUCCESS)
 
+    if prefix != V1:  # the console answers its own /workspaces routes
+        return r
+
     # -- models ----------------------------------------------------------------------------------------
     @r.get("/workspaces/current/models/model-types/{model_type}")
     async def model_types(t: Tenant, model_type: str) -> Response:
@@ -346,5 +398,6 @@ def create_app(ctx: Context) -> FastAPI:
     app = create_base_app("indexer", checks={"database": ctx.db.ping, "nats": ctx.bus.ping,
                                              "vectors": kn.vectors.ping})
     app.state.knowledge = kn
-    app.include_router(build_router(kn))
+    app.include_router(build_router(kn, V1))
+    app.include_router(build_router(kn, CONSOLE))
     return app

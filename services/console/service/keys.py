@@ -41,6 +41,8 @@ ADMIN_SCOPES = {
     "providers:write": "save, check and delete model provider credentials",
     "tools:read": "list tool providers and their tools",
     "tools:write": "add, change, test and delete tool providers",
+    "datasets:read": "list and read knowledge bases, their documents and segments; test retrieval",
+    "datasets:write": "create, change and delete knowledge bases, documents and segments; upload their files",
 }
 
 

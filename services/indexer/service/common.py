@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy import and_, or_
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.errors import ApiError, forbidden, invalid_param, not_found, unauthorized
@@ -74,12 +77,57 @@ def parse_id(value: str, error: ApiError) -> str:
         raise error from None
 
 
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A console caller (a workspace member, or an admin key acting as its creator): the knowledge routes under
+    /console/api act for it, where a ``dataset-`` key acts for the whole workspace."""
+
+    account_id: str
+    role: str
+
+    @property
+    def sees_all(self) -> bool:
+        return self.role in ("owner", "admin")
+
+
+# Set by the console routes' dependency (api.py) for the request it serves; None on /v1 (a dataset key).
+# A context variable, so the dataset checks below apply on every path without each service passing it on.
+CONSOLE_MEMBER: ContextVar[Member | None] = ContextVar("console_member", default=None)
+
+
+def no_permission() -> ApiError:
+    return forbidden("You do not have permission to access this dataset.")
+
+
+def visible_to(member: Member) -> Any:
+    """The datasets a member sees, as Dify's permission field says: the team's, and its own ``only_me`` ones.
+    Plexus keeps no partial member lists yet, so ``partial_members`` datasets are their creator's (docs/knowledge.md).
+    Owners and admins see every dataset of the workspace."""
+    return or_(Dataset.permission == "all_team_members",
+               and_(col(Dataset.permission).in_(("only_me", "partial_members")), Dataset.created_by == member.account_id))
+
+
+def created_by() -> str | None:
+    """The account a change is recorded for: the console member, none for a dataset key."""
+    member = CONSOLE_MEMBER.get()
+    return member.account_id if member is not None else None
+
+
+def created_from() -> str:
+    """Dify's ``created_from`` of a document: ``web`` from the console, ``api`` from the knowledge API."""
+    return "web" if CONSOLE_MEMBER.get() is not None else "api"
+
+
 async def get_dataset(s: AsyncSession, tenant_id: str, dataset_id: str, *, api: bool = True) -> Dataset:
     ds = (await s.exec(select(Dataset).where(Dataset.id == parse_id(dataset_id, dataset_not_found()),
                                              Dataset.tenant_id == tenant_id))).first()
     if ds is None:
         raise dataset_not_found()
-    if api and not ds.enable_api:
+    member = CONSOLE_MEMBER.get()
+    if member is not None:  # the console: the member's permission, whatever the dataset's API switch says
+        if not member.sees_all and ds.permission != "all_team_members" and ds.created_by != member.account_id:
+            raise no_permission()
+    elif api and not ds.enable_api:
         raise forbidden("Dataset api access is not enabled.")
     return ds
 

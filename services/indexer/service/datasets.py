@@ -11,12 +11,15 @@ from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.indexer.service.common import (
+    CONSOLE_MEMBER,
+    created_by,
     dataset_in_use,
     dataset_space,
     get_dataset,
     invalid,
     name_duplicate,
     space_for,
+    visible_to,
 )
 from services.indexer.service.core import Knowledge
 from services.indexer.service.tags import bound_to_any, tags_of, unbind_dataset
@@ -119,7 +122,7 @@ class DatasetService:
             ds = Dataset(tenant_id=tenant_id, name=body["name"], description=body.get("description") or "",
                          permission=body.get("permission") or "only_me", indexing_technique=technique,
                          embedding_model=model, embedding_model_provider=provider,
-                         retrieval_model=rm.model_dump(mode="json"))
+                         retrieval_model=rm.model_dump(mode="json"), created_by=created_by())
             s.add(ds)
             try:
                 await s.commit()
@@ -131,6 +134,9 @@ class DatasetService:
     async def list(self, tenant_id: str, *, page: int, limit: int, keyword: str | None,
                    tag_ids: list[str] | None = None) -> dict[str, Any]:
         where = [Dataset.tenant_id == tenant_id]
+        member = CONSOLE_MEMBER.get()
+        if member is not None and not member.sees_all:
+            where.append(visible_to(member))
         if keyword:
             where.append(col(Dataset.name).icontains(keyword, autoescape=True))
         tag_ids = [t for t in tag_ids or [] if t]
@@ -199,6 +205,13 @@ class DatasetService:
             for doc_id, version in reindex:
                 await self.kn.enqueue(doc_id, version)
         return out
+
+    async def in_use(self, tenant_id: str, dataset_id: str) -> bool:
+        """Whether an app links the dataset (which then cannot be deleted)."""
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            return (await s.exec(select(AppDatasetJoin.id).where(AppDatasetJoin.dataset_id == ds.id))).first() \
+                is not None
 
     async def delete(self, tenant_id: str, dataset_id: str) -> None:
         async with self.kn.db.session() as s:

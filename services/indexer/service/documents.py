@@ -17,6 +17,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.indexer.pipeline.split import validate_process_rule
 from services.indexer.service.common import (
     archived_immutable,
+    created_by,
+    created_from,
     dataset_space,
     document_indexing,
     get_dataset,
@@ -28,10 +30,11 @@ from services.indexer.service.datasets import TECHNIQUES, DatasetService, parse_
 from services.indexer.service.metadata import built_in_values
 from shared.errors import ApiError, not_found
 from shared.files import MIME, upload_name
-from shared.models import Dataset, Document, DocumentSegment, UploadFile, ts, utcnow
+from shared.models import Dataset, Document, DocumentSegment, TenantMember, UploadFile, ts, utcnow
 from shared.parse import SNIFF_BYTES, UnsupportedFileType, sniff
 
 ACTIVE_STATES = ("parsing", "cleaning", "splitting", "indexing")  # a worker is on it: no delete
+MAX_BATCH_FILES = 20  # files per console documents call (Dify's BATCH_UPLOAD_LIMIT)
 STATUS_ACTIONS = ("enable", "disable", "archive", "un_archive")
 
 
@@ -110,6 +113,26 @@ class Source:
         self.name, self.text, self.file, self.size, self.kind = name, text, file, size, kind
 
 
+def upload_file_ids(body: dict[str, Any]) -> list[str]:
+    """The file ids of a console documents call (Dify's ``data_source``: only ``upload_file`` sources)."""
+    source = body.get("data_source")
+    if not isinstance(source, dict):
+        raise invalid("data_source is required.")
+    info = source.get("info_list") if isinstance(source.get("info_list"), dict) else {}
+    kind = source.get("type") or info.get("data_source_type")
+    if kind != "upload_file":
+        raise invalid(f"Data source type {kind!r} is not supported: upload the files (POST /console/api/files/upload) "
+                      "and send data_source.type upload_file.")
+    files = info.get("file_info_list") if isinstance(info.get("file_info_list"), dict) else {}
+    ids = files.get("file_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        raise invalid("data_source.info_list.file_info_list.file_ids must be a non-empty list of file ids.")
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > MAX_BATCH_FILES:
+        raise invalid(f"You have reached the batch upload limit of {MAX_BATCH_FILES}.")
+    return ids
+
+
 class DocumentService:
     def __init__(self, kn: Knowledge) -> None:
         self.kn = kn
@@ -172,7 +195,8 @@ class DocumentService:
         ext = "txt" if src.text is not None else src.kind
         name = src.name if src.text is None else upload_name(f"{src.name}.txt")
         row = UploadFile(tenant_id=tenant_id, name=name, size=src.size, extension=ext,
-                         mime_type=MIME.get(ext, "application/octet-stream"), object_name="")
+                         mime_type=MIME.get(ext, "application/octet-stream"), object_name="",
+                         created_by=created_by())
         row.object_name = f"upload/{tenant_id}/{row.id}"
         data: Any = src.text.encode() if src.text is not None else src.file
         row.size = await self.kn.files.put(row.object_name, data) or src.size
@@ -193,7 +217,8 @@ class DocumentService:
                                      .where(Document.dataset_id == ds.id))).one() + 1
             doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position, batch=batch, name=f.name,
                            upload_file_id=f.id, process_rule=rule, doc_form=body.get("doc_form") or ds.doc_form,
-                           doc_language=body.get("doc_language"), created_by=None)
+                           doc_language=body.get("doc_language"), created_by=created_by(),
+                           created_from=created_from())
             if ds.built_in_field_enabled:
                 doc.doc_metadata = built_in_values(doc, f)
             s.add(f)
@@ -249,6 +274,86 @@ class DocumentService:
         if reindex:
             await self.kn.enqueue(doc.id, doc.index_version)
         return {"document": document_json(doc, f), "batch": doc.batch}
+
+    # -- console: files uploaded first, documents made from them ----------------------------------------------
+    async def upload(self, tenant_id: str, src: Source) -> dict[str, Any]:
+        """A console upload (POST /console/api/files/upload): stored now, made a document by a later call."""
+        f = await self._store(tenant_id, src)
+        async with self.kn.files.kept_if_recorded(f.object_name), self.kn.db.session() as s:
+            s.add(f)
+            await s.commit()
+        return upload_file_json(f)
+
+    async def uploaded_files(self, s: AsyncSession, tenant_id: str, ids: list[str]) -> dict[str, UploadFile]:
+        """The console uploads ``ids`` (by a member of the workspace; an app user's chat files are not
+        knowledge), none of them a document's file yet: deleting a document deletes its file."""
+        rows = {f.id: f for f in await s.exec(
+            select(UploadFile).join(TenantMember, (TenantMember.tenant_id == UploadFile.tenant_id)
+                                    & (TenantMember.account_id == UploadFile.created_by))
+            .where(UploadFile.tenant_id == tenant_id, col(UploadFile.id).in_(ids)))}
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise ApiError(404, "file_not_found", f"File not found: {missing[0]}. Upload it with "
+                                                  "POST /console/api/files/upload first.")
+        used = (await s.exec(select(Document.upload_file_id).where(col(Document.upload_file_id).in_(ids)))).first()
+        if used is not None:
+            raise invalid(f"File {used} is already a document's file; upload it again for another document.")
+        return rows
+
+    async def create_from_files(self, tenant_id: str, dataset_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Console ``POST /datasets/{id}/documents``: one document per uploaded file, one batch."""
+        ids = upload_file_ids(body)
+        if body.get("original_document_id"):
+            raise invalid("original_document_id is not supported here: replace a document's file with "
+                          "update-by-file.")
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            await self.uploaded_files(s, tenant_id, ids)  # before the dataset is configured by this call
+            rule = await self._prepare_dataset(s, ds, body, tenant_id)
+            await s.commit()
+        batch = new_batch()
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            files = await self.uploaded_files(s, tenant_id, ids)
+            position = (await s.exec(select(func.coalesce(func.max(Document.position), 0))
+                                     .where(Document.dataset_id == ds.id))).one() + 1
+            docs = []
+            for i, fid in enumerate(ids):
+                f = files[fid]
+                doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position + i, batch=batch,
+                               name=f.name, upload_file_id=f.id, process_rule=rule,
+                               doc_form=body.get("doc_form") or ds.doc_form, doc_language=body.get("doc_language"),
+                               created_by=created_by(), created_from=created_from())
+                if ds.built_in_field_enabled:
+                    doc.doc_metadata = built_in_values(doc, f)
+                s.add(doc)
+                docs.append(doc)
+            await s.commit()
+        for doc in docs:
+            await self.kn.enqueue(doc.id, doc.index_version)
+        return {"documents": [document_json(d, files[d.upload_file_id or ""]) for d in docs], "batch": batch}
+
+    async def init(self, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Console ``POST /datasets/init``: a dataset named after the first file, with the files as documents.
+        The files and the rule are checked before the dataset is made; a dataset whose documents are refused goes
+        again."""
+        ids = upload_file_ids(body)
+        if body.get("indexing_technique") not in TECHNIQUES:
+            raise invalid("indexing_technique is required: choose high_quality or economy.")
+        validate_process_rule(body.get("process_rule"), required=True)
+        async with self.kn.db.session() as s:
+            first = (await self.uploaded_files(s, tenant_id, ids))[ids[0]].name
+        datasets = DatasetService(self.kn)
+        made = await datasets.create(tenant_id, {
+            "name": first if len(first) <= 40 else first[:37] + "...", "permission": "only_me",
+            **{k: body.get(k) for k in ("indexing_technique", "embedding_model", "embedding_model_provider",
+                                        "retrieval_model")}})
+        try:
+            out = await self.create_from_files(tenant_id, made["id"], body)
+        except ApiError:  # refused before any document was stored (say, the embedding model's check)
+            await datasets.delete(tenant_id, made["id"])
+            raise
+        return {"dataset": await datasets.get(tenant_id, made["id"]), **out}
 
     # -- read -----------------------------------------------------------------------------------------------
     async def list(self, tenant_id: str, dataset_id: str, *, page: int, limit: int, keyword: str | None,

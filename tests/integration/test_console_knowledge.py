@@ -1,0 +1,245 @@
+"""The console's knowledge API (/console/api/datasets…, reference §7) through the gateway on the whole stack: the
+indexer serves it and asks the console, over NATS, who the caller is and whether its role and admin-key scopes
+allow the route. Datasets, file uploads, documents made from them (``datasets/init`` too), indexing status,
+retrieval, ``use-check``; dataset permissions per member; errors in the envelope. SQLite and, in CI, Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, live_fixture
+from tests.support import bearer, console_admin, envelope
+
+C = "/console/api"
+PASSWORD = "member-pass-1"
+TEXT = b"# Tidal gardens\n\nKelp forests in the tidal gardens grow half a metre a day in summer.\n"
+
+cstack = live_fixture("console_knowledge", "cstack")
+
+
+class Console:
+    """The owner's headers and helpers; members of other roles on demand."""
+
+    def __init__(self, c: httpx.AsyncClient, owner: dict[str, str]) -> None:
+        self.c, self.owner = c, owner
+
+    async def member(self, role: str) -> tuple[dict[str, str], str]:
+        """A new member with ``role``, invited and activated: headers and account id."""
+        email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
+        r = await self.c.post(f"{C}/workspaces/current/members/invite-email", headers=self.owner,
+                              json={"emails": [email], "role": role, "language": "en-US"})
+        assert r.status_code == 201, r.text
+        (res,) = r.json()["invitation_results"]
+        r = await self.c.post(f"{C}/activate", json={"token": res["token"], "email": email, "name": role,
+                                                     "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        h = bearer(r.json()["data"]["access_token"])
+        return h, (await self.c.get(f"{C}/account/profile", headers=h)).json()["id"]
+
+    async def dataset(self, h: dict[str, str] | None = None, **body: Any) -> dict[str, Any]:
+        body.setdefault("name", f"kb-{uuid.uuid4().hex[:10]}")
+        r = await self.c.post(f"{C}/datasets", headers=h or self.owner, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def upload(self, name: str = "tides.md", data: bytes = TEXT, h: dict[str, str] | None = None
+                     ) -> dict[str, Any]:
+        r = await self.c.post(f"{C}/files/upload", headers=h or self.owner, files={"file": (name, data)})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def wait(self, ds: str, batch: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = await self.c.get(f"{C}/datasets/{ds}/documents/{batch}/indexing-status", headers=self.owner)
+            assert r.status_code == 200, r.text
+            data = r.json()["data"]
+            if all(d["indexing_status"] in ("completed", "error") for d in data):
+                return data
+            assert time.monotonic() < deadline, data
+            await asyncio.sleep(0.1)
+
+
+def source(*file_ids: str) -> dict[str, Any]:
+    return {"data_source": {"type": "upload_file", "info_list": {"data_source_type": "upload_file",
+                                                                 "file_info_list": {"file_ids": list(file_ids)}}},
+            "indexing_technique": "economy", "process_rule": {"mode": "automatic"}}
+
+
+@pytest.fixture(scope="module")
+async def con(cstack: LiveServer) -> AsyncIterator[Console]:
+    async with httpx.AsyncClient(base_url=cstack.base_url, timeout=60) as c:
+        yield Console(c, await console_admin(c))
+
+
+async def test_datasets_crud_as_the_owner(con: Console) -> None:
+    me = (await con.c.get(f"{C}/account/profile", headers=con.owner)).json()["id"]
+    ds = await con.dataset(description="tides", indexing_technique="economy")
+    assert (ds["created_by"], ds["description"], ds["indexing_technique"]) == (me, "tides", "economy")
+    r = await con.c.get(f"{C}/datasets", headers=con.owner, params={"keyword": ds["name"]})
+    assert r.status_code == 200, r.text
+    assert [d["id"] for d in r.json()["data"]] == [ds["id"]]
+    r = await con.c.patch(f"{C}/datasets/{ds['id']}", headers=con.owner, json={"description": "new"})
+    assert r.status_code == 200 and r.json()["description"] == "new", r.text
+    r = await con.c.get(f"{C}/datasets/{ds['id']}/use-check", headers=con.owner)
+    assert r.json() == {"is_using": False}
+    envelope(await con.c.post(f"{C}/datasets", headers=con.owner, json={"name": ds["name"]}), 409,
+             "dataset_name_duplicate")
+    assert (await con.c.delete(f"{C}/datasets/{ds['id']}", headers=con.owner)).status_code == 204
+    envelope(await con.c.get(f"{C}/datasets/{ds['id']}", headers=con.owner), 404, "not_found")
+
+
+async def test_the_workspace_keys_stay_the_consoles(con: Console) -> None:
+    # /datasets/api-keys and /datasets/api-base-info are the console's routes, not dataset ids
+    r = await con.c.post(f"{C}/datasets/api-keys", headers=con.owner)
+    assert r.status_code == 201 and r.json()["token"].startswith("dataset-"), r.text
+    key = bearer(r.json()["token"])
+    assert (await con.c.get(f"{C}/datasets/api-keys", headers=con.owner)).status_code == 200
+    assert "api_base_url" in (await con.c.get(f"{C}/datasets/api-base-info", headers=con.owner)).json()
+    # one workspace, two doors: the knowledge API sees the console's datasets (a dataset key is workspace-wide)
+    ds = await con.dataset(indexing_technique="economy")
+    r = await con.c.get(f"/v1/datasets/{ds['id']}", headers=key)
+    assert r.status_code == 200 and r.json()["name"] == ds["name"], r.text
+    # a dataset key is no console caller, and a console token is no dataset key
+    envelope(await con.c.get(f"{C}/datasets", headers=key), 401, "unauthorized")
+    envelope(await con.c.get("/v1/datasets", headers=con.owner), 401, "unauthorized")
+
+
+async def test_upload_then_documents_index_and_retrieve(con: Console) -> None:
+    f = await con.upload()
+    assert (f["name"], f["extension"], f["size"]) == ("tides.md", "md", len(TEXT)), f
+    ds = await con.dataset()
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner, json=source(f["id"]))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["dataset"]["id"] == ds["id"] and out["dataset"]["indexing_technique"] == "economy"
+    (doc,) = out["documents"]
+    assert (doc["name"], doc["created_from"], doc["data_source_info"]) == \
+        ("tides.md", "web", {"upload_file_id": f["id"]})
+    (status,) = await con.wait(ds["id"], out["batch"])
+    assert status["indexing_status"] == "completed", status
+    r = await con.c.get(f"{C}/datasets/{ds['id']}/documents", headers=con.owner)
+    assert [d["id"] for d in r.json()["data"]] == [doc["id"]]
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/hit-testing", headers=con.owner, json={"query": "kelp forests"})
+    assert r.status_code == 200, r.text
+    records = r.json()["records"]
+    assert records and "Kelp forests" in records[0]["segment"]["content"], records
+    # a file makes one document: a second use is refused, before anything is stored
+    envelope(await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner, json=source(f["id"])),
+             400, "invalid_param")
+    assert len((await con.c.get(f"{C}/datasets/{ds['id']}/documents", headers=con.owner)).json()["data"]) == 1
+
+
+async def test_datasets_init_makes_dataset_and_documents(con: Console) -> None:
+    a = await con.upload(f"reef-{uuid.uuid4().hex[:6]}.md")
+    b = await con.upload("notes.txt", b"Plain notes about the reef.\n")
+    r = await con.c.post(f"{C}/datasets/init", headers=con.owner, json=source(a["id"], b["id"]))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["dataset"]["name"] == a["name"] and out["dataset"]["document_count"] == 2, out["dataset"]
+    assert [d["name"] for d in out["documents"]] == [a["name"], "notes.txt"]
+    assert {d["position"] for d in out["documents"]} == {1, 2}
+    statuses = await con.wait(out["dataset"]["id"], out["batch"])
+    assert [s["indexing_status"] for s in statuses] == ["completed", "completed"], statuses
+
+
+async def test_bad_documents_requests(con: Console) -> None:
+    ds = await con.dataset()
+    url = f"{C}/datasets/{ds['id']}/documents"
+    missing = str(uuid.uuid4())
+    assert missing in envelope(await con.c.post(url, headers=con.owner, json=source(missing)), 404, "file_not_found")
+    notion = {**source(missing), "data_source": {"type": "notion_import", "info_list": {}}}
+    assert "notion_import" in envelope(await con.c.post(url, headers=con.owner, json=notion), 400, "invalid_param")
+    no_ids = {**source(), "indexing_technique": "economy"}
+    envelope(await con.c.post(url, headers=con.owner, json=no_ids), 400, "invalid_param")
+    f = await con.upload()
+    no_technique = {k: v for k, v in source(f["id"]).items() if k != "indexing_technique"}
+    assert "indexing_technique" in envelope(await con.c.post(url, headers=con.owner, json=no_technique),
+                                            400, "invalid_param")
+    # init refuses before it makes a dataset
+    before = (await con.c.get(f"{C}/datasets", headers=con.owner, params={"limit": 100})).json()["total"]
+    envelope(await con.c.post(f"{C}/datasets/init", headers=con.owner, json=no_technique), 400, "invalid_param")
+    envelope(await con.c.post(f"{C}/datasets/init", headers=con.owner, json=source(missing)), 404, "file_not_found")
+    assert (await con.c.get(f"{C}/datasets", headers=con.owner, params={"limit": 100})).json()["total"] == before
+    # uploads: a lying extension, no file
+    envelope(await con.c.post(f"{C}/files/upload", headers=con.owner, files={"file": ("x.pdf", b"not a pdf")}),
+             415, "unsupported_file_type")
+    envelope(await con.c.post(f"{C}/files/upload", headers=con.owner, files={"other": ("x.md", b"# x")}),
+             400, "no_file_uploaded")
+    envelope(await con.c.post(url, headers=con.owner, content=b"{not json", ), 400, "bad_request")
+
+
+async def test_authentication_errors(con: Console) -> None:
+    envelope(await con.c.get(f"{C}/datasets"), 401, "unauthorized")
+    envelope(await con.c.get(f"{C}/datasets", headers=bearer("not-a-token")), 401, "unauthorized")
+    envelope(await con.c.post(f"{C}/files/upload", files={"file": ("a.md", b"# a")}), 401, "unauthorized")
+
+
+async def test_roles_and_dataset_permissions(con: Console) -> None:
+    normal, _ = await con.member("normal")
+    editor, editor_id = await con.member("editor")
+    other_editor, _ = await con.member("editor")
+    # reading is everyone's, changing is editors' (ACCESS: the knowledge rule)
+    assert (await con.c.get(f"{C}/datasets", headers=normal)).status_code == 200
+    assert "editor role" in envelope(await con.c.post(f"{C}/datasets", headers=normal, json={"name": "n"}),
+                                     403, "forbidden")
+    assert "editor role" in envelope(await con.c.post(f"{C}/files/upload", headers=normal,
+                                                      files={"file": ("a.md", b"# a")}), 403, "forbidden")
+    mine = await con.dataset(editor, indexing_technique="economy")  # only_me by default
+    team = await con.dataset(editor, indexing_technique="economy", permission="all_team_members")
+    assert mine["created_by"] == editor_id and mine["permission"] == "only_me"
+
+    async def listed(h: dict[str, str]) -> set[str]:
+        r = await con.c.get(f"{C}/datasets", headers=h, params={"limit": 100})
+        assert r.status_code == 200, r.text
+        return {d["id"] for d in r.json()["data"]}
+
+    assert {mine["id"], team["id"]} <= await listed(editor)
+    assert {mine["id"], team["id"]} <= await listed(con.owner)  # owners and admins see every dataset
+    for h in (normal, other_editor):
+        seen = await listed(h)
+        assert team["id"] in seen and mine["id"] not in seen
+        assert "permission" in envelope(await con.c.get(f"{C}/datasets/{mine['id']}", headers=h), 403, "forbidden")
+    assert (await con.c.get(f"{C}/datasets/{team['id']}", headers=normal)).status_code == 200
+    # a normal member tests retrieval (a read) but changes nothing
+    r = await con.c.post(f"{C}/datasets/{team['id']}/hit-testing", headers=normal, json={"query": "x"})
+    assert r.status_code == 200, r.text
+    envelope(await con.c.patch(f"{C}/datasets/{team['id']}", headers=normal, json={"description": "x"}),
+             403, "forbidden")
+    # another editor may change a team dataset, not someone's only_me one
+    r = await con.c.patch(f"{C}/datasets/{team['id']}", headers=other_editor, json={"description": "shared"})
+    assert r.status_code == 200, r.text
+    envelope(await con.c.delete(f"{C}/datasets/{mine['id']}", headers=other_editor), 403, "forbidden")
+    # the creator's upload is theirs to use; a document from it shows who made it
+    f = await con.upload(h=editor)
+    r = await con.c.post(f"{C}/datasets/{mine['id']}/documents", headers=editor, json=source(f["id"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["documents"][0]["created_by"] == editor_id
+
+
+async def test_admin_key_scopes(con: Console) -> None:
+    async def key(*scopes: str) -> dict[str, str]:
+        r = await con.c.post(f"{C}/api-keys", headers=con.owner, json={"name": "kb", "permissions": list(scopes)})
+        assert r.status_code == 201, r.text
+        return bearer(r.json()["token"])
+
+    reader = await key("datasets:read")
+    writer = await key("datasets:read", "datasets:write")
+    apps_only = await key("apps:read")
+    assert (await con.c.get(f"{C}/datasets", headers=reader)).status_code == 200
+    assert "datasets:write" in envelope(await con.c.post(f"{C}/datasets", headers=reader, json={"name": "k"}),
+                                        403, "forbidden")
+    assert "datasets:read" in envelope(await con.c.get(f"{C}/datasets", headers=apps_only), 403, "forbidden")
+    ds = await con.dataset(writer, indexing_technique="economy")
+    r = await con.c.get(f"{C}/datasets/{ds['id']}", headers=reader)
+    assert r.status_code == 200, r.text
+    # scopes are offered in the key catalogue
+    assert {"datasets:read", "datasets:write"} <= set((await con.c.get(f"{C}/api-keys", headers=con.owner)
+                                                       ).json()["scopes"])
