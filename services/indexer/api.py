@@ -150,6 +150,7 @@ async def _tenant(request: Request) -> str:
 
 
 Tenant = Annotated[str, Depends(_tenant)]
+DocumentIds = Annotated[list[str] | None, Query()]
 Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
@@ -174,6 +175,13 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         async def create_documents(request: Request, t: Tenant, dataset_id: str) -> Response:
             out = await docs.create_from_files(t, dataset_id, await _json_body(request))
             return json_response({"dataset": await datasets.get(t, dataset_id), **out})
+
+        @r.delete("/datasets/{dataset_id}/documents", status_code=204)
+        async def delete_documents(t: Tenant, dataset_id: str, document_id: DocumentIds = None) -> Response:
+            if not document_id:
+                raise invalid("document_id is required")
+            await docs.delete_many(t, dataset_id, document_id)
+            return Response(status_code=204)
 
         @r.get("/datasets/{dataset_id}/use-check")
         async def use_check(t: Tenant, dataset_id: str) -> Response:
@@ -273,8 +281,13 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
 
     @r.patch("/datasets/{dataset_id}/documents/status/{action}")
     @r.patch("/datasets/{dataset_id}/documents/status/{action}/batch")
-    async def document_status(t: Tenant, dataset_id: str, action: str, body: StatusBody) -> Response:
-        await docs.set_status(t, dataset_id, action, body.document_ids)
+    async def document_status(t: Tenant, dataset_id: str, action: str, body: StatusBody | None = None,
+                              document_id: DocumentIds = None) -> Response:
+        # the knowledge API sends {"document_ids"}, Dify's console ?document_id=…&document_id=…
+        ids = body.document_ids if body is not None else document_id
+        if not ids:
+            raise invalid("document_ids is required")
+        await docs.set_status(t, dataset_id, action, ids)
         return json_response(SUCCESS)
 
     @r.get("/datasets/{dataset_id}/documents/{batch}/indexing-status")

@@ -150,6 +150,29 @@ async def test_datasets_init_makes_dataset_and_documents(con: Console) -> None:
     assert [s["indexing_status"] for s in statuses] == ["completed", "completed"], statuses
 
 
+async def test_document_batches_by_query(con: Console) -> None:
+    # Dify's console names documents in the query: ?document_id=a&document_id=b
+    a, b = await con.upload("a.md", b"# A\n\nalpha\n"), await con.upload("b.md", b"# B\n\nbeta\n")
+    ds = await con.dataset()
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner, json=source(a["id"], b["id"]))
+    assert r.status_code == 200, r.text
+    ids = [d["id"] for d in r.json()["documents"]]
+    await con.wait(ds["id"], r.json()["batch"])
+    url = f"{C}/datasets/{ds['id']}/documents"
+    r = await con.c.patch(f"{url}/status/disable/batch", headers=con.owner, params={"document_id": ids})
+    assert r.status_code == 200 and r.json() == {"result": "success"}, r.text
+    listed = (await con.c.get(url, headers=con.owner)).json()["data"]
+    assert {d["id"]: d["enabled"] for d in listed} == {ids[0]: False, ids[1]: False}
+    envelope(await con.c.patch(f"{url}/status/disable/batch", headers=con.owner), 400, "invalid_param")
+    # a batch delete checks every id first: one unknown id deletes nothing
+    envelope(await con.c.delete(url, headers=con.owner, params={"document_id": [ids[0], str(uuid.uuid4())]}),
+             404, "not_found")
+    assert len((await con.c.get(url, headers=con.owner)).json()["data"]) == 2
+    assert (await con.c.delete(url, headers=con.owner, params={"document_id": ids})).status_code == 204
+    assert (await con.c.get(url, headers=con.owner)).json()["data"] == []
+    envelope(await con.c.delete(url, headers=con.owner), 400, "invalid_param")
+
+
 async def test_bad_documents_requests(con: Console) -> None:
     ds = await con.dataset()
     url = f"{C}/datasets/{ds['id']}/documents"

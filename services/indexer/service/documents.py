@@ -418,6 +418,17 @@ class DocumentService:
         if f is not None:
             await self.kn.files.delete(f.object_name)
 
+    async def delete_many(self, tenant_id: str, dataset_id: str, document_ids: list[str]) -> None:
+        """Console batch delete: every document is checked (exists, no worker on it) before any goes."""
+        ids = list(dict.fromkeys(document_ids))
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            for doc_id in ids:
+                if (await get_document(s, ds, doc_id)).indexing_status in ACTIVE_STATES:
+                    raise document_indexing()
+        for doc_id in ids:
+            await self.delete(tenant_id, dataset_id, doc_id)
+
     async def set_status(self, tenant_id: str, dataset_id: str, action: str, document_ids: list[str]) -> None:
         if action not in STATUS_ACTIONS:
             raise ApiError(400, "invalid_action", f"Invalid action: {action}.")
