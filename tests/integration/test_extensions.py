@@ -20,7 +20,8 @@ from starlette.routing import Route
 from shared.settings import ToolsSettings
 from tests.conftest import LiveServer, live_fixture
 from tests.llm_server import ScriptedLLM
-from tests.support import Apps, envelope, scripted_owner, serve
+from tests import workflow_graphs as g
+from tests.support import Apps, envelope, new_app, scripted_owner, serve
 
 EXT = "/console/api/api-based-extension"
 KEY = "ext-key-123456"
@@ -245,3 +246,31 @@ async def test_api_moderation(env: tuple[httpx.AsyncClient, Apps, ExtensionServe
     r = await c.post(f"/console/api/apps/{app_id}/model-config", headers=apps.h, json=api_moderation(str(uuid.uuid4())))
     assert "does not exist" in envelope(r, 400, "invalid_param")
     envelope(await c.delete(f"{EXT}/{ext_id}", headers=apps.h), 400, "invalid_param")
+
+
+async def test_graph_app_moderation_keeps_its_extension(env: tuple[httpx.AsyncClient, Apps, ExtensionServer, str]
+                                                        ) -> None:
+    """A workflow's ``api`` moderation feature names an extension of the workspace (checked on draft save and on
+    publish), which cannot be deleted while the draft or the version in service uses it."""
+    c, apps, _, base = env
+    ext_id = (await create(c, apps.h, base)).json()["id"]
+    app_id = await new_app(c, apps.h, "workflow", prefix="ext-wf")
+    draft = f"/console/api/apps/{app_id}/workflows/draft"
+    graph = g.graph([g.start(g.text_var("q")), g.end(out=[g.START, "q"])], [g.edge(g.START, g.END)])
+
+    def features(ext: str) -> dict[str, Any]:
+        return {"sensitive_word_avoidance": api_moderation(ext)["sensitive_word_avoidance"]}
+
+    r = await c.post(draft, headers=apps.h, json={"graph": graph, "features": features(str(uuid.uuid4()))})
+    assert "does not exist" in envelope(r, 400, "invalid_param")
+    r = await c.post(draft, headers=apps.h, json={"graph": graph, "features": features(ext_id)})
+    assert r.status_code == 200, r.text
+    envelope(await c.delete(f"{EXT}/{ext_id}", headers=apps.h), 400, "invalid_param")  # the draft uses it
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=apps.h, json={})
+    assert r.status_code == 200, r.text
+    r = await c.post(draft, headers=apps.h, json={"graph": graph, "features": {}})
+    assert r.status_code == 200, r.text
+    envelope(await c.delete(f"{EXT}/{ext_id}", headers=apps.h), 400, "invalid_param")  # the published one does
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=apps.h, json={})
+    assert r.status_code == 200, r.text
+    assert (await c.delete(f"{EXT}/{ext_id}", headers=apps.h)).status_code == 204

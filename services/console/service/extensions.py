@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,7 +19,7 @@ from shared.context import Context
 from shared.crypto import decrypt_json, encrypt_json
 from shared.egress import Egress, EgressPolicy
 from shared.errors import ApiError, invalid_param, not_found
-from shared.models import ApiBasedExtension, App, AppModelConfig, ts
+from shared.models import ApiBasedExtension, App, AppModelConfig, Workflow, ts
 
 PING_TIMEOUT = 10.0
 
@@ -101,7 +102,12 @@ class Extensions:
             ext = await self._get(s, p, ext_id)
             configs = (await s.exec(select(AppModelConfig.config).join(App, App.app_model_config_id == AppModelConfig.id)
                                     .where(App.tenant_id == p.tenant_id))).all()
-            if any(ext.id in extension_ids(c) for c in configs):
+            # graph apps: the features of the draft and of the version in service (older versions stay runnable
+            # by workflow_id; a run of one then fails on the missing extension)
+            features = (await s.exec(select(Workflow.features).join(App, App.id == Workflow.app_id).where(
+                App.tenant_id == p.tenant_id,
+                or_(Workflow.version == "draft", Workflow.id == App.workflow_id)))).all()
+            if any(ext.id in extension_ids(c) for c in [*configs, *features]):
                 raise ApiError(400, "invalid_param", "The API-based extension is used by an app's external data "
                                                      "tools or moderation; remove it there first.")
             await s.delete(ext)

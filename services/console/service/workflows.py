@@ -16,6 +16,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.console.service import extensions
 from services.console.service.common import Principal, get_app, publish_change
 from shared.context import Context
 from shared.errors import ApiError, invalid_param
@@ -124,6 +125,8 @@ async def save_draft(ctx: Context, p: Principal, app_id: str, body: dict[str, An
             raise invalid_param("conversation_variables are for advanced-chat apps only",
                                 params="conversation_variables")
         _check(app, graph, env, conv)
+        # an `api` moderation names an extension of the workspace (deleting it is refused while this draft uses it)
+        await extensions.check_exist(s, p.tenant_id, extensions.extension_ids(features))
         if draft is not None and body.get("hash") and body["hash"] != draft.hash:
             raise ApiError(409, "draft_workflow_not_sync",
                            "Workflow not synced: the draft changed since it was loaded; reload it first.")
@@ -149,6 +152,7 @@ async def publish(ctx: Context, p: Principal, app_id: str, body: dict[str, Any])
         if draft is None:
             raise ApiError(400, "draft_workflow_not_exist", "Draft workflow need to be initialized.")
         _check(app, draft.graph, draft.environment_variables or [], draft.conversation_variables or [])
+        await extensions.check_exist(s, p.tenant_id, extensions.extension_ids(draft.features))
         now = utcnow()
         version = Workflow(tenant_id=app.tenant_id, app_id=app.id, type=draft.type,
                            version=now.strftime("%Y-%m-%d %H:%M:%S.%f"), graph=draft.graph, features=draft.features,
