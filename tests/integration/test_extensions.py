@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.settings import ToolsSettings
+from tests import workflow_graphs as g
 from tests.conftest import LiveServer, live_fixture
 from tests.llm_server import ScriptedLLM
-from tests import workflow_graphs as g
 from tests.support import Apps, envelope, new_app, scripted_owner, serve
 
 EXT = "/console/api/api-based-extension"

@@ -327,6 +327,38 @@ async def test_flagged_agent_answer_is_not_kept_in_thoughts(client: httpx.AsyncC
     assert not [t for t in stored["agent_thoughts"] if "forbidden-topic" in t["thought"]], stored["agent_thoughts"]
 
 
+@pytest.mark.parametrize("moderation", ["keywords", "model"])
+async def test_react_tool_round_thought_is_reviewed(client: httpx.AsyncClient, apps: Apps, llm: ScriptedLLM,
+                                                    moderation: str) -> None:
+    """A ReAct tool round's thought goes out only in agent_thought events: it is reviewed before it is sent, and
+    a flagged one ends the run with the preset answer, its tool not run."""
+    agent = {"enabled": True, "strategy": "react", "max_iteration": 3, "tools": AGENT_TOOLS}
+    swa = keywords_config(inputs=False) if moderation == "keywords" else model_moderation(inputs=False)
+    _, k = await apps.create("agent-chat", model_config(swa, agent_mode=agent))
+    thought = "I will look up the 违禁词 time" if moderation == "keywords" else "A forbidden-topic plan"
+    llm.push(match="what time", reply=f'Thought: {thought}.\nAction:\n```\n'
+                                      '{"action": "current_time", "action_input": {}}\n```')
+    before = len(llm.requests)
+    events = await chat_stream(client, k, "what time is it")
+    kinds = [e["event"] for e in events]
+    assert kinds[-2:] == ["message_replace", "message_end"], kinds
+    assert events[-2]["answer"] == OUTPUT_PRESET
+    assert not [e for e in events if thought in json.dumps(e, ensure_ascii=False)], events
+    assert "agent_thought" not in kinds  # the round's tool call was not made
+    # one model call: no observation went back to the model
+    assert len([r for r in llm.requests[before:] if r.path.endswith("/chat/completions")]) == 1
+    stored = await stored_answer(client, k, events[-1]["conversation_id"])
+    assert stored["answer"] == OUTPUT_PRESET
+
+    llm.push(match="what day", reply='Thought: I will check the clock.\nAction:\n```\n'
+                                     '{"action": "current_time", "action_input": {}}\n```')
+    llm.push(match="Observation:", reply='Thought: done.\nAction:\n```\n'
+                                         '{"action": "Final Answer", "action_input": "It is Tuesday."}\n```')
+    events = await chat_stream(client, k, "what day is it")
+    assert "message_replace" not in [e["event"] for e in events]
+    assert next(e for e in events if e["event"] == "agent_thought")["thought"] == "I will check the clock."
+
+
 @contextlib.contextmanager
 def held_moderation(llm: ScriptedLLM, release: asyncio.Event, seen: Callable[[], int],
                     wait: float = 10.0) -> Iterator[list[int]]:

@@ -234,9 +234,15 @@ class AgentLoop:
                 await self._finish(_thought_part(text))
                 return
             name, args = action
+            thought = _thought_part(text)
+            # a tool round's thought reaches the client only in agent_thought events: reviewed before it is
+            # sent (and before its tool runs), as the answer is
+            review = self.run.review
+            if review is not None and thought and await review.also([thought]):
+                raise OutputFlagged
             call = _Call(name=name, raw_arguments=json.dumps(args, ensure_ascii=False), call_id=f"react_{step}")
             call.arguments = args if isinstance(args, dict) else _json_object(args) if isinstance(args, str) else None
-            await self._run_calls(_thought_part(text), [call])
+            await self._run_calls(thought, [call])
             messages.append({"role": "assistant", "content": text.rstrip()})
             messages.append({"role": "user", "content": f"Observation: {call.output}"})
 

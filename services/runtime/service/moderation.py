@@ -308,8 +308,8 @@ class OutputReview:
         return self.flagged
 
     async def also(self, texts: list[str]) -> bool:
-        """After ``finish``: review texts the stream did not carry (a workflow's outputs); flagged when one is.
-        A model review skips a text the stream carried whole (the model judged it already)."""
+        """Review texts the stream did not carry (a workflow's outputs after ``finish``, a ReAct round's thought);
+        flagged when one is. A model review skips a text the stream carried whole (the model judged it already)."""
         if self.flagged:
             return True
         if self.mod.matcher is not None:
