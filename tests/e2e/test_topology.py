@@ -229,6 +229,31 @@ async def test_prompt_change_is_used_by_both_runtimes_at_once(world: World, llm)
 # ---- runs across runtime replicas -----------------------------------------------------------------
 
 
+async def test_console_knowledge_goes_through_the_indexer(world: World) -> None:
+    """Split mode: the gateways send /console/api/datasets… to the indexer, which asks the console process over
+    NATS who the caller is; the workspace's dataset keys stay the console's."""
+    c, h = world.client, world.admin
+    r = await c.post("/console/api/files/upload", headers=h, files={"file": ("topo.md", b"# Topo\n\nsplit mode\n")})
+    assert r.status_code == 201, r.text
+    body = {"data_source": {"type": "upload_file", "info_list": {"file_info_list": {"file_ids": [r.json()["id"]]}}},
+            "indexing_technique": "economy", "process_rule": {"mode": "automatic"}}
+    r = await c.post("/console/api/datasets/init", headers=h, json=body)
+    assert r.status_code == 200, r.text
+    ds, batch = r.json()["dataset"]["id"], r.json()["batch"]
+    deadline = time.monotonic() + 60
+    while (await c.get(f"/console/api/datasets/{ds}/documents/{batch}/indexing-status", headers=h)
+           ).json()["data"][0]["indexing_status"] != "completed":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    r = await c.post("/console/api/datasets/api-keys", headers=h)  # the console's route, not a dataset id
+    assert r.status_code == 201, r.text
+    key = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = await c.post(f"/v1/datasets/{ds}/retrieve", headers=key, json={"query": "split mode"})
+    assert r.status_code == 200 and r.json()["records"], r.text
+    r = await c.get("/console/api/datasets", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized", r.text
+
+
 async def test_stop_reaches_the_runtime_that_owns_the_run(world: World, llm) -> None:
     app = await world.app("Stoppable")
     llm.push(match="stop me", tokens=[f"w{i} " for i in range(60)], delay=0.1)
