@@ -30,6 +30,7 @@ from services.console.service import (
 from services.console.service.common import Principal
 from services.console.service.extensions import Extensions
 from services.console.service.plans import INT32
+from shared import credentials
 from shared.context import Context
 from shared.errors import forbidden, not_found, unauthorized
 from shared.http import create_base_app
@@ -136,6 +137,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("DELETE", "/workspaces/current/model-providers/{provider:path}/credentials"): (A, "providers:write"),
     ("GET", "/workspaces/current/default-model"): (N, "providers:read"),
     ("POST", "/workspaces/current/default-model"): (A, "providers:write"),
+    ("GET", "/workspaces/current/models/model-types/{model_type}"): (N, "providers:read"),
     ("GET", "/workspaces/current/tool-providers"): (N, "tools:read"),
     ("GET", "/workspaces/current/tool-provider/builtin/{provider}/tools"): (N, "tools:read"),
     ("POST", "/workspaces/current/tool-provider/api/add"): (A, "tools:write"),
@@ -272,6 +274,7 @@ class AppUpdateBody(BaseModel):
     api_rph: Annotated[int, Field(ge=0, le=INT32)] | None = None
     api_rpd: Annotated[int, Field(ge=0, le=INT32)] | None = None
     max_active_requests: Annotated[int, Field(ge=0, le=INT32)] | None = None
+    use_icon_as_answer_icon: bool | None = None  # a site setting (POST /apps/{id}/site), accepted here as Dify's
 
 
 class ApiEnableBody(BaseModel):
@@ -435,8 +438,10 @@ async def list_apps(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     name: Annotated[str | None, Query(max_length=255)] = None,
     mode: Literal[("all", *apps.MODES)] = "all",
+    is_created_by_me: bool = False,
 ) -> dict:
-    items, total = await apps.list_apps(ctx.db, caller, page=page, limit=limit, name=name, mode=mode)
+    items, total = await apps.list_apps(ctx.db, caller, page=page, limit=limit, name=name, mode=mode,
+                                        created_by_me=is_created_by_me)
     return {"page": page, "limit": limit, "total": total, "has_more": page * limit < total,
             "data": [_app_json(request, a, c, plan) for a, c in items]}
 
@@ -833,6 +838,12 @@ async def get_default_model(ctx: Ctx, caller: Caller, model_type: str | None = N
 async def set_default_model(ctx: Ctx, caller: Caller, body: DefaultModelBody) -> dict:
     await default_models.set_defaults(ctx, caller, body.model_settings)
     return SUCCESS
+
+
+@router.get("/workspaces/current/models/model-types/{model_type}")
+async def models_of_type(ctx: Ctx, caller: Caller, model_type: str) -> dict:
+    async with ctx.db.session() as s:
+        return {"data": await credentials.models_of_type(s, ctx.settings.secret_key, caller.tenant_id, model_type)}
 
 
 # ---- tool providers (Dify's console paths; schema_type "webhook" is Plexus' own) ----------------------

@@ -27,11 +27,10 @@ from services.indexer.service.retrieval import RetrievalService
 from services.indexer.service.segments import SegmentService
 from services.indexer.service.tags import TagService
 from shared.context import Context
-from shared.credentials import default_model, provider_credentials
+from shared.credentials import models_of_type
 from shared.errors import INVALID_JSON, ApiError, unauthorized
 from shared.http import create_base_app
 from shared.identity import caller_from_request
-from shared.knowledge.models import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PROVIDER
 from shared.knowledge.vectors_factory import build_vector_store
 from shared.subjects import CONSOLE_AUTHORIZE
 
@@ -382,26 +381,9 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
     # -- models ----------------------------------------------------------------------------------------
     @r.get("/workspaces/current/models/model-types/{model_type}")
     async def model_types(t: Tenant, model_type: str) -> Response:
-        """The models of a type a dataset may name: the workspace's default one (console ``default-model``),
-        whose provider has credentials, and for text-embedding the built-in model."""
-        def entry(provider: str, label: str, model: str, **props: Any) -> dict[str, Any]:
-            return {"provider": provider, "label": {"en_US": label}, "icon_small": None, "icon_large": None,
-                    "status": "active",
-                    "models": [{"model": model, "label": {"en_US": model}, "model_type": model_type, "features": [],
-                                "fetch_from": "predefined-model", "model_properties": props, "deprecated": False,
-                                "status": "active", "load_balancing_enabled": False}]}
-
-        data = []
+        """The models of a type a dataset may name (shared.credentials.models_of_type)."""
         async with kn.db.session() as s:
-            default = await default_model(s, t, model_type)
-            usable = default is not None and default[0] != LOCAL_EMBEDDING_PROVIDER and await provider_credentials(
-                s, kn.ctx.settings.secret_key, t, default[0]) is not None
-        if usable:
-            assert default is not None
-            data.append(entry(default[0], default[0], default[1]))
-        if model_type == "text-embedding":
-            data.append(entry(LOCAL_EMBEDDING_PROVIDER, "Plexus built-in", LOCAL_EMBEDDING_MODEL, context_size=256))
-        return json_response({"data": data})
+            return json_response({"data": await models_of_type(s, kn.ctx.settings.secret_key, t, model_type)})
 
     return r
 

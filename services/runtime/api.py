@@ -226,7 +226,7 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
     ) -> Response:
         return json_response(await rt.workflows.logs(
             caller, keyword=keyword, status=status, page=page, limit=limit, before=created_at__before,
-            after=created_at__after, session_id=created_by_end_user_session_id))
+            after=created_at__after, session_id=created_by_end_user_session_id, account_email=created_by_account))
 
     @router.get("/conversations/{conversation_id}/variables")
     async def conversation_variables(conversation_id: str, caller: Caller = who, user: str | None = None,

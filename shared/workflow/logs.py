@@ -14,7 +14,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.errors import invalid_param
-from shared.models import EndUser, WorkflowRun, ts
+from shared.models import Account, EndUser, WorkflowRun, ts
 from shared.workflow.graph import GRAPH_MODES
 
 # the app modes that have workflow runs
@@ -50,10 +50,12 @@ def log_view(r: WorkflowRun, u: EndUser | None) -> dict[str, Any]:
 
 async def workflow_logs(s: AsyncSession, app_id: str, *, keyword: str | None = None, status: str | None = None,
                         page: int = 1, limit: int = 20, before: datetime | None = None,
-                        after: datetime | None = None, session_id: str | None = None) -> dict[str, Any]:
+                        after: datetime | None = None, session_id: str | None = None,
+                        account_email: str | None = None) -> dict[str, Any]:
     """A page of the app's runs, newest first: ``{page, limit, total, has_more, data}``. ``keyword`` matches
     the inputs or outputs; ``before``/``after`` bound the creation time (exclusive); ``session_id`` is the end
-    user's ``user``. Bad paging or an unknown status is 400 invalid_param."""
+    user's ``user``; ``account_email`` keeps the runs a console account started (Dify's debugger runs: Plexus
+    has none yet, so none match). Bad paging or an unknown status is 400 invalid_param."""
     if not 1 <= page <= 99999 or not 1 <= limit <= 100:
         raise invalid_param("page must be 1-99999 and limit 1-100")
     if status is not None and status not in STATUSES:
@@ -71,6 +73,9 @@ async def workflow_logs(s: AsyncSession, app_id: str, *, keyword: str | None = N
     q = select(WorkflowRun, EndUser).join(EndUser, EndUser.id == WorkflowRun.created_by, isouter=True).where(*where)
     if session_id:
         q = q.where(EndUser.session_id == session_id)
+    if account_email:
+        q = q.where(WorkflowRun.created_by_role == "account",
+                    col(WorkflowRun.created_by).in_(select(Account.id).where(Account.email == account_email)))
     total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
     rows = (await s.exec(q.order_by(col(WorkflowRun.created_at).desc(), col(WorkflowRun.id).desc())
                          .offset((page - 1) * limit).limit(limit))).all()

@@ -386,6 +386,12 @@ async def test_app_update_and_api_enable(console: Console) -> None:
     # explicit null clears max_active_requests; absent fields stay
     got = (await c.http.put(f"/apps/{app['id']}", headers=h, json={"max_active_requests": None})).json()
     assert got["max_active_requests"] is None and got["api_rpm"] == 10 and got["name"] == "upd-renamed"
+    # Dify's PUT also takes the site's use_icon_as_answer_icon (kept with the site settings)
+    assert got["site"]["use_icon_as_answer_icon"] is False
+    got = (await c.http.put(f"/apps/{app['id']}", headers=h, json={"use_icon_as_answer_icon": True})).json()
+    assert got["site"]["use_icon_as_answer_icon"] is True
+    got = (await c.http.put(f"/apps/{app['id']}", headers=h, json={"description": "again"})).json()
+    assert got["site"]["use_icon_as_answer_icon"] is True and got["description"] == "again"
 
     for body in ({"api_rpm": -1}, {"api_rph": -5}, {"max_active_requests": -1}, {"name": "y" * 41},
                  {"api_rpm": 2**40}, {"enable_site": "maybe"}):

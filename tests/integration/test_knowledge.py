@@ -516,6 +516,11 @@ async def test_workspace_default_embedding_model(kb: KB, llm) -> None:
         assert [(p["provider"], p["models"][0]["model"]) for p in listed] == [
             ("openai-compatible", "trigram-default"), ("plexus", "all-MiniLM-L6-v2")]
         assert listed[0]["models"][0]["model_type"] == "text-embedding"
+        # the console's route (the web console's model pickers) answers the same for a member
+        r = await kb.c.get(f"/console/api{models.removeprefix('/v1')}", headers=kb.admin)
+        assert r.status_code == 200 and r.json()["data"] == listed, r.text
+        r = await kb.c.get("/console/api/workspaces/current/models/model-types/llm", headers=kb.admin)
+        assert r.status_code == 200 and r.json() == {"data": []}, r.text  # no default llm set here
         ds = await kb.dataset(indexing_technique="high_quality")
         assert (ds["embedding_model_provider"], ds["embedding_model"]) == ("openai-compatible", "trigram-default")
         before = len(llm.embedding_requests)

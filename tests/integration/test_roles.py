@@ -140,6 +140,21 @@ async def test_role_matrix(env: Env, role: str, action: str) -> None:
 # ---- invitations and activation ---------------------------------------------------------------------
 
 
+async def test_apps_created_by_me(env: Env) -> None:
+    mine = (await env.http.post("/apps", headers=env.heads["editor"], json={"name": uniq("mine")[:40],
+                                                                            "mode": "chat"})).json()["id"]
+
+    async def listed(role: str, **params: Any) -> set[str]:
+        r = await env.http.get("/apps", headers=env.heads[role], params={"limit": 100, **params})
+        assert r.status_code == 200, r.text
+        return {a["id"] for a in r.json()["data"]}
+
+    assert {mine, env.app_id} <= await listed("editor")
+    by_editor = await listed("editor", is_created_by_me="true")
+    assert mine in by_editor and env.app_id not in by_editor  # the owner made shared-app
+    assert mine not in await listed("owner", is_created_by_me="true")
+
+
 async def test_invitation_and_activation(env: Env) -> None:
     owner = env.heads["owner"]
     email = f"{uniq('new')}@example.com"

@@ -422,6 +422,10 @@ async def test_stop_and_logs(w: dict[str, Any]) -> None:
     mine = (await c.get("/v1/workflows/logs", headers=h(key2),
                         params={"created_by_end_user_session_id": "someone-else"})).json()
     assert mine["total"] == 1
+    # runs by console accounts only (Dify's debugger runs): these were all started by end users
+    by_account = (await c.get("/v1/workflows/logs", headers=h(key2),
+                              params={"created_by_account": "a@example.com"})).json()
+    assert by_account["total"] == 0 and by_account["data"] == []
     assert (await c.get("/v1/workflows/logs", headers=h(key2), params={"status": "failed"})).json()["total"] == 0
     r = await c.get("/v1/workflows/logs", headers=h(key2), params={"status": "bogus"})
     assert r.status_code == 400

@@ -51,6 +51,7 @@ MODEL_CONFIG_MODES = versions.MODEL_CONFIG_MODES
 UPDATABLE = ("name", "description", "icon_type", "icon", "icon_background", "enable_site", "enable_api",
              "api_rpm", "api_rph", "api_rpd", "max_active_requests")
 NULLABLE = ("icon_type", "icon", "icon_background", "max_active_requests", "api_rpm", "api_rph", "api_rpd")
+SITE_FIELDS = ("use_icon_as_answer_icon",)  # site settings Dify's PUT /apps/{id} also takes (kept in apps.site)
 
 AppDetail = tuple[App, dict[str, Any] | None]
 
@@ -83,8 +84,10 @@ async def _name_taken(session: AsyncSession, tenant_id: str, name: str, except_i
 
 
 async def list_apps(db: Database, p: Principal, *, page: int, limit: int, name: str | None,
-                    mode: str | None) -> tuple[list[AppDetail], int]:
+                    mode: str | None, created_by_me: bool = False) -> tuple[list[AppDetail], int]:
     where = [App.tenant_id == p.tenant_id]
+    if created_by_me:  # an admin key acts for the member who made it
+        where.append(App.created_by == p.account_id)
     if name:
         where.append(col(App.name).icontains(name, autoescape=True))
     if mode and mode != "all":
@@ -124,8 +127,9 @@ async def get_app_detail(db: Database, p: Principal, app_id: str) -> AppDetail:
 
 
 async def update_app(ctx: Context, p: Principal, app_id: str, changes: dict[str, Any]) -> AppDetail:
+    site = {k: changes[k] for k in SITE_FIELDS if changes.get(k) is not None}
     async with ctx.db.session() as s:
-        app = await get_app(s, p.tenant_id, app_id)
+        app = await get_app(s, p.tenant_id, app_id, for_update=bool(site))  # site: read-merge-write
         name = changes.get("name")
         # checked before any attribute changes: the query would autoflush them
         if name is not None and await _name_taken(s, p.tenant_id, name, app.id):
@@ -133,6 +137,8 @@ async def update_app(ctx: Context, p: Principal, app_id: str, changes: dict[str,
         for field in UPDATABLE:
             if field in changes and (changes[field] is not None or field in NULLABLE):
                 setattr(app, field, changes[field])
+        if site:
+            app.site = {**(app.site or {}), **site}
         app.updated_at = utcnow()
         try:
             await s.commit()

@@ -402,11 +402,13 @@ class WorkflowService:
                 "elapsed_time": r.elapsed_time}
 
     async def logs(self, caller: Caller, *, keyword: str | None, status: str | None, page: int, limit: int,
-                   before: datetime | None, after: datetime | None, session_id: str | None) -> dict[str, Any]:
+                   before: datetime | None, after: datetime | None, session_id: str | None,
+                   account_email: str | None = None) -> dict[str, Any]:
         app = await self.rt.app_for(caller)
         if app.mode not in WORKFLOW_LOG_MODES:
             raise not_workflow_app()
         async with self.rt.db.session() as s:  # the query is shared with the console's workflow-app-logs
             return await workflow_logs(s, app.id, keyword=keyword, status=status, page=page, limit=limit,
-                                       before=before, after=after, session_id=session_id)
+                                       before=before, after=after, session_id=session_id,
+                                       account_email=account_email)
 
