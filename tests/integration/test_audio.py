@@ -5,6 +5,8 @@ POST /v1/text-to-audio by text and by message id (the provider's bytes come back
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -412,3 +414,99 @@ async def test_scoped_key_needs_chat(env: Env) -> None:
     assert (len(env.llm.transcription_requests), len(env.llm.speech_requests)) == seen
     assert (await env.transcribe(keys["chat"], mp3("scoped"))).status_code == 200
     assert (await env.speak(keys["chat"], text="scoped")).status_code == 200
+
+
+# ---- auto play: the answer read aloud in the stream (tts_message … tts_message_end) ------------------------
+
+AUTO_PLAY = {"text_to_speech": {"enabled": True, "voice": "nova", "language": "en-US", "autoPlay": "enabled"}}
+
+
+async def stream(env: Env, h: dict[str, str], query: str, path: str = "/v1/chat-messages",
+                 **extra: Any) -> list[dict[str, Any]]:
+    body = {"inputs": {}, "query": query, "user": "u1", "response_mode": "streaming", **extra}
+    async with env.c.stream("POST", path, headers=h, json=body) as r:
+        assert r.status_code == 200
+        return [json.loads(line[6:]) async for line in r.aiter_lines() if line.startswith("data: ")]
+
+
+def spoken(events: list[dict[str, Any]]) -> list[str]:
+    """The text of each tts_message (the scripted provider answers ID3 + the text it was given)."""
+    out = []
+    for e in events:
+        if e["event"] == "tts_message":
+            audio = base64.b64decode(e["audio"])
+            assert audio.startswith(b"ID3"), audio[:10]
+            out.append(audio[3:].decode())
+    return out
+
+
+async def test_auto_play_reads_the_streamed_answer(env: Env) -> None:
+    _, h = await env.app(**AUTO_PLAY)
+    answer = "The tide comes in twice a day. It turns every six hours or so! Ask me more?"
+    env.llm.push(match="tides", reply=answer)
+    seen = len(env.llm.speech_requests)
+    events = await stream(env, h, "tell me about tides")
+    kinds = [e["event"] for e in events]
+    # Dify's order: the audio still being made follows message_end; tts_message_end comes last
+    assert kinds[-1] == "tts_message_end" and "message_end" in kinds, kinds
+    assert kinds.index("message_end") < len(kinds) - 1
+    end = events[-1]
+    assert end["audio"] == "" and end["message_id"] == events[0]["message_id"], end
+    assert {e["task_id"] for e in events if e["event"].startswith("tts")} == {events[0]["task_id"]}
+    said = spoken(events)
+    assert said and " ".join(said) == answer, said  # every sentence once, in order
+    new = env.llm.speech_requests[seen:]
+    assert [r.body["voice"] for r in new] == ["nova"] * len(new)
+    assert {r.body["model"] for r in new} == {"tts-test"}
+    # blocking answers are not read, nor apps without autoPlay
+    env.llm.push(match="quiet", reply="Nothing to hear.")
+    r = await env.c.post("/v1/chat-messages", headers=h, json={"inputs": {}, "query": "quiet", "user": "u1"})
+    assert r.status_code == 200 and r.json()["answer"] == "Nothing to hear."
+    _, plain = await env.app(**TTS_ON)
+    env.llm.push(match="plain", reply="Not read aloud.")
+    assert not [e for e in await stream(env, plain, "plain") if e["event"].startswith("tts")]
+    assert len(env.llm.speech_requests) == seen + len(new)
+
+
+async def test_auto_play_completion_and_agent(env: Env) -> None:
+    _, h = await env.app("completion", **AUTO_PLAY)
+    env.llm.push(match="Be brief", reply="Roses are red, violets are blue.")  # a completion's prompt
+    events = await stream(env, h, "", path="/v1/completion-messages")
+    assert spoken(events) == ["Roses are red, violets are blue."] and events[-1]["event"] == "tts_message_end"
+
+    agent = {"enabled": True, "strategy": "function_call", "max_iteration": 2, "tools": [
+        {"provider_type": "builtin", "provider_id": "time", "tool_name": "current_time", "tool_parameters": {},
+         "enabled": True}]}
+    _, k = await env.app("agent-chat", agent_mode=agent, **AUTO_PLAY)
+    env.llm.push(match="what now", reply="It is late in the evening now.")
+    events = await stream(env, k, "what now")
+    assert spoken(events) == ["It is late in the evening now."], [e["event"] for e in events]
+
+
+async def test_auto_play_failures_and_limits(env: Env) -> None:
+    _, h = await env.app(**AUTO_PLAY)
+    # the provider failing ends the audio, not the answer
+    env.llm.push(endpoint="speech", match="doomed", status=500,
+                 body={"error": {"message": "voice engine down", "type": "server_error"}})
+    env.llm.push(match="fail please", reply="This sentence is doomed to silence. This one too.")
+    events = await stream(env, h, "fail please")
+    kinds = [e["event"] for e in events]
+    assert "message_end" in kinds and kinds[-1] == "tts_message_end" and spoken(events) == [], kinds
+    assert "".join(e["answer"] for e in events if e["event"] == "message") == \
+        "This sentence is doomed to silence. This one too."
+    # a flagged answer: its replacement is read, never the flagged words
+    swa = {"enabled": True, "type": "keywords", "config": {
+        "keywords": "badword", "inputs_config": {"enabled": False, "preset_response": ""},
+        "outputs_config": {"enabled": True, "preset_response": "I cannot say that."}}}
+    _, m = await env.app(sensitive_word_avoidance=swa, **AUTO_PLAY)
+    env.llm.push(match="rude", tokens=["A first harmless sentence here. ", "Then a bad", "word follows."])
+    events = await stream(env, m, "rude")
+    kinds = [e["event"] for e in events]
+    assert "message_replace" in kinds and kinds[-1] == "tts_message_end", kinds
+    said = spoken(events)
+    assert said[-1] == "I cannot say that." and not [t for t in said if "bad" in t], said
+    # no default tts model: the answer streams without audio
+    await env.set_default("tts", None)
+    env.llm.push(match="silent", reply="Nobody reads this aloud.")
+    events = await stream(env, h, "silent")
+    assert not [e for e in events if e["event"].startswith("tts")] and events[-1]["event"] == "message_end"

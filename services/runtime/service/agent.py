@@ -87,6 +87,8 @@ class AgentLoop:
         if review is not None and (review.feed(delta) or (whole and await review.finish())):
             raise OutputFlagged
         await self.emit(self._msg_prefix + orjson.dumps(delta) + b"}")
+        if self.run.speech is not None:
+            self.run.speech.feed(delta)
 
     async def _thought(self, thought: dict[str, Any]) -> None:
         event = {**self.run.envelope("agent_thought"), "task_id": self.run.task_id, **thought,

@@ -50,7 +50,7 @@ DEFAULT_VOICE = "alloy"  # OpenAI's first voice; used when neither the request n
 TTS_MAX_CHARS = 4096
 # what one request reads aloud (ten provider calls): longer request text is refused, a longer answer is cut
 TTS_MAX_TOTAL_CHARS = 10 * TTS_MAX_CHARS
-_SENTENCE_END = re.compile(r"[.!?。！？\n]\s*")
+SENTENCE_END = re.compile(r"[.!?。！？\n]\s*")
 
 
 def no_audio_uploaded() -> ApiError:
@@ -83,7 +83,7 @@ def cut_text(text: str, limit: int = TTS_MAX_CHARS) -> str:
     if len(text) <= limit:
         return text
     head = text[:limit]
-    ends = [m.end() for m in _SENTENCE_END.finditer(head)]
+    ends = [m.end() for m in SENTENCE_END.finditer(head)]
     cut = ends[-1] if ends else head.rfind(" ") + 1
     return (head[:cut] if cut > limit // 2 else head).rstrip()
 
@@ -100,6 +100,13 @@ def speech_pieces(text: str, limit: int = TTS_MAX_CHARS) -> list[str]:
     if rest:
         pieces.append(rest)
     return pieces
+
+
+async def speak(binding: ModelBinding, text: str, voice: str, timeout: float) -> bytes:
+    """``text`` (at most TTS_MAX_CHARS) read aloud by the tts model: MP3 where the provider can."""
+    resp = await litellm().aspeech(**binding.kwargs, input=text, voice=voice, response_format="mp3",
+                                   timeout=timeout, max_retries=0)
+    return resp.content
 
 
 class Speech:
@@ -192,9 +199,7 @@ class AudioService:
         return Speech(first, media_type, self._rest(app.id, binding, pieces[1:], voice))
 
     async def _speak(self, binding: ModelBinding, text: str, voice: str) -> bytes:
-        resp = await litellm().aspeech(**binding.kwargs, input=text, voice=voice, response_format="mp3",
-                                       timeout=self.rt.settings.llm_timeout, max_retries=0)
-        return resp.content
+        return await speak(binding, text, voice, self.rt.settings.llm_timeout)
 
     async def _rest(self, app_id: str, binding: ModelBinding, pieces: list[str], voice: str
                     ) -> AsyncIterator[bytes]:

@@ -6,12 +6,15 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import bindparam, insert, update
 from sqlmodel import select
 
 from services.runtime import llm
 from services.runtime.service import rag
 from services.runtime.service.answer_cache import AnswerCache
+from services.runtime.service.audio import DEFAULT_VOICE, speak
+from services.runtime.service.autoplay import AutoPlay, auto_play
 from services.runtime.service.errors import (
     CHAT_MODES,
     app_unavailable,
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
     from services.runtime.service.core import Runtime
     from services.runtime.workflow.service import WorkflowTask
+
+log = structlog.get_logger("plexus.runtime.chat")
 
 # Core statements with values bound at execution: compiled once, no per-call ORM or cache-key work
 _CONV = Conversation.__table__
@@ -257,6 +262,9 @@ class ChatService:
             else:
                 run.cache = cached
                 run.review = review
+                tts = config.text_to_speech
+                if streaming and tts.enabled and auto_play(feature := tts.model_dump()):
+                    run.speech = await self._reader(app, feature, run)
                 self.rt.runs.start(run)
             if titled:
                 self.rt.helper.title_after(app, conv_id, query, run.finished,
@@ -266,6 +274,19 @@ class ChatService:
             if review is not None:
                 review.close()
             raise
+
+    async def _reader(self, app: AppEntry, feature: dict[str, Any], run: Run) -> AutoPlay | None:
+        """What reads the answer aloud (autoplay.py), with the workspace's default tts model; none without one."""
+        binding = await self.rt.helper.default_binding(app.tenant_id, "tts")
+        if binding is None:
+            log.info("auto_play_without_tts_model", app_id=app.id)
+            return None
+        voice, timeout = str(feature.get("voice") or DEFAULT_VOICE), self.rt.settings.llm_timeout
+
+        async def read(text: str) -> bytes:
+            return await speak(binding, text, voice, timeout)
+
+        return AutoPlay(read, run.envelope("tts_message"), run.task_id, app.id)
 
     async def _conversation(
         self, app: AppEntry, end_user_id: str, conv_id: str

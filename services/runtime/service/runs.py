@@ -104,6 +104,7 @@ class Run:
     # moderation and the answer cache (docs/moderation.md)
     review: Any = None  # moderation.OutputReview: checks the answer while it streams
     cache: Any = None  # answer_cache.Lookup: where a normal answer is stored for the next asker
+    speech: Any = None  # autoplay.AutoPlay: reads a streamed answer aloud (text_to_speech autoPlay)
     extra_metadata: dict[str, Any] = field(default_factory=dict)  # merged into metadata (cache_hit …)
     thoughts: list[dict[str, Any]] = field(default_factory=list)  # agent_thoughts, stored shape
     tool_trace: list[dict[str, Any]] = field(default_factory=list)  # every tool call: input, output, latency
@@ -228,6 +229,9 @@ class RunRegistry:
                 except Exception:  # noqa: BLE001 - the event log is best effort, the answer is not
                     lost_events += 1
 
+            speech = run.speech
+            if speech is not None:
+                speech.start(emit)
             try:
                 if run.stop_reason is None and run.agent is not None:
                     try:
@@ -243,6 +247,8 @@ class RunRegistry:
                             if review is not None and review.feed(delta):
                                 break  # flagged: nothing more of the model's text goes out
                             await emit(prefix + orjson.dumps(delta) + b"}")
+                            if speech is not None:
+                                speech.feed(delta)
                     if review is not None and await review.finish():
                         await self._replace_answer(run, review.preset, emit)
                 run.status = "normal" if run.stop_reason is None else "stopped"
@@ -267,7 +273,14 @@ class RunRegistry:
             if lost_events:
                 log.warning("run_events_not_published", count=lost_events)
             await self._finalize(run, usage, started)
+            if speech is not None:  # after message_end, as Dify: the rest of the audio, then tts_message_end
+                if run.status == "normal":
+                    await speech.finish()
+                else:
+                    await speech.cancel(end=run.status == "stopped")
         finally:
+            if run.speech is not None:
+                run.speech.abort()  # a run torn down midway leaves no reader behind
             timer.cancel()
             RUNS_ACTIVE.dec()
             if run.review is not None:
@@ -284,6 +297,8 @@ class RunRegistry:
         function calling, the answer's pieces): they are stored without it, only their tool calls."""
         run.answer_parts = [answer]
         run.cache = None
+        if run.speech is not None:
+            run.speech.replace(answer)
         for thought in run.thoughts:
             thought["thought"] = ""
         await emit(orjson.dumps({**run.envelope("message_replace"), "task_id": run.task_id, "id": run.message_id,
