@@ -19,6 +19,7 @@ from shared.settings import FilesSettings
 from tests.conftest import LiveServer, live_fixture
 from tests.llm_server import ScriptedLLM, heard_text, speech_bytes
 from tests.support import bearer, envelope, new_app, new_app_key, scripted_owner
+from tests import workflow_graphs as g
 from tests.workflow_graphs import linear_llm
 
 MB = 1024 * 1024
@@ -510,3 +511,29 @@ async def test_auto_play_failures_and_limits(env: Env) -> None:
     env.llm.push(match="silent", reply="Nobody reads this aloud.")
     events = await stream(env, h, "silent")
     assert not [e for e in events if e["event"].startswith("tts")] and events[-1]["event"] == "message_end"
+
+
+async def test_auto_play_advanced_chat(env: Env) -> None:
+    """A chatflow's answer is read aloud too, from its published workflow's text_to_speech feature."""
+    c, owner = env.c, env.owner
+    app_id = await new_app(c, owner, "advanced-chat", prefix="audio-flow")
+    graph = g.graph([
+        g.start(),
+        g.node(g.LLM, "llm", "Chat", model=g.MODEL, context={"enabled": False, "variable_selector": []},
+               memory={"window": {"enabled": False, "size": 10}, "query_prompt_template": "{{#sys.query#}}"},
+               prompt_template=[{"role": "system", "text": "You are terse."}]),
+        g.node(g.ANSWER, "answer", "Answer", answer="{{#" + g.LLM + ".text#}}"),
+    ], [g.edge(g.START, g.LLM), g.edge(g.LLM, g.ANSWER)])
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=owner,
+                     json={"graph": graph, "features": AUTO_PLAY})
+    assert r.status_code == 200, r.text
+    assert (await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=owner, json={})).status_code == 200
+    h = bearer(await new_app_key(c, owner, app_id))
+    env.llm.push(match="flow", reply="Flows carry water downhill. Rivers join the sea.")
+    events = await stream(env, h, "tell me about flow")
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "tts_message_end" and "workflow_finished" in kinds, kinds
+    assert " ".join(spoken(events)) == "Flows carry water downhill. Rivers join the sea."
+    tts = [e for e in events if e["event"] == "tts_message"]
+    assert {(e["conversation_id"], e["message_id"]) for e in tts} == {(events[-1]["conversation_id"],
+                                                                       events[-1]["message_id"])}

@@ -264,7 +264,7 @@ class ChatService:
                 run.review = review
                 tts = config.text_to_speech
                 if streaming and tts.enabled and auto_play(feature := tts.model_dump()):
-                    run.speech = await self._reader(app, feature, run)
+                    run.speech = await self.reader(app, feature, run.envelope("tts_message"), run.task_id)
                 self.rt.runs.start(run)
             if titled:
                 self.rt.helper.title_after(app, conv_id, query, run.finished,
@@ -275,8 +275,10 @@ class ChatService:
                 review.close()
             raise
 
-    async def _reader(self, app: AppEntry, feature: dict[str, Any], run: Run) -> AutoPlay | None:
-        """What reads the answer aloud (autoplay.py), with the workspace's default tts model; none without one."""
+    async def reader(self, app: AppEntry, feature: dict[str, Any], envelope: dict[str, Any], task_id: str
+                     ) -> AutoPlay | None:
+        """What reads a streamed answer aloud (autoplay.py; chat runs and advanced-chat runs), with the workspace's
+        default tts model; none without one. ``envelope``: the fields every tts event carries."""
         binding = await self.rt.helper.default_binding(app.tenant_id, "tts")
         if binding is None:
             log.info("auto_play_without_tts_model", app_id=app.id)
@@ -286,7 +288,7 @@ class ChatService:
         async def read(text: str) -> bytes:
             return await speak(binding, text, voice, timeout)
 
-        return AutoPlay(read, run.envelope("tts_message"), run.task_id, app.id)
+        return AutoPlay(read, envelope, task_id, app.id)
 
     async def _conversation(
         self, app: AppEntry, end_user_id: str, conv_id: str

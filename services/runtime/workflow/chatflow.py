@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime import llm
+from services.runtime.service.autoplay import auto_play
 from services.runtime.service.chat import INSERT_CONVERSATION, INSERT_MESSAGE
 from services.runtime.service.errors import (
     completion_request_error,
@@ -60,6 +61,7 @@ class ChatPart:
     answer: str = ""
     rt: Any = None
     review: Any = None  # moderation.OutputReview of the answer stream (service.py feeds it every delta)
+    speech: Any = None  # autoplay.AutoPlay: reads the streamed answer aloud (service.py feeds it too)
 
     def metadata(self) -> dict[str, Any]:
         return {"usage": self.usage, "retriever_resources": []}
@@ -201,6 +203,11 @@ class ChatflowService:
             # the review is the run's from here: service.py feeds it every answer delta and closes it
             task.chat.review = mod.output_review() if mod is not None else None
             try:
+                tts = (workflow.features or {}).get("text_to_speech")
+                if streaming and auto_play(tts):
+                    task.chat.speech = await self.rt.chat.reader(app, tts, {
+                        "conversation_id": conv_id, "message_id": task.chat.message_id,
+                        "created_at": task.created_at}, task.task_id)
                 await wf.launch(task, before=rows)
             except BaseException:
                 if task.chat.review is not None and task.task is None:  # the run never started

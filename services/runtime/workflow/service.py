@@ -238,6 +238,17 @@ class WorkflowService:
                         "created_at": task.created_at, **envelope}
 
         review = chat.review if chat is not None else task.review
+        speech = chat.speech if chat is not None else None  # advanced-chat auto play (autoplay.py)
+
+        async def put(data: bytes) -> None:
+            """One event: into the SSE channel and onto the run's subject (the JetStream event log)."""
+            task.seq += 1
+            if channel is not None:
+                channel.put(frame(task.seq, data))
+            try:
+                await nc.publish(subject, data)
+            except Exception:  # noqa: BLE001, S110 - the event log is best effort; the run's result is in the DB
+                pass
 
         async def emit(event: str, fields: dict[str, Any]) -> None:
             if event == "message":  # an answer delta: Dify's message chunk, id = the message id
@@ -246,19 +257,17 @@ class WorkflowService:
                     # model calls closed) and ends with message_replace (below)
                     task.request_stop("moderation")
                     return
+                if speech is not None:
+                    speech.feed(fields["answer"])
                 fields = {"id": chat.message_id, **fields}
             elif event == "text_chunk" and chat is None and review is not None \
                     and review.feed(fields["data"]["text"]):
                 task.request_stop("moderation")  # as above; the stream ends with text_replace
                 return
-            data = orjson.dumps({"event": event, **envelope, **fields})
-            task.seq += 1
-            if channel is not None:
-                channel.put(frame(task.seq, data))
-            try:
-                await nc.publish(subject, data)
-            except Exception:  # noqa: BLE001, S110 - the event log is best effort; the run's result is in the DB
-                pass
+            await put(orjson.dumps({"event": event, **envelope, **fields}))
+
+        if speech is not None:
+            speech.start(put)
 
         env = {v["name"]: v.get("value") for v in task.workflow.environment_variables or []}
         system = {"user_id": task.session_id, "app_id": task.app_id, "workflow_id": task.workflow.id,
@@ -314,6 +323,8 @@ class WorkflowService:
                     if review is not None:
                         review.close()
                         if review.flagged and chat is not None:  # the answer as stored: the preset (chat.finish)
+                            if speech is not None:
+                                speech.replace(review.preset)
                             await emit("message_replace", {"id": chat.message_id, "answer": review.preset,
                                                            "reason": OUTPUT_REASON})
                         elif review.flagged:  # Dify's workflow event: the preset replaces the text streamed so far
@@ -325,7 +336,15 @@ class WorkflowService:
                         "exceptions_count": engine.exceptions, "files": []}})
                     if task.status == "failed":  # as Dify: the failure also as an error event, after the summary
                         await emit("error", {"code": "internal_server_error", "message": task.error, "status": 500})
+                    if speech is not None:  # the rest of the audio, then tts_message_end (a stop: at once)
+                        if task.status in ("succeeded", "partial-succeeded") or (review is not None
+                                                                                 and review.flagged):
+                            await speech.finish()  # a flagged answer's preset is read (replace, above)
+                        else:
+                            await speech.cancel(end=task.status == "stopped")
                 finally:
+                    if speech is not None:
+                        speech.abort()
                     if channel is not None:
                         channel.close()
                     self.tasks.pop(task.task_id, None)
