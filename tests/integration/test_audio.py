@@ -16,10 +16,10 @@ import pytest
 
 from services.runtime.service.audio import TTS_MAX_TOTAL_CHARS, speech_pieces
 from shared.settings import FilesSettings
+from tests import workflow_graphs as g
 from tests.conftest import LiveServer, live_fixture
 from tests.llm_server import ScriptedLLM, heard_text, speech_bytes
 from tests.support import bearer, envelope, new_app, new_app_key, scripted_owner
-from tests import workflow_graphs as g
 from tests.workflow_graphs import linear_llm
 
 MB = 1024 * 1024

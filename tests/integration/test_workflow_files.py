@@ -6,6 +6,7 @@ templates and list operations see), `files` as sys.files on /workflows/run and o
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -151,6 +152,18 @@ async def test_file_inputs_are_resolved_and_extracted(w: dict[str, Any]) -> None
     # a custom variable takes its extensions only
     r = await run(w, h, {"f": local(txt), "fl": [local(txt)], "c": local(md, "custom")})
     assert r.status_code == 200 and r.json()["data"]["outputs"]["c"]["filename"] == "readme.md", r.text
+    # streamed: node_finished and workflow_finished list the files among their outputs (Dify's `files`)
+    body = {"inputs": {"f": local(txt), "fl": [local(doc), local(md)], "c": local(md, "custom")}, "user": "u1",
+            "response_mode": "streaming"}
+    async with w["c"].stream("POST", "/v1/workflows/run", headers=h, json=body) as s:
+        events = [json.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+    finished = events[-1]
+    assert finished["event"] == "workflow_finished", finished
+    assert [(f["related_id"], f["filename"]) for f in finished["data"]["files"]] == [(md, "readme.md")]
+    start = next(e for e in events if e["event"] == "node_finished" and e["data"]["node_type"] == "start")
+    assert [f["related_id"] for f in start["data"]["files"]] == [txt, doc, md, md]  # f, fl (both), c
+    extract = next(e for e in events if e["event"] == "node_finished" and e["data"]["node_id"] == DE)
+    assert extract["data"]["files"] == []
 
 
 async def test_file_inputs_are_validated(w: dict[str, Any]) -> None:

@@ -30,7 +30,19 @@ from shared.workflow import TEMPLATE_RE, Graph, Node
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 BRANCHING = ("if-else", "question-classifier")
+FILE_IDENTITY = "__dify__file__"  # Dify's marker of a serialized File (workflow/files.py makes them)
 ROOTS = ("sys", "env", "conversation")
+
+
+def files_in(outputs: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The File values among outputs (a value, or the files of a list value), as Dify's node_finished and
+    workflow_finished events list them in ``files``."""
+    found = []
+    for value in (outputs or {}).values():
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, dict) and item.get("dify_model_identity") == FILE_IDENTITY:
+                found.append(item)
+    return found
 
 
 @dataclass(slots=True)
@@ -132,7 +144,8 @@ class Execution:
         r = self.result or NodeResult()
         return {**self.base(), "process_data": r.process_data, "outputs": r.outputs, "status": self.status,
                 "error": self.error, "elapsed_time": round(self.elapsed, 6),
-                "execution_metadata": r.metadata or None, "finished_at": self.finished_at, "files": []}
+                "execution_metadata": r.metadata or None, "finished_at": self.finished_at,
+                "files": files_in(r.outputs)}
 
 
 class _Stream:

@@ -27,7 +27,7 @@ from services.runtime.service.files import (
     check_file,
     sniff_of,
 )
-from services.runtime.workflow.engine import NodeError
+from services.runtime.workflow.engine import FILE_IDENTITY, NodeError
 from shared.errors import ApiError, invalid_param
 from shared.files import Sniffed, preview_url
 from shared.models import EndUser, UploadFile, utcnow
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from services.runtime.service.core import Runtime
     from services.runtime.service.files import FileService
 
-FILE_IDENTITY = "__dify__file__"  # Dify's marker of a serialized File
 FILE_VARIABLE_TYPES = ("file", "file-list")
 
 

@@ -24,7 +24,7 @@ from sqlmodel import select
 from services.runtime.service.errors import app_unavailable, parse_uuid, require_user
 from services.runtime.service.moderation import OUTPUT_REASON, text_leaves
 from services.runtime.service.runs import Channel, frame
-from services.runtime.workflow.engine import Engine, RunFailed, VariablePool
+from services.runtime.workflow.engine import Engine, RunFailed, VariablePool, files_in
 from services.runtime.workflow.files import WorkflowFiles
 from services.runtime.workflow.nodes import IMPLS, RunServices
 from shared.app_config import start_form, validate_form
@@ -333,7 +333,7 @@ class WorkflowService:
                         await emit("message_end", {"id": chat.message_id, "metadata": chat.metadata(), "files": []})
                     await emit("workflow_finished", {"data": {
                         **task.data(), "created_by": {"id": task.end_user_id, "user": task.session_id},
-                        "exceptions_count": engine.exceptions, "files": []}})
+                        "exceptions_count": engine.exceptions, "files": files_in(task.outputs)}})
                     if task.status == "failed":  # as Dify: the failure also as an error event, after the summary
                         await emit("error", {"code": "internal_server_error", "message": task.error, "status": 500})
                     if speech is not None:  # the rest of the audio, then tts_message_end (a stop: at once)
