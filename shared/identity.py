@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.datastructures import Headers
 
 from shared.crypto import constant_eq
 from shared.errors import unauthorized
@@ -20,6 +21,7 @@ H_KEY = "x-plexus-key-id"
 H_KEY_TYPE = "x-plexus-key-type"
 H_REQUEST_ID = "x-request-id"
 IDENTITY_HEADERS = (H_SECRET, H_TENANT, H_APP, H_KEY, H_KEY_TYPE)
+H_CSRF = "x-csrf-token"  # the console's CSRF token, for requests signed in by cookie
 
 # Dify's 401 messages (reference §1.1), for app keys at the gateway and console JWTs alike
 AUTH_MISSING = "Authorization header must be provided and start with 'Bearer'"
@@ -46,6 +48,12 @@ def bearer_token(header: bytes | None) -> bytes:
     if not token:
         raise AuthError(401, AUTH_INVALID)
     return token
+
+
+def cookie_header(headers: Headers) -> str | None:
+    """The request's cookies as one Cookie header (HTTP/2 may split them over several), or None."""
+    values = headers.getlist("cookie")
+    return "; ".join(values) if values else None
 
 
 @dataclass(frozen=True, slots=True)

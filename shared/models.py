@@ -2,11 +2,12 @@
 
 console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
 app_dataset_joins, tool_providers (the tools service and the runtime read them), workflows (drafts and published
-versions; the runtime reads them), tenant_default_models, api_based_extensions (the runtime reads them).
+versions; the runtime reads them), tenant_default_models, api_based_extensions (the runtime reads them),
+app_imports.
 runtime owns: end_users, conversations, messages, message_feedbacks, message_files, workflow_runs,
 workflow_node_executions, conversation_variables, message_annotations, app_annotation_settings.
-indexer owns (its /v1/datasets knowledge API writes them): datasets, upload_files, documents, document_segments,
-tags, tag_bindings.
+indexer owns (its /v1/datasets knowledge API writes them): datasets, dataset_permissions, upload_files, documents,
+document_segments, tags, tag_bindings.
 upload_files also holds the runtime's app uploads (/v1/files/upload, created_by = the end user); each service
 writes and deletes only its own rows.
 """
@@ -135,6 +136,24 @@ class ApiBasedExtension(SQLModel, table=True):
     api_endpoint: str = Field(max_length=255)
     encrypted_api_key: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AppImport(SQLModel, table=True):
+    """A DSL import waiting to be confirmed (Dify's pending import: a document of a newer or an older major DSL
+    version): the parsed document and the request's overrides, until ``POST /apps/imports/{id}/confirm`` or
+    ``expires_at``. In the database so that any console replica confirms it; expired rows are deleted by the
+    next import or confirmation (services/console/service/dsl.py)."""
+
+    __tablename__ = "app_imports"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    app_id: str | None = Field(default=None, max_length=36)  # the app whose draft it replaces; None: a new app
+    document: dict = _json(dict)
+    overrides: dict = _json(dict)  # the request's name, description, icon_type, icon, icon_background
+    imported_dsl_version: str = Field(default="", max_length=64)
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class TenantDefaultModel(SQLModel, table=True):
@@ -506,6 +525,20 @@ class TagBinding(SQLModel, table=True):
     tag_id: str = Field(foreign_key="tags.id", max_length=36, ondelete="CASCADE")
     target_id: str = Field(max_length=36, index=True)  # a dataset id
     created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DatasetPermission(SQLModel, table=True):
+    """A member of a ``partial_members`` dataset's list (Dify's dataset_permissions): who besides its creator,
+    the workspace's owners and admins may see and use it on the console."""
+
+    __tablename__ = "dataset_permissions"
+    __table_args__ = (UniqueConstraint("dataset_id", "account_id", name="uq_dataset_permission_account"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36)
+    dataset_id: str = Field(foreign_key="datasets.id", max_length=36, ondelete="CASCADE", index=True)
+    account_id: str = Field(foreign_key="accounts.id", max_length=36, ondelete="CASCADE", index=True)
+    has_permission: bool = True
     created_at: datetime = Field(default_factory=utcnow)
 
 

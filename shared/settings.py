@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.plans import PLAN_NAMES  # no cycle: shared.plans imports only shared.limiter (stdlib, structlog)
@@ -29,6 +29,24 @@ class AuthSettings(BaseModel):
     key_rotation_max_grace_seconds: int = Field(
         30 * 86400, description="the longest grace period a key rotation may ask for"
     )
+    cookie_secure: bool = Field(
+        False, description="console sign-in cookies (access_token, refresh_token, csrf_token) only over HTTPS: "
+        "set true behind HTTPS"
+    )
+    cookie_samesite: Literal["lax", "strict", "none"] = Field(
+        "lax", description="SameSite of the console sign-in cookies (none needs cookie_secure)"
+    )
+    cookie_domain: str | None = Field(
+        None, description="Domain of the console sign-in cookies (default: the API host only), e.g. "
+        "`example.com` when the console web app is on another subdomain"
+    )
+
+    @model_validator(mode="after")
+    def _samesite_none_needs_secure(self) -> AuthSettings:
+        if self.cookie_samesite == "none" and not self.cookie_secure:
+            raise ValueError("PLEXUS_AUTH__COOKIE_SAMESITE=none needs PLEXUS_AUTH__COOKIE_SECURE=true "
+                             "(browsers drop SameSite=None cookies without Secure)")
+        return self
 
 
 class GatewaySettings(BaseModel):

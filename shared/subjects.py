@@ -52,8 +52,10 @@ def tools_invoke(provider_id: str) -> str:
 # the console, which owns accounts, memberships and admin keys, says who the caller is and whether its role and
 # key scopes allow the route. Served by every console replica in a queue group.
 # Payload: {"authorization": the request's Authorization header or null, "method", "path": the route template
-# after /console/api}. Reply: {"tenant_id", "account_id", "role", "key_id"} or {"error": {"code", "message",
-# "status"}} (401/403 exactly as the console's own routes answer).
+# after /console/api, "cookie": its Cookie header or null (newer consoles sign in with the access_token cookie),
+# "csrf_token": its X-CSRF-Token header or null (with the cookie, needed by methods but GET/HEAD/OPTIONS)}.
+# Reply: {"tenant_id", "account_id", "role", "key_id"} or {"error": {"code", "message", "status"}} (401/403
+# exactly as the console's own routes answer: the same rules, one function, console.api.authorize).
 CONSOLE_AUTHORIZE = f"{PREFIX}.console.authorize"
 CONSOLE_QUEUE = "plexus-console"
 

@@ -1,7 +1,8 @@
 """Console HTTP API (/console/api): parse the request, call the service, shape Dify's response.
 
 The gateway forwards /console/api/* with the full path and without key auth: these routes authenticate
-with the console's own JWTs (``Authorization: Bearer <access token>``).
+with the console's own JWTs (``Authorization: Bearer <access token>``, or the ``access_token`` cookie plus
+``X-CSRF-Token`` for newer consoles: see ``authorize``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
+from starlette.requests import cookie_parser
 
 from services.console.auth import Auth, TokenPair
 from services.console.service import (
@@ -34,7 +36,7 @@ from shared import credentials
 from shared.context import Context
 from shared.errors import forbidden, not_found, unauthorized
 from shared.http import create_base_app
-from shared.identity import AuthError, bearer_token
+from shared.identity import H_CSRF, AuthError, bearer_token, cookie_header
 from shared.models import Account, ApiToken, App, TenantMember, ts
 from shared.plans import PlanLimits
 from shared.site import SiteUpdate, site_view
@@ -45,6 +47,14 @@ IconType = Literal["emoji", "image", "link"]
 Short = Annotated[str, StringConstraints(max_length=255)]
 
 router = APIRouter(prefix="/console/api")
+
+# Sign-in cookies (newer Dify consoles, reference §7): set by /login, /refresh-token and /activate next to the
+# tokens in the body, cleared by /logout. A request signed in by cookie sends the CSRF token as X-CSRF-Token
+# with every method but these.
+ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE = "access_token", "refresh_token", "csrf_token"
+CSRF_HEADER = H_CSRF
+CSRF_INVALID = "CSRF token is missing or invalid."
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 # ---- dependencies ---------------------------------------------------------------------------------
@@ -99,6 +109,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/apps/{app_id}/model-config"): (N, "apps:read"),
     ("POST", "/apps/{app_id}/model-config"): (E, "apps:write"),
     ("POST", "/apps/imports"): (E, "apps:write"),
+    ("POST", "/apps/imports/{import_id}/confirm"): (E, "apps:write"),
     ("GET", "/apps/{app_id}/export"): (E, "apps:read"),  # include_secret=true: apps:write too (export_app)
     ("GET", "/apps/{app_id}/workflows/draft"): (E, "apps:read"),
     ("POST", "/apps/{app_id}/workflows/draft"): (E, "apps:write"),
@@ -188,14 +199,32 @@ def require_scope(p: Principal, scope: str, action: str) -> None:
         raise forbidden(f"This API key lacks the '{scope}' permission required for {action}.")
 
 
-async def authorize(ctx: Context, auth: Auth, header: str | None, method: str, path: str) -> Principal:
-    """The caller behind an Authorization header, allowed to call the route ``method path`` (its template, with
-    the /console/api prefix): 401 / 403 otherwise. For the console's routes and, over NATS, other services'."""
+def _session_token(header: str | None, cookie: str | None) -> tuple[str, bool]:
+    """The access token and whether it came from the ``access_token`` cookie. An ``Authorization: Bearer``
+    header wins (an explicit credential: a client keeping cookies may sign in as one account and send another's
+    token); without one, the cookie; without either, the header's own 401."""
+    raw = header.encode("latin-1") if header is not None else None
     try:
-        token = bearer_token(header.encode("latin-1") if header is not None else None).decode("latin-1")
+        return bearer_token(raw).decode("latin-1"), False
     except AuthError as e:
+        session = cookie_parser(cookie).get(ACCESS_COOKIE) if cookie else None
+        if session:
+            return session, True
         raise unauthorized(e.message) from None
+
+
+async def authorize(ctx: Context, auth: Auth, header: str | None, method: str, path: str,
+                    cookie: str | None = None, csrf: str | None = None) -> Principal:
+    """The caller behind an Authorization header or the ``access_token`` cookie (``cookie``: the request's Cookie
+    header), allowed to call the route ``method path`` (its template, with the /console/api prefix): 401 / 403
+    otherwise. Signed in by cookie, a method other than GET/HEAD/OPTIONS also needs ``csrf`` (X-CSRF-Token), the
+    CSRF token of that access token. For the console's routes and, over NATS, other services'."""
+    token, by_cookie = _session_token(header, cookie)
+    if by_cookie and token.startswith(keys.ADMIN_PREFIX):
+        raise unauthorized("Workspace admin keys are sent as Authorization: Bearer, not as a cookie.")
     p = await accounts.authenticate(ctx.db, auth, token)
+    if by_cookie and method.upper() not in SAFE_METHODS and not auth.tokens.check_csrf(p.claims, csrf):
+        raise unauthorized(CSRF_INVALID)
     role, scope = access_for(method, path)
     if p.is_key:
         if scope is None:
@@ -210,7 +239,8 @@ async def _principal(request: Request) -> Principal:
     """The caller, allowed to call this route (401 / 403 otherwise)."""
     route = request.scope.get("route")
     return await authorize(request.app.state.ctx, request.app.state.auth, request.headers.get("authorization"),
-                           request.method, getattr(route, "path", request.url.path))
+                           request.method, getattr(route, "path", request.url.path),
+                           cookie_header(request.headers), request.headers.get(CSRF_HEADER))
 
 
 Ctx = Annotated[Context, Depends(_ctx)]
@@ -243,7 +273,7 @@ class LoginBody(BaseModel):
 
 
 class RefreshBody(BaseModel):
-    refresh_token: str
+    refresh_token: str | None = None  # newer consoles send none: the refresh_token cookie
 
 
 class LogoutBody(BaseModel):
@@ -388,6 +418,22 @@ def _tokens_json(pair: TokenPair) -> dict[str, Any]:
     return {"result": "success", "data": {"access_token": pair.access_token, "refresh_token": pair.refresh_token}}
 
 
+def _cookie_attrs(ctx: Context) -> dict[str, Any]:
+    a = ctx.settings.auth
+    return {"path": "/", "domain": a.cookie_domain, "secure": a.cookie_secure, "samesite": a.cookie_samesite}
+
+
+def _signed_in(response: Response, ctx: Context, auth: Auth, pair: TokenPair) -> dict[str, Any]:
+    """The tokens in the body (older clients) and as cookies (newer ones): the two tokens HttpOnly, the CSRF
+    token readable by the console's scripts; each lives as long as its token."""
+    attrs = _cookie_attrs(ctx)
+    response.set_cookie(ACCESS_COOKIE, pair.access_token, max_age=auth.tokens.access_ttl, httponly=True, **attrs)
+    response.set_cookie(REFRESH_COOKIE, pair.refresh_token, max_age=auth.tokens.refresh_ttl, httponly=True,
+                        **attrs)
+    response.set_cookie(CSRF_COOKIE, pair.csrf_token, max_age=auth.tokens.access_ttl, **attrs)
+    return _tokens_json(pair)
+
+
 # ---- setup and sign-in ----------------------------------------------------------------------------
 
 
@@ -406,18 +452,29 @@ async def post_setup(ctx: Ctx, body: SetupBody) -> dict:
 
 
 @router.post("/login")
-async def login(ctx: Ctx, auth: AuthDep, body: LoginBody) -> dict:
-    return _tokens_json(await accounts.login(ctx.db, auth, email=body.email, password=body.password))
+async def login(response: Response, ctx: Ctx, auth: AuthDep, body: LoginBody) -> dict:
+    return _signed_in(response, ctx, auth,
+                      await accounts.login(ctx.db, auth, email=body.email, password=body.password))
 
 
 @router.post("/refresh-token")
-async def refresh_token(ctx: Ctx, auth: AuthDep, body: RefreshBody) -> dict:
-    return _tokens_json(await accounts.refresh(ctx.db, auth, body.refresh_token))
+async def refresh_token(request: Request, response: Response, ctx: Ctx, auth: AuthDep,
+                        body: RefreshBody | None = None) -> dict:
+    # the body's token (older clients) or the cookie's (newer ones); either is spent, and new cookies are set
+    token = (body.refresh_token if body else None) or request.cookies.get(REFRESH_COOKIE)
+    if not token:
+        raise unauthorized("No refresh token provided.")
+    return _signed_in(response, ctx, auth, await accounts.refresh(ctx.db, auth, token))
 
 
 @router.post("/logout")
-async def logout(auth: AuthDep, caller: Caller, body: LogoutBody | None = None) -> dict:
-    await accounts.logout(auth, caller, body.refresh_token if body else None)
+async def logout(request: Request, response: Response, ctx: Ctx, auth: AuthDep, caller: Caller,
+                 body: LogoutBody | None = None) -> dict:
+    # the refresh token revoked with the access token: the body's, else this client's cookie (same account only)
+    await accounts.logout(auth, caller, (body.refresh_token if body else None) or request.cookies.get(REFRESH_COOKIE))
+    attrs = _cookie_attrs(ctx)
+    for name in (ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE):
+        response.delete_cookie(name, httponly=name != CSRF_COOKIE, **attrs)
     return SUCCESS
 
 
@@ -569,9 +626,20 @@ async def rollback_rollout(ctx: Ctx, caller: Caller, app_id: str) -> dict:
     return await versions.end_rollout(ctx, caller, app_id, promote=False)
 
 
+def _import_answer(response: Response, result: dict[str, Any]) -> dict[str, Any]:
+    """Dify's import object, its status as the HTTP status: failed 400, pending 202, else 200."""
+    response.status_code = {"failed": 400, "pending": 202}.get(result["status"], 200)
+    return result
+
+
 @router.post("/apps/imports")
-async def import_app(ctx: Ctx, caller: Caller, body: Annotated[dict[str, Any], Body()]) -> dict:
-    return await dsl.import_app(ctx, caller, body)
+async def import_app(ctx: Ctx, caller: Caller, response: Response, body: Annotated[dict[str, Any], Body()]) -> dict:
+    return _import_answer(response, await dsl.import_app(ctx, caller, body))
+
+
+@router.post("/apps/imports/{import_id}/confirm")
+async def confirm_import(ctx: Ctx, caller: Caller, response: Response, import_id: str) -> dict:
+    return _import_answer(response, await dsl.confirm_import(ctx, caller, import_id))
 
 
 @router.get("/apps/{app_id}/export")
@@ -971,10 +1039,10 @@ async def check_activation(ctx: Ctx, token: Annotated[str, Query(max_length=255)
 
 
 @router.post("/activate")
-async def activate(ctx: Ctx, auth: AuthDep, body: ActivateBody) -> dict:
+async def activate(response: Response, ctx: Ctx, auth: AuthDep, body: ActivateBody) -> dict:
     pair = await members.activate(ctx.db, auth, token=body.token, name=body.name, password=body.password,
                                   email=body.email, workspace_id=body.workspace_id)
-    return _tokens_json(pair)
+    return _signed_in(response, ctx, auth, pair)
 
 
 # ---- the app ----------------------------------------------------------------------------------------

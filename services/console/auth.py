@@ -1,4 +1,4 @@
-"""Console sign-in: argon2 password hashes, HS256 JWTs, login throttling and token revocation.
+"""Console sign-in: argon2 password hashes, HS256 JWTs, CSRF tokens, login throttling and token revocation.
 
 Throttling and revocation live in Redis when ``ctx.redis`` is set (shared by every console replica) and in
 process memory otherwise (the `all` target is one process).
@@ -7,7 +7,9 @@ process memory otherwise (the `all` target is one process).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import time
 import uuid
 from collections import deque
@@ -21,6 +23,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 ISSUER = "plexus-console"
 ACCESS = "access"
 REFRESH = "refresh"
+# domain separation: the CSRF key is derived from the secret key, so a CSRF tag is no other HMAC of the secret
+_CSRF_CONTEXT = b"plexus-console-csrf-v1"
 
 _hasher = PasswordHasher()
 # Verified against when the email is unknown, so a miss costs as much time as a wrong password.
@@ -59,23 +63,39 @@ class TokenError(Exception):
 class TokenPair:
     access_token: str
     refresh_token: str
+    csrf_token: str  # for cookie sign-in: the X-CSRF-Token value bound to this access token (Tokens.csrf)
 
 
 class Tokens:
     def __init__(self, secret_key: str, access_minutes: int, refresh_days: int) -> None:
         self._key = secret_key
+        self._csrf_key = hmac.new(secret_key.encode(), _CSRF_CONTEXT, hashlib.sha256).digest()
         self.access_ttl = access_minutes * 60
         self.refresh_ttl = refresh_days * 86400
 
-    def _encode(self, account_id: str, token_type: str, ttl: int) -> str:
+    def _encode(self, account_id: str, token_type: str, ttl: int) -> tuple[str, dict[str, Any]]:
         now = int(time.time())
         claims = {"iss": ISSUER, "sub": account_id, "token_type": token_type, "jti": uuid.uuid4().hex,
                   "iat": now, "exp": now + ttl}
-        return jwt.encode(claims, self._key, algorithm="HS256")
+        return jwt.encode(claims, self._key, algorithm="HS256"), claims
 
     def issue(self, account_id: str) -> TokenPair:
-        return TokenPair(self._encode(account_id, ACCESS, self.access_ttl),
-                         self._encode(account_id, REFRESH, self.refresh_ttl))
+        access, claims = self._encode(account_id, ACCESS, self.access_ttl)
+        refresh, _ = self._encode(account_id, REFRESH, self.refresh_ttl)
+        return TokenPair(access, refresh, self.csrf(claims))
+
+    def csrf(self, claims: dict[str, Any]) -> str:
+        """The CSRF token of one access token: an HMAC (key derived from the secret key) over its subject and
+        its unique id. Bound to that session, valid exactly as long as the access token (expiry, revocation),
+        never stored: the server recomputes it from the verified claims."""
+        mac = hmac.new(self._csrf_key, f"{claims['sub']}:{claims['jti']}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def check_csrf(self, claims: dict[str, Any], given: str | None) -> bool:
+        """Whether ``given`` is the CSRF token of the access token ``claims`` (verified ones), in constant time."""
+        if not isinstance(given, str) or not given or not claims.get("jti") or not claims.get("sub"):
+            return False
+        return hmac.compare_digest(self.csrf(claims).encode(), given.encode("utf-8", "surrogatepass"))
 
     def decode(self, token: str, token_type: str) -> dict[str, Any]:
         try:

@@ -23,7 +23,8 @@ async def start(ctx: Context, app: Any) -> None:
     async def _authorize(_subject: str, req: dict[str, Any]) -> dict[str, Any]:
         try:
             p = await authorize(ctx, auth, req.get("authorization"), str(req.get("method") or ""),
-                                "/console/api" + str(req.get("path") or ""))
+                                "/console/api" + str(req.get("path") or ""),
+                                cookie=req.get("cookie"), csrf=req.get("csrf_token"))
         except ApiError as e:
             return {"error": e.body()}
         return {"tenant_id": p.tenant_id, "account_id": p.account_id, "role": p.role, "key_id": p.key_id}

@@ -234,7 +234,8 @@ class Gateway:
         await self._dispatch(ex, service, fwd, _has_body(length, chunked))
 
     async def _console(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
-        # the console authenticates its own JWTs (for the indexer too), so Authorization passes through
+        # the console authenticates its own JWTs (for the indexer too), so Authorization passes through, as do
+        # Cookie and X-CSRF-Token (cookie sign-in) and, back, the console's Set-Cookie headers
         service = "indexer" if _console_knowledge(scope["path"]) else "console"
         limit = self.max_upload if service == "indexer" else self.max_body
         h = _scan_headers(scope, keep_authorization=True)

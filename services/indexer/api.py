@@ -30,7 +30,7 @@ from shared.context import Context
 from shared.credentials import models_of_type
 from shared.errors import INVALID_JSON, ApiError, unauthorized
 from shared.http import create_base_app
-from shared.identity import caller_from_request
+from shared.identity import H_CSRF, caller_from_request, cookie_header
 from shared.knowledge.vectors_factory import build_vector_store
 from shared.subjects import CONSOLE_AUTHORIZE
 
@@ -54,6 +54,7 @@ class DatasetCreate(_Body):
     embedding_model: str | None = None
     embedding_model_provider: str | None = None
     retrieval_model: dict[str, Any] | None = None
+    partial_member_list: list[Any] | None = None  # permission partial_members: [{"user_id"}]
 
 
 class DatasetPatch(_Body):
@@ -64,6 +65,7 @@ class DatasetPatch(_Body):
     embedding_model: str | None = None
     embedding_model_provider: str | None = None
     retrieval_model: dict[str, Any] | None = None
+    partial_member_list: list[Any] | None = None
 
 
 class StatusBody(_Body):
@@ -132,7 +134,8 @@ async def _tenant(request: Request) -> str:
         return tenant_of(caller_from_request(request, kn.ctx.internal_secret))
     route = request.scope.get("route")
     payload = {"authorization": request.headers.get("authorization"), "method": request.method,
-               "path": getattr(route, "path", request.scope["path"]).removeprefix(CONSOLE)}
+               "path": getattr(route, "path", request.scope["path"]).removeprefix(CONSOLE),
+               "cookie": cookie_header(request.headers), "csrf_token": request.headers.get(H_CSRF)}
     try:
         msg = await kn.ctx.bus.nc.request(CONSOLE_AUTHORIZE, orjson.dumps(payload), timeout=AUTHORIZE_TIMEOUT)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as e:
@@ -181,6 +184,10 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
                 raise invalid("document_id is required")
             await docs.delete_many(t, dataset_id, document_id)
             return Response(status_code=204)
+
+        @r.get("/datasets/{dataset_id}/permission-part-users")
+        async def partial_members(t: Tenant, dataset_id: str) -> Response:
+            return json_response({"data": (await datasets.get(t, dataset_id))["partial_member_list"]})
 
         @r.get("/datasets/{dataset_id}/use-check")
         async def use_check(t: Tenant, dataset_id: str) -> Response:

@@ -221,7 +221,8 @@ async def test_login_refresh_logout(console: Console) -> None:
     assert_envelope(await c.http.get("/account/profile", headers={"Authorization": f"Bearer {refresh}"}),
                     401, "unauthorized")
     assert_envelope(await c.http.post("/refresh-token", json={"refresh_token": access}), 401, "unauthorized")
-    # missing, wrong scheme, garbage, expired
+    # missing, wrong scheme, garbage, expired (without the cookies /login set: test_console_cookies has those)
+    c.http.cookies.clear()
     assert_envelope(await c.http.get("/account/profile"), 401, "unauthorized")
     assert_envelope(await c.http.get("/account/profile", headers={"Authorization": f"Basic {access}"}),
                     401, "unauthorized")

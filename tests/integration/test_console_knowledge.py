@@ -200,6 +200,7 @@ async def test_bad_documents_requests(con: Console) -> None:
 
 
 async def test_authentication_errors(con: Console) -> None:
+    con.c.cookies.clear()  # the client keeps the cookies /login and /activate set: no credential at all here
     envelope(await con.c.get(f"{C}/datasets"), 401, "unauthorized")
     envelope(await con.c.get(f"{C}/datasets", headers=bearer("not-a-token")), 401, "unauthorized")
     envelope(await con.c.post(f"{C}/files/upload", files={"file": ("a.md", b"# a")}), 401, "unauthorized")
@@ -245,6 +246,48 @@ async def test_roles_and_dataset_permissions(con: Console) -> None:
     r = await con.c.post(f"{C}/datasets/{mine['id']}/documents", headers=editor, json=source(f["id"]))
     assert r.status_code == 200, r.text
     assert r.json()["documents"][0]["created_by"] == editor_id
+
+
+async def test_partial_members(con: Console) -> None:
+    editor, editor_id = await con.member("editor")
+    listed, listed_id = await con.member("normal")
+    other, _ = await con.member("normal")
+    ds = await con.dataset(editor, indexing_technique="economy", permission="partial_members",
+                           partial_member_list=[{"user_id": listed_id}])
+    assert ds["partial_member_list"] == [listed_id]
+    url = f"{C}/datasets/{ds['id']}"
+    assert (await con.c.get(url, headers=listed)).status_code == 200
+    assert "permission" in envelope(await con.c.get(url, headers=other), 403, "forbidden")
+    seen = {d["id"] for d in (await con.c.get(f"{C}/datasets", headers=listed, params={"limit": 100})).json()["data"]}
+    assert ds["id"] in seen
+    seen = {d["id"] for d in (await con.c.get(f"{C}/datasets", headers=other, params={"limit": 100})).json()["data"]}
+    assert ds["id"] not in seen
+    r = await con.c.get(f"{url}/permission-part-users", headers=editor)
+    assert r.status_code == 200 and r.json() == {"data": [listed_id]}, r.text
+    # only the creator (or an owner or admin) changes who may use it; a listed member may not
+    envelope(await con.c.patch(url, headers=listed, json={"permission": "all_team_members"}), 403, "forbidden")
+    envelope(await con.c.patch(url, headers=editor, json={"partial_member_list": [{"user_id": str(uuid.uuid4())}]}),
+             400, "invalid_param")
+    assert (await con.c.get(url, headers=listed)).status_code == 200  # a refused change changed nothing
+    r = await con.c.patch(url, headers=editor, json={"partial_member_list": [{"user_id": editor_id}]})
+    assert r.status_code == 200 and r.json()["partial_member_list"] == [editor_id], r.text
+    envelope(await con.c.get(url, headers=listed), 403, "forbidden")
+    r = await con.c.patch(url, headers=con.owner, json={"permission": "only_me"})
+    assert r.status_code == 200 and r.json()["partial_member_list"] == [], r.text
+    # a dataset key is workspace-wide: it sees every dataset and the list
+    key = (await con.c.post(f"{C}/datasets/api-keys", headers=con.owner)).json()["token"]
+    r = await con.c.get(f"/v1/datasets/{ds['id']}", headers=bearer(key))
+    assert r.status_code == 200 and r.json()["permission"] == "only_me", r.text
+
+
+async def test_dataset_detail_lists_its_metadata_fields(con: Console) -> None:
+    ds = await con.dataset(indexing_technique="economy")
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/metadata", headers=con.owner, json={"type": "string",
+                                                                                        "name": "author"})
+    assert r.status_code == 200, r.text
+    got = (await con.c.get(f"{C}/datasets/{ds['id']}", headers=con.owner)).json()
+    assert [(f["name"], f["type"]) for f in got["doc_metadata"]] == [("author", "string")]
+    assert got["doc_metadata"][0]["id"] == r.json()["id"]
 
 
 async def test_admin_key_scopes(con: Console) -> None:

@@ -342,6 +342,7 @@ async def test_who_may_read_logs(live: LiveServer, client, llm) -> None:
             envelope(await c.get(f"/console/api/apps/{foreign_id}/{route}", headers=who), 404, "not_found")
         envelope(await c.get(f"/console/api/apps/{foreign_id}/chat-messages", headers=who,
                              params={"conversation_id": conv}), 404, "not_found")
+    c.cookies.clear()  # the client keeps the cookies /activate set: no credential at all here
     envelope(await c.get(f"/console/api/apps/{app_id}/chat-conversations"), 401, "unauthorized")
 
 

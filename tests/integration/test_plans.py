@@ -208,6 +208,7 @@ async def test_plan_validation_and_owner_only(client: httpx.AsyncClient, owner: 
     for body in ({"api_rpd": -1}, {"api_rpd": 2**40}, {"api_rpd": "x"}):
         r = await client.put(f"/console/api/apps/{app_id}", headers=h, json=body)
         assert r.status_code == 400 and r.json()["code"] == "invalid_param", body
+    client.cookies.clear()  # the client keeps the cookies /login set: no credential at all here
     assert (await client.get(PLAN)).status_code == 401
 
     # an admin of the same workspace may read the plan but not change it

@@ -356,6 +356,7 @@ async def test_rollout_validation(client, llm) -> None:
                                                                   "mode": "workflow"})).json()["id"]
     r = await client.get(f"/console/api/apps/{wf}/rollout", headers=h)
     assert r.status_code == 400 and r.json()["code"] == "app_unavailable"
+    client.cookies.clear()  # the client keeps the cookies /login set: no credential at all here
     r = await client.get(url)
     assert r.status_code == 401
 

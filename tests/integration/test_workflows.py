@@ -531,10 +531,10 @@ async def test_dsl_export_import_round_trip(w: dict[str, Any]) -> None:
     before = (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"]
     broken = with_secret.replace(g.TOOL, "nowhere", 1)
     r = await c.post("/console/api/apps/imports", headers=admin, json={"yaml_content": broken, "name": "broken-copy"})
-    assert r.status_code == 400 and "invalid" in r.json()["message"]
+    assert r.status_code == 400 and r.json()["status"] == "failed" and "invalid" in r.json()["error"]
     assert (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"] == before
     r = await c.post("/console/api/apps/imports", headers=admin, json={"yaml_content": "a: [unclosed"})
-    assert r.status_code == 400 and "YAML" in r.json()["message"]
+    assert r.status_code == 400 and r.json()["status"] == "failed" and "YAML" in r.json()["error"]
 
 
 async def test_copy_an_app(w: dict[str, Any]) -> None:

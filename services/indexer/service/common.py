@@ -16,7 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from shared.errors import ApiError, forbidden, invalid_param, not_found, unauthorized
 from shared.identity import AUTH_INVALID, Caller
 from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
-from shared.models import Dataset, Document
+from shared.models import Dataset, DatasetPermission, Document
 
 # document states in which a worker may still be busy with it
 INDEXING_STATES = ("waiting", "parsing", "cleaning", "splitting", "indexing")
@@ -100,11 +100,20 @@ def no_permission() -> ApiError:
 
 
 def visible_to(member: Member) -> Any:
-    """The datasets a member sees, as Dify's permission field says: the team's, and its own ``only_me`` ones.
-    Plexus keeps no partial member lists yet, so ``partial_members`` datasets are their creator's (docs/knowledge.md).
-    Owners and admins see every dataset of the workspace."""
-    return or_(Dataset.permission == "all_team_members",
-               and_(col(Dataset.permission).in_(("only_me", "partial_members")), Dataset.created_by == member.account_id))
+    """The datasets a member sees, as Dify's permission field says: the team's, its own, and the
+    ``partial_members`` ones whose list names it. Owners and admins see every dataset of the workspace."""
+    listed = select(DatasetPermission.dataset_id).where(DatasetPermission.account_id == member.account_id)
+    return or_(Dataset.permission == "all_team_members", Dataset.created_by == member.account_id,
+               and_(Dataset.permission == "partial_members", col(Dataset.id).in_(listed)))
+
+
+async def may_see(s: AsyncSession, ds: Dataset, member: Member) -> bool:
+    if member.sees_all or ds.permission == "all_team_members" or ds.created_by == member.account_id:
+        return True
+    if ds.permission != "partial_members":
+        return False
+    return (await s.exec(select(DatasetPermission.id).where(
+        DatasetPermission.dataset_id == ds.id, DatasetPermission.account_id == member.account_id))).first() is not None
 
 
 def created_by() -> str | None:
@@ -125,7 +134,7 @@ async def get_dataset(s: AsyncSession, tenant_id: str, dataset_id: str, *, api: 
         raise dataset_not_found()
     member = CONSOLE_MEMBER.get()
     if member is not None:  # the console: the member's permission, whatever the dataset's API switch says
-        if not member.sees_all and ds.permission != "all_team_members" and ds.created_by != member.account_id:
+        if not await may_see(s, ds, member):
             raise no_permission()
     elif api and not ds.enable_api:
         raise forbidden("Dataset api access is not enabled.")

@@ -24,14 +24,25 @@ from services.indexer.service.common import (
 from services.indexer.service.core import Knowledge
 from services.indexer.service.tags import bound_to_any, tags_of, unbind_dataset
 from shared.credentials import default_model
-from shared.errors import validation_message
+from shared.errors import forbidden, validation_message
 from shared.knowledge.models import (
     LOCAL_EMBEDDING_MODEL,
     LOCAL_EMBEDDING_PROVIDER,
     RetrievalModel,
     default_retrieval_model,
 )
-from shared.models import AppDatasetJoin, Dataset, Document, DocumentSegment, UploadFile, ts, utcnow
+from shared.models import (
+    AppDatasetJoin,
+    Dataset,
+    DatasetMetadataField,
+    DatasetPermission,
+    Document,
+    DocumentSegment,
+    TenantMember,
+    UploadFile,
+    ts,
+    utcnow,
+)
 
 TECHNIQUES = ("high_quality", "economy")
 PERMISSIONS = ("only_me", "all_team_members", "partial_members")
@@ -67,7 +78,50 @@ async def _counts(s: AsyncSession, ids: list[str]) -> dict[str, tuple[int, int, 
     return {i: (int(docs.get(i, 0)), int(words.get(i, 0)), int(apps.get(i, 0))) for i in ids}
 
 
-def detail(ds: Dataset, counts: tuple[int, int, int], tags: list[dict[str, str]]) -> dict[str, Any]:
+async def _extras(s: AsyncSession, ids: list[str]) -> tuple[dict[str, list[str]], dict[str, list[dict[str, str]]]]:
+    """dataset id → its partial member list (account ids), and → its metadata fields ({id, name, type})."""
+    members: dict[str, list[str]] = {i: [] for i in ids}
+    fields: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
+    if ids:
+        for dataset_id, account_id in (await s.exec(
+                select(DatasetPermission.dataset_id, DatasetPermission.account_id)
+                .where(col(DatasetPermission.dataset_id).in_(ids)).order_by(DatasetPermission.created_at))).all():
+            members[dataset_id].append(account_id)
+        for f in await s.exec(select(DatasetMetadataField).where(col(DatasetMetadataField.dataset_id).in_(ids))
+                              .order_by(DatasetMetadataField.created_at, DatasetMetadataField.name)):
+            fields[f.dataset_id].append({"id": f.id, "name": f.name, "type": f.type})
+    return members, fields
+
+
+def member_ids(raw: Any) -> list[str]:
+    """Dify's ``partial_member_list``: ``[{"user_id": …}]`` (or bare account ids)."""
+    if not isinstance(raw, list):
+        raise invalid("partial_member_list must be a list of {\"user_id\": …}")
+    ids = []
+    for item in raw:
+        user = item.get("user_id") if isinstance(item, dict) else item
+        if not isinstance(user, str) or not user:
+            raise invalid("partial_member_list must be a list of {\"user_id\": …}")
+        ids.append(user)
+    return list(dict.fromkeys(ids))
+
+
+async def _set_members(s: AsyncSession, ds: Dataset, ids: list[str] | None) -> None:
+    """Replace the dataset's member list (None: clear it); every id must be an active member of the workspace."""
+    await s.exec(delete(DatasetPermission).where(DatasetPermission.dataset_id == ds.id))
+    if not ids:
+        return
+    found = set((await s.exec(select(TenantMember.account_id).where(
+        TenantMember.tenant_id == ds.tenant_id, TenantMember.status == "active",
+        col(TenantMember.account_id).in_(ids)))).all())
+    for missing in ids:
+        if missing not in found:
+            raise invalid(f"partial_member_list: {missing} is not a member of this workspace.")
+    s.add_all(DatasetPermission(tenant_id=ds.tenant_id, dataset_id=ds.id, account_id=a) for a in ids)
+
+
+def detail(ds: Dataset, counts: tuple[int, int, int], tags: list[dict[str, str]], members: list[str] | None = None,
+           fields: list[dict[str, str]] | None = None) -> dict[str, Any]:
     rm = parse_retrieval_model(ds.retrieval_model or None, ds.indexing_technique)
     return {
         "id": ds.id, "name": ds.name, "description": ds.description, "provider": ds.provider,
@@ -81,13 +135,15 @@ def detail(ds: Dataset, counts: tuple[int, int, int], tags: list[dict[str, str]]
                                     "external_knowledge_api_name": None,
                                     "external_knowledge_api_endpoint": None},
         "external_retrieval_model": {"top_k": 2, "score_threshold": 0.0, "score_threshold_enabled": False},
-        "doc_metadata": [], "built_in_field_enabled": ds.built_in_field_enabled, "enable_api": ds.enable_api,
-        "partial_member_list": [],
+        "doc_metadata": fields or [], "built_in_field_enabled": ds.built_in_field_enabled,
+        "enable_api": ds.enable_api, "partial_member_list": members or [],
     }
 
 
 async def _detail(s: AsyncSession, ds: Dataset) -> dict[str, Any]:
-    return detail(ds, (await _counts(s, [ds.id]))[ds.id], (await tags_of(s, ds.tenant_id, [ds.id]))[ds.id])
+    members, fields = await _extras(s, [ds.id])
+    return detail(ds, (await _counts(s, [ds.id]))[ds.id], (await tags_of(s, ds.tenant_id, [ds.id]))[ds.id],
+                  members[ds.id], fields[ds.id])
 
 
 class DatasetService:
@@ -124,12 +180,16 @@ class DatasetService:
                          embedding_model=model, embedding_model_provider=provider,
                          retrieval_model=rm.model_dump(mode="json"), created_by=created_by())
             s.add(ds)
+            members = member_ids(body["partial_member_list"]) \
+                if ds.permission == "partial_members" and body.get("partial_member_list") is not None else []
             try:
+                await s.flush()
+                await _set_members(s, ds, members)
                 await s.commit()
             except IntegrityError:
                 await s.rollback()
                 raise name_duplicate() from None
-            return detail(ds, (0, 0, 0), [])
+            return detail(ds, (0, 0, 0), [], members)
 
     async def list(self, tenant_id: str, *, page: int, limit: int, keyword: str | None,
                    tag_ids: list[str] | None = None) -> dict[str, Any]:
@@ -149,7 +209,9 @@ class DatasetService:
                                      .offset((page - 1) * limit).limit(limit)))
             counts = await _counts(s, [d.id for d in rows])
             tags = await tags_of(s, tenant_id, [d.id for d in rows])
-        return {"data": [detail(d, counts[d.id], tags[d.id]) for d in rows], "has_more": page * limit < total,
+            members, fields = await _extras(s, [d.id for d in rows])
+        return {"data": [detail(d, counts[d.id], tags[d.id], members[d.id], fields[d.id]) for d in rows],
+                "has_more": page * limit < total,
                 "limit": limit, "total": total, "page": page}
 
     async def get(self, tenant_id: str, dataset_id: str) -> dict[str, Any]:
@@ -172,8 +234,15 @@ class DatasetService:
                 ds.name = body["name"]
             if body.get("description") is not None:
                 ds.description = body["description"]
-            if body.get("permission") is not None:
-                ds.permission = body["permission"]
+            if body.get("permission") is not None or body.get("partial_member_list") is not None:
+                member = CONSOLE_MEMBER.get()
+                if member is not None and not member.sees_all and ds.created_by != member.account_id:
+                    raise forbidden("Only the dataset's creator, owners and admins can change who may use it.")
+                ds.permission = body.get("permission") or ds.permission
+                if ds.permission != "partial_members":
+                    await _set_members(s, ds, None)
+                elif body.get("partial_member_list") is not None:
+                    await _set_members(s, ds, member_ids(body["partial_member_list"]))
             technique = body.get("indexing_technique") or ds.indexing_technique
             if technique not in (None, *TECHNIQUES):
                 raise invalid("indexing_technique is invalid: choose high_quality or economy")
