@@ -84,9 +84,15 @@ async def _first_start_hint(stack, settings: Settings) -> None:
 
     if not await is_setup_done(stack.ctx.db):
         base = f"http://{settings.host}:{settings.port}"
+        init = ""
+        if settings.auth.init_password is not None:  # the setup call must first prove it (cookie jar: -b/-c)
+            init = (f"  curl -c jar -X POST {base}/console/api/init -H 'Content-Type: application/json' \\\n"
+                    "       -d '{\"password\":\"<PLEXUS_AUTH__INIT_PASSWORD>\"}'\n")
+        jar = "-b jar " if init else ""
         print(
             "No admin yet. Create the first account and workspace with:\n"
-            f"  curl -X POST {base}/console/api/setup -H 'Content-Type: application/json' \\\n"
+            f"{init}"
+            f"  curl {jar}-X POST {base}/console/api/setup -H 'Content-Type: application/json' \\\n"
             "       -d '{\"email\":\"you@example.com\",\"name\":\"You\",\"password\":\"a-strong-password\"}'\n"
             "or: plexus admin setup --email you@example.com --name You --password ...",
             flush=True,

@@ -41,6 +41,12 @@ class AuthSettings(BaseModel):
         "`example.com` when the console web app is on another subdomain"
     )
 
+    init_password: str | None = Field(
+        None, description="Dify's INIT_PASSWORD: when set, the first account can be created (POST /console/api/setup) "
+        "only after POST /console/api/init with this password, so nobody who reaches a fresh deployment first "
+        "claims it"
+    )
+
     @model_validator(mode="after")
     def _samesite_none_needs_secure(self) -> AuthSettings:
         if self.cookie_samesite == "none" and not self.cookie_secure:

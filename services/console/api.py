@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.requests import cookie_parser
 
-from services.console.auth import Auth, TokenPair
+from services.console.auth import INIT_PASS_SECONDS, Auth, TokenPair
 from services.console.service import (
     accounts,
     apps,
@@ -52,6 +52,7 @@ router = APIRouter(prefix="/console/api")
 # tokens in the body, cleared by /logout. A request signed in by cookie sends the CSRF token as X-CSRF-Token
 # with every method but these.
 ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE = "access_token", "refresh_token", "csrf_token"
+INIT_COOKIE = "init_validated"  # a right init password (POST /init), for POST /setup
 CSRF_HEADER = H_CSRF
 CSRF_INVALID = "CSRF token is missing or invalid."
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -260,6 +261,10 @@ SUCCESS = {"result": "success"}
 # ---- request bodies -------------------------------------------------------------------------------
 
 
+class InitBody(BaseModel):
+    password: Annotated[str, StringConstraints(max_length=256)]
+
+
 class SetupBody(BaseModel):
     email: Short
     name: Short
@@ -445,9 +450,27 @@ async def get_setup(ctx: Ctx) -> dict:
 
 
 @router.post("/setup", status_code=201)
-async def post_setup(ctx: Ctx, body: SetupBody) -> dict:
+async def post_setup(request: Request, ctx: Ctx, auth: AuthDep, body: SetupBody) -> dict:
     await accounts.setup_account(ctx.db, email=body.email, name=body.name, password=body.password,
-                                 plan=ctx.settings.default_plan)
+                                 plan=ctx.settings.default_plan, init_validated=accounts.init_validated(
+                                     auth, ctx.settings.auth.init_password, request.cookies.get(INIT_COOKIE)))
+    return SUCCESS
+
+
+@router.get("/init")
+async def get_init(request: Request, ctx: Ctx, auth: AuthDep) -> dict:
+    """Dify's init validation status: finished once set up, without an init password, or after a right one."""
+    done = await accounts.is_setup_done(ctx.db) or accounts.init_validated(
+        auth, ctx.settings.auth.init_password, request.cookies.get(INIT_COOKIE))
+    return {"status": "finished" if done else "not_started"}
+
+
+@router.post("/init", status_code=201)
+async def post_init(response: Response, ctx: Ctx, auth: AuthDep, body: InitBody) -> dict:
+    """The init password (``PLEXUS_AUTH__INIT_PASSWORD``), proven once: an HttpOnly cookie lets setup go on."""
+    value = await accounts.validate_init(ctx.db, auth, ctx.settings.auth.init_password, body.password)
+    if value is not None:
+        response.set_cookie(INIT_COOKIE, value, max_age=INIT_PASS_SECONDS, httponly=True, **_cookie_attrs(ctx))
     return SUCCESS
 
 

@@ -25,6 +25,7 @@ ACCESS = "access"
 REFRESH = "refresh"
 # domain separation: the CSRF key is derived from the secret key, so a CSRF tag is no other HMAC of the secret
 _CSRF_CONTEXT = b"plexus-console-csrf-v1"
+INIT_PASS_SECONDS = 3600  # how long a right init password lets this browser or client run the setup
 
 _hasher = PasswordHasher()
 # Verified against when the email is unknown, so a miss costs as much time as a wrong password.
@@ -90,6 +91,23 @@ class Tokens:
         never stored: the server recomputes it from the verified claims."""
         mac = hmac.new(self._csrf_key, f"{claims['sub']}:{claims['jti']}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def init_pass(self, password: str, now: int | None = None) -> str:
+        """The ``init_validated`` cookie's value after a right init password (Dify's session flag): its expiry and
+        an HMAC over it and the password, so it proves the password on any replica until then, and no longer
+        once the password changes."""
+        exp = (now or int(time.time())) + INIT_PASS_SECONDS
+        return f"{exp}.{self._init_mac(password, exp)}"
+
+    def check_init_pass(self, password: str, value: str | None) -> bool:
+        exp, _, mac = (value or "").partition(".")
+        if not exp.isdigit() or int(exp) < time.time():
+            return False
+        return hmac.compare_digest(self._init_mac(password, int(exp)).encode(), mac.encode("utf-8", "surrogatepass"))
+
+    def _init_mac(self, password: str, exp: int) -> str:
+        digest = hmac.new(self._csrf_key, f"init:{exp}:{password}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def check_csrf(self, claims: dict[str, Any], given: str | None) -> bool:
         """Whether ``given`` is the CSRF token of the access token ``claims`` (verified ones), in constant time."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from datetime import datetime, timedelta
 
@@ -70,15 +71,18 @@ async def is_setup_done(db: Database) -> bool:
     return await setup_status(db) is not None
 
 
-async def setup_account(db: Database, *, email: str, name: str, password: str, plan: str | None = None
-                        ) -> Account:
-    """Create the first account, its workspace and the owner membership, once."""
+async def setup_account(db: Database, *, email: str, name: str, password: str, plan: str | None = None,
+                        init_validated: bool = True) -> Account:
+    """Create the first account, its workspace and the owner membership, once. ``init_validated``: the caller
+    proved the init password, or none is set (the CLI's ``plexus admin setup`` needs none: it runs on the host)."""
     email, password = check_email(email), check_password(password)
     name = name.strip()
     if not 1 <= len(name) <= 255:
         raise invalid_param("name must be 1 to 255 characters.", params="name")
     if await is_setup_done(db):
         raise forbidden(ALREADY_SETUP)
+    if not init_validated:
+        raise ApiError(401, "not_init_validated", NOT_INIT_VALIDATED)
     password_hash = await hash_password(password)
     async with db.session() as s:
         account = Account(email=email, name=name, password_hash=password_hash)
@@ -92,6 +96,32 @@ async def setup_account(db: Database, *, email: str, name: str, password: str, p
             await s.rollback()
             raise forbidden(ALREADY_SETUP) from None
     return account
+
+
+# ---- init password (Dify's INIT_PASSWORD) -----------------------------------------------------------
+INIT_LIMIT_KEY = "init-password"  # wrong init passwords are counted like a sign-in's, under this name
+INIT_FAILED = "Init validation failed. Please check the password and try again."
+NOT_INIT_VALIDATED = ("Init validation has not been completed yet. Please proceed with the init validation "
+                      "process first.")
+
+
+async def validate_init(db: Database, auth: Auth, init_password: str | None, password: str) -> str | None:
+    """``POST /init``: the init cookie's value for the right password (None: no init password is set, there is
+    nothing to prove); 403 once set up, 401 ``init_validate_failed`` (counted, 429 when too many)."""
+    if await is_setup_done(db):
+        raise forbidden(ALREADY_SETUP)
+    if init_password is None:
+        return None
+    await check_attempt_limit(auth, INIT_LIMIT_KEY)
+    if not hmac.compare_digest(password.encode(), init_password.encode()):
+        await auth.limiter.failed(INIT_LIMIT_KEY)
+        raise ApiError(401, "init_validate_failed", INIT_FAILED)
+    return auth.tokens.init_pass(init_password)
+
+
+def init_validated(auth: Auth, init_password: str | None, cookie_value: str | None) -> bool:
+    """Whether setup may go on: no init password is set, or the caller proved it (the init cookie)."""
+    return init_password is None or auth.tokens.check_init_pass(init_password, cookie_value)
 
 
 # ---- sign-in ------------------------------------------------------------------------------------
