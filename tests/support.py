@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -58,6 +59,36 @@ async def console_admin(c: Any, email: str = "a@example.com", password: str = "p
         assert r.status_code == 201, r.text
     r = await c.post("/console/api/login", json={"email": email, "password": password})
     return {"Authorization": f"Bearer {r.json()['data']['access_token']}"}
+
+
+async def invite_member(c: Any, owner: dict[str, str], role: str, password: str = "member-pass-1"
+                        ) -> tuple[httpx.Response, str]:
+    """A new member of the owner's workspace with ``role``, invited and activated: the ``/activate`` response
+    (its tokens, and its cookies) and the member's email."""
+    email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
+    r = await c.post("/console/api/workspaces/current/members/invite-email", headers=owner,
+                     json={"emails": [email], "role": role, "language": "en-US"})
+    assert r.status_code == 201, r.text
+    (res,) = r.json()["invitation_results"]
+    r = await c.post("/console/api/activate", json={"token": res["token"], "email": email, "name": role.title(),
+                                                    "password": password})
+    assert r.status_code == 200, r.text
+    return r, email
+
+
+async def wait_indexed(c: Any, prefix: str, h: dict[str, str], ds: str, batch: str, timeout: float = 60.0
+                       ) -> list[dict[str, Any]]:
+    """The batch's indexing status once every document is completed or in error (``prefix``: /v1 for a dataset
+    key, /console/api for a member)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await c.get(f"{prefix}/datasets/{ds}/documents/{batch}/indexing-status", headers=h)
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        if all(d["indexing_status"] in ("completed", "error") for d in data):
+            return data
+        assert time.monotonic() < deadline, data
+        await asyncio.sleep(0.1)
 
 
 def envelope(r: httpx.Response, status: int, code: str) -> str:

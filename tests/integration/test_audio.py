@@ -19,7 +19,7 @@ from shared.settings import FilesSettings
 from tests import workflow_graphs as g
 from tests.conftest import LiveServer, live_fixture
 from tests.llm_server import ScriptedLLM, heard_text, speech_bytes
-from tests.support import bearer, envelope, new_app, new_app_key, scripted_owner
+from tests.support import bearer, envelope, invite_member, new_app, new_app_key, scripted_owner
 from tests.workflow_graphs import linear_llm
 
 MB = 1024 * 1024
@@ -88,14 +88,7 @@ async def env(astack: LiveServer, llm: ScriptedLLM) -> AsyncIterator[Env]:
 
 async def member(c: httpx.AsyncClient, owner: dict[str, str], role: str) -> dict[str, str]:
     """Bearer headers of a new member of the owner's workspace with ``role``."""
-    email = f"{role}-{uuid.uuid4().hex[:6]}@example.com"
-    r = await c.post("/console/api/workspaces/current/members/invite-email", headers=owner,
-                     json={"emails": [email], "role": role, "language": "en-US"})
-    assert r.status_code == 201, r.text
-    token = r.json()["invitation_results"][0]["token"]
-    r = await c.post("/console/api/activate", json={"token": token, "email": email, "name": role.title(),
-                                                    "password": f"{role}-pass-1"})
-    assert r.status_code == 200, r.text
+    r, _ = await invite_member(c, owner, role)
     return bearer(r.json()["data"]["access_token"])
 
 

@@ -31,7 +31,7 @@ import services.gateway as gateway_module
 from shared.settings import AuthSettings
 from tests.conftest import LiveServer, live_fixture
 from tests.integration.gateway_env import close_context, make_context
-from tests.support import bearer, console_admin, envelope, serve
+from tests.support import bearer, console_admin, envelope, invite_member, serve
 
 C = "/console/api"
 ACCESS_MINUTES, REFRESH_DAYS = 30, 7
@@ -107,13 +107,7 @@ class World:
 
     async def member(self, role: str = "editor") -> tuple[Session, str]:
         """A new member, invited and activated: its /activate session and email."""
-        email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
-        r = await self.c.post(f"{C}/workspaces/current/members/invite-email", headers=self.owner,
-                              json={"emails": [email], "role": role, "language": "en-US"})
-        assert r.status_code == 201, r.text
-        (res,) = r.json()["invitation_results"]
-        r = await self.c.post(f"{C}/activate", json={"token": res["token"], "email": email, "name": role,
-                                                     "password": PASSWORD})
+        r, email = await invite_member(self.c, self.owner, role, PASSWORD)
         return Session.of(r), email
 
     async def email_of(self, headers: dict[str, str]) -> str:

@@ -5,8 +5,6 @@ retrieval, ``use-check``; dataset permissions per member; errors in the envelope
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, live_fixture
-from tests.support import bearer, console_admin, envelope
+from tests.support import bearer, console_admin, envelope, invite_member, wait_indexed
 
 C = "/console/api"
 PASSWORD = "member-pass-1"
@@ -31,15 +29,8 @@ class Console:
         self.c, self.owner = c, owner
 
     async def member(self, role: str) -> tuple[dict[str, str], str]:
-        """A new member with ``role``, invited and activated: headers and account id."""
-        email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
-        r = await self.c.post(f"{C}/workspaces/current/members/invite-email", headers=self.owner,
-                              json={"emails": [email], "role": role, "language": "en-US"})
-        assert r.status_code == 201, r.text
-        (res,) = r.json()["invitation_results"]
-        r = await self.c.post(f"{C}/activate", json={"token": res["token"], "email": email, "name": role,
-                                                     "password": PASSWORD})
-        assert r.status_code == 200, r.text
+        """A new member with ``role``: headers and account id."""
+        r, _ = await invite_member(self.c, self.owner, role, PASSWORD)
         h = bearer(r.json()["data"]["access_token"])
         return h, (await self.c.get(f"{C}/account/profile", headers=h)).json()["id"]
 
@@ -55,16 +46,8 @@ class Console:
         assert r.status_code == 201, r.text
         return r.json()
 
-    async def wait(self, ds: str, batch: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = await self.c.get(f"{C}/datasets/{ds}/documents/{batch}/indexing-status", headers=self.owner)
-            assert r.status_code == 200, r.text
-            data = r.json()["data"]
-            if all(d["indexing_status"] in ("completed", "error") for d in data):
-                return data
-            assert time.monotonic() < deadline, data
-            await asyncio.sleep(0.1)
+    async def wait(self, ds: str, batch: str) -> list[dict[str, Any]]:
+        return await wait_indexed(self.c, C, self.owner, ds, batch)
 
 
 def source(*file_ids: str) -> dict[str, Any]:

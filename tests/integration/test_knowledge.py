@@ -18,7 +18,7 @@ import pytest
 
 from shared.settings import KnowledgeSettings
 from tests.conftest import LiveServer, live_fixture
-from tests.support import console_admin
+from tests.support import console_admin, wait_indexed
 
 MB = 1024 * 1024
 
@@ -55,15 +55,7 @@ class KB:
                                  files={"file": (filename, data)}, data={"data": orjson.dumps(meta).decode()})
 
     async def wait(self, ds: str, batch: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = await self.c.get(f"/v1/datasets/{ds}/documents/{batch}/indexing-status", headers=self.h)
-            assert r.status_code == 200, r.text
-            data = r.json()["data"]
-            if all(d["indexing_status"] in ("completed", "error") for d in data):
-                return data
-            assert time.monotonic() < deadline, data
-            await asyncio.sleep(0.1)
+        return await wait_indexed(self.c, "/v1", self.h, ds, batch, timeout)
 
     async def retrieve(self, ds: str, query: str, **rm: Any) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"query": query}
