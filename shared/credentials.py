@@ -1,38 +1,51 @@
-"""A workspace's provider credentials, decrypted for a call (the console stores them encrypted), and its default
-models (the console's ``/workspaces/current/default-model``), as the other services read them."""
+"""A workspace's provider credentials and models' own credentials, decrypted for a call (the console stores
+them encrypted), and its default models (the console's ``/workspaces/current/default-model``), as the other
+services read them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import structlog
-from sqlmodel import select
+from sqlalchemy import literal_column, union_all
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.crypto import decrypt_json
 from shared.knowledge.models import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PROVIDER
 from shared.llm import canonical_provider
-from shared.models import ProviderCredential, TenantDefaultModel
+from shared.models import ProviderCredential, ProviderModelCredential, TenantDefaultModel
 
 log = structlog.get_logger("plexus.credentials")
 
 
-async def provider_credentials(s: AsyncSession, secret_key: str | None, tenant_id: str, provider: str
-                               ) -> dict[str, Any] | None:
-    """The credentials saved for ``provider`` (or its canonical litellm name); None when there are none
-    or they cannot be decrypted (a rotated secret key or a corrupt row: the provider is not usable)."""
+async def provider_credentials(s: AsyncSession, secret_key: str | None, tenant_id: str, provider: str,
+                               model: str | None = None, model_type: str = "llm") -> dict[str, Any] | None:
+    """The credentials a call to ``model`` (of ``model_type``) of ``provider`` uses, decrypted: the model's
+    own (saved with ``POST …/model-providers/{provider}/models``) when it has them, else the provider's; under
+    each, the exact provider name wins over its canonical litellm name. One query reads both kinds. None when
+    there are none or the winning row cannot be decrypted (a rotated secret key or a corrupt row: not
+    usable)."""
     names = {provider, canonical_provider(provider)}
-    rows = (await s.exec(
-        select(ProviderCredential.provider, ProviderCredential.encrypted_credentials).where(
-            ProviderCredential.tenant_id == tenant_id, ProviderCredential.provider.in_(names))
-    )).all()
+    # own: 1 for the model's row, 0 for the provider's (SQL constants, no parameters in the select list)
+    query: Any = select(ProviderCredential.provider, literal_column("0").label("own"),
+                        ProviderCredential.encrypted_credentials).where(
+        ProviderCredential.tenant_id == tenant_id, col(ProviderCredential.provider).in_(names))
+    if model:
+        query = union_all(query, select(
+            ProviderModelCredential.provider, literal_column("1").label("own"),
+            ProviderModelCredential.encrypted_credentials).where(
+            ProviderModelCredential.tenant_id == tenant_id, col(ProviderModelCredential.provider).in_(names),
+            ProviderModelCredential.model == model, ProviderModelCredential.model_type == model_type))
+    rows = (await s.execute(query)).all()
     if not rows or not secret_key:
         return None
-    rows = sorted(rows, key=lambda r: r[0] != provider)  # the exact provider name wins over its alias
+    best = min(rows, key=lambda r: (not r[1], r[0] != provider))  # the model's own, then the exact name
     try:
-        return decrypt_json(secret_key, rows[0][1])
+        return decrypt_json(secret_key, best[2])
     except Exception:  # noqa: BLE001
-        log.warning("provider_credentials_undecryptable", tenant_id=tenant_id, provider=provider)
+        log.warning("provider_credentials_undecryptable", tenant_id=tenant_id, provider=provider,
+                    model=model if best[1] else None)
         return None
 
 
@@ -43,25 +56,43 @@ async def default_model(s: AsyncSession, tenant_id: str, model_type: str) -> tup
     return (row[0], row[1]) if row is not None else None
 
 
-def _model_entry(provider: str, label: str, model: str, model_type: str, **props: Any) -> dict[str, Any]:
-    return {"provider": provider, "label": {"en_US": label}, "icon_small": None, "icon_large": None,
-            "status": "active",
-            "models": [{"model": model, "label": {"en_US": model}, "model_type": model_type, "features": [],
-                        "fetch_from": "predefined-model", "model_properties": props, "deprecated": False,
-                        "status": "active", "load_balancing_enabled": False}]}
+def _add_model(data: dict[str, dict[str, Any]], provider: str, label: str, model: str, model_type: str,
+               fetch_from: str = "predefined-model", **props: Any) -> None:
+    entry = data.setdefault(provider, {"provider": provider, "label": {"en_US": label}, "icon_small": None,
+                                       "icon_large": None, "status": "active", "models": []})
+    entry["models"].append({"model": model, "label": {"en_US": model}, "model_type": model_type,
+                            "features": [], "fetch_from": fetch_from, "model_properties": props,
+                            "deprecated": False, "status": "active", "load_balancing_enabled": False})
 
 
 async def models_of_type(s: AsyncSession, secret_key: str | None, tenant_id: str, model_type: str
                          ) -> list[dict[str, Any]]:
     """``GET …/workspaces/current/models/model-types/{type}`` (the console's, and the knowledge API's for dataset
-    keys): the workspace's default model of that type when its provider has credentials, and for
-    ``text-embedding`` the built-in model, which needs none."""
-    data = []
+    keys), one entry per provider: the workspace's default model of that type when it has credentials (its
+    own or its provider's), then the models of that type with their own credentials ("customizable-model"),
+    and for ``text-embedding`` the built-in model, which needs none."""
+    data: dict[str, dict[str, Any]] = {}
     default = await default_model(s, tenant_id, model_type)
-    if default is not None and default[0] != LOCAL_EMBEDDING_PROVIDER \
-            and await provider_credentials(s, secret_key, tenant_id, default[0]) is not None:
-        data.append(_model_entry(default[0], default[0], default[1], model_type))
+    if default is not None and default[0] != LOCAL_EMBEDDING_PROVIDER and await provider_credentials(
+            s, secret_key, tenant_id, default[0], default[1], model_type) is not None:
+        _add_model(data, default[0], default[0], default[1], model_type)
+    own = (await s.exec(select(ProviderModelCredential).where(
+        ProviderModelCredential.tenant_id == tenant_id, ProviderModelCredential.model_type == model_type)
+        .order_by(col(ProviderModelCredential.provider), col(ProviderModelCredential.model)))).all()
+    for row in own:
+        if default is not None and (row.provider, row.model) == default:
+            continue
+        if secret_key and _decrypts(secret_key, row.encrypted_credentials):
+            _add_model(data, row.provider, row.provider, row.model, model_type, "customizable-model")
     if model_type == "text-embedding":
-        data.append(_model_entry(LOCAL_EMBEDDING_PROVIDER, "Plexus built-in", LOCAL_EMBEDDING_MODEL, model_type,
-                                 context_size=256))
-    return data
+        _add_model(data, LOCAL_EMBEDDING_PROVIDER, "Plexus built-in", LOCAL_EMBEDDING_MODEL, model_type,
+                   context_size=256)
+    return list(data.values())
+
+
+def _decrypts(secret_key: str, blob: str) -> bool:
+    try:
+        decrypt_json(secret_key, blob)
+    except Exception:  # noqa: BLE001 - undecryptable: the model is not usable
+        return False
+    return True

@@ -7,7 +7,10 @@ wire protocol at a custom ``api_base``.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
+import wave
 from typing import Any
 
 # litellm and the Hugging Face hub read these at import: offline and quiet (see the offline stack notes)
@@ -97,16 +100,41 @@ def call_kwargs(provider: str, model: str, credentials: dict[str, Any]) -> dict[
     return kwargs
 
 
+def _silence_wav() -> bytes:
+    """A tenth of a second of silence: what a speech2text model transcribes to check its credentials."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 800)
+    return out.getvalue()
+
+
 async def validate_credentials(provider: str, credentials: dict[str, Any], model: str | None = None,
-                               timeout: float = 20.0) -> None:
-    """Make one real, tiny call; raises the provider's error when the credentials do not work."""
+                               timeout: float = 20.0, model_type: str = "llm") -> None:
+    """Make one real, tiny call of the model's kind (``model_type``: a chat completion for "llm", else an
+    embedding, rerank, moderation, speech or transcription); raises the provider's error when the credentials
+    do not work."""
     name = model or credentials.get("validate_model") or VALIDATION_MODELS.get(canonical_provider(provider))
-    if not name:
+    if not name or (model_type != "llm" and not model):
         raise ValueError("name a model to validate these credentials with (field 'model')")
-    await litellm().acompletion(
-        **call_kwargs(provider, name, credentials),
-        messages=[{"role": "user", "content": "ping"}],
-        max_tokens=1,
-        timeout=timeout,
-        num_retries=0,
-    )
+    kwargs = call_kwargs(provider, name, credentials)
+    lm = litellm()
+    if model_type == "llm":
+        await lm.acompletion(**kwargs, messages=[{"role": "user", "content": "ping"}], max_tokens=1,
+                             timeout=timeout, num_retries=0)
+        return
+    async with asyncio.timeout(timeout):
+        if model_type == "text-embedding":
+            await lm.aembedding(**kwargs, input=["ping"], num_retries=0)
+        elif model_type == "rerank":
+            await lm.arerank(**kwargs, query="ping", documents=["ping"], top_n=1)
+        elif model_type == "moderation":
+            await lm.amoderation(input="ping", **kwargs)
+        elif model_type == "tts":
+            await lm.aspeech(**kwargs, input="ping", voice="alloy", max_retries=0)
+        elif model_type == "speech2text":
+            await lm.atranscription(**kwargs, file=("ping.wav", _silence_wav()), max_retries=0)
+        else:
+            raise ValueError(f"unknown model type '{model_type}'")

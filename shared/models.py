@@ -3,7 +3,7 @@
 console owns: setups, tenants, accounts, tenant_members, apps, app_model_configs, api_tokens, provider_credentials,
 app_dataset_joins, tool_providers (the tools service and the runtime read them), workflows (drafts and published
 versions; the runtime reads them), tenant_default_models, api_based_extensions (the runtime reads them),
-app_imports.
+app_imports, provider_model_credentials (the runtime and the indexer read them, as provider_credentials).
 runtime owns: end_users, conversations, messages, message_feedbacks, message_files, workflow_runs,
 workflow_node_executions, conversation_variables, message_annotations, app_annotation_settings.
 indexer owns (its /v1/datasets knowledge API writes them): datasets, dataset_permissions, upload_files, documents,
@@ -212,6 +212,24 @@ class ProviderCredential(SQLModel, table=True):
     tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
     provider: str = Field(max_length=64)
     encrypted_credentials: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ProviderModelCredential(SQLModel, table=True):
+    """One model's own credentials (Dify's "Add model" on a provider), encrypted like the provider's: a call
+    to that model uses them instead of the provider's (shared/credentials.py)."""
+
+    __tablename__ = "provider_model_credentials"
+    __table_args__ = (UniqueConstraint("tenant_id", "provider", "model", "model_type",
+                                       name="uq_provider_model_tenant"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
+    provider: str = Field(max_length=64)
+    model: str = Field(max_length=255)
+    model_type: str = Field(max_length=32)  # llm | text-embedding | rerank | speech2text | tts | moderation
+    encrypted_credentials: str = Field(sa_column=Column(Text, nullable=False))
+    created_by: str | None = Field(default=None, max_length=36)  # the account (or admin key) that saved them
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

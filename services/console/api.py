@@ -147,6 +147,12 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/workspaces/current/model-providers/{provider:path}/credentials/validate"): (A, "providers:write"),
     ("POST", "/workspaces/current/model-providers/{provider:path}/credentials"): (A, "providers:write"),
     ("DELETE", "/workspaces/current/model-providers/{provider:path}/credentials"): (A, "providers:write"),
+    ("GET", "/workspaces/current/model-providers/{provider:path}/models"): (N, "providers:read"),
+    ("GET", "/workspaces/current/model-providers/{provider:path}/models/credentials"): (N, "providers:read"),
+    ("POST", "/workspaces/current/model-providers/{provider:path}/models/credentials/validate"):
+        (A, "providers:write"),
+    ("POST", "/workspaces/current/model-providers/{provider:path}/models"): (A, "providers:write"),
+    ("DELETE", "/workspaces/current/model-providers/{provider:path}/models"): (A, "providers:write"),
     ("GET", "/workspaces/current/default-model"): (N, "providers:read"),
     ("POST", "/workspaces/current/default-model"): (A, "providers:write"),
     ("GET", "/workspaces/current/models/model-types/{model_type}"): (N, "providers:read"),
@@ -336,6 +342,15 @@ class CredentialsBody(BaseModel):
 
 class ValidateBody(CredentialsBody):
     model: Short | None = None
+
+
+class ModelBody(BaseModel):
+    model: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+    model_type: Short  # checked by the service (400 invalid_param naming the six types)
+
+
+class ModelCredentialsBody(ModelBody):
+    credentials: dict[str, Any]
 
 
 class DefaultModelBody(BaseModel):
@@ -857,6 +872,48 @@ async def set_plan(ctx: Ctx, caller: Caller, body: Annotated[dict[str, Any], Bod
 
 
 # ---- model providers (provider may be a plugin id with slashes, e.g. langgenius/openai/openai) ------
+
+# A model's own credentials. Declared before the provider's routes: their {provider:path} would take
+# ".../openai/models/credentials/validate" for the credentials of a provider "openai/models".
+MODELS = "/workspaces/current/model-providers/{provider:path}/models"
+
+
+@router.get(MODELS)
+async def list_provider_models(ctx: Ctx, caller: Caller, provider: str) -> dict:
+    return {"data": [{"model": v.model, "label": {"en_US": v.model}, "model_type": v.model_type,
+                      "fetch_from": "customizable-model", "status": "active", "model_properties": {},
+                      "deprecated": False, "load_balancing_enabled": False, "features": []}
+                     for v in await providers.list_models(ctx, caller, provider)]}
+
+
+@router.get(MODELS + "/credentials")
+async def get_model_credentials(ctx: Ctx, caller: Caller, provider: str,
+                                model: Annotated[str, Query(max_length=255)],
+                                model_type: Annotated[str, Query(max_length=32)]) -> dict:
+    creds = await providers.model_credentials(ctx, caller, provider, model.strip(), model_type)
+    return {"credentials": creds}
+
+
+@router.post(MODELS + "/credentials/validate")
+async def validate_model_credentials(ctx: Ctx, caller: Caller, provider: str, body: ModelCredentialsBody
+                                     ) -> dict:
+    error = await providers.validate_model_credentials(ctx, caller, provider, body.model, body.model_type,
+                                                       body.credentials)
+    return SUCCESS if error is None else {"result": "error", "error": error}
+
+
+@router.post(MODELS)
+async def save_model_credentials(ctx: Ctx, caller: Caller, provider: str, body: ModelCredentialsBody
+                                 ) -> dict:
+    await providers.save_model_credentials(ctx, caller, provider, body.model, body.model_type,
+                                           body.credentials)
+    return SUCCESS
+
+
+@router.delete(MODELS, status_code=204)
+async def delete_model_credentials(ctx: Ctx, caller: Caller, provider: str, body: ModelBody) -> Response:
+    await providers.delete_model_credentials(ctx, caller, provider, body.model, body.model_type)
+    return Response(status_code=204)
 
 
 @router.get("/workspaces/current/model-providers")

@@ -1,8 +1,9 @@
 """A workspace's default model per model type (Dify's ``/workspaces/current/default-model``): the model the
 API uses where a request names none, e.g. speech2text and tts for the app audio endpoints (docs/audio.md).
 
-A default is set only for a provider the workspace has saved credentials for. The runtime reads the default
-per audio request (no cache to drop), so a change here is in force on every replica at once.
+A default is set only for a model the workspace has saved credentials for (its own or its provider's). The
+runtime reads the default per audio request (no cache to drop), so a change here is in force on every replica
+at once.
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ async def set_defaults(ctx: Context, p: Principal, model_settings: Any) -> None:
             raise invalid_param(f"Unknown model provider '{provider}'.", params="provider")
         wanted[model_type] = (provider, model) if provider else None
     async with ctx.db.session() as s:
-        for provider in {w[0] for w in wanted.values() if w is not None}:
-            if await provider_credentials(s, ctx.settings.secret_key, p.tenant_id, provider) is None:
-                raise invalid_param(f"The workspace has no credentials for model provider '{provider}'; save them "
-                                    "under Settings -> Model Provider first.", params="provider")
+        for model_type, chosen in wanted.items():  # usable with the model's own credentials or its provider's
+            if chosen is not None and await provider_credentials(s, ctx.settings.secret_key, p.tenant_id,
+                                                                 chosen[0], chosen[1], model_type) is None:
+                raise invalid_param(f"The workspace has no credentials for model provider '{chosen[0]}' "
+                                    f"nor for its model '{chosen[1]}'; save them under Settings -> Model "
+                                    "Provider first.", params="provider")
     for attempt in range(2):  # a concurrent first save makes the insert fail once; the retry updates
         async with ctx.db.session() as s:
             for model_type, chosen in wanted.items():

@@ -1,4 +1,6 @@
-"""Model-provider credentials of a workspace: stored encrypted, shown masked, checked with a real call."""
+"""Model-provider credentials of a workspace, and models' own credentials (Dify's "Add model" on a provider,
+which a call to that model uses instead of the provider's): stored encrypted, shown masked, checked with a
+real call."""
 
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.console.service.common import Principal, publish_change
+from services.console.service.default_models import check_model_type
 from shared import llm
 from shared.context import Context
 from shared.crypto import decrypt_json, encrypt_json
-from shared.errors import invalid_param
-from shared.models import ProviderCredential, utcnow
+from shared.errors import ApiError, invalid_param, not_found
+from shared.models import ProviderCredential, ProviderModelCredential, utcnow
 
 log = structlog.get_logger("plexus.console.providers")
 
@@ -33,6 +36,13 @@ class ProviderView:
     provider: str
     credentials: dict[str, Any]  # masked
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    model: str
+    model_type: str
+    credentials: dict[str, Any]  # masked
 
 
 def mask(value: Any) -> Any:
@@ -61,7 +71,7 @@ def _check_provider(provider: str) -> None:
         raise invalid_param(f"Unknown model provider '{provider}'.", params="provider")
 
 
-def _decrypt(ctx: Context, row: ProviderCredential) -> dict[str, Any] | None:
+def _decrypt(ctx: Context, row: ProviderCredential | ProviderModelCredential) -> dict[str, Any] | None:
     try:
         return decrypt_json(ctx.settings.secret_key, row.encrypted_credentials)
     except InvalidToken:  # encrypted under an earlier secret key: treat as absent
@@ -120,17 +130,128 @@ async def delete_credentials(ctx: Context, p: Principal, provider: str) -> None:
     await publish_change(ctx.bus, "provider", p.tenant_id, provider=provider)
 
 
+async def _test_call(provider: str, creds: dict[str, Any], model: str | None, model_type: str = "llm"
+                     ) -> str | None:
+    """One real call with these credentials; the provider's error message, or None when they work."""
+    # the first litellm import takes seconds: do it off the event loop, which serves every service
+    await asyncio.to_thread(llm.litellm)
+    try:
+        await llm.validate_credentials(provider, creds, model, model_type=model_type)
+    except Exception as e:  # noqa: BLE001 - any failure is the answer, reported like Dify (HTTP 200)
+        log.info("provider_credentials_invalid", provider=provider, model_type=model_type,
+                 error_type=type(e).__name__)
+        return str(e) or type(e).__name__
+    return None
+
+
 async def validate_credentials(ctx: Context, p: Principal, provider: str, credentials: dict[str, Any],
                                model: str | None) -> str | None:
     """One real call with these credentials; the provider's error message, or None when they work."""
     _check_provider(provider)
     row = await _stored(ctx, p.tenant_id, provider)
     creds = merge_hidden(credentials, _decrypt(ctx, row) if row else None)
-    # the first litellm import takes seconds: do it off the event loop, which serves every service
-    await asyncio.to_thread(llm.litellm)
-    try:
-        await llm.validate_credentials(provider, creds, model)
-    except Exception as e:  # noqa: BLE001 - any failure is the answer, reported like Dify (HTTP 200)
-        log.info("provider_credentials_invalid", provider=provider, error_type=type(e).__name__)
-        return str(e) or type(e).__name__
-    return None
+    return await _test_call(provider, creds, model)
+
+
+# ---- a model's own credentials (POST|DELETE|GET …/model-providers/{provider}/models) -----------------
+
+
+def _check_model(provider: str, model: str, model_type: str) -> None:
+    _check_provider(provider)
+    check_model_type(model_type)
+    if not model:
+        raise invalid_param("model is required.", params="model")
+
+
+def _no_model_credentials(provider: str, model: str, model_type: str) -> ApiError:
+    return not_found(f"Model '{model}' ({model_type}) of provider '{provider}' has no credentials of its "
+                     "own.")
+
+
+async def _model_row(s: AsyncSession, tenant_id: str, provider: str, model: str, model_type: str
+                     ) -> ProviderModelCredential | None:
+    return (await s.exec(select(ProviderModelCredential).where(
+        ProviderModelCredential.tenant_id == tenant_id, ProviderModelCredential.provider == provider,
+        ProviderModelCredential.model == model, ProviderModelCredential.model_type == model_type))).first()
+
+
+async def _model_creds(ctx: Context, tenant_id: str, provider: str, model: str, model_type: str,
+                       credentials: dict[str, Any]) -> dict[str, Any]:
+    """``credentials`` with the model's stored secrets where the client sent them back masked."""
+    async with ctx.db.session() as s:
+        row = await _model_row(s, tenant_id, provider, model, model_type)
+    return merge_hidden(credentials, _decrypt(ctx, row) if row else None)
+
+
+async def list_models(ctx: Context, p: Principal, provider: str) -> list[ModelView]:
+    """The provider's models that have their own credentials."""
+    _check_provider(provider)
+    async with ctx.db.session() as s:
+        rows = list(await s.exec(select(ProviderModelCredential).where(
+            ProviderModelCredential.tenant_id == p.tenant_id, ProviderModelCredential.provider == provider)
+            .order_by(col(ProviderModelCredential.model_type), col(ProviderModelCredential.model))))
+    return [ModelView(r.model, r.model_type, mask_credentials(_decrypt(ctx, r) or {})) for r in rows]
+
+
+async def model_credentials(ctx: Context, p: Principal, provider: str, model: str, model_type: str
+                            ) -> dict[str, Any]:
+    """The model's own credentials, masked; 404 when it has none."""
+    _check_model(provider, model, model_type)
+    async with ctx.db.session() as s:
+        row = await _model_row(s, p.tenant_id, provider, model, model_type)
+    if row is None:
+        raise _no_model_credentials(provider, model, model_type)
+    return mask_credentials(_decrypt(ctx, row) or {})
+
+
+async def validate_model_credentials(ctx: Context, p: Principal, provider: str, model: str, model_type: str,
+                                     credentials: dict[str, Any]) -> str | None:
+    """One real call to the model with these credentials; the provider's error message, or None."""
+    _check_model(provider, model, model_type)
+    creds = await _model_creds(ctx, p.tenant_id, provider, model, model_type, credentials)
+    return await _test_call(provider, creds, model, model_type)
+
+
+async def save_model_credentials(ctx: Context, p: Principal, provider: str, model: str, model_type: str,
+                                 credentials: dict[str, Any]) -> None:
+    """Check the credentials with a real call to the model (400 with the provider's error, nothing stored),
+    then store them as the model's own."""
+    _check_model(provider, model, model_type)
+    creds = await _model_creds(ctx, p.tenant_id, provider, model, model_type, credentials)
+    error = await _test_call(provider, creds, model, model_type)
+    if error is not None:
+        raise invalid_param(error, params="credentials")
+    blob = encrypt_json(ctx.settings.secret_key, creds)
+    for attempt in range(2):  # upsert; a concurrent first save makes the insert fail once, then we update
+        async with ctx.db.session() as s:
+            row = await _model_row(s, p.tenant_id, provider, model, model_type)
+            if row is None:
+                s.add(ProviderModelCredential(tenant_id=p.tenant_id, provider=provider, model=model,
+                                              model_type=model_type, encrypted_credentials=blob,
+                                              created_by=p.key_id or p.account_id))
+            else:
+                row.encrypted_credentials = blob
+                row.updated_at = utcnow()
+            try:
+                await s.commit()
+                break
+            except IntegrityError:
+                await s.rollback()
+                if attempt:
+                    raise
+    await publish_change(ctx.bus, "provider", p.tenant_id, provider=provider, model=model,
+                         model_type=model_type)
+
+
+async def delete_model_credentials(ctx: Context, p: Principal, provider: str, model: str, model_type: str
+                                   ) -> None:
+    """Remove the model's own credentials (it uses the provider's again); 404 when it has none."""
+    _check_model(provider, model, model_type)
+    async with ctx.db.session() as s:
+        row = await _model_row(s, p.tenant_id, provider, model, model_type)
+        if row is None:
+            raise _no_model_credentials(provider, model, model_type)
+        await s.delete(row)
+        await s.commit()
+    await publish_change(ctx.bus, "provider", p.tenant_id, provider=provider, model=model,
+                         model_type=model_type)

@@ -35,7 +35,8 @@ class Knowledge:
         """The embedding model a high-quality dataset uses; the built-in one needs no credentials."""
         if not provider or provider == LOCAL_EMBEDDING_PROVIDER:
             return local_embedder()
-        creds = await provider_credentials(s, self.ctx.settings.secret_key, tenant_id, provider)
+        creds = await provider_credentials(s, self.ctx.settings.secret_key, tenant_id, provider, model,
+                                           "text-embedding")
         if creds is None:
             raise provider_not_initialize(f"(provider '{provider}')")
         digest = hashlib.sha256(orjson.dumps(creds, option=orjson.OPT_SORT_KEYS)).hexdigest()

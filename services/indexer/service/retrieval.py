@@ -161,7 +161,7 @@ class RetrievalService:
         assert m is not None
         async with self.kn.db.session() as s:
             creds = await provider_credentials(s, self.kn.ctx.settings.secret_key, tenant_id,
-                                               m.reranking_provider_name)
+                                               m.reranking_provider_name, m.reranking_model_name, "rerank")
             rows = dict((await s.exec(select(DocumentSegment.id, DocumentSegment.content).where(
                 col(DocumentSegment.id).in_([x.segment_id for x in scored])))).all())
         if creds is None:

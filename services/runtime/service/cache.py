@@ -208,7 +208,8 @@ class AppCache:
         return Variant(config_id, config, binding, agent)
 
     async def _bind(self, s: AsyncSession, tenant_id: str, config: ModelConfig) -> ModelBinding | None:
-        credentials = await provider_credentials(s, self.secret_key, tenant_id, config.model.provider)
+        credentials = await provider_credentials(s, self.secret_key, tenant_id, config.model.provider,
+                                                 config.model.name)
         if credentials is None:
             return None
         return bind_model(config.model.provider, config.model.name, credentials, config.model.completion_params)

@@ -52,11 +52,13 @@ class HelperModel:
         self.rt = rt
         self._titles: set[asyncio.Task] = set()
 
-    async def bind(self, tenant_id: str, provider: str, model: str,
-                   params: dict[str, Any] | None = None) -> llm.ModelBinding | None:
-        """``model`` of ``provider`` with the workspace's credentials; None when it has none for it."""
+    async def bind(self, tenant_id: str, provider: str, model: str, params: dict[str, Any] | None = None,
+                   model_type: str = "llm") -> llm.ModelBinding | None:
+        """``model`` of ``provider`` with the workspace's credentials (the model's own, else the provider's);
+        None when it has none for it."""
         async with self.rt.db.session() as s:
-            creds = await provider_credentials(s, self.rt.ctx.settings.secret_key, tenant_id, provider)
+            creds = await provider_credentials(s, self.rt.ctx.settings.secret_key, tenant_id, provider, model,
+                                               model_type)
         return llm.bind_model(provider, model, creds, params or {}) if creds is not None else None
 
     async def default_binding(self, tenant_id: str, model_type: str) -> llm.ModelBinding | None:
@@ -66,7 +68,7 @@ class HelperModel:
             row = await default_model(s, tenant_id, model_type)
         if row is None:
             return None
-        binding = await self.bind(tenant_id, row[0], row[1])
+        binding = await self.bind(tenant_id, row[0], row[1], model_type=model_type)
         if binding is None:
             raise provider_not_initialize()
         return binding

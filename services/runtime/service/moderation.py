@@ -415,7 +415,8 @@ class ModerationService:
             creds = found.get(s.api_based_extension_id)
         elif swa.type != "keywords":
             async with self.ctx.db.session() as session:
-                creds = await provider_credentials(session, self.ctx.settings.secret_key, app.tenant_id, s.provider)
+                creds = await provider_credentials(session, self.ctx.settings.secret_key, app.tenant_id,
+                                                   s.provider, s.model, "moderation")
         if creds is not None:
             fingerprint = hashlib.sha256(orjson.dumps(creds, option=orjson.OPT_SORT_KEYS)).hexdigest()
         digest = _digest(swa)

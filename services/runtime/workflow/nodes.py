@@ -48,7 +48,8 @@ class RunServices:
         found = self.bindings.get(key)
         if found is None:
             async with self.ctx.db.session() as s:
-                creds = await provider_credentials(s, self.ctx.settings.secret_key, self.tenant_id, provider)
+                creds = await provider_credentials(s, self.ctx.settings.secret_key, self.tenant_id, provider,
+                                                   name)
             if creds is None:
                 raise NodeError(f"Provider {provider} credentials are not initialized (model {name}).")
             found = self.bindings[key] = llm.bind_model(provider, name, creds, params)
