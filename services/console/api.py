@@ -918,8 +918,9 @@ async def delete_model_credentials(ctx: Ctx, caller: Caller, provider: str, body
 
 @router.get("/workspaces/current/model-providers")
 async def list_providers(ctx: Ctx, caller: Caller) -> dict:
-    return {"data": [{"provider": v.provider, "has_credentials": True, "credentials": v.credentials,
-                      "updated_at": ts(v.updated_at)} for v in await providers.list_providers(ctx, caller)]}
+    return {"data": [{"provider": v.provider, "has_credentials": v.has_credentials, "credentials": v.credentials,
+                      "models": list(v.models), "updated_at": ts(v.updated_at)}
+                     for v in await providers.list_providers(ctx, caller)]}
 
 
 @router.post("/workspaces/current/model-providers/{provider:path}/credentials/validate")

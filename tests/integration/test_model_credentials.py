@@ -154,6 +154,10 @@ async def test_own_credentials_need_no_provider_credentials(c: httpx.AsyncClient
     r = await c.post(f"{P}/openai/models", headers=owner, json=body(own, second))
     assert r.status_code == 200, r.text
     try:
+        # the provider is listed now: without credentials of its own, with the model that has them
+        listed = {p["provider"]: p for p in (await c.get(P, headers=owner)).json()["data"]}
+        assert listed["openai"]["has_credentials"] is False and listed["openai"]["credentials"] == {}
+        assert {"model": own, "model_type": "llm"} in listed["openai"]["models"]
         apps = Apps(c, owner, prefix="own-only")
         _, k = await apps.create("chat", config(own, "openai"))
         q = uniq("own-only")

@@ -34,8 +34,10 @@ HIDDEN = "[__HIDDEN__]"  # what Dify's web UI sends for a secret the user did no
 @dataclass(frozen=True, slots=True)
 class ProviderView:
     provider: str
-    credentials: dict[str, Any]  # masked
-    updated_at: datetime
+    credentials: dict[str, Any]  # masked; {} when only some of its models have credentials of their own
+    updated_at: datetime | None
+    has_credentials: bool = True  # provider-level credentials
+    models: tuple[dict[str, str], ...] = ()  # {model, model_type} of its models with their own credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +92,21 @@ async def _stored(ctx: Context, tenant_id: str, provider: str) -> ProviderCreden
 
 
 async def list_providers(ctx: Context, p: Principal) -> list[ProviderView]:
+    """Every provider with credentials: its own, or only some of its models' (listed in ``models``)."""
     async with ctx.db.session() as s:
-        rows = list(await s.exec(select(ProviderCredential).where(ProviderCredential.tenant_id == p.tenant_id)
-                                 .order_by(col(ProviderCredential.provider))))
-    return [ProviderView(r.provider, mask_credentials(_decrypt(ctx, r) or {}), r.updated_at) for r in rows]
+        rows = list(await s.exec(select(ProviderCredential).where(ProviderCredential.tenant_id == p.tenant_id)))
+        own = list(await s.exec(
+            select(ProviderModelCredential.provider, ProviderModelCredential.model, ProviderModelCredential.model_type)
+            .where(ProviderModelCredential.tenant_id == p.tenant_id)
+            .order_by(col(ProviderModelCredential.model), col(ProviderModelCredential.model_type))))
+    models: dict[str, list[dict[str, str]]] = {}
+    for provider, model, model_type in own:
+        models.setdefault(provider, []).append({"model": model, "model_type": model_type})
+    views = {r.provider: ProviderView(r.provider, mask_credentials(_decrypt(ctx, r) or {}), r.updated_at,
+                                      models=tuple(models.get(r.provider, ()))) for r in rows}
+    for provider, listed in models.items():
+        views.setdefault(provider, ProviderView(provider, {}, None, has_credentials=False, models=tuple(listed)))
+    return [views[k] for k in sorted(views)]
 
 
 async def save_credentials(ctx: Context, p: Principal, provider: str, credentials: dict[str, Any]) -> None:
