@@ -3,8 +3,8 @@ is also read aloud as it is written, in ``tts_message`` events (base64 audio of 
 ended by ``tts_message_end`` (reference §3.3).
 
 The answer's text is cut at sentence ends as it arrives; one reader per run turns what has gathered into audio,
-one provider call at a time, so a fast answer makes few, longer calls and a slow one starts speaking after its
-first sentence. As in Dify, the audio still being made when the answer ends follows ``message_end``, and
+one provider call at a time (at most PIECE_CHARS each), so a fast answer makes few, longer calls and a slow one
+starts speaking after its first sentence. As in Dify, the audio still being made when the answer ends follows ``message_end``, and
 ``tts_message_end`` comes last. Only text the client was sent is read: a flagged answer's replacement takes
 the place of what was not read yet. A provider failure ends the audio (logged); the answer is not affected.
 """
@@ -20,11 +20,14 @@ from typing import Any
 import orjson
 import structlog
 
-from services.runtime.service.audio import SENTENCE_END, TTS_MAX_CHARS, TTS_MAX_TOTAL_CHARS, speech_pieces
+from services.runtime.service.audio import SENTENCE_END, TTS_MAX_TOTAL_CHARS, speech_pieces
 
 log = structlog.get_logger("plexus.runtime.autoplay")
 
 MIN_SENTENCE_CHARS = 20  # shorter cuts wait for more text: "Dr." or "1." alone are not worth a call
+# text per provider call: about a minute of speech, whose MP3 in base64 stays well under NATS's 1 MB message
+# limit (the event log keeps every event) and plays while the next piece is made
+PIECE_CHARS = 1000
 Emit = Callable[[bytes], Awaitable[None]]
 
 
@@ -88,17 +91,17 @@ class AutoPlay:
         self._wake.set()
 
     def _take(self) -> str:
-        """The sentences gathered so far, joined up to one provider call's limit (a longer one: its first piece,
-        the rest stays first in line)."""
+        """The sentences gathered so far, joined up to PIECE_CHARS (a longer one: its first piece, the rest stays
+        first in line)."""
         parts: list[str] = []
         size = 0
-        while self._ready and size + len(self._ready[0]) + len(parts) <= TTS_MAX_CHARS:
+        while self._ready and size + len(self._ready[0]) + len(parts) <= PIECE_CHARS:
             text = self._ready.pop(0)
             parts.append(text)
             size += len(text)
         if parts:
             return " ".join(parts)
-        first, *rest = speech_pieces(self._ready.pop(0))
+        first, *rest = speech_pieces(self._ready.pop(0), PIECE_CHARS)
         self._ready[0:0] = rest
         return first
 
