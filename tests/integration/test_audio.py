@@ -506,6 +506,19 @@ async def test_auto_play_failures_and_limits(env: Env) -> None:
     assert not [e for e in events if e["event"].startswith("tts")] and events[-1]["event"] == "message_end"
 
 
+async def test_auto_play_reads_direct_answers(env: Env) -> None:
+    """An answer given without the model (here an input moderation preset) is read too, after message_end."""
+    swa = {"enabled": True, "type": "keywords", "config": {
+        "keywords": "forbidden", "inputs_config": {"enabled": True, "preset_response": "Let us talk about tea."},
+        "outputs_config": {"enabled": False, "preset_response": ""}}}
+    _, h = await env.app(sensitive_word_avoidance=swa, **AUTO_PLAY)
+    before = len(env.llm.requests)
+    events = await stream(env, h, "tell me forbidden things")
+    kinds = [e["event"] for e in events]
+    assert kinds == ["message", "message_end", "tts_message", "tts_message_end"], kinds
+    assert spoken(events) == ["Let us talk about tea."] and len(env.llm.requests) == before
+
+
 async def test_auto_play_advanced_chat(env: Env) -> None:
     """A chatflow's answer is read aloud too, from its published workflow's text_to_speech feature."""
     c, owner = env.c, env.owner

@@ -250,6 +250,9 @@ class ChatService:
                 agent=app.agent,
                 trace=retrieved.trace,
             )
+            tts = config.text_to_speech  # auto play: a streamed answer is read aloud (autoplay.py)
+            if streaming and tts.enabled and auto_play(feature := tts.model_dump()):
+                run.speech = await self.reader(app, feature, run.envelope("tts_message"), run.task_id)
             if direct is not None:
                 run.usage = direct_row["usage"]
                 if cached is not None:
@@ -262,9 +265,6 @@ class ChatService:
             else:
                 run.cache = cached
                 run.review = review
-                tts = config.text_to_speech
-                if streaming and tts.enabled and auto_play(feature := tts.model_dump()):
-                    run.speech = await self.reader(app, feature, run.envelope("tts_message"), run.task_id)
                 self.rt.runs.start(run)
             if titled:
                 self.rt.helper.title_after(app, conv_id, query, run.finished,

@@ -42,6 +42,9 @@ FINALIZE_ATTEMPTS = 8  # ~30 s of backoff in all
 STOP_REASONS = {"user": None, "timeout": "run timed out", "shutdown": "interrupted"}
 
 
+_READERS: set[asyncio.Task] = set()  # strong refs: a direct answer's auto play outlives the request's call
+
+
 class Channel:
     """Single-reader, unbounded byte-frame queue; the reader drains whatever accumulated in one go."""
 
@@ -312,7 +315,7 @@ class RunRegistry:
         end = orjson.dumps({**run.envelope("message_end"), "task_id": run.task_id, "id": run.message_id,
                             "metadata": run.metadata()})
         subject = task_events(run.task_id)
-        for data in (run._prefix + orjson.dumps(answer) + b"}", end):
+        async def put(data: bytes) -> None:
             run.seq += 1
             if run.channel is not None:
                 run.channel.put(frame(run.seq, data))
@@ -320,9 +323,29 @@ class RunRegistry:
                 await self.ctx.bus.nc.publish(subject, data)
             except Exception:  # noqa: BLE001 - the event log is best effort; the answer is in the DB
                 log.warning("run_event_publish_failed")
+
+        for data in (run._prefix + orjson.dumps(answer) + b"}", end):
+            await put(data)
+        if run.speech is not None:  # auto play: read after message_end, as a model's answer's rest is
+            run.speech.start(put)
+            run.speech.feed(answer)
+            task = asyncio.get_running_loop().create_task(self._read_then_close(run))
+            _READERS.add(task)
+            task.add_done_callback(_READERS.discard)
+            return
         if run.channel is not None:
             run.channel.close()
         run.finished.set()
+
+    @staticmethod
+    async def _read_then_close(run: Run) -> None:
+        try:
+            await run.speech.finish()
+        finally:
+            run.speech.abort()
+            if run.channel is not None:
+                run.channel.close()
+            run.finished.set()
 
     async def _store_final(self, run: Run, params: dict[str, Any]) -> None:
         """Write the finished message, retrying a busy or briefly unreachable database: an answer the

@@ -227,6 +227,9 @@ class ChatflowService:
         run.usage = direct["usage"]
         if hit is not None:
             run.extra_metadata["annotation_reply"] = hit.metadata()
+        tts = (workflow.features or {}).get("text_to_speech")
+        if streaming and auto_play(tts):  # read aloud like a run's answer (autoplay.py)
+            run.speech = await self.rt.chat.reader(app, tts, run.envelope("tts_message"), run.task_id)
         await self.rt.runs.answer_directly(run, direct["answer"])
         if auto_name and new_conversation and flagged is None:
             self.rt.helper.title_after(app, conv_id, query, run.finished, lambda: True)
