@@ -410,14 +410,23 @@ def _base(request: Request, ctx: Context) -> str:
     return ctx.settings.public_api_base.rstrip("/") or str(request.base_url).rstrip("/")
 
 
-def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: PlanLimits) -> dict[str, Any]:
+async def _app_out(request: Request, ctx: Context, detail: apps.AppDetail, plan: PlanLimits) -> dict[str, Any]:
+    """One app's detail, with its published workflow's summary."""
+    app, config = detail
+    return _app_json(request, app, config, plan, (await apps.workflow_summaries(ctx.db, [app])).get(app.id))
+
+
+def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: PlanLimits,
+              workflow: dict[str, Any] | None = None) -> dict[str, Any]:
     base = _base(request, request.app.state.ctx)
     return {
         "id": app.id, "name": app.name, "description": app.description, "mode": app.mode,
         "icon_type": app.icon_type, "icon": app.icon, "icon_background": app.icon_background,
         "enable_site": app.enable_site, "enable_api": app.enable_api, "api_rpm": app.api_rpm,
         "api_rph": app.api_rph, "api_rpd": app.api_rpd, "max_active_requests": app.max_active_requests,
-        "effective_limits": plans.app_limits(app, plan), "model_config": config,
+        "effective_limits": plans.app_limits(app, plan), "model_config": config, "workflow": workflow,
+        "use_icon_as_answer_icon": bool((app.site or {}).get("use_icon_as_answer_icon", False)),
+        "created_by": app.created_by,
         "created_at": ts(app.created_at), "updated_at": ts(app.updated_at), "api_base_url": f"{base}/v1",
         "site": site_view(app),  # as Dify's app detail carries it (GET /v1/site's body)
     }
@@ -537,8 +546,9 @@ async def list_apps(
 ) -> dict:
     items, total = await apps.list_apps(ctx.db, caller, page=page, limit=limit, name=name, mode=mode,
                                         created_by_me=is_created_by_me)
+    workflows = await apps.workflow_summaries(ctx.db, [a for a, _ in items])
     return {"page": page, "limit": limit, "total": total, "has_more": page * limit < total,
-            "data": [_app_json(request, a, c, plan) for a, c in items]}
+            "data": [_app_json(request, a, c, plan, workflows.get(a.id)) for a, c in items]}
 
 
 @router.post("/apps", status_code=201)
@@ -551,13 +561,14 @@ async def create_app_route(request: Request, ctx: Ctx, caller: Caller, plan: Pla
 
 @router.get("/apps/{app_id}")
 async def get_app(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str) -> dict:
-    return _app_json(request, *await apps.get_app_detail(ctx.db, caller, app_id), plan)
+    return await _app_out(request, ctx, await apps.get_app_detail(ctx.db, caller, app_id), plan)
 
 
 @router.put("/apps/{app_id}")
 async def update_app(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str, body: AppUpdateBody
                      ) -> dict:
-    return _app_json(request, *await apps.update_app(ctx, caller, app_id, body.model_dump(exclude_unset=True)),
+    return await _app_out(request, ctx, await apps.update_app(ctx, caller, app_id,
+                                                             body.model_dump(exclude_unset=True)),
                      plan)
 
 
@@ -575,20 +586,21 @@ async def update_site(ctx: Ctx, caller: Caller, app_id: str, body: SiteUpdate) -
 @router.post("/apps/{app_id}/api-enable")
 async def api_enable(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str, body: ApiEnableBody
                      ) -> dict:
-    return _app_json(request, *await apps.set_api_enabled(ctx, caller, app_id, body.enable_api), plan)
+    return await _app_out(request, ctx, await apps.set_api_enabled(ctx, caller, app_id, body.enable_api), plan)
 
 
 @router.post("/apps/{app_id}/site-enable")
 async def site_enable(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str, body: SiteEnableBody
                       ) -> dict:
-    return _app_json(request, *await apps.update_app(ctx, caller, app_id, {"enable_site": body.enable_site}), plan)
+    return await _app_out(request, ctx, await apps.update_app(ctx, caller, app_id,
+                                                             {"enable_site": body.enable_site}), plan)
 
 
 @router.post("/apps/{app_id}/copy", status_code=201)
 async def copy_app(request: Request, ctx: Ctx, caller: Caller, plan: Plan, app_id: str,
                    body: AppCopyBody | None = None) -> dict:
     copied = await dsl.copy_app(ctx, caller, app_id, (body or AppCopyBody()).model_dump(exclude_none=True))
-    return _app_json(request, *await apps.get_app_detail(ctx.db, caller, copied.id), plan)
+    return await _app_out(request, ctx, await apps.get_app_detail(ctx.db, caller, copied.id), plan)
 
 
 @router.get("/apps/{app_id}/model-config")

@@ -312,8 +312,11 @@ async def test_app_create_detail_and_validation(console: Console) -> None:
     assert app["name"] == "Detail app"
     assert set(app) == {"id", "name", "description", "mode", "icon_type", "icon", "icon_background", "enable_site",
                         "enable_api", "api_rpm", "api_rph", "api_rpd", "max_active_requests", "effective_limits",
-                        "model_config", "created_at", "updated_at", "api_base_url", "site"}
+                        "model_config", "created_at", "updated_at", "api_base_url", "site", "workflow",
+                        "use_icon_as_answer_icon", "created_by"}
     assert app["mode"] == "completion" and app["description"] == "does things"
+    assert app["workflow"] is None and app["created_by"] == (await c.http.get("/account/profile", headers=h)
+                                                             ).json()["id"]
     assert app["model_config"] is None and app["enable_api"] is True and app["api_rpm"] is None
     assert isinstance(app["created_at"], int) and abs(app["created_at"] - time.time()) < 60
     assert app["api_base_url"] == f"{API_BASE}/v1"

@@ -294,6 +294,24 @@ async def test_loop(w: dict[str, Any]) -> None:
         assert out["data"]["status"] == "failed" and message in out["data"]["error"], out
 
 
+async def test_app_detail_names_the_published_workflow(w: dict[str, Any]) -> None:
+    """Dify's app detail carries the version in service as ``workflow`` (null until one is published)."""
+    c, admin = w["c"], w["admin"]
+    app_id = await new_app(w)
+    assert (await c.get(f"/console/api/apps/{app_id}", headers=admin)).json()["workflow"] is None
+    r = await c.post(f"/console/api/apps/{app_id}/workflows/draft", headers=admin,
+                     json={"graph": g.linear_llm(), "features": {}})
+    assert r.status_code == 200, r.text
+    published = (await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=admin, json={})).json()
+    me = (await c.get("/console/api/account/profile", headers=admin)).json()["id"]
+    detail = (await c.get(f"/console/api/apps/{app_id}", headers=admin)).json()
+    assert detail["workflow"] == {"id": published["id"], "created_by": me, "created_at": published["created_at"],
+                                  "updated_by": me, "updated_at": published["created_at"]}
+    assert detail["created_by"] == me and detail["use_icon_as_answer_icon"] is False
+    listed = (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["data"]
+    assert next(a for a in listed if a["id"] == app_id)["workflow"]["id"] == published["id"]
+
+
 async def test_answers_inside_a_loop_are_part_of_the_chat_answer(w: dict[str, Any]) -> None:
     c, admin = w["c"], w["admin"]
     app_id = await new_app(w, "advanced-chat")

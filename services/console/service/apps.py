@@ -38,6 +38,7 @@ from shared.models import (
     Workflow,
     WorkflowNodeExecution,
     WorkflowRun,
+    ts,
     utcnow,
 )
 from shared.settings import Settings
@@ -66,6 +67,19 @@ async def _configs(session: AsyncSession, apps: list[App]) -> dict[str, dict[str
         return {}
     rows = await session.exec(select(AppModelConfig).where(col(AppModelConfig.id).in_(ids)))
     return {r.id: r.config for r in rows}
+
+
+async def workflow_summaries(db: Database, apps: list[App]) -> dict[str, dict[str, Any]]:
+    """app id → Dify's ``workflow`` of an app detail (the version in service: id, created_by, created_at,
+    updated_by, updated_at) for the graph apps that have published one."""
+    ids = [a.workflow_id for a in apps if a.workflow_id]
+    if not ids:
+        return {}
+    async with db.session() as s:
+        rows = await s.exec(select(Workflow).where(col(Workflow.id).in_(ids)))
+        found = {w.id: {"id": w.id, "created_by": w.created_by, "created_at": ts(w.created_at),
+                        "updated_by": w.updated_by, "updated_at": ts(w.updated_at)} for w in rows}
+    return {a.id: found[a.workflow_id] for a in apps if a.workflow_id in found}
 
 
 async def _detail(session: AsyncSession, app: App) -> AppDetail:
