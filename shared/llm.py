@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import wave
 from typing import Any
 
@@ -81,12 +82,34 @@ def litellm() -> Any:
     return _litellm
 
 
+# Dify 1.x names a provider by its plugin: "<org>/<plugin>/<provider>" (langgenius/gemini/gemini)
+_PLUGIN_PROVIDER = re.compile(r"[\w.-]+/([\w.-]+)/([\w.-]+)")
+
+
 def canonical_provider(provider: str) -> str:
-    return PROVIDER_ALIASES.get(provider, provider)
+    """The litellm provider behind a name: an alias, a Dify plugin id of a known provider, or the name itself."""
+    found = PROVIDER_ALIASES.get(provider)
+    if found is not None:
+        return found
+    m = _PLUGIN_PROVIDER.fullmatch(provider)
+    if m is not None and (m.group(2) in KNOWN_PROVIDERS or m.group(2) in PROVIDER_ALIASES):
+        return PROVIDER_ALIASES.get(m.group(2), m.group(2))
+    return provider
 
 
 def is_known_provider(provider: str) -> bool:
-    return provider in KNOWN_PROVIDERS or provider in PROVIDER_ALIASES
+    return provider in KNOWN_PROVIDERS or canonical_provider(provider) in KNOWN_PROVIDERS
+
+
+def provider_of_plugin(identifier: str) -> str | None:
+    """The provider a Dify model-provider plugin brings (``langgenius/openai:0.0.9@<hash>`` → openai), when Plexus
+    has it built in; None for any other plugin."""
+    plugin = identifier.split("@", 1)[0].split(":", 1)[0]
+    org, _, name = plugin.partition("/")
+    if not org or not name or "/" in name:
+        return None
+    provider = canonical_provider(f"{plugin}/{name}")
+    return provider if provider in KNOWN_PROVIDERS else None
 
 
 def call_kwargs(provider: str, model: str, credentials: dict[str, Any]) -> dict[str, Any]:

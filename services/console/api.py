@@ -32,9 +32,9 @@ from services.console.service import (
 from services.console.service.common import Principal
 from services.console.service.extensions import Extensions
 from services.console.service.plans import INT32
-from shared import credentials
+from shared import credentials, llm
 from shared.context import Context
-from shared.errors import forbidden, not_found, unauthorized
+from shared.errors import forbidden, invalid_param, not_found, unauthorized
 from shared.http import create_base_app
 from shared.identity import H_CSRF, AuthError, bearer_token, cookie_header
 from shared.models import Account, ApiToken, App, TenantMember, ts
@@ -156,6 +156,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/workspaces/current/default-model"): (N, "providers:read"),
     ("POST", "/workspaces/current/default-model"): (A, "providers:write"),
     ("GET", "/workspaces/current/models/model-types/{model_type}"): (N, "providers:read"),
+    ("POST", "/workspaces/current/plugin/install/marketplace"): (A, "providers:write"),
     ("GET", "/workspaces/current/tool-providers"): (N, "tools:read"),
     ("GET", "/workspaces/current/tool-provider/builtin/{provider}/tools"): (N, "tools:read"),
     ("POST", "/workspaces/current/tool-provider/api/add"): (A, "tools:write"),
@@ -999,6 +1000,23 @@ async def get_default_model(ctx: Ctx, caller: Caller, model_type: str | None = N
 async def set_default_model(ctx: Ctx, caller: Caller, body: DefaultModelBody) -> dict:
     await default_models.set_defaults(ctx, caller, body.model_settings)
     return SUCCESS
+
+
+class PluginInstallBody(BaseModel):
+    plugin_unique_identifiers: Annotated[list[Annotated[str, StringConstraints(max_length=512)]],
+                                         Field(min_length=1, max_length=50)]
+
+
+@router.post("/workspaces/current/plugin/install/marketplace")
+async def install_plugins(caller: Caller, body: PluginInstallBody) -> dict:
+    """Dify 1.x installs a model provider as a marketplace plugin; Plexus has the providers built in (litellm).
+    A model-provider plugin Plexus knows is reported installed (Dify's ``all_installed``, so clients skip the
+    install task); any other plugin is refused, by name."""
+    missing = [i for i in body.plugin_unique_identifiers if llm.provider_of_plugin(i) is None]
+    if missing:
+        raise invalid_param(f"Plexus runs no plugins; its model providers are built in. Not available: "
+                            f"{', '.join(m.split(':', 1)[0] for m in missing)}.", params="plugin_unique_identifiers")
+    return {"all_installed": True, "task_id": ""}
 
 
 @router.get("/workspaces/current/models/model-types/{model_type}")

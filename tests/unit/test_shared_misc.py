@@ -69,3 +69,25 @@ def test_lru_drops_the_least_recently_used_and_says_so() -> None:
     assert lru.pop_where(lambda k: k in ("a", "x")) == ["A2"]
     assert len(lru) == 1 and lru.get("c") == "C" and dropped == ["B"]
     assert lru.pop("c") == "C" and lru.pop("c") is None and len(lru) == 0 and dropped == ["B"]
+
+
+@pytest.mark.parametrize(("name", "provider"), [
+    ("openai", "openai"), ("openai-compatible", "openai"), ("azure_openai", "azure"),
+    ("langgenius/openai/openai", "openai"), ("langgenius/gemini/gemini", "gemini"),  # Dify 1.x plugin ids
+    ("langgenius/openai_api_compatible/openai_api_compatible", "openai"),
+    ("langgenius/agent/agent", "langgenius/agent/agent"), ("nonsense", "nonsense"),
+])
+def test_canonical_provider(name: str, provider: str) -> None:
+    from shared.llm import canonical_provider, is_known_provider
+
+    assert canonical_provider(name) == provider
+    assert is_known_provider(name) == (provider != name or name == "openai")
+
+
+def test_provider_of_plugin() -> None:
+    from shared.llm import provider_of_plugin
+
+    assert provider_of_plugin("langgenius/openai:0.0.26@4f2a") == "openai"
+    assert provider_of_plugin("langgenius/anthropic:0.0.14") == "anthropic"
+    assert provider_of_plugin("langgenius/agent:0.0.9@77aa") is None  # a plugin that is no model provider
+    assert provider_of_plugin("openai") is None and provider_of_plugin("a/b/c") is None
