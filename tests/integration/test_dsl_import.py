@@ -216,20 +216,21 @@ async def test_url_failures(c: httpx.AsyncClient, docs: tuple[Documents, str]) -
 
 
 async def test_version_branches(live: LiveServer, c: httpx.AsyncClient) -> None:
-    # current, older patch, absent (Dify: 0.1.0): completed
-    for version, imported in ((dsl.DSL_VERSION, dsl.DSL_VERSION), ("0.1.0", "0.1.0"), (None, "0.1.0")):
+    # current (as written or without its patch): completed
+    for version in (dsl.DSL_VERSION, dsl.DSL_VERSION.rsplit(".", 1)[0]):
         body = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc(version),
                                                 "name": uniq("v")}))
-        assert body["imported_dsl_version"] == imported and body["app_id"], body
-    # an older minor: created, with a warning status
-    name = uniq("older-minor")
-    body = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.0.9"),
-                                            "name": name}), "completed-with-warnings")
-    assert body["imported_dsl_version"] == "0.0.9" and body["app_mode"] == "workflow"
-    assert (await c.get(f"{C}/apps/{body['app_id']}")).json()["name"] == name
+        assert body["imported_dsl_version"] == version and body["app_id"], body
+    # an older minor (Dify 0.x's 0.1.5; absent counts as 0.1.0): created, with a warning status
+    for version, imported in (("0.1.5", "0.1.5"), (None, "0.1.0")):
+        name = uniq("older-minor")
+        body = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc(version),
+                                                "name": name}), "completed-with-warnings")
+        assert body["imported_dsl_version"] == imported and body["app_mode"] == "workflow"
+        assert (await c.get(f"{C}/apps/{body['app_id']}")).json()["name"] == name
     # newer (minor, patch or major): pending, nothing created
     before = await app_names(c)
-    for version in ("0.2.0", "0.1.6", "1.0.0"):
+    for version in ("0.6.0", "0.5.1", "1.0.0"):
         body = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc(version),
                                                 "name": uniq("newer")}), "pending", 202)
         assert (body["app_id"], body["app_mode"], body["imported_dsl_version"]) == (None, None, version)
@@ -253,13 +254,13 @@ async def test_version_branches(live: LiveServer, c: httpx.AsyncClient) -> None:
 async def test_pending_import_is_confirmed_once(live: LiveServer, c: httpx.AsyncClient) -> None:
     name = uniq("confirmed")
     pending = done(await c.post(IMPORTS, json={
-        "mode": "yaml-content", "yaml_content": workflow_doc("0.3.0", output="answer"), "name": name,
+        "mode": "yaml-content", "yaml_content": workflow_doc("0.6.0", output="answer"), "name": name,
         "description": "from the request", "icon": "🚀"}), "pending", 202)
     assert name not in await app_names(c)
     confirm = f"{IMPORTS}/{pending['id']}/confirm"
 
     body = done(await c.post(confirm))
-    assert (body["id"], body["app_mode"], body["imported_dsl_version"]) == (pending["id"], "workflow", "0.3.0")
+    assert (body["id"], body["app_mode"], body["imported_dsl_version"]) == (pending["id"], "workflow", "0.6.0")
     detail = (await c.get(f"{C}/apps/{body['app_id']}")).json()
     assert (detail["name"], detail["description"], detail["icon"], detail["icon_background"]) == \
         (name, "from the request", "🚀", "#FFFFFF")
@@ -276,7 +277,7 @@ async def test_pending_import_is_confirmed_once(live: LiveServer, c: httpx.Async
 
 async def test_two_confirmations_at_once_make_one_app(c: httpx.AsyncClient) -> None:
     name = uniq("race")
-    pending = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.2.0"),
+    pending = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.6.0"),
                                                "name": name}), "pending", 202)
     answers = await asyncio.gather(*(c.post(f"{IMPORTS}/{pending['id']}/confirm") for _ in range(3)))
     assert sorted(r.status_code for r in answers) == [200, 400, 400], [r.text for r in answers]
@@ -284,9 +285,9 @@ async def test_two_confirmations_at_once_make_one_app(c: httpx.AsyncClient) -> N
 
 
 async def test_expired_and_foreign_imports(live: LiveServer, c: httpx.AsyncClient) -> None:
-    older = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.2.0"),
+    older = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.6.0"),
                                              "name": uniq("expired")}), "pending", 202)
-    foreign = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.2.0"),
+    foreign = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.6.0"),
                                                "name": uniq("foreign")}), "pending", 202)
     async with live.ctx.db.session() as s:  # ten minutes later, for the first one
         await s.exec(update(AppImport).where(AppImport.id == older["id"])
@@ -308,7 +309,7 @@ async def test_a_failed_confirmation_can_be_retried(live: LiveServer, c: httpx.A
     name = uniq("retry")
     taken = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc(),
                                              "name": name}))
-    pending = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.2.0"),
+    pending = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": workflow_doc("0.6.0"),
                                                "name": name}), "pending", 202)
     confirm = f"{IMPORTS}/{pending['id']}/confirm"
     assert failed(await c.post(confirm)) == f"An app named '{name}' already exists in this workspace."
@@ -318,7 +319,7 @@ async def test_a_failed_confirmation_can_be_retried(live: LiveServer, c: httpx.A
     assert (await c.get(f"{C}/apps/{body['app_id']}")).json()["name"] == name
 
     broken = done(await c.post(IMPORTS, json={"mode": "yaml-content", "name": uniq("broken"),
-                                              "yaml_content": workflow_doc("0.2.0").replace("- topic", "- nope")}),
+                                              "yaml_content": workflow_doc("0.6.0").replace("- topic", "- nope")}),
                   "pending", 202)
     before = await app_names(c)
     error = failed(await c.post(f"{IMPORTS}/{broken['id']}/confirm"))
@@ -352,7 +353,7 @@ async def test_import_replaces_an_apps_draft(c: httpx.AsyncClient, docs: tuple[D
 
     # from a URL, with the request's own name, and pending → confirm
     d, base = docs
-    d.docs["third.yml"] = workflow_doc("0.2.0", output="third")
+    d.docs["third.yml"] = workflow_doc("0.6.0", output="third")
     renamed = uniq("renamed")
     pending = done(await c.post(IMPORTS, json={"mode": "yaml-url", "yaml_url": f"{base}/doc/third.yml",
                                                "app_id": app_id, "name": renamed}), "pending", 202)
@@ -397,7 +398,7 @@ async def test_import_into_an_app_failures(c: httpx.AsyncClient) -> None:
     assert (await draft_of(c, target))["graph"]["nodes"] == echo_graph("kept")["nodes"]
     assert await app_names(c) == before
     # a pending import into an app that is checked again when confirmed
-    pending = done(await c.post(IMPORTS, json=body(target, version="0.2.0")), "pending", 202)
+    pending = done(await c.post(IMPORTS, json=body(target, version="0.6.0")), "pending", 202)
     assert (await c.delete(f"{C}/apps/{target}")).status_code == 204
     assert failed(await c.post(f"{IMPORTS}/{pending['id']}/confirm")) == "App not found."
     before.remove(target_name)
@@ -452,7 +453,7 @@ async def test_failures_answer_the_import_object(c: httpx.AsyncClient) -> None:
 async def test_basic_app_and_yaml_oddities(c: httpx.AsyncClient) -> None:
     """A chat app's model config comes along; YAML dates and numeric keys are stored as JSON has them."""
     name = uniq("chat")
-    doc = yaml.safe_dump({"kind": "app", "version": "0.1.2", "app": {"name": name, "mode": "chat", "icon": 42},
+    doc = yaml.safe_dump({"kind": "app", "version": dsl.DSL_VERSION, "app": {"name": name, "mode": "chat", "icon": 42},
                           "model_config": CHAT_CONFIG})
     body = done(await c.post(IMPORTS, json={"mode": "yaml-content", "yaml_content": doc}))
     assert body["app_mode"] == "chat"

@@ -38,7 +38,10 @@ from shared.egress import Egress, EgressError, EgressPolicy
 from shared.errors import ApiError
 from shared.models import App, AppImport, AppModelConfig, Workflow, new_id, utcnow
 
-DSL_VERSION = "0.1.5"
+# The DSL version of current Dify exports (its CURRENT_DSL_VERSION), which Plexus reads and writes: their graphs
+# are reference §6's. A document from an older minor imports with a warning status; one with a node type Plexus
+# lacks fails naming it (the draft's own checks); only a newer version waits to be confirmed.
+DSL_VERSION = "0.5.0"
 MAX_DSL_BYTES = 10 * 1024 * 1024
 FETCH_TIMEOUT = 10.0  # seconds for a yaml-url fetch, redirects included
 PENDING_TTL = timedelta(minutes=10)  # Dify's IMPORT_INFO_REDIS_EXPIRY
