@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 from sqlmodel import select
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -553,6 +554,40 @@ async def test_dsl_export_import_round_trip(w: dict[str, Any]) -> None:
     assert (await c.get("/console/api/apps", headers=admin, params={"limit": 100})).json()["total"] == before
     r = await c.post("/console/api/apps/imports", headers=admin, json={"yaml_content": "a: [unclosed"})
     assert r.status_code == 400 and r.json()["status"] == "failed" and "YAML" in r.json()["error"]
+
+
+async def test_difys_stress_test_flow(w: dict[str, Any]) -> None:
+    """The steps of Dify's own acceptance harness (scripts/stress-test, reference §9) after sign-in: install the
+    OpenAI plugin, save its credentials under the plugin's provider id, import a workflow DSL of Dify's current
+    version whose LLM node names that provider, publish, make a key, run it streaming."""
+    c, admin, llm = w["c"], w["admin"], w["llm"]
+    r = await c.post("/console/api/workspaces/current/plugin/install/marketplace", headers=admin,
+                     json={"plugin_unique_identifiers": ["langgenius/openai:0.2.1@0d6c1a7e"]})
+    assert r.status_code == 200 and r.json()["all_installed"] is True, r.text
+    provider = "langgenius/openai/openai"
+    r = await c.post(f"/console/api/workspaces/current/model-providers/{provider}/credentials", headers=admin,
+                     json={"credentials": {"openai_api_key": "sk-mock", "api_key": "sk-mock",
+                                           "api_base": llm.base_url}})
+    assert r.status_code == 200, r.text
+    graph = g.linear_llm()
+    for n in graph["nodes"]:
+        if n["id"] == g.LLM:
+            n["data"]["model"] = {**g.MODEL, "provider": provider, "name": "gpt-4o-mini"}
+    doc = yaml.safe_dump({"kind": "app", "version": "0.5.0", "app": {
+        "name": f"workflow_llm-{uuid.uuid4().hex[:6]}", "mode": "workflow", "icon": "🤖",
+        "icon_background": "#FFEAD5", "description": "", "use_icon_as_answer_icon": False},
+        "workflow": {"graph": graph, "features": {}, "environment_variables": [], "conversation_variables": []}},
+        allow_unicode=True)
+    r = await c.post("/console/api/apps/imports", headers=admin, json={"mode": "yaml-content", "yaml_content": doc})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    app_id = r.json()["app_id"]
+    assert (await c.post(f"/console/api/apps/{app_id}/workflows/publish", headers=admin, json={})).status_code == 200
+    key = (await c.post(f"/console/api/apps/{app_id}/api-keys", headers=admin)).json()["token"]
+    llm.push(match="the sea", reply="The sea is wide.")
+    events = await stream(w, key, {"topic": "the sea"})
+    assert events[-1]["event"] == "workflow_finished" and events[-1]["data"]["status"] == "succeeded", events[-1]
+    assert events[-1]["data"]["outputs"] == {"text": "The sea is wide."}
+    assert llm.requests[-1].body["model"] == "gpt-4o-mini"  # litellm called the plugin's provider, openai
 
 
 async def test_copy_an_app(w: dict[str, Any]) -> None:
