@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -113,23 +114,31 @@ async def save_credentials(ctx: Context, p: Principal, provider: str, credential
     _check_provider(provider)
     row = await _stored(ctx, p.tenant_id, provider)
     creds = merge_hidden(credentials, _decrypt(ctx, row) if row else None)
-    blob = encrypt_json(ctx.settings.secret_key, creds)
-    for attempt in range(2):  # upsert; a concurrent first save makes the insert fail once, then we update
+    await _upsert(ctx, lambda s: _row(s, p.tenant_id, provider),
+                  lambda blob: ProviderCredential(tenant_id=p.tenant_id, provider=provider, encrypted_credentials=blob),
+                  encrypt_json(ctx.settings.secret_key, creds))
+    await publish_change(ctx.bus, "provider", p.tenant_id, provider=provider)
+
+
+async def _upsert(ctx: Context, find: Callable[[AsyncSession], Awaitable[Any]], make: Callable[[str], Any],
+                  blob: str) -> None:
+    """Store encrypted credentials in the row ``find`` finds, else in a new one ``make`` builds: a concurrent
+    first save makes the insert fail once, then the row it made is updated."""
+    for attempt in range(2):
         async with ctx.db.session() as s:
-            row = await _row(s, p.tenant_id, provider)
+            row = await find(s)
             if row is None:
-                s.add(ProviderCredential(tenant_id=p.tenant_id, provider=provider, encrypted_credentials=blob))
+                s.add(make(blob))
             else:
                 row.encrypted_credentials = blob
                 row.updated_at = utcnow()
             try:
                 await s.commit()
-                break
+                return
             except IntegrityError:
                 await s.rollback()
                 if attempt:
                     raise
-    await publish_change(ctx.bus, "provider", p.tenant_id, provider=provider)
 
 
 async def delete_credentials(ctx: Context, p: Principal, provider: str) -> None:
@@ -234,24 +243,11 @@ async def save_model_credentials(ctx: Context, p: Principal, provider: str, mode
     error = await _test_call(provider, creds, model, model_type)
     if error is not None:
         raise invalid_param(error, params="credentials")
-    blob = encrypt_json(ctx.settings.secret_key, creds)
-    for attempt in range(2):  # upsert; a concurrent first save makes the insert fail once, then we update
-        async with ctx.db.session() as s:
-            row = await _model_row(s, p.tenant_id, provider, model, model_type)
-            if row is None:
-                s.add(ProviderModelCredential(tenant_id=p.tenant_id, provider=provider, model=model,
-                                              model_type=model_type, encrypted_credentials=blob,
-                                              created_by=p.key_id or p.account_id))
-            else:
-                row.encrypted_credentials = blob
-                row.updated_at = utcnow()
-            try:
-                await s.commit()
-                break
-            except IntegrityError:
-                await s.rollback()
-                if attempt:
-                    raise
+    await _upsert(ctx, lambda s: _model_row(s, p.tenant_id, provider, model, model_type),
+                  lambda blob: ProviderModelCredential(tenant_id=p.tenant_id, provider=provider, model=model,
+                                                       model_type=model_type, encrypted_credentials=blob,
+                                                       created_by=p.key_id or p.account_id),
+                  encrypt_json(ctx.settings.secret_key, creds))
     await publish_change(ctx.bus, "provider", p.tenant_id, provider=provider, model=model,
                          model_type=model_type)
 
