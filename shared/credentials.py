@@ -11,12 +11,20 @@ from sqlalchemy import literal_column, union_all
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from shared.crypto import decrypt_json
+from shared.crypto import try_decrypt_json
+from shared.errors import invalid_param
 from shared.knowledge.models import LOCAL_EMBEDDING_MODEL, LOCAL_EMBEDDING_PROVIDER
 from shared.llm import canonical_provider
 from shared.models import ProviderCredential, ProviderModelCredential, TenantDefaultModel
 
 log = structlog.get_logger("plexus.credentials")
+MODEL_TYPES = ("llm", "text-embedding", "rerank", "speech2text", "tts", "moderation")
+
+
+def check_model_type(model_type: Any) -> str:
+    if model_type not in MODEL_TYPES:
+        raise invalid_param(f"model_type must be one of {', '.join(MODEL_TYPES)}.", params="model_type")
+    return model_type
 
 
 async def provider_credentials(s: AsyncSession, secret_key: str | None, tenant_id: str, provider: str,
@@ -41,12 +49,11 @@ async def provider_credentials(s: AsyncSession, secret_key: str | None, tenant_i
     if not rows or not secret_key:
         return None
     best = min(rows, key=lambda r: (not r[1], r[0] != provider))  # the model's own, then the exact name
-    try:
-        return decrypt_json(secret_key, best[2])
-    except Exception:  # noqa: BLE001
+    found = try_decrypt_json(secret_key, best[2])
+    if found is None:
         log.warning("provider_credentials_undecryptable", tenant_id=tenant_id, provider=provider,
                     model=model if best[1] else None)
-        return None
+    return found
 
 
 async def default_model(s: AsyncSession, tenant_id: str, model_type: str) -> tuple[str, str] | None:
@@ -82,17 +89,9 @@ async def models_of_type(s: AsyncSession, secret_key: str | None, tenant_id: str
     for row in own:
         if default is not None and (row.provider, row.model) == default:
             continue
-        if secret_key and _decrypts(secret_key, row.encrypted_credentials):
+        if try_decrypt_json(secret_key, row.encrypted_credentials) is not None:
             _add_model(data, row.provider, row.provider, row.model, model_type, "customizable-model")
     if model_type == "text-embedding":
         _add_model(data, LOCAL_EMBEDDING_PROVIDER, "Plexus built-in", LOCAL_EMBEDDING_MODEL, model_type,
                    context_size=256)
     return list(data.values())
-
-
-def _decrypts(secret_key: str, blob: str) -> bool:
-    try:
-        decrypt_json(secret_key, blob)
-    except Exception:  # noqa: BLE001 - undecryptable: the model is not usable
-        return False
-    return True

@@ -9,7 +9,7 @@ import secrets
 import string
 
 import orjson
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -39,5 +39,17 @@ def decrypt_json(secret_key: str, token: str) -> dict:
     return orjson.loads(_fernet(secret_key).decrypt(token.encode()))
 
 
+def try_decrypt_json(secret_key: str | None, token: str) -> dict | None:
+    """``decrypt_json``, or None when the value cannot be read: encrypted under an earlier secret key, or
+    corrupt. Callers treat such a secret as absent."""
+    if not secret_key:
+        return None
+    try:
+        return decrypt_json(secret_key, token)
+    except (InvalidToken, ValueError):
+        return None
+
+
 def constant_eq(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    """Equal, in time independent of where they differ; any client text (a lone surrogate too) compares."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))

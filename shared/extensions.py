@@ -23,7 +23,7 @@ import orjson
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from shared.crypto import decrypt_json
+from shared.crypto import try_decrypt_json
 from shared.egress import Egress, EgressError
 from shared.models import ApiBasedExtension
 
@@ -42,8 +42,12 @@ async def load(s: AsyncSession, secret_key: str, tenant_id: str, ids: Iterable[s
     """The workspace's extensions among ``ids``, as the runtime calls them: id → ``{"endpoint", "api_key"}``."""
     rows = (await s.exec(select(ApiBasedExtension).where(
         ApiBasedExtension.tenant_id == tenant_id, col(ApiBasedExtension.id).in_(set(ids))))).all()
-    return {e.id: {"endpoint": e.api_endpoint, "api_key": decrypt_json(secret_key, e.encrypted_api_key)["api_key"]}
-            for e in rows}
+    found = {}
+    for e in rows:  # a key that cannot be read (an earlier secret key) leaves its extension out, as a missing one
+        creds = try_decrypt_json(secret_key, e.encrypted_api_key)
+        if creds is not None:
+            found[e.id] = {"endpoint": e.api_endpoint, "api_key": creds["api_key"]}
+    return found
 
 
 async def call(egress: Egress, endpoint: str, api_key: str, point: str, params: dict[str, Any] | None,

@@ -53,7 +53,6 @@ router = APIRouter(prefix="/console/api")
 # with every method but these.
 ACCESS_COOKIE, REFRESH_COOKIE, CSRF_COOKIE = "access_token", "refresh_token", "csrf_token"
 INIT_COOKIE = "init_validated"  # a right init password (POST /init), for POST /setup
-CSRF_HEADER = H_CSRF
 CSRF_INVALID = "CSRF token is missing or invalid."
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -248,7 +247,7 @@ async def _principal(request: Request) -> Principal:
     route = request.scope.get("route")
     return await authorize(request.app.state.ctx, request.app.state.auth, request.headers.get("authorization"),
                            request.method, getattr(route, "path", request.url.path),
-                           cookie_header(request.headers), request.headers.get(CSRF_HEADER))
+                           cookie_header(request.headers), request.headers.get(H_CSRF))
 
 
 Ctx = Annotated[Context, Depends(_ctx)]
@@ -420,16 +419,17 @@ async def _app_out(request: Request, ctx: Context, detail: apps.AppDetail, plan:
 def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: PlanLimits,
               workflow: dict[str, Any] | None = None) -> dict[str, Any]:
     base = _base(request, request.app.state.ctx)
+    site = site_view(app)
     return {
         "id": app.id, "name": app.name, "description": app.description, "mode": app.mode,
         "icon_type": app.icon_type, "icon": app.icon, "icon_background": app.icon_background,
         "enable_site": app.enable_site, "enable_api": app.enable_api, "api_rpm": app.api_rpm,
         "api_rph": app.api_rph, "api_rpd": app.api_rpd, "max_active_requests": app.max_active_requests,
         "effective_limits": plans.app_limits(app, plan), "model_config": config, "workflow": workflow,
-        "use_icon_as_answer_icon": bool((app.site or {}).get("use_icon_as_answer_icon", False)),
+        "use_icon_as_answer_icon": site["use_icon_as_answer_icon"],
         "created_by": app.created_by,
         "created_at": ts(app.created_at), "updated_at": ts(app.updated_at), "api_base_url": f"{base}/v1",
-        "site": site_view(app),  # as Dify's app detail carries it (GET /v1/site's body)
+        "site": site,  # as Dify's app detail carries it (GET /v1/site's body)
     }
 
 
@@ -1021,6 +1021,7 @@ async def install_plugins(caller: Caller, body: PluginInstallBody) -> dict:
 
 @router.get("/workspaces/current/models/model-types/{model_type}")
 async def models_of_type(ctx: Ctx, caller: Caller, model_type: str) -> dict:
+    credentials.check_model_type(model_type)
     async with ctx.db.session() as s:
         return {"data": await credentials.models_of_type(s, ctx.settings.secret_key, caller.tenant_id, model_type)}
 

@@ -20,6 +20,8 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from shared.crypto import constant_eq
+
 ISSUER = "plexus-console"
 ACCESS = "access"
 REFRESH = "refresh"
@@ -101,9 +103,9 @@ class Tokens:
 
     def check_init_pass(self, password: str, value: str | None) -> bool:
         exp, _, mac = (value or "").partition(".")
-        if not exp.isdigit() or int(exp) < time.time():
+        if not (exp.isascii() and exp.isdigit()) or int(exp) < time.time():  # "²".isdigit(), yet no int
             return False
-        return hmac.compare_digest(self._init_mac(password, int(exp)).encode(), mac.encode("utf-8", "surrogatepass"))
+        return constant_eq(self._init_mac(password, int(exp)), mac)
 
     def _init_mac(self, password: str, exp: int) -> str:
         digest = hmac.new(self._csrf_key, f"init:{exp}:{password}".encode(), hashlib.sha256).digest()
@@ -113,7 +115,7 @@ class Tokens:
         """Whether ``given`` is the CSRF token of the access token ``claims`` (verified ones), in constant time."""
         if not isinstance(given, str) or not given or not claims.get("jti") or not claims.get("sub"):
             return False
-        return hmac.compare_digest(self.csrf(claims).encode(), given.encode("utf-8", "surrogatepass"))
+        return constant_eq(self.csrf(claims), given)
 
     def decode(self, token: str, token_type: str) -> dict[str, Any]:
         try:

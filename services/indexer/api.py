@@ -27,7 +27,7 @@ from services.indexer.service.retrieval import RetrievalService
 from services.indexer.service.segments import SegmentService
 from services.indexer.service.tags import TagService
 from shared.context import Context
-from shared.credentials import models_of_type
+from shared.credentials import check_model_type, models_of_type
 from shared.errors import INVALID_JSON, ApiError, unauthorized
 from shared.http import create_base_app
 from shared.identity import H_CSRF, caller_from_request, cookie_header
@@ -389,6 +389,7 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
     @r.get("/workspaces/current/models/model-types/{model_type}")
     async def model_types(t: Tenant, model_type: str) -> Response:
         """The models of a type a dataset may name (shared.credentials.models_of_type)."""
+        check_model_type(model_type)
         async with kn.db.session() as s:
             return json_response({"data": await models_of_type(s, kn.ctx.settings.secret_key, t, model_type)})
 

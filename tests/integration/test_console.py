@@ -396,6 +396,9 @@ async def test_app_update_and_api_enable(console: Console) -> None:
     assert got["site"]["use_icon_as_answer_icon"] is True
     got = (await c.http.put(f"/apps/{app['id']}", headers=h, json={"description": "again"})).json()
     assert got["site"]["use_icon_as_answer_icon"] is True and got["description"] == "again"
+    assert got["use_icon_as_answer_icon"] is True
+    exported = (await c.http.get(f"/apps/{app['id']}/export", headers=h)).json()["data"]
+    assert "use_icon_as_answer_icon: true" in exported  # the DSL keeps it, as Dify's does
 
     for body in ({"api_rpm": -1}, {"api_rph": -5}, {"max_active_requests": -1}, {"name": "y" * 41},
                  {"api_rpm": 2**40}, {"enable_site": "maybe"}):

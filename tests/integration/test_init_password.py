@@ -28,6 +28,9 @@ async def test_init_then_setup(fresh: LiveServer) -> None:
         c.cookies.set("init_validated", "9999999999.forged")
         envelope(await c.post(f"{C}/setup", json=OWNER), 401, "not_init_validated")
         c.cookies.clear()
+        # a digit that is no int ("²", one latin-1 byte) is no proof either, and no 500
+        r = await c.post(f"{C}/setup", json=OWNER, headers={"Cookie": "init_validated=\xb2.forged".encode("latin-1")})
+        envelope(r, 401, "not_init_validated")
 
         r = await c.post(f"{C}/init", json={"password": INIT})
         assert r.status_code == 201 and r.json() == {"result": "success"}, r.text

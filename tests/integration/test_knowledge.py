@@ -513,6 +513,10 @@ async def test_workspace_default_embedding_model(kb: KB, llm) -> None:
         assert r.status_code == 200 and r.json()["data"] == listed, r.text
         r = await kb.c.get("/console/api/workspaces/current/models/model-types/llm", headers=kb.admin)
         assert r.status_code == 200 and r.json() == {"data": []}, r.text  # no default llm set here
+        for url, h in (("/console/api/workspaces/current/models/model-types/robot", kb.admin),
+                       ("/v1/workspaces/current/models/model-types/robot", kb.h)):
+            r = await kb.c.get(url, headers=h)
+            assert r.status_code == 400 and r.json()["code"] == "invalid_param", r.text
         ds = await kb.dataset(indexing_technique="high_quality")
         assert (ds["embedding_model_provider"], ds["embedding_model"]) == ("openai-compatible", "trigram-default")
         before = len(llm.embedding_requests)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 from datetime import datetime, timedelta
 
@@ -22,7 +21,7 @@ from services.console.auth import (
 )
 from services.console.service.common import Principal
 from services.console.service.keys import ADMIN_PREFIX, ADMIN_SCOPES, is_expired
-from shared.crypto import hash_token
+from shared.crypto import constant_eq, hash_token
 from shared.db import Database
 from shared.errors import KEY_EXPIRED, ApiError, forbidden, invalid_param, unauthorized
 from shared.identity import AUTH_INVALID
@@ -113,7 +112,7 @@ async def validate_init(db: Database, auth: Auth, init_password: str | None, pas
     if init_password is None:
         return None
     await check_attempt_limit(auth, INIT_LIMIT_KEY)
-    if not hmac.compare_digest(password.encode(), init_password.encode()):
+    if not constant_eq(password, init_password):
         await auth.limiter.failed(INIT_LIMIT_KEY)
         raise ApiError(401, "init_validate_failed", INIT_FAILED)
     return auth.tokens.init_pass(init_password)

@@ -57,7 +57,7 @@ SITE_FIELDS = ("use_icon_as_answer_icon",)  # site settings Dify's PUT /apps/{id
 AppDetail = tuple[App, dict[str, Any] | None]
 
 
-def _duplicate(name: str) -> ApiError:
+def duplicate(name: str) -> ApiError:
     return invalid_param(f"An app named '{name}' already exists in this workspace.", params="name")
 
 
@@ -87,7 +87,7 @@ async def _detail(session: AsyncSession, app: App) -> AppDetail:
     return app, configs.get(app.app_model_config_id or "")
 
 
-async def _name_taken(session: AsyncSession, tenant_id: str, name: str, except_id: str | None = None) -> bool:
+async def name_taken(session: AsyncSession, tenant_id: str, name: str, except_id: str | None = None) -> bool:
     q = select(App.id).where(App.tenant_id == tenant_id, App.name == name)
     if except_id:
         q = q.where(App.id != except_id)
@@ -120,8 +120,8 @@ async def create_app(db: Database, p: Principal, *, name: str, mode: str, descri
                      icon_type: str | None = "emoji", icon: str | None = None,
                      icon_background: str | None = None) -> AppDetail:
     async with db.session() as s:
-        if await _name_taken(s, p.tenant_id, name):
-            raise _duplicate(name)
+        if await name_taken(s, p.tenant_id, name):
+            raise duplicate(name)
         app = App(tenant_id=p.tenant_id, name=name, mode=mode, description=description, icon_type=icon_type,
                   icon=icon if icon is not None else "🤖",
                   icon_background=icon_background if icon_background is not None else "#FFEAD5",
@@ -131,7 +131,7 @@ async def create_app(db: Database, p: Principal, *, name: str, mode: str, descri
             await s.commit()
         except IntegrityError:  # a concurrent create took the name between check and insert
             await s.rollback()
-            raise _duplicate(name) from None
+            raise duplicate(name) from None
     return app, None
 
 
@@ -146,8 +146,8 @@ async def update_app(ctx: Context, p: Principal, app_id: str, changes: dict[str,
         app = await get_app(s, p.tenant_id, app_id, for_update=bool(site))  # site: read-merge-write
         name = changes.get("name")
         # checked before any attribute changes: the query would autoflush them
-        if name is not None and await _name_taken(s, p.tenant_id, name, app.id):
-            raise _duplicate(name)
+        if name is not None and await name_taken(s, p.tenant_id, name, app.id):
+            raise duplicate(name)
         for field in UPDATABLE:
             if field in changes and (changes[field] is not None or field in NULLABLE):
                 setattr(app, field, changes[field])
@@ -158,7 +158,7 @@ async def update_app(ctx: Context, p: Principal, app_id: str, changes: dict[str,
             await s.commit()
         except IntegrityError:
             await s.rollback()
-            raise _duplicate(name) from None
+            raise duplicate(name) from None
         detail = await _detail(s, app)
     await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id)
     return detail

@@ -17,18 +17,11 @@ from sqlmodel import select
 from services.console.service.common import Principal
 from shared import llm
 from shared.context import Context
-from shared.credentials import provider_credentials
+from shared.credentials import check_model_type, provider_credentials
 from shared.errors import invalid_param
 from shared.models import TenantDefaultModel, utcnow
 
-MODEL_TYPES = ("llm", "text-embedding", "rerank", "speech2text", "tts", "moderation")
 MAX_SETTINGS = 32  # entries one request may carry (there are six types)
-
-
-def check_model_type(model_type: Any) -> str:
-    if model_type not in MODEL_TYPES:
-        raise invalid_param(f"model_type must be one of {', '.join(MODEL_TYPES)}.", params="model_type")
-    return model_type
 
 
 def view(row: TenantDefaultModel | None) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from shared.context import Context
 from shared.egress import Egress, EgressError, EgressPolicy
 from shared.errors import ApiError
 from shared.models import App, AppImport, AppModelConfig, Workflow, new_id, utcnow
+from shared.site import site_view
 
 # The DSL version of current Dify exports (its CURRENT_DSL_VERSION), which Plexus reads and writes: their graphs
 # are reference §6's. A document from an older minor imports with a warning status; one with a node type Plexus
@@ -292,9 +293,8 @@ async def _apply(ctx: Context, p: Principal, doc: dict[str, Any], overrides: dic
         name = overrides.get("name")
         if name is not None:  # checked first: the draft is not replaced for an import that fails
             async with ctx.db.session() as s:
-                if (await s.exec(select(App.id).where(App.tenant_id == p.tenant_id, App.name == name,
-                                                      App.id != target.id))).first() is not None:
-                    raise ImportFailed(f"An app named '{name}' already exists in this workspace.")
+                if await apps.name_taken(s, p.tenant_id, name, target.id):
+                    raise ImportFailed(apps.duplicate(name).message)
         try:
             await workflows.save_draft(ctx, p, target.id, _draft_body(doc))
         except ApiError as e:
@@ -369,7 +369,7 @@ async def _document(s: AsyncSession, app: App, include_secret: bool) -> dict[str
     unless ``include_secret``)."""
     doc: dict[str, Any] = {"app": {"name": app.name, "mode": app.mode, "description": app.description,
                                    "icon": app.icon, "icon_background": app.icon_background,
-                                   "use_icon_as_answer_icon": False},
+                                   "use_icon_as_answer_icon": site_view(app)["use_icon_as_answer_icon"]},
                            "kind": "app", "version": DSL_VERSION}
     if app.mode in workflows.GRAPH_MODES:
         draft = (await s.exec(select(Workflow).where(Workflow.app_id == app.id,

@@ -16,7 +16,7 @@ from services.console.service.common import Principal, publish_change
 from services.console.service.providers import mask_credentials, merge_hidden
 from shared import extensions
 from shared.context import Context
-from shared.crypto import decrypt_json, encrypt_json
+from shared.crypto import encrypt_json, try_decrypt_json
 from shared.egress import Egress, EgressPolicy
 from shared.errors import ApiError, invalid_param, not_found
 from shared.models import ApiBasedExtension, App, AppModelConfig, Workflow, ts
@@ -27,7 +27,7 @@ PING_TIMEOUT = 10.0
 def view(ext: ApiBasedExtension, creds: dict[str, Any]) -> dict[str, Any]:
     """``creds``: the decrypted ``{"api_key"}``, shown masked as provider credentials are."""
     return {"id": ext.id, "name": ext.name, "api_endpoint": ext.api_endpoint,
-            "api_key": mask_credentials(creds)["api_key"], "created_at": ts(ext.created_at)}
+            "api_key": mask_credentials(creds).get("api_key", ""), "created_at": ts(ext.created_at)}
 
 
 def _not_found() -> ApiError:
@@ -50,7 +50,8 @@ class Extensions:
         await self.egress.close()
 
     def _creds(self, ext: ApiBasedExtension) -> dict[str, Any]:
-        return decrypt_json(self.ctx.settings.secret_key, ext.encrypted_api_key)
+        """The key, or nothing when it cannot be read (an earlier secret key): shown empty, set again on save."""
+        return try_decrypt_json(self.ctx.settings.secret_key, ext.encrypted_api_key) or {}
 
     async def list(self, p: Principal) -> list[dict[str, Any]]:
         async with self.ctx.db.session() as s:

@@ -12,16 +12,15 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from cryptography.fernet import InvalidToken
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.console.service.common import Principal, publish_change
-from services.console.service.default_models import check_model_type
 from shared import llm
 from shared.context import Context
-from shared.crypto import decrypt_json, encrypt_json
+from shared.credentials import check_model_type
+from shared.crypto import encrypt_json, try_decrypt_json
 from shared.errors import ApiError, invalid_param, not_found
 from shared.models import ProviderCredential, ProviderModelCredential, utcnow
 
@@ -75,11 +74,10 @@ def _check_provider(provider: str) -> None:
 
 
 def _decrypt(ctx: Context, row: ProviderCredential | ProviderModelCredential) -> dict[str, Any] | None:
-    try:
-        return decrypt_json(ctx.settings.secret_key, row.encrypted_credentials)
-    except InvalidToken:  # encrypted under an earlier secret key: treat as absent
+    found = try_decrypt_json(ctx.settings.secret_key, row.encrypted_credentials)
+    if found is None:  # encrypted under an earlier secret key: treat as absent
         log.warning("provider_credentials_undecryptable", provider=row.provider, tenant_id=row.tenant_id)
-        return None
+    return found
 
 
 async def _row(s: AsyncSession, tenant_id: str, provider: str) -> ProviderCredential | None:
