@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -443,7 +444,10 @@ async def test_auto_play_reads_the_streamed_answer(env: Env) -> None:
     kinds = [e["event"] for e in events]
     # Dify's order: the audio still being made follows message_end; tts_message_end comes last
     assert kinds[-1] == "tts_message_end" and "message_end" in kinds, kinds
-    assert kinds.index("message_end") < len(kinds) - 1
+    # "Ask me more?" is too short a sentence to be read before the answer is complete: its audio follows
+    last = next(i for i, e in enumerate(events) if e["event"] == "tts_message"
+                and "Ask me more?" in base64.b64decode(e["audio"]).decode())
+    assert last > kinds.index("message_end"), kinds
     end = events[-1]
     assert end["audio"] == "" and end["message_id"] == events[0]["message_id"], end
     assert {e["task_id"] for e in events if e["event"].startswith("tts")} == {events[0]["task_id"]}
@@ -504,6 +508,29 @@ async def test_auto_play_failures_and_limits(env: Env) -> None:
     env.llm.push(match="silent", reply="Nobody reads this aloud.")
     events = await stream(env, h, "silent")
     assert not [e for e in events if e["event"].startswith("tts")] and events[-1]["event"] == "message_end"
+
+
+async def test_a_stop_ends_the_audio_that_follows_the_answer(env: Env) -> None:
+    """A stop while the audio still follows message_end ends it at once with tts_message_end (chat and
+    chatflow runs share the rule; here a chat)."""
+    _, h = await env.app(**AUTO_PLAY)
+    env.llm.push(endpoint="speech", match="slowly", first_delay=5)  # this sentence takes its time
+    env.llm.push(match="stop me", reply="A first sentence is quick to read. Read me slowly")
+    body = {"inputs": {}, "query": "stop me", "user": "u1", "response_mode": "streaming"}
+    events: list[dict[str, Any]] = []
+    async with env.c.stream("POST", "/v1/chat-messages", headers=h, json=body) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(json.loads(line[6:]))
+            if events[-1]["event"] == "message_end":
+                t0 = time.monotonic()
+                stop = await env.c.post(f"/v1/chat-messages/{events[-1]['task_id']}/stop", headers=h,
+                                        json={"user": "u1"})
+                assert stop.status_code == 200, stop.text
+    assert time.monotonic() - t0 < 3  # not the 5 s the slow piece takes
+    assert events[-1]["event"] == "tts_message_end", [e["event"] for e in events]
+    assert not [t for t in spoken(events) if "slowly" in t]
 
 
 async def test_auto_play_reads_direct_answers(env: Env) -> None:

@@ -54,6 +54,7 @@ async def test_a_fast_long_answer_is_read_in_order_in_bounded_pieces() -> None:
     sentences = [f"Sentence number {i} says something worth hearing." for i in range(200)]
     for s in sentences:
         p.feed(s + " ")
+        await asyncio.sleep(0)  # the reader runs between pieces, as it does beside a streaming model
     await p.finish()
     assert " ".join(rec.spoken()) == " ".join(sentences)  # every sentence once, in order
     assert all(len(t) <= PIECE_CHARS for t in rec.texts)
@@ -88,7 +89,17 @@ async def test_at_most_the_total_limit_is_read() -> None:
     p = player(rec)
     p.feed("A sentence of some length goes here. " * 2000)
     await p.finish()
-    assert sum(len(t) for t in rec.texts) <= TTS_MAX_TOTAL_CHARS
+    assert TTS_MAX_TOTAL_CHARS - PIECE_CHARS < sum(len(t) for t in rec.texts) <= TTS_MAX_TOTAL_CHARS
+
+
+async def test_a_replacement_is_read_even_after_the_limit() -> None:
+    rec = Recorder(delay=0.05)
+    p = player(rec)
+    p.feed("A sentence of some length goes here. " * 2000)  # the whole limit queued, little of it read yet
+    await asyncio.sleep(0.01)
+    p.replace("I cannot say that.")
+    await p.finish()
+    assert rec.spoken()[-1] == "I cannot say that."
 
 
 async def test_replacement_drops_what_was_not_read() -> None:

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
-from services.runtime.service.audio import SENTENCE_END, TTS_MAX_TOTAL_CHARS, speech_pieces
+from services.runtime.service.audio import (
+    DEFAULT_VOICE,
+    SENTENCE_END,
+    TTS_MAX_TOTAL_CHARS,
+    speak,
+    speech_pieces,
+)
+
+if TYPE_CHECKING:
+    from services.runtime.service.cache import AppEntry
+    from services.runtime.service.core import Runtime
 
 log = structlog.get_logger("plexus.runtime.autoplay")
 
@@ -36,9 +45,30 @@ def auto_play(feature: Any) -> bool:
     return isinstance(feature, dict) and bool(feature.get("enabled")) and feature.get("autoPlay") == "enabled"
 
 
+async def auto_player(rt: Runtime, app: AppEntry, feature: dict[str, Any], envelope: dict[str, Any],
+                      task_id: str) -> AutoPlay | None:
+    """What reads a streamed answer aloud (chat and advanced-chat runs) with the workspace's default tts model
+    and the feature's voice; none without a usable model (logged): the answer never waits or fails for its
+    audio. ``envelope``: the fields every tts event carries."""
+    try:
+        binding = await rt.helper.default_binding(app.tenant_id, "tts")
+    except Exception as e:  # noqa: BLE001 - e.g. the model's provider lost its credentials
+        log.warning("auto_play_unavailable", app_id=app.id, error=str(e))
+        return None
+    if binding is None:
+        log.info("auto_play_without_tts_model", app_id=app.id)
+        return None
+    voice, timeout = str(feature.get("voice") or DEFAULT_VOICE), rt.settings.llm_timeout
+
+    async def read(text: str) -> bytes:
+        return await speak(binding, text, voice, timeout)
+
+    return AutoPlay(read, envelope, task_id, app.id)
+
+
 class AutoPlay:
     """Reads one run's answer aloud. ``start`` with the run's emit, ``feed`` every piece sent to the client,
-    ``replace`` when the answer is replaced, then ``finish`` (or ``cancel``)."""
+    ``replace`` when the answer is replaced, then ``finish`` (or ``cancel``); ``abort`` stops it at once."""
 
     def __init__(self, speak: Callable[[str], Awaitable[bytes]], envelope: dict[str, Any], task_id: str,
                  app_id: str) -> None:
@@ -54,18 +84,19 @@ class AutoPlay:
         self._task: asyncio.Task[None] | None = None
         self._emit: Emit | None = None
         self.failed = False
-        self.pieces = 0  # audio events sent
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
         self._task = asyncio.get_running_loop().create_task(self._read(), name="tts-auto-play")
 
     def feed(self, delta: str) -> None:
-        if self.failed or self._done:
+        if self.failed or self._done or self._chars >= TTS_MAX_TOTAL_CHARS:
             return
+        seen = len(self._pending)
         self._pending += delta
         cut = 0
-        for m in SENTENCE_END.finditer(self._pending):
+        # only the new text can hold a new cut (an earlier end was taken, or too close to the start)
+        for m in SENTENCE_END.finditer(self._pending, max(0, seen - 1)):
             if m.end() >= MIN_SENTENCE_CHARS:
                 cut = m.end()
         if cut:
@@ -74,6 +105,7 @@ class AutoPlay:
 
     def replace(self, answer: str) -> None:
         """The answer became ``answer`` (moderation): what was not read yet is dropped, ``answer`` is read."""
+        self._chars -= sum(len(t) for t in self._ready)  # dropped unread: no longer counted against the limit
         self._ready.clear()
         self._pending = ""
         self._queue(answer)
@@ -120,33 +152,32 @@ class AutoPlay:
                     self._ready.clear()
                     return
                 await self._emit(self._head + orjson.dumps(base64.b64encode(audio).decode()) + b"}")
-                self.pieces += 1
             if self._done:
                 return
 
     async def finish(self) -> None:
-        """The answer is complete: read the rest, then ``tts_message_end``."""
+        """The answer is complete: read the rest (unless stopped meanwhile), then ``tts_message_end``."""
         if self._task is None or self._emit is None:
             return
-        self._queue(self._pending)
-        self._pending = ""
-        self._done = True
-        self._wake.set()
-        with contextlib.suppress(Exception):  # _read logs its own failures
-            await self._task
+        if not self._done:
+            self._queue(self._pending)
+            self._pending = ""
+            self._done = True
+            self._wake.set()
+        await asyncio.wait([self._task])  # its end, whatever it was (_read logs failures); ours still raises
         await self._emit(self._end)
 
     async def cancel(self, *, end: bool) -> None:
         """The run stopped or failed: nothing more is read; ``end`` still sends ``tts_message_end``."""
-        self._done = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait([self._task])  # its end, whatever it was; our own cancellation still raises
-        if end and self._emit is not None and self._task is not None:
-            await self._emit(self._end)
+        self.abort()
+        if self._task is not None:
+            await asyncio.wait([self._task])
+            if end and self._emit is not None:
+                await self._emit(self._end)
 
     def abort(self) -> None:
-        """No more audio, at once (the run is being torn down): the reader is cancelled, nothing is sent."""
+        """No more audio, at once (a stop, or the run torn down): the reader is cancelled; ``finish`` or
+        ``cancel`` then sends the end."""
         self._done = True
         if self._task is not None and not self._task.done():
             self._task.cancel()

@@ -13,8 +13,7 @@ from sqlmodel import select
 from services.runtime import llm
 from services.runtime.service import rag
 from services.runtime.service.answer_cache import AnswerCache
-from services.runtime.service.audio import DEFAULT_VOICE, speak
-from services.runtime.service.autoplay import AutoPlay, auto_play
+from services.runtime.service.autoplay import auto_play, auto_player
 from services.runtime.service.errors import (
     CHAT_MODES,
     app_unavailable,
@@ -252,7 +251,7 @@ class ChatService:
             )
             tts = config.text_to_speech  # auto play: a streamed answer is read aloud (autoplay.py)
             if streaming and tts.enabled and auto_play(feature := tts.model_dump()):
-                run.speech = await self.reader(app, feature, run.envelope("tts_message"), run.task_id)
+                run.speech = await auto_player(self.rt, app, feature, run.envelope("tts_message"), run.task_id)
             if direct is not None:
                 run.usage = direct_row["usage"]
                 if cached is not None:
@@ -274,21 +273,6 @@ class ChatService:
             if review is not None:
                 review.close()
             raise
-
-    async def reader(self, app: AppEntry, feature: dict[str, Any], envelope: dict[str, Any], task_id: str
-                     ) -> AutoPlay | None:
-        """What reads a streamed answer aloud (autoplay.py; chat runs and advanced-chat runs), with the workspace's
-        default tts model; none without one. ``envelope``: the fields every tts event carries."""
-        binding = await self.rt.helper.default_binding(app.tenant_id, "tts")
-        if binding is None:
-            log.info("auto_play_without_tts_model", app_id=app.id)
-            return None
-        voice, timeout = str(feature.get("voice") or DEFAULT_VOICE), self.rt.settings.llm_timeout
-
-        async def read(text: str) -> bytes:
-            return await speak(binding, text, voice, timeout)
-
-        return AutoPlay(read, envelope, task_id, app.id)
 
     async def _conversation(
         self, app: AppEntry, end_user_id: str, conv_id: str

@@ -14,6 +14,7 @@ import asyncio
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -40,9 +41,6 @@ def frame(seq: int, data: bytes) -> bytes:
 FINALIZE_MESSAGE = update(Message.__table__).where(Message.__table__.c.id == bindparam("b_id"))
 FINALIZE_ATTEMPTS = 8  # ~30 s of backoff in all
 STOP_REASONS = {"user": None, "timeout": "run timed out", "shutdown": "interrupted"}
-
-
-_READERS: set[asyncio.Task] = set()  # strong refs: a direct answer's auto play outlives the request's call
 
 
 class Channel:
@@ -148,6 +146,8 @@ class Run:
         if self.stop_reason is not None or self.finished.is_set():
             return
         self.stop_reason = reason
+        if self.speech is not None:  # the audio stops too, also while it follows the answer
+            self.speech.abort()
         if self.streaming and self.task is not None:
             self.task.cancel()
 
@@ -314,38 +314,39 @@ class RunRegistry:
         run.status = "normal"
         end = orjson.dumps({**run.envelope("message_end"), "task_id": run.task_id, "id": run.message_id,
                             "metadata": run.metadata()})
-        subject = task_events(run.task_id)
-        async def put(data: bytes) -> None:
-            run.seq += 1
-            if run.channel is not None:
-                run.channel.put(frame(run.seq, data))
-            try:
-                await self.ctx.bus.nc.publish(subject, data)
-            except Exception:  # noqa: BLE001 - the event log is best effort; the answer is in the DB
-                log.warning("run_event_publish_failed")
-
         for data in (run._prefix + orjson.dumps(answer) + b"}", end):
-            await put(data)
-        if run.speech is not None:  # auto play: read after message_end, as a model's answer's rest is
-            run.speech.start(put)
+            await self._publish(run, data)
+        if run.speech is not None:  # auto play: read after message_end, as a model's answer's rest is; the run
+            # stays registered meanwhile, so a stop or a shutdown reaches it
+            run.speech.start(partial(self._publish, run))
             run.speech.feed(answer)
-            task = asyncio.get_running_loop().create_task(self._read_then_close(run))
-            _READERS.add(task)
-            task.add_done_callback(_READERS.discard)
+            self.runs[run.task_id] = run
+            run.task = asyncio.get_running_loop().create_task(self._read_then_close(run))
             return
         if run.channel is not None:
             run.channel.close()
         run.finished.set()
 
-    @staticmethod
-    async def _read_then_close(run: Run) -> None:
+    async def _read_then_close(self, run: Run) -> None:
         try:
             await run.speech.finish()
         finally:
             run.speech.abort()
             if run.channel is not None:
                 run.channel.close()
+            self.runs.pop(run.task_id, None)
             run.finished.set()
+
+    async def _publish(self, run: Run, data: bytes) -> None:
+        """One event outside the model's stream: into the SSE channel and onto the run's subject (the event log
+        is best effort; the answer is in the database)."""
+        run.seq += 1
+        if run.channel is not None:
+            run.channel.put(frame(run.seq, data))
+        try:
+            await self.ctx.bus.nc.publish(task_events(run.task_id), data)
+        except Exception:  # noqa: BLE001
+            log.warning("run_event_publish_failed")
 
     async def _store_final(self, run: Run, params: dict[str, Any]) -> None:
         """Write the finished message, retrying a busy or briefly unreachable database: an answer the
@@ -402,13 +403,6 @@ class RunRegistry:
                 "id": run.message_id,
                 "metadata": run.metadata(),
             }
-        data = orjson.dumps(payload)
-        run.seq += 1
-        if run.channel is not None:
-            run.channel.put(frame(run.seq, data))
-        try:
-            await self.ctx.bus.nc.publish(task_events(run.task_id), data)
-        except Exception:  # noqa: BLE001 - the event log is best effort; the run's result is in the DB
-            log.warning("run_event_publish_failed")
+        await self._publish(run, orjson.dumps(payload))
         if run.cache is not None and run.status == "normal" and answer:
             await run.cache.store(answer, run.message_id)

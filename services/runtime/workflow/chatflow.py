@@ -20,7 +20,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime import llm
-from services.runtime.service.autoplay import auto_play
+from services.runtime.service.autoplay import auto_play, auto_player
 from services.runtime.service.chat import INSERT_CONVERSATION, INSERT_MESSAGE
 from services.runtime.service.errors import (
     completion_request_error,
@@ -199,15 +199,15 @@ class ChatflowService:
                 await s.exec(insert(MessageFile.__table__),  # type: ignore[call-overload]
                              params=[{**r, "id": new_id(), "message_id": task.chat.message_id} for r in file_rows])
 
+        tts = (workflow.features or {}).get("text_to_speech")
+        speech = await auto_player(self.rt, app, tts, {
+            "conversation_id": conv_id, "message_id": task.chat.message_id, "created_at": task.created_at},
+            task.task_id) if streaming and auto_play(tts) else None
         if not direct:
             # the review is the run's from here: service.py feeds it every answer delta and closes it
             task.chat.review = mod.output_review() if mod is not None else None
+            task.chat.speech = speech
             try:
-                tts = (workflow.features or {}).get("text_to_speech")
-                if streaming and auto_play(tts):
-                    task.chat.speech = await self.rt.chat.reader(app, tts, {
-                        "conversation_id": conv_id, "message_id": task.chat.message_id,
-                        "created_at": task.created_at}, task.task_id)
                 await wf.launch(task, before=rows)
             except BaseException:
                 if task.chat.review is not None and task.task is None:  # the run never started
@@ -227,9 +227,7 @@ class ChatflowService:
         run.usage = direct["usage"]
         if hit is not None:
             run.extra_metadata["annotation_reply"] = hit.metadata()
-        tts = (workflow.features or {}).get("text_to_speech")
-        if streaming and auto_play(tts):  # read aloud like a run's answer (autoplay.py)
-            run.speech = await self.rt.chat.reader(app, tts, run.envelope("tts_message"), run.task_id)
+        run.speech = speech  # read aloud like a run's answer (autoplay.py)
         await self.rt.runs.answer_directly(run, direct["answer"])
         if auto_name and new_conversation and flagged is None:
             self.rt.helper.title_after(app, conv_id, query, run.finished, lambda: True)

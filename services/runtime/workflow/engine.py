@@ -71,6 +71,14 @@ class VariablePool:
     def __init__(self, roots: dict[str, dict[str, Any]] | None = None, parent: VariablePool | None = None) -> None:
         self.values: dict[str, dict[str, Any]] = dict(roots or {})
         self.parent = parent
+        self.loop_ended = False  # a loop round's layer: a loop-end node ran in this round
+
+    def layer_of(self, node_id: str) -> VariablePool | None:
+        """The nearest layer holding ``node_id``'s values (a loop's current round, for its children)."""
+        pool: VariablePool | None = self
+        while pool is not None and node_id not in pool.values:
+            pool = pool.parent
+        return pool
 
     def node(self, node_id: str) -> dict[str, Any] | None:
         pool: VariablePool | None = self
@@ -197,7 +205,6 @@ class Engine:
         self.finished_nodes: set[str] = set()
         self.skipped: set[str] = set()
         self.conversation_changed: dict[str, Any] = {}  # advanced-chat: variables the assigner wrote
-        self.loop_ended: set[str] = set()  # loops whose current round ran a loop-end node
         self._streams = self._plan_streams()
 
     # -- streaming text ------------------------------------------------------------------------------
@@ -499,11 +506,12 @@ class Engine:
         try:
             if not broken(VariablePool({node.id: state}, parent=pool)):
                 for i in range(count):
-                    layer = VariablePool({node.id: state}, parent=pool)  # the round's node outputs stay in it
-                    self.loop_ended.discard(node.id)
+                    # the round's node outputs stay in its own layer, and so does its loop-end (parallel copies
+                    # of this loop, in an iteration, each have theirs)
+                    layer = VariablePool({node.id: state}, parent=pool)
                     await self._scope(children, start_id, layer, node, i)
                     rounds = i + 1
-                    if node.id in self.loop_ended or broken(layer):
+                    if layer.loop_ended or broken(layer):
                         break
                     await self.emit("loop_next", {"data": {**meta, "index": i + 1, "pre_loop_output": dict(state),
                                                            "parallel_mode_run_id": None, "duration": None}})
@@ -513,8 +521,6 @@ class Engine:
                 "elapsed_time": round(time.perf_counter() - started, 6), "total_tokens": self.tokens,
                 "execution_metadata": None, "finished_at": int(time.time()), "steps": rounds}})
             raise NodeError(f"loop failed: {e}") from None
-        finally:
-            self.loop_ended.discard(node.id)
         outputs = {**state, "loop_round": rounds}
         await self.emit("loop_completed", {"data": {
             **meta, "outputs": outputs, "inputs": inputs, "status": "succeeded", "error": None,

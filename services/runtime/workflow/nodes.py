@@ -93,7 +93,9 @@ async def loop_start(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
 
 async def loop_end(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     """Reached: the enclosing loop's current round is its last."""
-    eng.loop_ended.add(str(node.parent_id))
+    layer = pool.layer_of(str(node.parent_id))
+    if layer is not None:
+        layer.loop_ended = True
     return NodeResult()
 
 

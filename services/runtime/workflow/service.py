@@ -81,11 +81,15 @@ class WorkflowTask:
     files: list[dict[str, Any]] = field(default_factory=list)  # sys.files: the request's files as File values
     preset: str | None = None  # input moderation flagged the inputs: no node runs, this is the output text
     review: Any = None  # workflow apps: moderation.OutputReview of the text stream and outputs (advanced-chat: chat's)
+    closing: bool = False  # the run's result is being stored and its last events sent: a stop ends only the audio
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None and not self.finished.is_set():
             self.stop_reason = reason
-            if self.task is not None:
+            speech = self.chat.speech if self.chat is not None else None
+            if speech is not None and reason != "moderation":  # the audio stops too, also after the answer
+                speech.abort()  # (a flagged answer's preset is still read)
+            if self.task is not None and not self.closing:
                 self.task.cancel()
 
     def data(self) -> dict[str, Any]:
@@ -266,9 +270,6 @@ class WorkflowService:
                 return
             await put(orjson.dumps({"event": event, **envelope, **fields}))
 
-        if speech is not None:
-            speech.start(put)
-
         env = {v["name"]: v.get("value") for v in task.workflow.environment_variables or []}
         system = {"user_id": task.session_id, "app_id": task.app_id, "workflow_id": task.workflow.id,
                   "workflow_run_id": task.run_id, "files": task.files}
@@ -286,6 +287,8 @@ class WorkflowService:
         await emit("workflow_started", {"data": {"id": task.run_id, "workflow_id": task.workflow.id,
                                                  "inputs": task.inputs, "created_at": task.created_at}})
         try:
+            if speech is not None:
+                speech.start(put)
             if task.preset is not None:  # input moderation: Dify's preset text instead of the graph
                 await emit("text_chunk", {"data": {"text": task.preset, "from_variable_selector": None}})
                 engine.outputs = {"text": task.preset}
@@ -309,6 +312,7 @@ class WorkflowService:
             log.exception("workflow_run_crashed")
             task.status, task.error = "failed", f"{type(e).__name__}: {e}"
         finally:
+            task.closing = True
             task.outputs = engine.outputs if task.status in ("succeeded", "partial-succeeded") else {}
             if chat is None and review is not None and review.flagged:
                 task.outputs = {"text": review.preset}  # as a flagged input's run: the preset is the result
