@@ -590,7 +590,9 @@ class UploadFile(SQLModel, table=True):
 
 class Document(SQLModel, table=True):
     __tablename__ = "documents"
-    __table_args__ = (Index("ix_documents_dataset_position", "dataset_id", "position"),)
+    # a file is one document's (deleting the document deletes it): the console's documents-from-files rely on it
+    __table_args__ = (Index("ix_documents_dataset_position", "dataset_id", "position"),
+                      Index("uq_documents_upload_file", "upload_file_id", unique=True))
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     tenant_id: str = Field(max_length=36, index=True)
     dataset_id: str = Field(foreign_key="datasets.id", max_length=36, ondelete="CASCADE")

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import nats.errors
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -39,6 +40,8 @@ Description = Annotated[str, StringConstraints(max_length=400)]
 SUCCESS = {"result": "success"}
 V1, CONSOLE = "/v1", "/console/api"
 AUTHORIZE_TIMEOUT = 10.0  # seconds for the console's access check
+MAX_BATCH_DOCUMENTS = 100  # ids per console batch delete
+log = structlog.get_logger("plexus.indexer.api")
 
 
 class _Body(BaseModel):
@@ -145,6 +148,9 @@ async def _tenant(request: Request) -> str:
     err = reply.get("error")
     if err is not None:
         status = int(err.get("status") or 500)
+        if status >= 500:  # the console failed: its detail is for the logs, not the caller
+            log.warning("console_authorize_failed", error=err)
+            raise ApiError(503, "service_unavailable", "The console could not check this request; try again shortly.")
         message = err.get("message") or "The request was refused."
         raise unauthorized(message) if status == 401 else ApiError(status, err.get("code"), message)
     CONSOLE_MEMBER.set(Member(account_id=reply["account_id"], role=reply["role"]))
@@ -182,12 +188,14 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         async def delete_documents(t: Tenant, dataset_id: str, document_id: DocumentIds = None) -> Response:
             if not document_id:
                 raise invalid("document_id is required")
+            if len(document_id) > MAX_BATCH_DOCUMENTS:
+                raise invalid(f"At most {MAX_BATCH_DOCUMENTS} documents can be deleted at once.")
             await docs.delete_many(t, dataset_id, document_id)
             return Response(status_code=204)
 
         @r.get("/datasets/{dataset_id}/permission-part-users")
         async def partial_members(t: Tenant, dataset_id: str) -> Response:
-            return json_response({"data": (await datasets.get(t, dataset_id))["partial_member_list"]})
+            return json_response({"data": await datasets.members(t, dataset_id)})
 
         @r.get("/datasets/{dataset_id}/use-check")
         async def use_check(t: Tenant, dataset_id: str) -> Response:

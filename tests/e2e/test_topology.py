@@ -20,7 +20,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import console_admin
+from tests.support import bearer as support_bearer
+from tests.support import console_admin, wait_indexed
 from tests.topology import Shape, Topology, _pg_dsn, missing_dependencies, pg_admin_url
 
 _WHY = missing_dependencies()
@@ -240,14 +241,11 @@ async def test_console_knowledge_goes_through_the_indexer(world: World) -> None:
     r = await c.post("/console/api/datasets/init", headers=h, json=body)
     assert r.status_code == 200, r.text
     ds, batch = r.json()["dataset"]["id"], r.json()["batch"]
-    deadline = time.monotonic() + 60
-    while (await c.get(f"/console/api/datasets/{ds}/documents/{batch}/indexing-status", headers=h)
-           ).json()["data"][0]["indexing_status"] != "completed":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    (status,) = await wait_indexed(c, "/console/api", h, ds, batch)
+    assert status["indexing_status"] == "completed", status
     r = await c.post("/console/api/datasets/api-keys", headers=h)  # the console's route, not a dataset id
     assert r.status_code == 201, r.text
-    key = {"Authorization": f"Bearer {r.json()['token']}"}
+    key = support_bearer(r.json()["token"])
     r = await c.post(f"/v1/datasets/{ds}/retrieve", headers=key, json={"query": "split mode"})
     assert r.status_code == 200 and r.json()["records"], r.text
     r = await c.get("/console/api/datasets", headers={"Authorization": "Bearer nope"})

@@ -177,11 +177,14 @@ async def test_dataset_in_use_cannot_be_deleted(kb: KB, llm) -> None:
     r = await kb.c.delete(f"/v1/datasets/{ds['id']}", headers=kb.h)
     assert r.status_code == 409 and r.json()["code"] == "dataset_in_use"
     assert (await kb.c.get(f"/v1/datasets/{ds['id']}", headers=kb.h)).json()["app_count"] == 1
+    use = f"/console/api/datasets/{ds['id']}/use-check"  # the console's check says so too
+    assert (await kb.c.get(use, headers=kb.admin)).json() == {"is_using": True}
     # an unknown dataset in a model config is refused by the console
     cfg["dataset_configs"]["datasets"]["datasets"][0]["dataset"]["id"] = str(uuid.uuid4())
     r = await kb.c.post(f"/console/api/apps/{app['id']}/model-config", headers=kb.admin, json=cfg)
     assert r.status_code == 400 and r.json()["code"] == "invalid_param"
     assert (await kb.c.delete(f"/console/api/apps/{app['id']}", headers=kb.admin)).status_code == 204
+    assert (await kb.c.get(use, headers=kb.admin)).json() == {"is_using": False}
     assert (await kb.c.delete(f"/v1/datasets/{ds['id']}", headers=kb.h)).status_code == 204
 
 

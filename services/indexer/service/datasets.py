@@ -183,8 +183,9 @@ class DatasetService:
             members = member_ids(body["partial_member_list"]) \
                 if ds.permission == "partial_members" and body.get("partial_member_list") is not None else []
             try:
-                await s.flush()
-                await _set_members(s, ds, members)
+                if members:
+                    await s.flush()  # the dataset row first: the member rows point at it
+                    await _set_members(s, ds, members)
                 await s.commit()
             except IntegrityError:
                 await s.rollback()
@@ -274,6 +275,13 @@ class DatasetService:
             for doc_id, version in reindex:
                 await self.kn.enqueue(doc_id, version)
         return out
+
+    async def members(self, tenant_id: str, dataset_id: str) -> list[str]:
+        """The dataset's partial member list (account ids)."""
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            return list((await s.exec(select(DatasetPermission.account_id).where(
+                DatasetPermission.dataset_id == ds.id).order_by(DatasetPermission.created_at))).all())
 
     async def in_use(self, tenant_id: str, dataset_id: str) -> bool:
         """Whether an app links the dataset (which then cannot be deleted)."""

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -328,7 +329,10 @@ class DocumentService:
                     doc.doc_metadata = built_in_values(doc, f)
                 s.add(doc)
                 docs.append(doc)
-            await s.commit()
+            try:
+                await s.commit()
+            except IntegrityError:  # another request made a document of one of the files meanwhile
+                raise invalid("A file is already a document's file; upload it again for another document.") from None
         for doc in docs:
             await self.kn.enqueue(doc.id, doc.index_version)
         return {"documents": [document_json(d, files[d.upload_file_id or ""]) for d in docs], "batch": batch}
@@ -350,7 +354,7 @@ class DocumentService:
                                         "retrieval_model")}})
         try:
             out = await self.create_from_files(tenant_id, made["id"], body)
-        except ApiError:  # refused before any document was stored (say, the embedding model's check)
+        except ApiError:  # refused before any document was stored (say, a file made a document meanwhile)
             await datasets.delete(tenant_id, made["id"])
             raise
         return {"dataset": await datasets.get(tenant_id, made["id"]), **out}
@@ -403,31 +407,27 @@ class DocumentService:
 
     # -- delete / status ----------------------------------------------------------------------------------
     async def delete(self, tenant_id: str, dataset_id: str, document_id: str) -> None:
-        async with self.kn.db.session() as s:
-            ds = await get_dataset(s, tenant_id, dataset_id)
-            doc = await get_document(s, ds, document_id)
-            if doc.indexing_status in ACTIVE_STATES:
-                raise document_indexing()
-            f = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
-            await s.exec(delete(DocumentSegment).where(DocumentSegment.document_id == doc.id))
-            await s.delete(doc)
-            if f is not None:
-                await s.delete(f)
-            await s.commit()
-        await self.kn.vectors.delete_document(dataset_space(ds), tenant_id, ds.id, doc.id)
-        if f is not None:
-            await self.kn.files.delete(f.object_name)
+        await self.delete_many(tenant_id, dataset_id, [document_id])
 
     async def delete_many(self, tenant_id: str, dataset_id: str, document_ids: list[str]) -> None:
-        """Console batch delete: every document is checked (exists, no worker on it) before any goes."""
-        ids = list(dict.fromkeys(document_ids))
+        """Delete documents, with their segments, files and vectors, in one transaction: every one is checked
+        (exists, no worker on it) before any goes (the console's batch delete; one for the knowledge API)."""
         async with self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
-            for doc_id in ids:
-                if (await get_document(s, ds, doc_id)).indexing_status in ACTIVE_STATES:
-                    raise document_indexing()
+            docs = [await get_document(s, ds, doc_id) for doc_id in dict.fromkeys(document_ids)]
+            if any(d.indexing_status in ACTIVE_STATES for d in docs):
+                raise document_indexing()
+            files = await _files(s, docs)
+            ids = [d.id for d in docs]
+            await s.exec(delete(DocumentSegment).where(col(DocumentSegment.document_id).in_(ids)))
+            await s.exec(delete(Document).where(col(Document.id).in_(ids)))
+            if files:
+                await s.exec(delete(UploadFile).where(col(UploadFile.id).in_([f.id for f in files.values()])))
+            await s.commit()
         for doc_id in ids:
-            await self.delete(tenant_id, dataset_id, doc_id)
+            await self.kn.vectors.delete_document(dataset_space(ds), tenant_id, ds.id, doc_id)
+        for f in files.values():
+            await self.kn.files.delete(f.object_name)
 
     async def set_status(self, tenant_id: str, dataset_id: str, action: str, document_ids: list[str]) -> None:
         if action not in STATUS_ACTIONS:
