@@ -23,6 +23,22 @@ H_REQUEST_ID = "x-request-id"
 IDENTITY_HEADERS = (H_SECRET, H_TENANT, H_APP, H_KEY, H_KEY_TYPE)
 H_CSRF = "x-csrf-token"  # the console's CSRF token, for requests signed in by cookie
 
+# The console's knowledge routes (/console/api + path) are served by the indexer: everything under /datasets but
+# the workspace's dataset keys, which are the console's, and console file uploads. The gateway routes by this rule
+# and the console's access table decides them by it.
+CONSOLE_PREFIX = "/console/api"
+_CONSOLE_KEY_PATHS = ("/datasets/api-keys", "/datasets/api-base-info")
+
+
+def console_knowledge(path: str) -> bool:
+    """Whether ``path`` (after /console/api) is one of the indexer's console routes."""
+    if path == "/files/upload":
+        return True
+    if path != "/datasets" and not path.startswith("/datasets/"):
+        return False
+    return not any(path == k or path.startswith(k + "/") for k in _CONSOLE_KEY_PATHS)
+
+
 # Dify's 401 messages (reference §1.1), for app keys at the gateway and console JWTs alike
 AUTH_MISSING = "Authorization header must be provided and start with 'Bearer'"
 AUTH_SCHEME = "Authorization scheme must be 'Bearer'"

@@ -104,11 +104,10 @@ def is_known_provider(provider: str) -> bool:
 def provider_of_plugin(identifier: str) -> str | None:
     """The provider a Dify model-provider plugin brings (``langgenius/openai:0.0.9@<hash>`` → openai), when Plexus
     has it built in; None for any other plugin."""
-    plugin = identifier.split("@", 1)[0].split(":", 1)[0]
-    org, _, name = plugin.partition("/")
+    org, _, name = identifier.split("@", 1)[0].split(":", 1)[0].partition("/")
     if not org or not name or "/" in name:
         return None
-    provider = canonical_provider(f"{plugin}/{name}")
+    provider = canonical_provider(name)
     return provider if provider in KNOWN_PROVIDERS else None
 
 

@@ -36,7 +36,7 @@ from shared import credentials, llm
 from shared.context import Context
 from shared.errors import forbidden, invalid_param, not_found, unauthorized
 from shared.http import create_base_app
-from shared.identity import H_CSRF, AuthError, bearer_token, cookie_header
+from shared.identity import CONSOLE_PREFIX, H_CSRF, AuthError, bearer_token, console_knowledge, cookie_header
 from shared.models import Account, ApiToken, App, TenantMember, ts
 from shared.plans import PlanLimits
 from shared.site import SiteUpdate, site_view
@@ -46,7 +46,7 @@ Mode = Literal[apps.MODES]
 IconType = Literal["emoji", "image", "link"]
 Short = Annotated[str, StringConstraints(max_length=255)]
 
-router = APIRouter(prefix="/console/api")
+router = APIRouter(prefix=CONSOLE_PREFIX)
 
 # Sign-in cookies (newer Dify consoles, reference §7): set by /login, /refresh-token and /activate next to the
 # tokens in the body, cleared by /logout. A request signed in by cookie sends the CSRF token as X-CSRF-Token
@@ -173,17 +173,13 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/api-based-extension/{extension_id}"): (A, "tools:write"),
     ("DELETE", "/api-based-extension/{extension_id}"): (A, "tools:write"),
 }
-_PREFIX_LEN = len("/console/api")
+_PREFIX_LEN = len(CONSOLE_PREFIX)
 
 
 # The knowledge routes the indexer serves under /console/api (everything under /datasets but the keys above, and
 # console file uploads): one rule for all of them, as Dify's dataset editors: everyone reads and tests retrieval,
 # editors change. The indexer asks through CONSOLE_AUTHORIZE (handlers.py) with the route's template.
 KNOWLEDGE_READS = frozenset({"/datasets/{dataset_id}/retrieve", "/datasets/{dataset_id}/hit-testing"})
-
-
-def _knowledge(path: str) -> bool:
-    return path == "/datasets" or path.startswith("/datasets/") or path == "/files/upload"
 
 
 def access_for(method: str, path: str) -> tuple[str, str | None]:
@@ -193,7 +189,7 @@ def access_for(method: str, path: str) -> tuple[str, str | None]:
     found = ACCESS.get((method, path))
     if found is not None:
         return found
-    if _knowledge(path):
+    if console_knowledge(path):
         return (N, "datasets:read") if method in ("GET", "HEAD") or path in KNOWLEDGE_READS \
             else (E, "datasets:write")
     return (N, None) if method in ("GET", "HEAD") else (E, None)

@@ -36,7 +36,15 @@ from services.gateway.proxy import Exchange, HttpForwarder, Meter, forward_local
 from shared.context import Context
 from shared.errors import KEY_EXPIRED
 from shared.http import create_base_app
-from shared.identity import AUTH_INVALID, H_REQUEST_ID, IDENTITY_HEADERS, AuthError, bearer_token
+from shared.identity import (
+    AUTH_INVALID,
+    CONSOLE_PREFIX,
+    H_REQUEST_ID,
+    IDENTITY_HEADERS,
+    AuthError,
+    bearer_token,
+    console_knowledge,
+)
 from shared.limiter import Limiter, LimiterUnavailable, build_limiter
 from shared.metrics import RATE_LIMITED
 
@@ -48,26 +56,12 @@ _DATASETS = "/v1/datasets"
 _WORKSPACES = "/v1/workspaces/"
 # app uploads (files, audio for speech-to-text): the larger upload limit, like knowledge files
 _UPLOADS = frozenset(("/v1/files/upload", "/v1/audio-to-text"))
-_CONSOLE = "/console/api"
-# the console's knowledge routes are the indexer's (except the workspace's dataset keys, which are the console's)
-_CONSOLE_DATASETS = "/console/api/datasets"
-_CONSOLE_KEYS = ("/console/api/datasets/api-keys", "/console/api/datasets/api-base-info")
-_CONSOLE_UPLOAD = "/console/api/files/upload"
+_CONSOLE = CONSOLE_PREFIX
 _API = "/api"  # the public API's second prefix (the seeds call /api/chat-messages): served as /v1
 _OWN = frozenset({"/healthz", "/readyz", "/metrics"})
 _STRIP = frozenset(h.encode() for h in (*IDENTITY_HEADERS, H_REQUEST_ID))  # the gateway sets these
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="api"')]
 _UPSTREAMS = ("console", "runtime", "indexer", "tools")
-
-
-def _console_knowledge(path: str) -> bool:
-    """A /console/api path the indexer serves."""
-    if path == _CONSOLE_UPLOAD:
-        return True
-    if not path.startswith(_CONSOLE_DATASETS) or (len(path) > len(_CONSOLE_DATASETS)
-                                                  and path[len(_CONSOLE_DATASETS)] != "/"):
-        return False
-    return not any(path == k or path.startswith(k + "/") for k in _CONSOLE_KEYS)
 
 
 def server_version() -> str:
@@ -236,7 +230,7 @@ class Gateway:
     async def _console(self, scope: Scope, receive: Receive, send: Send, t0: float) -> None:
         # the console authenticates its own JWTs (for the indexer too), so Authorization passes through, as do
         # Cookie and X-CSRF-Token (cookie sign-in) and, back, the console's Set-Cookie headers
-        service = "indexer" if _console_knowledge(scope["path"]) else "console"
+        service = "indexer" if console_knowledge(scope["path"][len(_CONSOLE):]) else "console"
         limit = self.max_upload if service == "indexer" else self.max_body
         h = _scan_headers(scope, keep_authorization=True)
         length, chunked, rid, fwd = h.length, h.chunked, h.request_id, h.forward

@@ -31,14 +31,14 @@ from shared.context import Context
 from shared.credentials import check_model_type, models_of_type
 from shared.errors import INVALID_JSON, ApiError, unauthorized
 from shared.http import create_base_app
-from shared.identity import H_CSRF, caller_from_request, cookie_header
+from shared.identity import CONSOLE_PREFIX, H_CSRF, caller_from_request, cookie_header
 from shared.knowledge.vectors_factory import build_vector_store
 from shared.subjects import CONSOLE_AUTHORIZE
 
 DatasetName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
 Description = Annotated[str, StringConstraints(max_length=400)]
 SUCCESS = {"result": "success"}
-V1, CONSOLE = "/v1", "/console/api"
+V1, CONSOLE = "/v1", CONSOLE_PREFIX
 AUTHORIZE_TIMEOUT = 10.0  # seconds for the console's access check
 MAX_BATCH_DOCUMENTS = 100  # ids per console batch delete
 log = structlog.get_logger("plexus.indexer.api")
