@@ -660,3 +660,28 @@ class DocumentSegment(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     indexing_at: datetime | None = None
     completed_at: datetime | None = None
+
+
+class ChildChunk(SQLModel, table=True):
+    """A child chunk of a parent-child (``hierarchical_model``) document's segment: the child is what is
+    embedded and searched (its id is its vector point id); retrieval answers with its parent segment."""
+
+    __tablename__ = "child_chunks"
+    __table_args__ = (Index("ix_child_chunks_segment_position", "segment_id", "position"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36)
+    dataset_id: str = Field(max_length=36, index=True)
+    document_id: str = Field(max_length=36, index=True)
+    segment_id: str = Field(foreign_key="document_segments.id", max_length=36, ondelete="CASCADE")
+    position: int
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    word_count: int = 0
+    tokens: int = 0
+    index_node_hash: str = Field(default="", max_length=64)
+    type: str = Field(default="automatic", max_length=16)  # automatic (split) | customized (added or edited)
+    status: str = Field(default="completed", max_length=16)  # indexing | completed
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    indexing_at: datetime | None = None
+    completed_at: datetime | None = None

@@ -349,6 +349,33 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         await segs.delete(t, dataset_id, document_id, segment_id)
         return json_response(SUCCESS)
 
+    # -- child chunks of a parent-child document's segment ---------------------------------------------------
+    child_base = seg_base + "/{segment_id}/child_chunks"
+
+    @r.get(child_base)
+    async def list_child_chunks(t: Tenant, dataset_id: str, document_id: str, segment_id: str,
+                                keyword: str | None = None, page: Page = 1, limit: Limit = 20) -> Response:
+        return json_response(await segs.list_children(t, dataset_id, document_id, segment_id, keyword=keyword,
+                                                      page=page, limit=limit))
+
+    @r.post(child_base)
+    async def add_child_chunk(request: Request, t: Tenant, dataset_id: str, document_id: str,
+                              segment_id: str) -> Response:
+        body = await _json_body(request)
+        return json_response(await segs.add_child(t, dataset_id, document_id, segment_id, body))
+
+    @r.patch(child_base + "/{child_chunk_id}")
+    async def update_child_chunk(request: Request, t: Tenant, dataset_id: str, document_id: str, segment_id: str,
+                                 child_chunk_id: str) -> Response:
+        body = await _json_body(request)
+        return json_response(await segs.update_child(t, dataset_id, document_id, segment_id, child_chunk_id, body))
+
+    @r.delete(child_base + "/{child_chunk_id}")
+    async def delete_child_chunk(t: Tenant, dataset_id: str, document_id: str, segment_id: str,
+                                 child_chunk_id: str) -> Response:
+        await segs.delete_child(t, dataset_id, document_id, segment_id, child_chunk_id)
+        return Response(status_code=204)  # as Dify's service API
+
     # -- retrieval -------------------------------------------------------------------------------------
     @r.post("/datasets/{dataset_id}/retrieve")
     @r.post("/datasets/{dataset_id}/hit-testing")

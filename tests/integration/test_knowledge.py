@@ -591,3 +591,151 @@ async def test_metadata_fields_values_and_filtered_retrieval(kb: KB) -> None:
     got = (await kb.c.get(f"{base}/documents/{docs[1]}", headers=kb.h)).json()
     assert got["doc_metadata"]["document_name"] == "de.txt" and got["doc_metadata"]["language"] == "de"
     assert await filtered({"name": "document_name", "comparison_operator": "start with", "value": "en"}) == {docs[0]}
+
+
+# ---- parent-child (hierarchical_model) --------------------------------------------------------------
+
+PARENT_CHILD_RULE = {"mode": "hierarchical", "rules": {
+    "pre_processing_rules": [{"id": "remove_extra_spaces", "enabled": True}],
+    "segmentation": {"separator": "\\n\\n", "max_tokens": 500}, "parent_mode": "paragraph",
+    "subchunk_segmentation": {"separator": "\\n", "max_tokens": 60}}}
+SHOP = ("Kettles\nOur kettles boil a litre of water in ninety seconds.\nEvery kettle has a blue light.\n\n"
+        "Returns\nYou can return any item within 30 days for a full refund.\nKeep the receipt for returns.")
+
+
+async def test_parent_child_documents_are_searched_by_child_and_answer_with_the_parent(kb: KB) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "shop", SHOP, process_rule=PARENT_CHILD_RULE)
+    assert created["document"]["doc_form"] == "hierarchical_model"  # implied by the rule
+    await kb.wait(ds["id"], created["batch"])
+    doc_id = created["document"]["id"]
+    detail = (await kb.c.get(f"/v1/datasets/{ds['id']}", headers=kb.h)).json()
+    assert detail["doc_form"] == "hierarchical_model"
+    segs = (await kb.c.get(f"/v1/datasets/{ds['id']}/documents/{doc_id}/segments", headers=kb.h)).json()
+    assert segs["doc_form"] == "hierarchical_model" and segs["total"] == 2
+    kettles, returns = segs["data"]
+    assert [c["content"] for c in returns["child_chunks"]] == [
+        "Returns", "You can return any item within 30 days for a full refund.", "Keep the receipt for returns."]
+    assert {c["segment_id"] for c in returns["child_chunks"]} == {returns["id"]}
+    assert [c["position"] for c in kettles["child_chunks"]] == [1, 2, 3]
+    for method in ("semantic_search", "full_text_search", "hybrid_search"):
+        recs = await kb.retrieve(ds["id"], "refund within 30 days", search_method=method)
+        # the record is the whole parent; the children that matched come with their scores
+        assert recs[0]["segment"]["id"] == returns["id"], method
+        assert recs[0]["segment"]["content"] == returns["content"]
+        matched = recs[0]["child_chunks"]
+        assert matched[0]["content"] == "You can return any item within 30 days for a full refund.", method
+        assert recs[0]["score"] == matched[0]["score"] == max(c["score"] for c in matched)
+        assert set(matched[0]) == {"id", "content", "position", "score"}
+        assert len({r["segment"]["id"] for r in recs}) == len(recs)  # one record per parent
+    # top_k counts parents
+    assert len(await kb.retrieve(ds["id"], "kettle returns", search_method="full_text_search", top_k=1)) == 1
+    # a second document of another form is refused; an explicit form must match the rule
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/document/create-by-text", headers=kb.h,
+                        json={"name": "x", "text": "y", "process_rule": {"mode": "automatic"}})
+    assert r.status_code == 400 and "doc_form" in r.json()["message"], r.text
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/document/create-by-text", headers=kb.h,
+                        json={"name": "x", "text": "y", "doc_form": "text_model", "process_rule": PARENT_CHILD_RULE})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param", r.text
+    other = await kb.dataset()
+    for body, message in (({"doc_form": "hierarchical_model", "process_rule": {"mode": "automatic"}},
+                           'doc_form "hierarchical_model"'),
+                          ({"doc_form": "tree_model", "process_rule": {"mode": "automatic"}}, "doc_form is invalid")):
+        r = await kb.c.post(f"/v1/datasets/{other['id']}/document/create-by-text", headers=kb.h,
+                            json={"name": "x", "text": "y", "indexing_technique": "high_quality", **body})
+        assert r.status_code == 400 and message in r.json()["message"], r.text
+    # re-indexing replaces the children: nothing of the old text is found afterwards
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/documents/{doc_id}/update-by-text", headers=kb.h,
+                        json={"text": "Teapots\nOur teapots are made of glass."})
+    assert r.status_code == 200, r.text
+    await kb.wait(ds["id"], r.json()["batch"])
+    assert await kb.retrieve(ds["id"], "refund receipt", search_method="full_text_search") == []
+    (rec,) = await kb.retrieve(ds["id"], "glass teapots", search_method="full_text_search")
+    assert rec["child_chunks"][0]["content"] == "Our teapots are made of glass."
+
+
+async def test_child_chunks_crud_and_segment_edits(kb: KB) -> None:
+    ds = await kb.dataset()
+    created = await kb.text_doc(ds["id"], "shop", SHOP, process_rule=PARENT_CHILD_RULE)
+    await kb.wait(ds["id"], created["batch"])
+    doc_id = created["document"]["id"]
+    seg_base = f"/v1/datasets/{ds['id']}/documents/{doc_id}/segments"
+    kettles = (await kb.c.get(seg_base, headers=kb.h)).json()["data"][0]
+    base = f"{seg_base}/{kettles['id']}/child_chunks"
+    page = (await kb.c.get(base, headers=kb.h, params={"limit": 2, "page": 2})).json()
+    assert (page["total"], page["total_pages"], page["page"], page["limit"]) == (3, 2, 2, 2)
+    assert [c["content"] for c in page["data"]] == ["Every kettle has a blue light."]
+    found = (await kb.c.get(base, headers=kb.h, params={"keyword": "litre"})).json()
+    assert found["total"] == 1 and found["data"][0]["type"] == "automatic"
+
+    async def hits(q: str) -> list[str]:
+        recs = await kb.retrieve(ds["id"], q, search_method="full_text_search")
+        return [c["content"] for r in recs for c in r["child_chunks"]]
+
+    # added: searchable at once, under its parent
+    r = await kb.c.post(base, headers=kb.h, json={"content": "Kettle lids are dishwasher safe."})
+    assert r.status_code == 200, r.text
+    child = r.json()["data"]
+    assert (child["segment_id"], child["position"], child["type"]) == (kettles["id"], 4, "customized")
+    assert "Kettle lids are dishwasher safe." in await hits("dishwasher lids")
+    # edited: the old text is gone from the index, the new one is there
+    r = await kb.c.patch(f"{base}/{child['id']}", headers=kb.h, json={"content": "Kettle lids are oven safe."})
+    assert r.status_code == 200 and r.json()["data"]["content"] == "Kettle lids are oven safe."
+    assert await hits("dishwasher") == [] and "Kettle lids are oven safe." in await hits("oven lids")
+    # deleted: 204, gone from the index and the list
+    r = await kb.c.delete(f"{base}/{child['id']}", headers=kb.h)
+    assert r.status_code == 204
+    assert await hits("oven") == [] and (await kb.c.get(base, headers=kb.h)).json()["total"] == 3
+    for method, url in (("PATCH", f"{base}/{child['id']}"), ("DELETE", f"{base}/{child['id']}"),
+                        ("PATCH", f"{base}/not-an-id")):
+        r = await kb.c.request(method, url, headers=kb.h, json={"content": "x"})
+        assert r.status_code == 404 and r.json()["message"] == "Child chunk not found.", (method, url)
+    r = await kb.c.post(base, headers=kb.h, json={"content": "  "})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+    # a disabled parent takes its children out of retrieval
+    r = await kb.c.post(f"{seg_base}/{kettles['id']}", headers=kb.h, json={"segment": {"enabled": False}})
+    assert r.status_code == 200 and r.json()["data"]["enabled"] is False
+    assert await hits("blue light kettle") == []
+    r = await kb.c.post(f"{seg_base}/{kettles['id']}", headers=kb.h, json={"segment": {"enabled": True}})
+    assert "Every kettle has a blue light." in await hits("blue light kettle")
+    # new parent text keeps its children unless they are regenerated from it
+    r = await kb.c.post(f"{seg_base}/{kettles['id']}", headers=kb.h,
+                        json={"segment": {"content": "Kettles\nThe steel kettle whistles."}})
+    assert r.status_code == 200 and len(r.json()["data"]["child_chunks"]) == 3
+    assert "Every kettle has a blue light." in await hits("blue light kettle")
+    r = await kb.c.post(f"{seg_base}/{kettles['id']}", headers=kb.h,
+                        json={"segment": {"content": "Kettles\nThe steel kettle whistles.",
+                                          "regenerate_child_chunks": True}})
+    assert [c["content"] for c in r.json()["data"]["child_chunks"]] == ["Kettles", "The steel kettle whistles."]
+    assert await hits("blue light") == [] and "The steel kettle whistles." in await hits("steel whistles")
+    # added parents get children from the document's rule
+    r = await kb.c.post(seg_base, headers=kb.h, json={"segments": [{"content": "Mugs\nMugs hold 300 ml."}]})
+    assert r.status_code == 200, r.text
+    assert [c["content"] for c in r.json()["data"][0]["child_chunks"]] == ["Mugs", "Mugs hold 300 ml."]
+    assert "Mugs hold 300 ml." in await hits("mugs ml")
+    # deleting a parent deletes its children's points
+    r = await kb.c.delete(f"{seg_base}/{r.json()['data'][0]['id']}", headers=kb.h)
+    assert r.status_code == 200 and await hits("mugs ml") == []
+    # child chunks belong to parent-child documents only
+    text_ds = await kb.dataset()
+    plain = await kb.text_doc(text_ds["id"], "faq", FAQ)
+    await kb.wait(text_ds["id"], plain["batch"])
+    plain_base = f"/v1/datasets/{text_ds['id']}/documents/{plain['document']['id']}/segments"
+    seg = (await kb.c.get(plain_base, headers=kb.h)).json()["data"][0]
+    assert seg["child_chunks"] == []
+    r = await kb.c.post(f"{plain_base}/{seg['id']}/child_chunks", headers=kb.h, json={"content": "x"})
+    assert r.status_code == 400 and "hierarchical_model" in r.json()["message"], r.text
+
+
+async def test_full_doc_parent_child_document(kb: KB) -> None:
+    ds = await kb.dataset()
+    rule = {**PARENT_CHILD_RULE, "rules": {**PARENT_CHILD_RULE["rules"], "parent_mode": "full-doc"}}
+    created = await kb.text_doc(ds["id"], "shop", SHOP, process_rule=rule)
+    (st,) = await kb.wait(ds["id"], created["batch"])
+    assert st["indexing_status"] == "completed" and st["total_segments"] == st["completed_segments"] == 1
+    doc_id = created["document"]["id"]
+    (whole,) = (await kb.c.get(f"/v1/datasets/{ds['id']}/documents/{doc_id}/segments", headers=kb.h)).json()["data"]
+    assert whole["content"] == SHOP and len(whole["child_chunks"]) == 6
+    (rec,) = await kb.retrieve(ds["id"], "blue light", search_method="full_text_search")
+    assert rec["segment"]["content"] == SHOP
+    assert rec["child_chunks"][0]["content"] == "Every kettle has a blue light."

@@ -23,3 +23,17 @@ def test_chunks_carry_their_full_text_vector_hash_and_keywords() -> None:
     sv = encode_document(c.content)
     assert (c.sparse_indices, c.sparse_values) == (list(sv.indices), list(sv.values))
     assert c.keywords[0] == "kettles" and len(c.content_hash) == 64 and c.position == 1
+
+
+def test_a_hierarchical_rule_prepares_parents_whose_children_are_the_searched_chunks() -> None:
+    rule = {"mode": "hierarchical", "rules": {
+        "pre_processing_rules": [], "segmentation": {"separator": "\\n\\n", "max_tokens": 500},
+        "parent_mode": "paragraph", "subchunk_segmentation": {"separator": "\\n", "max_tokens": 30}}}
+    parents = chunk_elements([Element("text", "Kettles boil water.\nTea needs hot water.\n\nCups hold tea.")], rule)
+    assert [p.content for p in parents] == ["Kettles boil water.\nTea needs hot water.", "Cups hold tea."]
+    assert all(p.sparse_indices == [] for p in parents)  # a parent is not searched itself
+    first = parents[0].children
+    assert first is not None and [k.content for k in first] == ["Kettles boil water.", "Tea needs hot water."]
+    sv = encode_document(first[1].content)
+    assert (first[1].sparse_indices, first[1].sparse_values) == (list(sv.indices), list(sv.values))
+    assert chunk_elements([Element("text", "Cups hold tea.")], {"mode": "automatic"})[0].children is None

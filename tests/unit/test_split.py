@@ -14,6 +14,8 @@ from services.indexer.pipeline.split import (
     ProcessRule,
     count_tokens,
     split,
+    split_children,
+    split_parent_child,
     unescape_separator,
     validate_process_rule,
 )
@@ -581,3 +583,46 @@ def test_validation_messages(raw: Any, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         validate_process_rule(raw, required=True)
     assert str(caught.value) == message
+
+
+# ---- parent-child ----------------------------------------------------------------------------------
+
+
+def test_paragraph_parents_are_split_again_into_children() -> None:
+    rule = validate_process_rule(hierarchical_rule(
+        segmentation={"separator": "\\n\\n", "max_tokens": 200}, parent_mode="paragraph",
+        subchunk_segmentation={"separator": "\\n", "max_tokens": 20}), required=True)
+    paragraphs = [sentences(3, 0), f"{sentences(1, 10)}\n{sentences(1, 11)}", sentences(8, 20)]
+    parents = split_parent_child([text("\n\n".join(paragraphs))], rule)
+    assert [p.chunk.content for p in parents] == [c.content for c in split([text("\n\n".join(paragraphs))], rule)]
+    assert [p.chunk.position for p in parents] == [1, 2, 3]
+    for p in parents:
+        assert [k.position for k in p.children] == list(range(1, len(p.children) + 1))
+        assert all(k.content in p.chunk.content and k.tokens <= 20 for k in p.children)
+    # the subchunk separator is a hard boundary; a long paragraph is cut further by length
+    assert [k.content for k in parents[1].children] == [sentences(1, 10), sentences(1, 11)]
+    assert len(parents[2].children) >= 4
+
+
+def test_full_doc_is_one_parent_cut_at_ten_thousand_tokens() -> None:
+    rule = validate_process_rule(hierarchical_rule(segmentation={"separator": "\\n"}, parent_mode="full-doc"),
+                                 required=True)
+    short = [Element("title", "Tea", level=1), text(sentences(5)), text(sentences(5, 5))]
+    (only,) = split_parent_child(short, rule)
+    assert only.chunk.content.startswith("Tea\n\n") and sentences(5, 5) in only.chunk.content
+    # no subchunk rule: children of at most 200 tokens, split at line ends
+    assert only.children and all(k.tokens <= 200 for k in only.children)
+    assert "".join(k.content for k in only.children).replace(" ", "") == \
+        only.chunk.content.replace("\n", "").replace(" ", "")
+    long = [text(sentences(40, n * 40)) for n in range(50)]  # ~ 20,000 tokens
+    (cut,) = split_parent_child(long, rule)
+    assert 9_000 < cut.chunk.tokens <= 10_000 and cut.chunk.content.startswith(sentences(1))
+    assert cut.chunk.content.endswith(".")
+
+
+def test_a_parent_too_small_to_split_is_its_own_child() -> None:
+    sub = validate_process_rule(hierarchical_rule(subchunk_segmentation={"separator": "***", "max_tokens": 50}),
+                                required=True).rules.subchunk_segmentation
+    assert sub is not None
+    assert [c.content for c in split_children("One short line.", sub)] == ["One short line."]
+    assert [c.content for c in split_children("first***second", sub)] == ["first", "second"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.indexer.pipeline.split import split, validate_process_rule
+from services.indexer.pipeline.split import Chunk, split, split_parent_child, validate_process_rule
 from shared.knowledge.sparse import encode_document, keywords
 from shared.parse import Element, extract
 
@@ -27,6 +27,9 @@ class PreparedChunk:
     keywords: list[str]
     sparse_indices: list[int]
     sparse_values: list[float]
+    # a hierarchical rule's parent: its child chunks are what gets embedded and searched (the parent's own
+    # sparse vector is left empty); None for a chunk that is searched itself
+    children: list[PreparedChunk] | None = field(default=None)
 
 
 def init_child() -> None:
@@ -52,20 +55,22 @@ def chunk_elements(elements: list[Element], rule: dict, automatic_max_tokens: in
         seg = pr.segmentation
         seg.max_tokens = min(seg.max_tokens, automatic_max_tokens)
         seg.chunk_overlap = min(seg.chunk_overlap, seg.max_tokens // 10)
-    chunks = split(elements, pr)
-    out = []
-    for c in chunks:
-        sv = encode_document(c.content)
-        out.append(
-            PreparedChunk(
-                position=c.position,
-                content=c.content,
-                tokens=c.tokens,
-                page=c.page,
-                content_hash=hashlib.sha256(c.content.encode()).hexdigest(),
-                keywords=keywords(c.content, 10),
-                sparse_indices=list(sv.indices),
-                sparse_values=list(sv.values),
-            )
-        )
-    return out
+    if pr.mode == "hierarchical":
+        return [_prepared(p.chunk, sparse=False, children=[_prepared(c) for c in p.children])
+                for p in split_parent_child(elements, pr)]
+    return [_prepared(c) for c in split(elements, pr)]
+
+
+def _prepared(c: Chunk, *, sparse: bool = True, children: list[PreparedChunk] | None = None) -> PreparedChunk:
+    sv = encode_document(c.content) if sparse else None
+    return PreparedChunk(
+        position=c.position,
+        content=c.content,
+        tokens=c.tokens,
+        page=c.page,
+        content_hash=hashlib.sha256(c.content.encode()).hexdigest(),
+        keywords=keywords(c.content, 10),
+        sparse_indices=list(sv.indices) if sv else [],
+        sparse_values=list(sv.values) if sv else [],
+        children=children,
+    )

@@ -42,6 +42,9 @@ MIN_MAX_TOKENS = 50  # Dify's IndexingRunner bounds for a custom segment length
 MAX_MAX_TOKENS = 4000  # Dify's INDEXING_MAX_SEGMENTATION_TOKENS_LENGTH default
 AUTOMATIC_MAX_TOKENS = 500
 AUTOMATIC_CHUNK_OVERLAP = 50
+FULL_DOC_MAX_TOKENS = 10_000  # Dify truncates a full-doc parent chunk here
+CHILD_MAX_TOKENS = 200  # child chunk length when a hierarchical rule names no subchunk_segmentation
+CHILD_SEPARATOR = "\n"
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -82,8 +85,9 @@ class Rules(BaseModel):
 class ProcessRule(BaseModel):
     """A validated process_rule. `model_dump(exclude_none=True)` gives Dify's JSON shape back.
 
-    hierarchical (parent-child) rules are validated and stored, but chunked like custom with the parent
-    segmentation for now: no child chunks are produced yet."""
+    hierarchical (parent-child) rules make parent chunks (by `segmentation`, or the whole document in
+    full-doc mode) that are each split again into child chunks by `subchunk_segmentation`
+    (see `split_parent_child`)."""
 
     mode: Literal["automatic", "custom", "hierarchical"]
     rules: Rules
@@ -341,6 +345,47 @@ def split(elements: list[Element], rule: ProcessRule) -> list[Chunk]:
                     Chunk(content, len(chunks) + 1, count_tokens(content), section.title_path, page)
                 )
     return chunks
+
+
+@dataclass
+class ParentChunk:
+    chunk: Chunk
+    children: list[Chunk]
+
+
+def split_parent_child(elements: list[Element], rule: ProcessRule) -> list[ParentChunk]:
+    """Parent chunks with their child chunks (a hierarchical rule).
+
+    paragraph: the parents are the chunks `split` makes with the rule's segmentation. full-doc: one parent,
+    the whole cleaned document up to FULL_DOC_MAX_TOKENS (cut at a paragraph or sentence end; the rest is
+    dropped, as in Dify). Each parent is split again, with hard separators, by the subchunk segmentation;
+    a parent with nothing left to split is its own single child."""
+    if rule.rules.parent_mode == "full-doc":
+        whole = Segmentation(separator="\n\n", max_tokens=FULL_DOC_MAX_TOKENS, chunk_overlap=0)
+        parents = split(elements, rule.model_copy(update={
+            "mode": "automatic", "rules": rule.rules.model_copy(update={"segmentation": whole})}))[:1]
+    else:
+        parents = split(elements, rule)
+    sub = child_segmentation(rule)
+    return [ParentChunk(p, split_children(p.content, sub)) for p in parents]
+
+
+def child_segmentation(rule: ProcessRule) -> SubchunkSegmentation:
+    """How a hierarchical rule splits a parent into children (defaults when it names none)."""
+    return rule.rules.subchunk_segmentation or SubchunkSegmentation(
+        separator=CHILD_SEPARATOR, max_tokens=min(CHILD_MAX_TOKENS, rule.segmentation.max_tokens - 1))
+
+
+def split_children(text: str, sub: SubchunkSegmentation) -> list[Chunk]:
+    """Child chunks of one parent's (already cleaned) text, positions 1..n."""
+    rule = ProcessRule(mode="custom", rules=Rules(
+        pre_processing_rules=[
+            PreProcessingRule(id="remove_extra_spaces", enabled=False),
+            PreProcessingRule(id="remove_urls_emails", enabled=False),
+        ],
+        segmentation=Segmentation(separator=sub.separator, max_tokens=sub.max_tokens,
+                                  chunk_overlap=sub.chunk_overlap)))
+    return split([Element("text", text)], rule) or [Chunk(text, 1, count_tokens(text))]
 
 
 def _groups(units: list[_Unit], hard: bool) -> list[list[_Unit]]:

@@ -154,6 +154,15 @@ def segment_id(document_id: str, version: int, position: int) -> str:
     return str(uuid.uuid5(SEGMENT_NS, f"{document_id}:{version}:{position}"))
 
 
+def child_chunk_id(document_id: str, version: int, position: int, child_position: int) -> str:
+    """Deterministic like segment_id: a parent-child document's child chunks (and their points)."""
+    return str(uuid.uuid5(SEGMENT_NS, f"{document_id}:{version}:{position}:{child_position}"))
+
+
+def child_chunk_not_found() -> ApiError:
+    return not_found("Child chunk not found.")
+
+
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.indexer.pipeline.split import validate_process_rule
+from services.indexer.pipeline.split import ProcessRule, validate_process_rule
 from services.indexer.service.common import (
     archived_immutable,
     created_by,
@@ -134,6 +134,25 @@ def upload_file_ids(body: dict[str, Any]) -> list[str]:
     return ids
 
 
+DOC_FORMS = ("text_model", "hierarchical_model", "qa_model")
+
+
+def check_doc_form(requested: Any, rule: ProcessRule, dataset_form: str | None) -> str:
+    """The doc_form of a document indexed with ``rule``: the one requested, else the one the rule implies
+    (a hierarchical rule makes parent-child documents), else the dataset's. The parent-child form and the
+    hierarchical rule go together, and a dataset's documents share one form (Dify's check)."""
+    if requested is not None and requested not in DOC_FORMS:
+        raise invalid(f"doc_form is invalid: choose one of {', '.join(DOC_FORMS)}.")
+    hierarchical = rule.mode == "hierarchical"
+    form = requested or ("hierarchical_model" if hierarchical else dataset_form or "text_model")
+    if (form == "hierarchical_model") != hierarchical:
+        raise invalid('doc_form "hierarchical_model" (parent-child chunks) needs a process_rule with mode '
+                      '"hierarchical", and that mode makes hierarchical_model documents.')
+    if dataset_form is not None and form != dataset_form:
+        raise invalid("doc_form is different from the dataset doc_form.")
+    return form
+
+
 class DocumentService:
     def __init__(self, kn: Knowledge) -> None:
         self.kn = kn
@@ -168,8 +187,9 @@ class DocumentService:
 
     # -- create / update ----------------------------------------------------------------------------------
     async def _prepare_dataset(self, s: AsyncSession, ds: Dataset, body: dict[str, Any], tenant_id: str
-                               ) -> dict[str, Any]:
-        """First upload configures the dataset (technique, rule, model); returns the rule to use."""
+                               ) -> tuple[dict[str, Any], str]:
+        """First upload configures the dataset (technique, rule, model, doc_form); returns the rule and the
+        doc_form of the new documents."""
         if ds.indexing_technique is None:
             technique = body.get("indexing_technique")
             if technique is None:
@@ -190,7 +210,10 @@ class DocumentService:
             ds.process_rule = rule_dict
         if ds.data_source_type is None:
             ds.data_source_type = "upload_file"
-        return rule_dict
+        first = (await s.exec(select(Document.id).where(Document.dataset_id == ds.id).limit(1))).first() is None
+        doc_form = check_doc_form(body.get("doc_form"), rule, None if first else ds.doc_form)
+        ds.doc_form = doc_form  # a dataset's documents share one form, set by its first one
+        return rule_dict, doc_form
 
     async def _store(self, tenant_id: str, src: Source) -> UploadFile:
         ext = "txt" if src.text is not None else src.kind
@@ -208,7 +231,7 @@ class DocumentService:
             return await self.update(tenant_id, dataset_id, str(body["original_document_id"]), src, body)
         async with self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
-            rule = await self._prepare_dataset(s, ds, body, tenant_id)
+            rule, doc_form = await self._prepare_dataset(s, ds, body, tenant_id)
             await s.commit()  # the dataset's configuration stands even if the upload below fails
         f = await self._store(tenant_id, src)
         batch = new_batch()
@@ -217,7 +240,7 @@ class DocumentService:
             position = (await s.exec(select(func.coalesce(func.max(Document.position), 0))
                                      .where(Document.dataset_id == ds.id))).one() + 1
             doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position, batch=batch, name=f.name,
-                           upload_file_id=f.id, process_rule=rule, doc_form=body.get("doc_form") or ds.doc_form,
+                           upload_file_id=f.id, process_rule=rule, doc_form=doc_form,
                            doc_language=body.get("doc_language"), created_by=created_by(),
                            created_from=created_from())
             if ds.built_in_field_enabled:
@@ -245,11 +268,11 @@ class DocumentService:
             ds = await get_dataset(s, tenant_id, dataset_id)
             doc = await get_document(s, ds, document_id)
             reindex = new_file is not None
-            if body.get("process_rule") is not None:
-                doc.process_rule = validate_process_rule(body["process_rule"], required=True).model_dump(mode="json")
-                reindex = True
-            if body.get("doc_form"):
-                doc.doc_form = body["doc_form"]
+            if body.get("process_rule") is not None or body.get("doc_form") is not None:
+                rule = validate_process_rule(body.get("process_rule") or doc.process_rule, required=True)
+                form = check_doc_form(body.get("doc_form"), rule, ds.doc_form)
+                reindex = reindex or body.get("process_rule") is not None or form != doc.doc_form
+                doc.doc_form, doc.process_rule = form, rule.model_dump(mode="json")
             if new_file is not None:
                 old_file = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
                 s.add(new_file)
@@ -310,7 +333,7 @@ class DocumentService:
         async with self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
             await self.uploaded_files(s, tenant_id, ids)  # before the dataset is configured by this call
-            rule = await self._prepare_dataset(s, ds, body, tenant_id)
+            rule, doc_form = await self._prepare_dataset(s, ds, body, tenant_id)
             await s.commit()
         batch = new_batch()
         async with self.kn.db.session() as s:
@@ -323,7 +346,7 @@ class DocumentService:
                 f = files[fid]
                 doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position + i, batch=batch,
                                name=f.name, upload_file_id=f.id, process_rule=rule,
-                               doc_form=body.get("doc_form") or ds.doc_form, doc_language=body.get("doc_language"),
+                               doc_form=doc_form, doc_language=body.get("doc_language"),
                                created_by=created_by(), created_from=created_from())
                 if ds.built_in_field_enabled:
                     doc.doc_metadata = built_in_values(doc, f)

@@ -35,7 +35,7 @@ from sqlalchemy import update
 from sqlmodel import col, delete, select
 
 from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, extract_elements, init_child
-from services.indexer.service.common import dataset_space, segment_id
+from services.indexer.service.common import child_chunk_id, dataset_space, segment_id
 from services.indexer.service.core import Knowledge
 from shared import subjects
 from shared.knowledge.embeddings import LOCAL_MAX_TOKENS, Embedder
@@ -50,7 +50,7 @@ from shared.knowledge.vectors import (
     SparseVector,
     VectorPoint,
 )
-from shared.models import Dataset, Document, DocumentSegment, UploadFile, utcnow
+from shared.models import ChildChunk, Dataset, Document, DocumentSegment, UploadFile, utcnow
 from shared.parse import ParseError
 
 log = structlog.get_logger("plexus.indexer.pipeline")
@@ -310,13 +310,24 @@ class IndexWorkers:
             if res.rowcount == 0:
                 await s.rollback()
                 raise Stale
+            await s.exec(delete(ChildChunk).where(ChildChunk.document_id == doc.id))
             await s.exec(delete(DocumentSegment).where(DocumentSegment.document_id == doc.id))
             for c in chunks:
+                sid = segment_id(doc.id, version, c.position)
                 s.add(DocumentSegment(
-                    id=segment_id(doc.id, version, c.position), tenant_id=ds.tenant_id, dataset_id=ds.id,
+                    id=sid, tenant_id=ds.tenant_id, dataset_id=ds.id,
                     document_id=doc.id, position=c.position, content=c.content, word_count=len(c.content),
                     tokens=c.tokens, keywords=c.keywords, index_node_hash=c.content_hash, page=c.page,
                     status="indexing", indexing_at=now, created_at=now, updated_at=now))
+            await s.flush()  # parents before their children (foreign key)
+            for c in chunks:
+                for k in c.children or ():
+                    s.add(ChildChunk(
+                        id=child_chunk_id(doc.id, version, c.position, k.position), tenant_id=ds.tenant_id,
+                        dataset_id=ds.id, document_id=doc.id, segment_id=segment_id(doc.id, version, c.position),
+                        position=k.position, content=k.content, word_count=len(k.content), tokens=k.tokens,
+                        index_node_hash=k.content_hash, status="indexing", indexing_at=now, created_at=now,
+                        updated_at=now))
             await s.commit()
 
     async def _embed_and_store(self, ds: Dataset, doc: Document, version: int, chunks: list[PreparedChunk]) -> None:
@@ -327,11 +338,17 @@ class IndexWorkers:
         space = dataset_space(ds)
         retrievable = doc.enabled and not doc.archived
         batch = max(1, self.settings.embedding_batch)
-        ids = [segment_id(doc.id, version, c.position) for c in chunks]
-        for start in range(0, len(chunks), batch):
-            part = chunks[start:start + batch]
-            items = [(ids[start + i], c.content, SparseVector(c.sparse_indices, c.sparse_values), retrievable)
-                     for i, c in enumerate(part)]
+        # (point id, chunk, its segment's id): a parent-child document's points are its child chunks
+        searched = [(segment_id(doc.id, version, c.position), c, segment_id(doc.id, version, c.position))
+                    for c in chunks if c.children is None]
+        searched += [(child_chunk_id(doc.id, version, c.position, k.position), k,
+                      segment_id(doc.id, version, c.position)) for c in chunks for k in c.children or ()]
+        ids = [pid for pid, _, _ in searched]
+        last = {sid: pid for pid, _, sid in searched}  # a segment is completed once its last point is stored
+        for start in range(0, len(searched), batch):
+            part = searched[start:start + batch]
+            items = [(pid, c.content, SparseVector(c.sparse_indices, c.sparse_values), retrievable)
+                     for pid, c, _ in part]
             try:
                 space, points = await embed_points(self.kn, ds, doc, items, embedder)
                 await self.kn.vectors.upsert(space, points)
@@ -339,8 +356,12 @@ class IndexWorkers:
             except Exception as e:
                 raise Transient(f"{type(e).__name__}: {e}") from e
             async with self.kn.db.session() as s:
-                await s.exec(update(DocumentSegment).where(col(DocumentSegment.id).in_(ids[start:start + batch]))
-                             .values(status="completed", completed_at=utcnow()))
+                done, now = [pid for pid, _, _ in part], utcnow()
+                await s.exec(update(ChildChunk).where(col(ChildChunk.id).in_(done))
+                             .values(status="completed", completed_at=now))
+                finished = [sid for pid, _, sid in part if last[sid] == pid]
+                await s.exec(update(DocumentSegment).where(col(DocumentSegment.id).in_(finished))
+                             .values(status="completed", completed_at=now))
                 await s.commit()
         try:  # points of earlier versions (and of chunks this version no longer has)
             await self.kn.vectors.delete_document(space, ds.tenant_id, ds.id, doc.id, keep_ids=ids)

@@ -2,6 +2,10 @@
 search over one or more datasets of a tenant, joined with the database so that only enabled segments of
 enabled, unarchived, completed documents come back.
 
+Parent-child documents are searched by their child chunks: the hits are grouped under their parent
+segment, which is the record (scored by its best child, its matching children in ``child_chunks``), so
+top_k counts parents.
+
 Scores: dense hits carry cosine similarity; full-text scores (IDF-weighted, unbounded) are divided by
 the best one of the query, so both live in [0, 1] and a score threshold means the same for both.
 """
@@ -26,7 +30,7 @@ from shared.knowledge.models import RetrievalModel
 from shared.knowledge.sparse import encode_query
 from shared.knowledge.vectors import MetadataCondition, VectorFilter, VectorHit
 from shared.llm import call_kwargs, litellm
-from shared.models import Dataset, Document, DocumentSegment
+from shared.models import ChildChunk, Dataset, Document, DocumentSegment
 
 log = structlog.get_logger("plexus.indexer.retrieval")
 
@@ -36,7 +40,7 @@ CANDIDATES = 4  # candidates fetched per result wanted, for fusion and reranking
 
 @dataclass(slots=True)
 class Scored:
-    segment_id: str
+    segment_id: str  # the point's id: a segment's, or a child chunk's in a parent-child document
     dataset_id: str
     score: float
 
@@ -162,8 +166,11 @@ class RetrievalService:
         async with self.kn.db.session() as s:
             creds = await provider_credentials(s, self.kn.ctx.settings.secret_key, tenant_id,
                                                m.reranking_provider_name, m.reranking_model_name, "rerank")
+            ids = [x.segment_id for x in scored]
             rows = dict((await s.exec(select(DocumentSegment.id, DocumentSegment.content).where(
-                col(DocumentSegment.id).in_([x.segment_id for x in scored])))).all())
+                col(DocumentSegment.id).in_(ids)))).all())
+            rows.update((await s.exec(select(ChildChunk.id, ChildChunk.content).where(
+                col(ChildChunk.id).in_([i for i in ids if i not in rows])))).all())
         if creds is None:
             raise ApiError(400, "provider_not_initialize",
                            f"No credentials for the rerank provider '{m.reranking_provider_name}'.")
@@ -189,28 +196,38 @@ class RetrievalService:
             return []
         ids = [x.segment_id for x in scored[: top_k * CANDIDATES]]
         async with self.kn.db.session() as s:
+            children = {c.id: c for c in await s.exec(select(ChildChunk).where(col(ChildChunk.id).in_(ids)))}
+            parent_ids = {c.segment_id for c in children.values()}
             segs = {g.id: g for g in await s.exec(select(DocumentSegment).where(
-                col(DocumentSegment.id).in_(ids), DocumentSegment.enabled == True,
-                DocumentSegment.status == "completed"))}
+                col(DocumentSegment.id).in_([i for i in ids if i not in children] + list(parent_ids)),
+                DocumentSegment.enabled == True, DocumentSegment.status == "completed"))}
             doc_ids = {g.document_id for g in segs.values()}
             docs = {d.id: d for d in await s.exec(select(Document).where(
                 col(Document.id).in_(doc_ids), Document.enabled == True,
                 Document.archived == False, Document.indexing_status == "completed"))}
             out: list[dict[str, Any]] = []
+            by_segment: dict[str, dict[str, Any]] = {}
             for x in scored:
-                g = segs.get(x.segment_id)
+                child = children.get(x.segment_id)
+                g = segs.get(child.segment_id if child else x.segment_id)
                 d = docs.get(g.document_id) if g else None
                 if g is None or d is None:
                     continue
-                ds = datasets[x.dataset_id]
-                seg = segment_json(g)
-                seg["document"] = {"id": d.id, "data_source_type": d.data_source_type, "name": d.name,
-                                   "doc_type": None, "doc_metadata": d.doc_metadata or {}}
-                out.append({"segment": seg, "child_chunks": [], "score": round(x.score, 6),
-                            "tsne_position": None, "files": [], "summary": None,
-                            "dataset": {"id": ds.id, "name": ds.name}})
-                if len(out) >= top_k:
-                    break
+                record = by_segment.get(g.id)
+                if record is None:  # best first: the parent's first hit is its best child
+                    if len(out) >= top_k:
+                        continue
+                    ds = datasets[x.dataset_id]
+                    seg = segment_json(g)
+                    seg["document"] = {"id": d.id, "data_source_type": d.data_source_type, "name": d.name,
+                                       "doc_type": None, "doc_metadata": d.doc_metadata or {}}
+                    record = by_segment[g.id] = {
+                        "segment": seg, "child_chunks": [], "score": round(x.score, 6), "tsne_position": None,
+                        "files": [], "summary": None, "dataset": {"id": ds.id, "name": ds.name}}
+                    out.append(record)
+                if child is not None:
+                    record["child_chunks"].append({"id": child.id, "content": child.content,
+                                                   "position": child.position, "score": round(x.score, 6)})
             if out:
                 t = DocumentSegment.__table__
                 await s.exec(update(t).where(t.c.id.in_([r["segment"]["id"] for r in out]))

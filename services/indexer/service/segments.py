@@ -1,5 +1,10 @@
-"""Segments (chunks) of a document (reference §4.4). Adding or editing a segment embeds it at once, so
-the call returns with the segment searchable; enabling or disabling flips it in the vector store."""
+"""Segments (chunks) of a document and the child chunks of parent-child documents (reference §4.4).
+Adding or editing a segment or child chunk embeds it at once, so the call returns with it searchable;
+enabling or disabling a segment flips it in the vector store.
+
+A parent-child (``hierarchical_model``) document's segments are its parents: they are not embedded
+themselves, their child chunks are (split from the parent by the document's subchunk rule), and retrieval
+answers with the parent of the children that matched."""
 
 from __future__ import annotations
 
@@ -7,13 +12,21 @@ import asyncio
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlmodel import col, select
+from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.indexer.pipeline.split import count_tokens
+from services.indexer.pipeline.split import (
+    Chunk,
+    child_segmentation,
+    count_tokens,
+    split_children,
+    validate_process_rule,
+)
 from services.indexer.service.common import (
     archived_immutable,
+    child_chunk_not_found,
     content_hash,
+    created_by,
     dataset_space,
     get_dataset,
     get_document,
@@ -25,19 +38,39 @@ from services.indexer.service.core import Knowledge
 from services.indexer.service.indexing import embed_points
 from shared.errors import ApiError, not_found
 from shared.knowledge.sparse import encode_document, keywords
-from shared.models import Dataset, Document, DocumentSegment, new_id, ts, utcnow
+from shared.models import ChildChunk, Dataset, Document, DocumentSegment, new_id, ts, utcnow
 
 MAX_SEGMENT_CHARS = 100_000
+PARENT_CHILD = "hierarchical_model"
 
 
-def segment_json(g: DocumentSegment) -> dict[str, Any]:
+def child_json(c: ChildChunk) -> dict[str, Any]:
+    return {"id": c.id, "segment_id": c.segment_id, "content": c.content, "position": c.position,
+            "word_count": c.word_count, "tokens": c.tokens, "index_node_id": c.id,
+            "index_node_hash": c.index_node_hash, "type": c.type, "status": c.status, "created_by": c.created_by,
+            "created_at": ts(c.created_at), "updated_at": ts(c.updated_at), "indexing_at": ts(c.indexing_at),
+            "completed_at": ts(c.completed_at), "error": None, "stopped_at": None}
+
+
+async def children_of(s: AsyncSession, segment_ids: list[str]) -> dict[str, list[ChildChunk]]:
+    """The child chunks of these segments, in order (one query)."""
+    out: dict[str, list[ChildChunk]] = {}
+    if segment_ids:
+        for c in await s.exec(select(ChildChunk).where(col(ChildChunk.segment_id).in_(segment_ids))
+                              .order_by(col(ChildChunk.segment_id), col(ChildChunk.position))):
+            out.setdefault(c.segment_id, []).append(c)
+    return out
+
+
+def segment_json(g: DocumentSegment, children: list[ChildChunk] | None = None) -> dict[str, Any]:
     return {"id": g.id, "position": g.position, "document_id": g.document_id, "content": g.content,
             "sign_content": g.content, "answer": g.answer, "word_count": g.word_count, "tokens": g.tokens,
             "keywords": g.keywords or [], "index_node_id": g.id, "index_node_hash": g.index_node_hash,
             "hit_count": g.hit_count, "enabled": g.enabled, "disabled_at": ts(g.disabled_at),
             "disabled_by": g.disabled_by, "status": g.status, "created_by": g.created_by,
             "created_at": ts(g.created_at), "updated_at": ts(g.updated_at), "indexing_at": ts(g.indexing_at),
-            "completed_at": ts(g.completed_at), "error": g.error, "stopped_at": None, "child_chunks": []}
+            "completed_at": ts(g.completed_at), "error": g.error, "stopped_at": None,
+            "child_chunks": [child_json(c) for c in children or ()]}
 
 
 def _content(item: Any, doc_form: str) -> tuple[str, str | None, list[str] | None]:
@@ -57,6 +90,28 @@ def _content(item: Any, doc_form: str) -> tuple[str, str | None, list[str] | Non
     return content, answer if isinstance(answer, str) else None, kws
 
 
+def _children_for(doc: Document, seg: DocumentSegment, now: Any) -> list[ChildChunk]:
+    """A parent's child chunks split from its content by the document's subchunk rule."""
+    rule = validate_process_rule(doc.process_rule, required=True)
+    chunks: list[Chunk] = split_children(seg.content, child_segmentation(rule))
+    return [ChildChunk(tenant_id=seg.tenant_id, dataset_id=seg.dataset_id, document_id=doc.id, segment_id=seg.id,
+                       position=c.position, content=c.content, word_count=len(c.content), tokens=c.tokens,
+                       index_node_hash=content_hash(c.content), created_by=created_by(), created_at=now,
+                       updated_at=now, indexing_at=now, completed_at=now) for c in chunks]
+
+
+def _child_content(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise invalid("content is required")
+    if len(value) > MAX_SEGMENT_CHARS:
+        raise invalid(f"content must be at most {MAX_SEGMENT_CHARS} characters")
+    return value
+
+
+def _searchable(doc: Document, seg: DocumentSegment) -> bool:
+    return bool(seg.enabled and doc.enabled and not doc.archived)
+
+
 class SegmentService:
     def __init__(self, kn: Knowledge) -> None:
         self.kn = kn
@@ -66,22 +121,29 @@ class SegmentService:
         ds = await get_dataset(s, tenant_id, dataset_id)
         return ds, await get_document(s, ds, document_id)
 
-    async def _index(self, ds: Dataset, doc: Document, segs: list[DocumentSegment]) -> None:
-        """Embed and upsert these segments now (a failing provider is the caller's 400)."""
+    async def _index(self, ds: Dataset, doc: Document, items: list[tuple[str, str, bool]]) -> None:
+        """Embed and upsert (point id, text, enabled) now (a failing provider is the caller's 400)."""
+        if not items:
+            return
         embedder = None
         if ds.indexing_technique == "high_quality":
             async with self.kn.db.session() as s:
                 embedder = await self.kn.embedder(s, ds.tenant_id, ds.embedding_model_provider, ds.embedding_model)
-        sparse = await asyncio.to_thread(lambda: [encode_document(g.content) for g in segs])
-        items = [(g.id, g.content, sv, g.enabled and doc.enabled and not doc.archived)
-                 for g, sv in zip(segs, sparse, strict=True)]
+        sparse = await asyncio.to_thread(lambda: [encode_document(text) for _, text, _ in items])
         try:
-            space, points = await embed_points(self.kn, ds, doc, items, embedder)
+            space, points = await embed_points(self.kn, ds, doc, [
+                (pid, text, sv, enabled) for (pid, text, enabled), sv in zip(items, sparse, strict=True)], embedder)
         except ApiError:
             raise
         except Exception as e:
             raise ApiError(400, "invalid_param", f"Embedding failed: {e}") from e
         await self.kn.vectors.upsert(space, points)
+
+    async def _point_ids(self, s: AsyncSession, doc: Document, seg_ids: list[str]) -> list[str]:
+        """The vector points of these segments: their child chunks' in a parent-child document."""
+        if doc.doc_form != PARENT_CHILD:
+            return seg_ids
+        return list(await s.exec(select(ChildChunk.id).where(col(ChildChunk.segment_id).in_(seg_ids))))
 
     async def add(self, tenant_id: str, dataset_id: str, document_id: str, items: Any) -> dict[str, Any]:
         if not isinstance(items, list) or not items:
@@ -100,16 +162,23 @@ class SegmentService:
                 id=new_id(), tenant_id=tenant_id, dataset_id=ds.id, document_id=doc.id, position=pos + i + 1,
                 content=c, answer=a, word_count=len(c) + len(a or ""), tokens=count_tokens(c),
                 keywords=k if k is not None else keywords(c, 10), index_node_hash=content_hash(c),
-                status="indexing", indexing_at=now) for i, (c, a, k) in enumerate(parsed)]
-        # vectors first: a segment row never claims to be searchable before its point exists
-        await self._index(ds, doc, segs)
+                status="indexing", indexing_at=now, created_by=created_by()) for i, (c, a, k) in enumerate(parsed)]
+        children = {g.id: _children_for(doc, g, now) for g in segs} if doc.doc_form == PARENT_CHILD else {}
+        # vectors first: a segment row never claims to be searchable before its points exist
+        if children:
+            await self._index(ds, doc, [(c.id, c.content, True) for g in segs for c in children[g.id]])
+        else:
+            await self._index(ds, doc, [(g.id, g.content, True) for g in segs])
         async with self.kn.db.session() as s:
             for g in segs:
                 g.status, g.completed_at = "completed", utcnow()
                 s.add(g)
+            await s.flush()
+            for c in (c for cs in children.values() for c in cs):
+                s.add(c)
             await s.exec(_bump_document(doc.id, segs))
             await s.commit()
-        return {"data": [segment_json(g) for g in segs], "doc_form": doc.doc_form}
+        return {"data": [segment_json(g, children.get(g.id)) for g in segs], "doc_form": doc.doc_form}
 
     async def list(self, tenant_id: str, dataset_id: str, document_id: str, *, keyword: str | None,
                    status: str | None, page: int, limit: int) -> dict[str, Any]:
@@ -123,8 +192,9 @@ class SegmentService:
             total = (await s.exec(select(func.count()).select_from(DocumentSegment).where(*where))).one()
             rows = list(await s.exec(select(DocumentSegment).where(*where).order_by(col(DocumentSegment.position))
                                      .offset((page - 1) * limit).limit(limit)))
-        return {"data": [segment_json(g) for g in rows], "doc_form": doc.doc_form, "total": total,
-                "has_more": page * limit < total, "limit": limit, "page": page}
+            children = await children_of(s, [g.id for g in rows]) if doc.doc_form == PARENT_CHILD else {}
+        return {"data": [segment_json(g, children.get(g.id)) for g in rows], "doc_form": doc.doc_form,
+                "total": total, "has_more": page * limit < total, "limit": limit, "page": page}
 
     async def _segment(self, s: AsyncSession, doc: Document, segment_id: str) -> DocumentSegment:
         g = (await s.exec(select(DocumentSegment).where(
@@ -137,26 +207,36 @@ class SegmentService:
     async def get(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str) -> dict[str, Any]:
         async with self.kn.db.session() as s:
             _, doc = await self._doc(s, tenant_id, dataset_id, document_id)
-            return {"data": segment_json(await self._segment(s, doc, segment_id)), "doc_form": doc.doc_form}
+            g = await self._segment(s, doc, segment_id)
+            children = await children_of(s, [g.id]) if doc.doc_form == PARENT_CHILD else {}
+            return {"data": segment_json(g, children.get(g.id)), "doc_form": doc.doc_form}
 
     async def update(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str, body: Any
                      ) -> dict[str, Any]:
+        """New content re-embeds a segment; in a parent-child document only the children are embedded, so
+        the children change only with ``regenerate_child_chunks`` (split again from the new content)."""
         if not isinstance(body, dict):
             raise invalid("segment is required")
+        regenerate = body.get("regenerate_child_chunks", False)
+        if not isinstance(regenerate, bool):
+            raise invalid("regenerate_child_chunks must be a boolean")
+        enabled = body.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise invalid("enabled must be a boolean")
+        parent_child = False
+        stale: list[str] = []
         async with self.kn.db.session() as s:
             ds, doc = await self._doc(s, tenant_id, dataset_id, document_id)
             if doc.archived:
                 raise archived_immutable()
             g = await self._segment(s, doc, segment_id)
-            enabled = body.get("enabled")
-            if enabled is not None and not isinstance(enabled, bool):
-                raise invalid("enabled must be a boolean")
-            reembed = False
+            parent_child = doc.doc_form == PARENT_CHILD
+            changed = False
             if body.get("content") is not None or body.get("answer") is not None:
                 content, answer, kws = _content({"content": body.get("content", g.content),
                                                  "answer": body.get("answer", g.answer),
                                                  "keywords": body.get("keywords")}, doc.doc_form)
-                reembed = content != g.content or answer != g.answer
+                changed = content != g.content or answer != g.answer
                 g.content, g.answer = content, answer
                 g.word_count, g.tokens = len(content) + len(answer or ""), count_tokens(content)
                 g.index_node_hash = content_hash(content)
@@ -165,23 +245,112 @@ class SegmentService:
                 g.enabled = enabled
                 g.disabled_at = None if enabled else utcnow()
             g.updated_at = utcnow()
+            live = _searchable(doc, g)
+            reembed = changed and not parent_child
+            children: list[ChildChunk] | None = None
+            if parent_child and regenerate:
+                stale = await self._point_ids(s, doc, [g.id])
+                children = _children_for(doc, g, utcnow())
+                await self._index(ds, doc, [(c.id, c.content, live) for c in children])
+                await s.exec(delete(ChildChunk).where(ChildChunk.segment_id == g.id))
+                for c in children:
+                    s.add(c)
             if reembed:
-                await self._index(ds, doc, [g])
+                await self._index(ds, doc, [(g.id, g.content, live)])
+            points = [] if reembed or enabled is None else await self._point_ids(s, doc, [g.id])
             await s.commit()
-        if not reembed and enabled is not None:
-            await self.kn.vectors.set_enabled(dataset_space(ds), bool(g.enabled and doc.enabled and not doc.archived),
-                                              ids=[g.id])
-        return {"data": segment_json(g), "doc_form": doc.doc_form}
+            if parent_child and children is None:
+                children = (await children_of(s, [g.id])).get(g.id, [])
+        if stale:
+            await self.kn.vectors.delete_ids(dataset_space(ds), stale)
+        if points:
+            await self.kn.vectors.set_enabled(dataset_space(ds), live, ids=points)
+        return {"data": segment_json(g, children), "doc_form": doc.doc_form}
 
     async def delete(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str) -> None:
         async with self.kn.db.session() as s:
             ds, doc = await self._doc(s, tenant_id, dataset_id, document_id)
             g = await self._segment(s, doc, segment_id)
+            points = await self._point_ids(s, doc, [g.id])
+            await s.exec(delete(ChildChunk).where(ChildChunk.segment_id == g.id))
             await s.delete(g)
             await s.exec(_bump_document(doc.id, [g], sign=-1))
             await s.commit()
-        await self.kn.vectors.delete_ids(dataset_space(ds), [g.id])
+        await self.kn.vectors.delete_ids(dataset_space(ds), points)
 
+    # -- child chunks (parent-child documents) ---------------------------------------------------------------
+    async def _parent(self, s: AsyncSession, tenant_id: str, dataset_id: str, document_id: str, segment_id: str,
+                      *, write: bool) -> tuple[Dataset, Document, DocumentSegment]:
+        ds, doc = await self._doc(s, tenant_id, dataset_id, document_id)
+        g = await self._segment(s, doc, segment_id)
+        if doc.doc_form != PARENT_CHILD:
+            raise invalid("Child chunks belong to parent-child documents (doc_form hierarchical_model); "
+                          f"this document's doc_form is {doc.doc_form}.")
+        if write and doc.archived:
+            raise archived_immutable()
+        if write and doc.indexing_status != "completed":
+            raise not_found("Document is not completed.")
+        return ds, doc, g
+
+    async def _child(self, s: AsyncSession, g: DocumentSegment, child_id: str) -> ChildChunk:
+        c = (await s.exec(select(ChildChunk).where(
+            ChildChunk.id == parse_id(child_id, child_chunk_not_found()), ChildChunk.segment_id == g.id))).first()
+        if c is None:
+            raise child_chunk_not_found()
+        return c
+
+    async def list_children(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str, *,
+                            keyword: str | None, page: int, limit: int) -> dict[str, Any]:
+        async with self.kn.db.session() as s:
+            _, _, g = await self._parent(s, tenant_id, dataset_id, document_id, segment_id, write=False)
+            where = [ChildChunk.segment_id == g.id]
+            if keyword:
+                where.append(col(ChildChunk.content).icontains(keyword, autoescape=True))
+            total = (await s.exec(select(func.count()).select_from(ChildChunk).where(*where))).one()
+            rows = list(await s.exec(select(ChildChunk).where(*where).order_by(col(ChildChunk.position))
+                                     .offset((page - 1) * limit).limit(limit)))
+        return {"data": [child_json(c) for c in rows], "total": total,
+                "total_pages": (total + limit - 1) // limit, "page": page, "limit": limit}
+
+    async def add_child(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str, body: Any
+                        ) -> dict[str, Any]:
+        content = _child_content(body.get("content") if isinstance(body, dict) else None)
+        async with self.kn.db.session() as s:
+            ds, doc, g = await self._parent(s, tenant_id, dataset_id, document_id, segment_id, write=True)
+            pos = (await s.exec(select(func.coalesce(func.max(ChildChunk.position), 0))
+                                .where(ChildChunk.segment_id == g.id))).one()
+            now = utcnow()
+            c = ChildChunk(tenant_id=tenant_id, dataset_id=ds.id, document_id=doc.id, segment_id=g.id,
+                           position=pos + 1, content=content, word_count=len(content), tokens=count_tokens(content),
+                           index_node_hash=content_hash(content), type="customized", created_by=created_by(),
+                           created_at=now, updated_at=now, indexing_at=now, completed_at=now)
+            await self._index(ds, doc, [(c.id, c.content, _searchable(doc, g))])
+            s.add(c)
+            await s.commit()
+        return {"data": child_json(c)}
+
+    async def update_child(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str,
+                           child_id: str, body: Any) -> dict[str, Any]:
+        content = _child_content(body.get("content") if isinstance(body, dict) else None)
+        async with self.kn.db.session() as s:
+            ds, doc, g = await self._parent(s, tenant_id, dataset_id, document_id, segment_id, write=True)
+            c = await self._child(s, g, child_id)
+            if content != c.content:
+                await self._index(ds, doc, [(c.id, content, _searchable(doc, g))])
+                c.content, c.word_count, c.tokens = content, len(content), count_tokens(content)
+                c.index_node_hash, c.type = content_hash(content), "customized"
+                c.updated_at = c.indexing_at = c.completed_at = utcnow()
+                await s.commit()
+        return {"data": child_json(c)}
+
+    async def delete_child(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str,
+                           child_id: str) -> None:
+        async with self.kn.db.session() as s:
+            ds, _, g = await self._parent(s, tenant_id, dataset_id, document_id, segment_id, write=True)
+            c = await self._child(s, g, child_id)
+            await s.delete(c)
+            await s.commit()
+        await self.kn.vectors.delete_ids(dataset_space(ds), [c.id])
 
 
 def _bump_document(doc_id: str, segs: list[DocumentSegment], sign: int = 1) -> Any:
