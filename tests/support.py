@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import uvicorn
 
+from services.indexer.service.common import dataset_space
 from shared.bus import Bus
 from shared.context import Context
 from shared.db import Database
+from shared.knowledge.vectors import VectorFilter
+from shared.models import Dataset
 from shared.natsd import free_port
 from shared.settings import Settings
 
@@ -89,6 +92,16 @@ async def wait_indexed(c: Any, prefix: str, h: dict[str, str], ds: str, batch: s
             return data
         assert time.monotonic() < deadline, data
         await asyncio.sleep(0.1)
+
+
+async def points_of_document(stack: Any, dataset_id: str, document_id: str) -> int:
+    """A document's points in the vector store of a live stack's indexer, disabled ones too (orphans show here,
+    not in searches, which only return what the database still has)."""
+    kn = stack.ctx.local_apps["indexer"].state.knowledge
+    async with kn.db.session() as s:
+        ds = await s.get(Dataset, dataset_id)
+    return await kn.vectors.count(dataset_space(ds), VectorFilter(ds.tenant_id, (ds.id,), document_ids=(document_id,)),
+                                  include_disabled=True)
 
 
 def envelope(r: httpx.Response, status: int, code: str) -> str:

@@ -40,7 +40,7 @@ Description = Annotated[str, StringConstraints(max_length=400)]
 SUCCESS = {"result": "success"}
 V1, CONSOLE = "/v1", CONSOLE_PREFIX
 AUTHORIZE_TIMEOUT = 10.0  # seconds for the console's access check
-MAX_BATCH_DOCUMENTS = 100  # ids per console batch delete
+MAX_BATCH = 100  # ids per console batch (documents, segments)
 log = structlog.get_logger("plexus.indexer.api")
 
 
@@ -77,10 +77,6 @@ class StatusBody(_Body):
 
 class SegmentsBody(_Body):
     segments: list[Any]
-
-
-class SegmentUpdate(_Body):
-    segment: dict[str, Any]
 
 
 class RetrieveBody(_Body):
@@ -159,8 +155,18 @@ async def _tenant(request: Request) -> str:
 
 Tenant = Annotated[str, Depends(_tenant)]
 DocumentIds = Annotated[list[str] | None, Query()]
+SegmentIds = Annotated[list[str] | None, Query()]
 Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+def _batch_ids(ids: list[str] | None, name: str) -> list[str]:
+    """A console batch's ids (``?name=a&name=b``): at least one, at most MAX_BATCH."""
+    if not ids:
+        raise invalid(f"{name} is required")
+    if len(ids) > MAX_BATCH:
+        raise invalid(f"At most {MAX_BATCH} ids ({name}) at once.")
+    return ids
 
 
 def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
@@ -186,11 +192,7 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
 
         @r.delete("/datasets/{dataset_id}/documents", status_code=204)
         async def delete_documents(t: Tenant, dataset_id: str, document_id: DocumentIds = None) -> Response:
-            if not document_id:
-                raise invalid("document_id is required")
-            if len(document_id) > MAX_BATCH_DOCUMENTS:
-                raise invalid(f"At most {MAX_BATCH_DOCUMENTS} documents can be deleted at once.")
-            await docs.delete_many(t, dataset_id, document_id)
+            await docs.delete_many(t, dataset_id, _batch_ids(document_id, "document_id"))
             return Response(status_code=204)
 
         @r.get("/datasets/{dataset_id}/permission-part-users")
@@ -200,6 +202,34 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         @r.get("/datasets/{dataset_id}/use-check")
         async def use_check(t: Tenant, dataset_id: str) -> Response:
             return json_response({"is_using": await datasets.in_use(t, dataset_id)})
+
+        # the console's own segment routes (Dify's datasets_segments.py): one at a time and in batches
+        doc_path = "/datasets/{dataset_id}/documents/{document_id}"
+
+        @r.post(doc_path + "/segment")
+        async def add_one_segment(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
+            out = await segs.add(t, dataset_id, document_id, [await _json_body(request)])
+            return json_response({"data": out["data"][0], "doc_form": out["doc_form"]})
+
+        @r.delete(doc_path + "/segments", status_code=204)
+        async def delete_segments(t: Tenant, dataset_id: str, document_id: str,
+                                  segment_id: SegmentIds = None) -> Response:
+            await segs.delete_many(t, dataset_id, document_id, _batch_ids(segment_id, "segment_id"))
+            return Response(status_code=204)
+
+        @r.patch(doc_path + "/segment/{action}")
+        async def toggle_segments(t: Tenant, dataset_id: str, document_id: str, action: Literal["enable", "disable"],
+                                  segment_id: SegmentIds = None) -> Response:
+            await segs.set_enabled_many(t, dataset_id, document_id, _batch_ids(segment_id, "segment_id"),
+                                        action == "enable")
+            return json_response(SUCCESS)
+
+        @r.patch(doc_path + "/segments/{segment_id}/child_chunks")
+        async def save_child_chunks(request: Request, t: Tenant, dataset_id: str, document_id: str,
+                                    segment_id: str) -> Response:
+            body = await _json_body(request)
+            return json_response(await segs.replace_children(t, dataset_id, document_id, segment_id,
+                                                             body.get("chunks")))
 
     # -- tags (reference §4.1); registered before /datasets/{dataset_id} so "tags" is never a dataset id ----
     @r.get("/datasets/tags")
@@ -331,18 +361,26 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
 
     @r.get(seg_base)
     async def list_segments(t: Tenant, dataset_id: str, document_id: str, keyword: str | None = None,
-                            status: str | None = None, page: Page = 1, limit: Limit = 20) -> Response:
+                            status: Annotated[list[str] | None, Query()] = None, page: Page = 1, limit: Limit = 20,
+                            enabled: Literal["all", "true", "false"] = "all",
+                            hit_count_gte: Annotated[int | None, Query(ge=0)] = None) -> Response:
         return json_response(await segs.list(t, dataset_id, document_id, keyword=keyword, status=status,
-                                             page=page, limit=limit))
+                                             page=page, limit=limit, hit_count_gte=hit_count_gte,
+                                             enabled=None if enabled == "all" else enabled == "true"))
 
     @r.get(seg_base + "/{segment_id}")
     async def get_segment(t: Tenant, dataset_id: str, document_id: str, segment_id: str) -> Response:
         return json_response(await segs.get(t, dataset_id, document_id, segment_id))
 
     @r.api_route(seg_base + "/{segment_id}", methods=["POST", "PATCH"])
-    async def update_segment(t: Tenant, dataset_id: str, document_id: str, segment_id: str,
-                             body: SegmentUpdate) -> Response:
-        return json_response(await segs.update(t, dataset_id, document_id, segment_id, body.segment))
+    async def update_segment(request: Request, t: Tenant, dataset_id: str, document_id: str,
+                             segment_id: str) -> Response:
+        body = await _json_body(request)
+        # the service API wraps the fields in "segment"; Dify's console sends them bare
+        fields = body.get("segment") if prefix == V1 or "segment" in body else body
+        if not isinstance(fields, dict):
+            raise invalid("segment is required")
+        return json_response(await segs.update(t, dataset_id, document_id, segment_id, fields))
 
     @r.delete(seg_base + "/{segment_id}")
     async def delete_segment(t: Tenant, dataset_id: str, document_id: str, segment_id: str) -> Response:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, live_fixture
-from tests.support import bearer, console_admin, envelope, invite_member, wait_indexed
+from tests.support import bearer, console_admin, envelope, invite_member, points_of_document, wait_indexed
 
 C = "/console/api"
 PASSWORD = "member-pass-1"
@@ -25,8 +25,8 @@ cstack = live_fixture("console_knowledge", "cstack")
 class Console:
     """The owner's headers and helpers; members of other roles on demand."""
 
-    def __init__(self, c: httpx.AsyncClient, owner: dict[str, str]) -> None:
-        self.c, self.owner = c, owner
+    def __init__(self, c: httpx.AsyncClient, owner: dict[str, str], stack: LiveServer) -> None:
+        self.c, self.owner, self.stack = c, owner, stack
 
     async def member(self, role: str) -> tuple[dict[str, str], str]:
         """A new member with ``role``: headers and account id."""
@@ -59,7 +59,7 @@ def source(*file_ids: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 async def con(cstack: LiveServer) -> AsyncIterator[Console]:
     async with httpx.AsyncClient(base_url=cstack.base_url, timeout=60) as c:
-        yield Console(c, await console_admin(c))
+        yield Console(c, await console_admin(c), cstack)
 
 
 async def test_datasets_crud_as_the_owner(con: Console) -> None:
@@ -154,6 +154,80 @@ async def test_document_batches_by_query(con: Console) -> None:
     assert (await con.c.delete(url, headers=con.owner, params={"document_id": ids})).status_code == 204
     assert (await con.c.get(url, headers=con.owner)).json()["data"] == []
     envelope(await con.c.delete(url, headers=con.owner), 400, "invalid_param")
+
+
+async def test_console_segment_routes(con: Console) -> None:
+    """Dify's console edits segments one at a time and in batches, with bare bodies and ids in the query."""
+    f = await con.upload("care.md", b"# Care\n\nWater ferns weekly.\nKeep them out of the sun.\n\n"
+                                    b"Repot ferns every spring.\n")
+    ds = await con.dataset()
+    rule = {"mode": "hierarchical", "rules": {
+        "pre_processing_rules": [], "segmentation": {"separator": "\\n\\n", "max_tokens": 200},
+        "parent_mode": "paragraph", "subchunk_segmentation": {"separator": "\\n", "max_tokens": 40}}}
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner,
+                         json={**source(f["id"]), "doc_form": "hierarchical_model", "process_rule": rule})
+    assert r.status_code == 200, r.text
+    doc = r.json()["documents"][0]
+    assert doc["doc_form"] == "hierarchical_model"
+    await con.wait(ds["id"], r.json()["batch"])
+    base = f"{C}/datasets/{ds['id']}/documents/{doc['id']}"
+    segs = (await con.c.get(f"{base}/segments", headers=con.owner)).json()["data"]
+    assert [g["content"] for g in segs] == ["Care", "Water ferns weekly.\nKeep them out of the sun.",
+                                            "Repot ferns every spring."]
+    water = segs[1]
+    assert [c["content"] for c in water["child_chunks"]] == ["Water ferns weekly.", "Keep them out of the sun."]
+
+    async def found(q: str) -> list[str]:
+        r = await con.c.post(f"{C}/datasets/{ds['id']}/hit-testing", headers=con.owner,
+                             json={"query": q, "retrieval_model": {"search_method": "keyword_search",
+                                                                   "reranking_enable": False, "top_k": 5,
+                                                                   "score_threshold_enabled": False}})
+        assert r.status_code == 200, r.text
+        return [c["content"] for rec in r.json()["records"] for c in rec["child_chunks"]]
+
+    # the console saves a parent's children in one call: kept by id (edited), new without one, the rest go
+    first, second = water["child_chunks"]
+    r = await con.c.patch(f"{base}/segments/{water['id']}/child_chunks", headers=con.owner, json={"chunks": [
+        {"id": second["id"], "content": "Keep ferns in the shade."}, {"content": "Mist ferns in winter."}]})
+    assert r.status_code == 200, r.text
+    saved = r.json()["data"]
+    assert [(c["content"], c["position"]) for c in saved] == [("Keep ferns in the shade.", 1),
+                                                              ("Mist ferns in winter.", 2)]
+    assert saved[0]["id"] == second["id"] and saved[1]["type"] == "customized"
+    assert await found("weekly") == [] and await found("shade") == ["Keep ferns in the shade."]
+    assert await found("mist winter") == ["Mist ferns in winter."]
+    assert await points_of_document(con.stack, ds["id"], doc["id"]) == 4  # the child that went took its point
+    envelope(await con.c.patch(f"{base}/segments/{water['id']}/child_chunks", headers=con.owner,
+                               json={"chunks": [{"id": first["id"], "content": "gone already"}]}), 404, "not_found")
+    # a bare body edits a segment (the service API wraps it in "segment")
+    r = await con.c.patch(f"{base}/segments/{segs[2]['id']}", headers=con.owner,
+                          json={"content": "Repot ferns every second spring.", "regenerate_child_chunks": True})
+    assert r.status_code == 200, r.text
+    assert [c["content"] for c in r.json()["data"]["child_chunks"]] == ["Repot ferns every second spring."]
+    # batch disable by query ids, then the list filters
+    r = await con.c.patch(f"{base}/segment/disable", headers=con.owner,
+                          params={"segment_id": [segs[0]["id"], water["id"]]})
+    assert r.status_code == 200 and r.json() == {"result": "success"}, r.text
+    assert await found("shade") == []
+    listed = (await con.c.get(f"{base}/segments", headers=con.owner, params={"enabled": "false"})).json()
+    assert {g["id"] for g in listed["data"]} == {segs[0]["id"], water["id"]} and listed["total"] == 2
+    r = await con.c.patch(f"{base}/segment/enable", headers=con.owner, params={"segment_id": [water["id"]]})
+    assert r.status_code == 200 and await found("shade") == ["Keep ferns in the shade."]
+    envelope(await con.c.patch(f"{base}/segment/enable", headers=con.owner), 400, "invalid_param")
+    # one new segment, and a batch delete that checks every id first
+    r = await con.c.post(f"{base}/segment", headers=con.owner, json={"content": "Ferns like humid air."})
+    assert r.status_code == 200, r.text
+    added = r.json()["data"]
+    assert r.json()["doc_form"] == "hierarchical_model" and added["child_chunks"][0]["content"] == "Ferns like humid air."
+    envelope(await con.c.delete(f"{base}/segments", headers=con.owner,
+                                params={"segment_id": [added["id"], str(uuid.uuid4())]}), 404, "not_found")
+    r = await con.c.delete(f"{base}/segments", headers=con.owner, params={"segment_id": [added["id"], water["id"]]})
+    assert r.status_code == 204
+    assert await found("humid shade mist") == []
+    left = (await con.c.get(f"{base}/segments", headers=con.owner)).json()
+    assert [g["id"] for g in left["data"]] == [segs[0]["id"], segs[2]["id"]]
+    assert (await con.c.get(f"{base}", headers=con.owner)).json()["segment_count"] == 2
+    assert await points_of_document(con.stack, ds["id"], doc["id"]) == 2
 
 
 async def test_bad_documents_requests(con: Console) -> None:

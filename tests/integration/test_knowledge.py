@@ -18,7 +18,7 @@ import pytest
 
 from shared.settings import KnowledgeSettings
 from tests.conftest import LiveServer, live_fixture
-from tests.support import console_admin, wait_indexed
+from tests.support import console_admin, points_of_document, wait_indexed
 
 MB = 1024 * 1024
 
@@ -654,6 +654,11 @@ async def test_parent_child_documents_are_searched_by_child_and_answer_with_the_
     assert rec["child_chunks"][0]["content"] == "Our teapots are made of glass."
 
 
+async def children_total(kb: KB, base: str) -> int:
+    segs = (await kb.c.get(base, headers=kb.h, params={"limit": 100})).json()["data"]
+    return sum(len(g["child_chunks"]) for g in segs)
+
+
 async def test_child_chunks_crud_and_segment_edits(kb: KB) -> None:
     ds = await kb.dataset()
     created = await kb.text_doc(ds["id"], "shop", SHOP, process_rule=PARENT_CHILD_RULE)
@@ -713,9 +718,11 @@ async def test_child_chunks_crud_and_segment_edits(kb: KB) -> None:
     assert r.status_code == 200, r.text
     assert [c["content"] for c in r.json()["data"][0]["child_chunks"]] == ["Mugs", "Mugs hold 300 ml."]
     assert "Mugs hold 300 ml." in await hits("mugs ml")
+    assert await points_of_document(kb.stack, ds["id"], doc_id) == await children_total(kb, seg_base) == 7
     # deleting a parent deletes its children's points
     r = await kb.c.delete(f"{seg_base}/{r.json()['data'][0]['id']}", headers=kb.h)
     assert r.status_code == 200 and await hits("mugs ml") == []
+    assert await points_of_document(kb.stack, ds["id"], doc_id) == await children_total(kb, seg_base) == 5
     # child chunks belong to parent-child documents only
     text_ds = await kb.dataset()
     plain = await kb.text_doc(text_ds["id"], "faq", FAQ)

@@ -181,14 +181,19 @@ class SegmentService:
         return {"data": [segment_json(g, children.get(g.id)) for g in segs], "doc_form": doc.doc_form}
 
     async def list(self, tenant_id: str, dataset_id: str, document_id: str, *, keyword: str | None,
-                   status: str | None, page: int, limit: int) -> dict[str, Any]:
+                   status: list[str] | None, page: int, limit: int, enabled: bool | None = None,
+                   hit_count_gte: int | None = None) -> dict[str, Any]:
         async with self.kn.db.session() as s:
             _, doc = await self._doc(s, tenant_id, dataset_id, document_id)
             where = [DocumentSegment.document_id == doc.id]
             if keyword:
                 where.append(col(DocumentSegment.content).icontains(keyword, autoescape=True))
             if status:
-                where.append(DocumentSegment.status == status)
+                where.append(col(DocumentSegment.status).in_(status))
+            if enabled is not None:
+                where.append(DocumentSegment.enabled == enabled)
+            if hit_count_gte is not None:
+                where.append(DocumentSegment.hit_count >= hit_count_gte)
             total = (await s.exec(select(func.count()).select_from(DocumentSegment).where(*where))).one()
             rows = list(await s.exec(select(DocumentSegment).where(*where).order_by(col(DocumentSegment.position))
                                      .offset((page - 1) * limit).limit(limit)))
@@ -268,15 +273,48 @@ class SegmentService:
         return {"data": segment_json(g, children), "doc_form": doc.doc_form}
 
     async def delete(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str) -> None:
+        await self.delete_many(tenant_id, dataset_id, document_id, [segment_id])
+
+    async def _segments(self, s: AsyncSession, doc: Document, segment_ids: list[str]) -> list[DocumentSegment]:
+        """These segments of the document, all of them or 404."""
+        ids = list(dict.fromkeys(parse_id(i, segment_not_found()) for i in segment_ids))
+        rows = list(await s.exec(select(DocumentSegment).where(col(DocumentSegment.id).in_(ids),
+                                                               DocumentSegment.document_id == doc.id)))
+        if len(rows) != len(ids):
+            raise segment_not_found()
+        return rows
+
+    async def delete_many(self, tenant_id: str, dataset_id: str, document_id: str, segment_ids: list[str]) -> None:
+        """Delete segments (and their child chunks) in one transaction, then their points."""
         async with self.kn.db.session() as s:
             ds, doc = await self._doc(s, tenant_id, dataset_id, document_id)
-            g = await self._segment(s, doc, segment_id)
-            points = await self._point_ids(s, doc, [g.id])
-            await s.exec(delete(ChildChunk).where(ChildChunk.segment_id == g.id))
-            await s.delete(g)
-            await s.exec(_bump_document(doc.id, [g], sign=-1))
+            segs = await self._segments(s, doc, segment_ids)
+            ids = [g.id for g in segs]
+            points = await self._point_ids(s, doc, ids)
+            await s.exec(delete(ChildChunk).where(col(ChildChunk.segment_id).in_(ids)))
+            await s.exec(delete(DocumentSegment).where(col(DocumentSegment.id).in_(ids)))
+            await s.exec(_bump_document(doc.id, segs, sign=-1))
             await s.commit()
-        await self.kn.vectors.delete_ids(dataset_space(ds), points)
+        if points:
+            await self.kn.vectors.delete_ids(dataset_space(ds), points)
+
+    async def set_enabled_many(self, tenant_id: str, dataset_id: str, document_id: str, segment_ids: list[str],
+                               enabled: bool) -> None:
+        """The console's batch enable/disable: the points follow at once."""
+        async with self.kn.db.session() as s:
+            ds, doc = await self._doc(s, tenant_id, dataset_id, document_id)
+            if doc.archived:
+                raise archived_immutable()
+            segs = await self._segments(s, doc, segment_ids)
+            now = utcnow()
+            for g in segs:
+                if g.enabled != enabled:
+                    g.enabled, g.disabled_at, g.updated_at = enabled, None if enabled else now, now
+            points = await self._point_ids(s, doc, [g.id for g in segs])
+            await s.commit()
+        if points:
+            await self.kn.vectors.set_enabled(dataset_space(ds), enabled and doc.enabled and not doc.archived,
+                                              ids=points)
 
     # -- child chunks (parent-child documents) ---------------------------------------------------------------
     async def _parent(self, s: AsyncSession, tenant_id: str, dataset_id: str, document_id: str, segment_id: str,
@@ -342,6 +380,45 @@ class SegmentService:
                 c.updated_at = c.indexing_at = c.completed_at = utcnow()
                 await s.commit()
         return {"data": child_json(c)}
+
+    async def replace_children(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str,
+                               chunks: Any) -> dict[str, Any]:
+        """The console's save of a parent's children (``{"chunks": [{"id"?, "content"}]}``): listed ids are
+        kept (re-embedded if their text changed), entries without an id are new, unlisted children go."""
+        if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
+            raise invalid("chunks must be a list of {id?, content} objects")
+        wanted = [(c.get("id"), _child_content(c.get("content"))) for c in chunks]
+        async with self.kn.db.session() as s:
+            ds, doc, g = await self._parent(s, tenant_id, dataset_id, document_id, segment_id, write=True)
+            current = {c.id: c for c in (await children_of(s, [g.id])).get(g.id, [])}
+            unknown = [i for i, _ in wanted if i is not None and i not in current]
+            if unknown:
+                raise child_chunk_not_found()
+            now, live = utcnow(), _searchable(doc, g)
+            kept: list[ChildChunk] = []
+            changed: list[ChildChunk] = []
+            for position, (cid, content) in enumerate(wanted, 1):
+                c = current.get(cid) if cid else None
+                new = c is None
+                if c is None:
+                    c = ChildChunk(tenant_id=tenant_id, dataset_id=ds.id, document_id=doc.id, segment_id=g.id,
+                                   position=position, content=content, type="customized", created_by=created_by(),
+                                   created_at=now, indexing_at=now)
+                if new or c.content != content:
+                    c.content, c.word_count, c.tokens = content, len(content), count_tokens(content)
+                    c.index_node_hash, c.type, c.completed_at = content_hash(content), "customized", now
+                    changed.append(c)
+                c.position, c.updated_at = position, now
+                kept.append(c)
+            gone = [i for i in current if i not in {c.id for c in kept}]
+            await self._index(ds, doc, [(c.id, c.content, live) for c in changed])
+            await s.exec(delete(ChildChunk).where(col(ChildChunk.id).in_(gone)))
+            for c in kept:
+                s.add(c)
+            await s.commit()
+        if gone:
+            await self.kn.vectors.delete_ids(dataset_space(ds), gone)
+        return {"data": [child_json(c) for c in kept]}
 
     async def delete_child(self, tenant_id: str, dataset_id: str, document_id: str, segment_id: str,
                            child_id: str) -> None:
