@@ -135,6 +135,7 @@ class KnowledgeSettings(BaseModel):
     requeue_after: float = Field(120.0, description="a document still `waiting` this long is queued again")
     max_file_bytes: int = Field(100 * 1024 * 1024, description="larger uploads get 413 file_too_large")
     embedding_batch: int = Field(32, description="texts per embedding call")
+    qa_concurrency: int = Field(4, description="model calls one Q&A document (doc_form qa_model) makes at once")
     optimize_after: int = Field(
         5000, description="embedded engine: new points in a space after which its search index is rebuilt"
     )

@@ -128,3 +128,10 @@ class DatasetConfigs(BaseModel):
         if self.metadata_filtering_conditions is not None:
             out["metadata_filtering_conditions"] = self.metadata_filtering_conditions.model_dump()
         return out
+
+
+def segment_text(segment: dict[str, Any]) -> str:
+    """A retrieval record's segment as text for a prompt: a Q&A segment (one with an answer) is its question
+    and its answer, as Dify puts it; any other segment its content."""
+    content, answer = segment.get("content") or "", segment.get("answer")
+    return f"question:{content} \nanswer:{answer}" if answer else content

@@ -746,3 +746,88 @@ async def test_full_doc_parent_child_document(kb: KB) -> None:
     (rec,) = await kb.retrieve(ds["id"], "blue light", search_method="full_text_search")
     assert rec["segment"]["content"] == SHOP
     assert rec["child_chunks"][0]["content"] == "Every kettle has a blue light."
+
+
+# ---- Q&A (qa_model) ---------------------------------------------------------------------------------
+
+PARAGRAPHS_RULE = {"mode": "custom", "rules": {"pre_processing_rules": [],
+                                               "segmentation": {"separator": "\\n\\n", "max_tokens": 500}}}
+
+
+async def test_qa_documents_are_written_by_the_default_llm(kb: KB, llm) -> None:
+    r = await kb.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
+                        headers=kb.admin, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
+    assert r.status_code == 200
+
+    async def default_llm(model: str | None) -> None:
+        entry: dict[str, Any] = {"model_type": "llm"}
+        if model is not None:
+            entry.update(provider="openai-compatible", model=model)
+        r = await kb.c.post("/console/api/workspaces/current/default-model", headers=kb.admin,
+                            json={"model_settings": [entry]})
+        assert r.status_code == 200, r.text
+
+    ds = await kb.dataset()
+    qa = {"name": "shop", "text": SHOP, "indexing_technique": "high_quality", "doc_form": "qa_model",
+          "doc_language": "English", "process_rule": PARAGRAPHS_RULE}
+    create = f"/v1/datasets/{ds['id']}/document/create-by-text"
+    r = await kb.c.post(create, headers=kb.h, json=qa)  # no default LLM to write the pairs
+    assert r.status_code == 400 and r.json()["code"] == "provider_not_initialize", r.text
+    await default_llm("scripted")
+    try:
+        llm.push(match="Kettles\nOur kettles", reply="Q1: How fast does a kettle boil a litre of water?\n"
+                                                     "A1: In ninety seconds.\nQ2: What light does a kettle have?\n"
+                                                     "A2: A blue light.")
+        llm.push(match="Returns\nYou can", reply="Q1: How long do I have to return an item?\n"
+                                                 "A1: 30 days, for a full refund.")
+        r = await kb.c.post(create, headers=kb.h, json=qa)
+        assert r.status_code == 200, r.text
+        (st,) = await kb.wait(ds["id"], r.json()["batch"])
+        assert st["indexing_status"] == "completed" and st["total_segments"] == 3, st
+        asked = llm.requests_matching("Our kettles boil")[-1].messages
+        assert "in English" in asked[0]["content"] and asked[1]["content"].startswith("Kettles\n")
+        doc_id = r.json()["document"]["id"]
+        segs = (await kb.c.get(f"/v1/datasets/{ds['id']}/documents/{doc_id}/segments", headers=kb.h)).json()
+        assert segs["doc_form"] == "qa_model"
+        assert [(g["content"], g["answer"]) for g in segs["data"]] == [
+            ("How fast does a kettle boil a litre of water?", "In ninety seconds."),
+            ("What light does a kettle have?", "A blue light."),
+            ("How long do I have to return an item?", "30 days, for a full refund.")]
+        (doc,) = (await kb.c.get(f"/v1/datasets/{ds['id']}/documents", headers=kb.h)).json()["data"]
+        assert (doc["doc_form"], doc["doc_language"]) == ("qa_model", "English")
+        # the questions are searched; the record carries the answer
+        recs = await kb.retrieve(ds["id"], "how long to return an item", search_method="full_text_search")
+        assert recs[0]["segment"]["answer"] == "30 days, for a full refund."
+        # a Q&A segment needs its answer
+        r = await kb.c.post(f"/v1/datasets/{ds['id']}/documents/{doc_id}/segments", headers=kb.h,
+                            json={"segments": [{"content": "Is there a warranty?"}]})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+        # an app answering from the dataset gets question and answer in its context, as Dify's does
+        app = (await kb.c.post("/console/api/apps", headers=kb.admin,
+                               json={"name": f"qa{time.monotonic_ns()}", "mode": "chat"})).json()
+        cfg = {"model": {"provider": "openai-compatible", "name": "scripted"}, "pre_prompt": "Answer briefly.",
+               "dataset_configs": {"retrieval_model": "multiple", "top_k": 1, "retrieval_model_dict": None,
+                                   "datasets": {"datasets": [{"dataset": {"enabled": True, "id": ds["id"]}}]}}}
+        assert (await kb.c.post(f"/console/api/apps/{app['id']}/model-config", headers=kb.admin,
+                                json=cfg)).status_code == 200
+        key = (await kb.c.post(f"/console/api/apps/{app['id']}/api-keys", headers=kb.admin)).json()["token"]
+        q = f"how fast does a kettle boil {uuid.uuid4().hex[:6]}"
+        r = await kb.c.post("/v1/chat-messages", headers={"Authorization": f"Bearer {key}"},
+                            json={"inputs": {}, "query": q, "user": "u1", "response_mode": "blocking",
+                                  "auto_generate_name": False})
+        assert r.status_code == 200, r.text
+        (res,) = r.json()["metadata"]["retriever_resources"]
+        assert res["content"] == "question:How fast does a kettle boil a litre of water? \nanswer:In ninety seconds."
+        assert res["content"] in llm.requests_matching(q)[-1].messages[0]["content"]
+        # a model that writes no pairs ends the document in error, with the reason
+        other = await kb.dataset()
+        llm.push(match="Nothing to ask", reply="I am sorry, I cannot do that.")
+        r = await kb.c.post(f"/v1/datasets/{other['id']}/document/create-by-text", headers=kb.h,
+                            json={**qa, "text": "Nothing to ask about here."})
+        assert r.status_code == 200, r.text
+        (st,) = await kb.wait(other["id"], r.json()["batch"])
+        assert st["indexing_status"] == "error" and "no question-answer pairs" in st["error"], st
+        r = await kb.c.post(create, headers=kb.h, json={**qa, "doc_language": ["English"]})
+        assert r.status_code == 400 and "doc_language" in r.json()["message"]
+    finally:
+        await default_llm(None)

@@ -30,6 +30,7 @@ class PreparedChunk:
     # a hierarchical rule's parent: its child chunks are what gets embedded and searched (the parent's own
     # sparse vector is left empty); None for a chunk that is searched itself
     children: list[PreparedChunk] | None = field(default=None)
+    answer: str | None = None  # a Q&A document's segment: content is the question
 
 
 def init_child() -> None:

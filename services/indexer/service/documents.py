@@ -29,6 +29,7 @@ from services.indexer.service.common import (
 from services.indexer.service.core import Knowledge
 from services.indexer.service.datasets import TECHNIQUES, DatasetService, parse_retrieval_model
 from services.indexer.service.metadata import built_in_values
+from shared.credentials import default_model
 from shared.errors import ApiError, not_found
 from shared.files import MIME, upload_name
 from shared.models import Dataset, Document, DocumentSegment, TenantMember, UploadFile, ts, utcnow
@@ -137,6 +138,14 @@ def upload_file_ids(body: dict[str, Any]) -> list[str]:
 DOC_FORMS = ("text_model", "hierarchical_model", "qa_model")
 
 
+def doc_language(body: dict[str, Any]) -> str | None:
+    """The language a Q&A document's pairs are written in (Dify's doc_language, "English" when missing)."""
+    value = body.get("doc_language")
+    if value is not None and (not isinstance(value, str) or len(value) > 64):
+        raise invalid("doc_language must be a language name of at most 64 characters, like \"English\".")
+    return value.strip() or None if isinstance(value, str) else None
+
+
 def check_doc_form(requested: Any, rule: ProcessRule, dataset_form: str | None) -> str:
     """The doc_form of a document indexed with ``rule``: the one requested, else the one the rule implies
     (a hierarchical rule makes parent-child documents), else the dataset's. The parent-child form and the
@@ -190,6 +199,7 @@ class DocumentService:
                                ) -> tuple[dict[str, Any], str]:
         """First upload configures the dataset (technique, rule, model, doc_form); returns the rule and the
         doc_form of the new documents."""
+        doc_language(body)  # checked before anything is stored
         if ds.indexing_technique is None:
             technique = body.get("indexing_technique")
             if technique is None:
@@ -212,6 +222,9 @@ class DocumentService:
             ds.data_source_type = "upload_file"
         first = (await s.exec(select(Document.id).where(Document.dataset_id == ds.id).limit(1))).first() is None
         doc_form = check_doc_form(body.get("doc_form"), rule, None if first else ds.doc_form)
+        if doc_form == "qa_model" and await default_model(s, tenant_id, "llm") is None:
+            raise ApiError(400, "provider_not_initialize", "Q&A documents are written by the workspace's default "
+                           "LLM model: set one in Settings → Model Provider → System Model Settings first.")
         ds.doc_form = doc_form  # a dataset's documents share one form, set by its first one
         return rule_dict, doc_form
 
@@ -241,7 +254,7 @@ class DocumentService:
                                      .where(Document.dataset_id == ds.id))).one() + 1
             doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position, batch=batch, name=f.name,
                            upload_file_id=f.id, process_rule=rule, doc_form=doc_form,
-                           doc_language=body.get("doc_language"), created_by=created_by(),
+                           doc_language=doc_language(body), created_by=created_by(),
                            created_from=created_from())
             if ds.built_in_field_enabled:
                 doc.doc_metadata = built_in_values(doc, f)
@@ -273,6 +286,10 @@ class DocumentService:
                 form = check_doc_form(body.get("doc_form"), rule, ds.doc_form)
                 reindex = reindex or body.get("process_rule") is not None or form != doc.doc_form
                 doc.doc_form, doc.process_rule = form, rule.model_dump(mode="json")
+            language = doc_language(body)
+            if language is not None and language != doc.doc_language:
+                reindex = reindex or doc.doc_form == "qa_model"  # the pairs are written in it
+                doc.doc_language = language
             if new_file is not None:
                 old_file = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
                 s.add(new_file)
@@ -346,7 +363,7 @@ class DocumentService:
                 f = files[fid]
                 doc = Document(tenant_id=tenant_id, dataset_id=ds.id, position=position + i, batch=batch,
                                name=f.name, upload_file_id=f.id, process_rule=rule,
-                               doc_form=doc_form, doc_language=body.get("doc_language"),
+                               doc_form=doc_form, doc_language=doc_language(body),
                                created_by=created_by(), created_from=created_from())
                 if ds.built_in_field_enabled:
                     doc.doc_metadata = built_in_values(doc, f)

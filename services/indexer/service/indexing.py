@@ -35,11 +35,15 @@ from sqlalchemy import update
 from sqlmodel import col, delete, select
 
 from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, extract_elements, init_child
-from services.indexer.service.common import child_chunk_id, dataset_space, segment_id
+from services.indexer.pipeline.qa import parse_pairs, qa_language, qa_messages
+from services.indexer.pipeline.split import count_tokens
+from services.indexer.service.common import child_chunk_id, content_hash, dataset_space, segment_id
 from services.indexer.service.core import Knowledge
 from shared import subjects
+from shared.credentials import default_model, provider_credentials
 from shared.knowledge.embeddings import LOCAL_MAX_TOKENS, Embedder
 from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
+from shared.knowledge.sparse import encode_document, keywords
 from shared.knowledge.vectors import (
     P_DATASET,
     P_DOCUMENT,
@@ -50,6 +54,7 @@ from shared.knowledge.vectors import (
     SparseVector,
     VectorPoint,
 )
+from shared.llm import call_kwargs, litellm
 from shared.models import ChildChunk, Dataset, Document, DocumentSegment, UploadFile, utcnow
 from shared.parse import ParseError
 
@@ -280,15 +285,64 @@ class IndexWorkers:
             raise Stale from None
         now = utcnow()
         await self._set(doc_id, version, indexing_status="splitting", cleaning_completed_at=now)
+        if doc.doc_form == "qa_model":
+            chunks = await self._qa_pairs(ds, doc, version, chunks)
         try:
             await self._write_segments(ds, doc, version, chunks)
             await self._embed_and_store(ds, doc, version, chunks)
             await self._set(doc_id, version, indexing_status="completed", completed_at=utcnow(),
-                            word_count=sum(len(c.content) for c in chunks), tokens=sum(c.tokens for c in chunks))
+                            word_count=sum(len(c.content) + len(c.answer or "") for c in chunks),
+                            tokens=sum(c.tokens for c in chunks))
         except Stale:
             await self._drop_if_deleted(ds, doc_id)
             raise
         log.info("index_document_completed", segments=len(chunks), seconds=round(time.perf_counter() - t0, 3))
+
+    async def _qa_pairs(self, ds: Dataset, doc: Document, version: int, chunks: list[PreparedChunk]
+                        ) -> list[PreparedChunk]:
+        """A Q&A document's segments: the pairs the workspace's default LLM writes from each chunk (at most
+        ``qa_concurrency`` calls at once). A provider failure is worth another try; no default model, or
+        no pair at all, ends the document in error."""
+        async with self.kn.db.session() as s:
+            row = await default_model(s, ds.tenant_id, "llm")
+            creds = await provider_credentials(s, self.kn.ctx.settings.secret_key, ds.tenant_id, row[0], row[1],
+                                               "llm") if row else None
+        if row is None or creds is None:
+            await self._fail(doc.id, version, "Q&A documents need the workspace's default LLM model (Settings → "
+                                              "Model Provider → System Model Settings), with its credentials.")
+            raise Stale
+        language = qa_language(doc.doc_language)
+        gate = asyncio.Semaphore(max(1, self.settings.qa_concurrency))
+        kwargs = call_kwargs(row[0], row[1], creds)
+
+        async def pairs(c: PreparedChunk) -> list[tuple[str, str]]:
+            async with gate:
+                resp = await litellm().acompletion(**kwargs, messages=qa_messages(c.content, language),
+                                                   timeout=self.kn.ctx.settings.runtime.llm_timeout)
+            return parse_pairs(resp.choices[0].message.content or "")
+
+        try:
+            written = await asyncio.gather(*(pairs(c) for c in chunks))
+        except Exception as e:
+            raise Transient(f"Q&A generation with {row[0]}/{row[1]} failed: {type(e).__name__}: {e}") from e
+
+        def prepare() -> list[PreparedChunk]:
+            out: list[PreparedChunk] = []
+            for c, found in zip(chunks, written, strict=True):
+                for q, a in found:
+                    sv = encode_document(q)
+                    out.append(PreparedChunk(position=len(out) + 1, content=q, tokens=count_tokens(q), page=c.page,
+                                             content_hash=content_hash(q), keywords=keywords(q, 10),
+                                             sparse_indices=list(sv.indices), sparse_values=list(sv.values),
+                                             answer=a))
+            return out
+
+        out = await asyncio.to_thread(prepare)
+        if not out and chunks:
+            await self._fail(doc.id, version, f"{row[0]}/{row[1]} wrote no question-answer pairs "
+                                              "(Q1: … A1: …) for this document.")
+            raise Stale
+        return out
 
     async def _drop_if_deleted(self, ds: Dataset, doc_id: str) -> None:
         """The document (or its dataset) was deleted while this job wrote points: remove them. (A newer
@@ -316,7 +370,8 @@ class IndexWorkers:
                 sid = segment_id(doc.id, version, c.position)
                 s.add(DocumentSegment(
                     id=sid, tenant_id=ds.tenant_id, dataset_id=ds.id,
-                    document_id=doc.id, position=c.position, content=c.content, word_count=len(c.content),
+                    document_id=doc.id, position=c.position, content=c.content, answer=c.answer,
+                    word_count=len(c.content) + len(c.answer or ""),
                     tokens=c.tokens, keywords=c.keywords, index_node_hash=c.content_hash, page=c.page,
                     status="indexing", indexing_at=now, created_at=now, updated_at=now))
             await s.flush()  # parents before their children (foreign key)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from shared.app_config import ModelConfig
 from shared.bus import Bus
 from shared.errors import ApiError
-from shared.knowledge.models import DatasetConfigs
+from shared.knowledge.models import DatasetConfigs, segment_text
 from shared.subjects import KNOWLEDGE_RETRIEVE
 
 CONTEXT_VAR = "{{#context#}}"
@@ -65,7 +65,7 @@ def resource(position: int, rec: dict[str, Any]) -> dict[str, Any]:
         "data_source_type": doc.get("data_source_type"), "segment_id": seg["id"], "retriever_from": "api",
         "score": float(rec.get("score") or 0.0), "hit_count": seg.get("hit_count", 0),
         "word_count": seg.get("word_count", 0), "segment_position": seg.get("position"),
-        "index_node_hash": seg.get("index_node_hash"), "content": seg.get("content", ""), "page": None,
+        "index_node_hash": seg.get("index_node_hash"), "content": segment_text(seg), "page": None,
         "doc_metadata": doc.get("doc_metadata") or {}, "title": doc.get("name"), "files": [], "summary": None,
     }
 

@@ -18,6 +18,7 @@ from services.runtime.workflow.engine import NodeError, NodeResult, VariablePool
 from shared.context import Context
 from shared.credentials import provider_credentials
 from shared.egress import Egress, EgressError
+from shared.knowledge.models import segment_text
 from shared.subjects import KNOWLEDGE_RETRIEVE
 from shared.tool_catalog import ToolResolutionError, call_tool, resolve_agent_tools
 from shared.workflow import Node
@@ -455,7 +456,7 @@ async def knowledge_retrieval(node: Node, pool: VariablePool, eng: Engine) -> No
     for i, rec in enumerate(reply.get("records") or [], 1):
         seg = rec["segment"]
         doc, ds = seg.get("document") or {}, rec.get("dataset") or {}
-        result.append({"content": seg.get("content", ""), "title": doc.get("name"), "metadata": {
+        result.append({"content": segment_text(seg), "title": doc.get("name"), "metadata": {
             "_source": "knowledge", "position": i, "dataset_id": ds.get("id"), "dataset_name": ds.get("name"),
             "document_id": doc.get("id"), "document_name": doc.get("name"), "segment_id": seg.get("id"),
             "score": rec.get("score"), "doc_metadata": doc.get("doc_metadata") or {}}})
