@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlmodel import select
 
+from shared.models import ChildChunk
 from shared.settings import KnowledgeSettings
 from tests.conftest import LiveServer, live_fixture
 from tests.support import console_admin, points_of_document, wait_indexed
@@ -652,6 +654,12 @@ async def test_parent_child_documents_are_searched_by_child_and_answer_with_the_
     assert await kb.retrieve(ds["id"], "refund receipt", search_method="full_text_search") == []
     (rec,) = await kb.retrieve(ds["id"], "glass teapots", search_method="full_text_search")
     assert rec["child_chunks"][0]["content"] == "Our teapots are made of glass."
+    assert await points_of_document(kb.stack, ds["id"], doc_id) == 2
+    # a deleted document takes its children and their points along
+    assert (await kb.c.delete(f"/v1/datasets/{ds['id']}/documents/{doc_id}", headers=kb.h)).status_code == 200
+    assert await points_of_document(kb.stack, ds["id"], doc_id) == 0
+    async with kb.stack.ctx.db.session() as s:
+        assert (await s.exec(select(ChildChunk).where(ChildChunk.document_id == doc_id))).first() is None
 
 
 async def children_total(kb: KB, base: str) -> int:

@@ -33,6 +33,7 @@ from shared.knowledge.models import (
 )
 from shared.models import (
     AppDatasetJoin,
+    ChildChunk,
     Dataset,
     DatasetMetadataField,
     DatasetPermission,
@@ -298,6 +299,7 @@ class DatasetService:
             files = list(await s.exec(
                 select(UploadFile.id, UploadFile.object_name).join(Document, Document.upload_file_id == UploadFile.id)
                 .where(Document.dataset_id == ds.id)))
+            await s.exec(delete(ChildChunk).where(ChildChunk.dataset_id == ds.id))
             await s.exec(delete(DocumentSegment).where(DocumentSegment.dataset_id == ds.id))
             await s.exec(delete(Document).where(Document.dataset_id == ds.id))
             await unbind_dataset(s, tenant_id, ds.id)
