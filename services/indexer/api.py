@@ -23,6 +23,7 @@ from services.indexer.service import Knowledge
 from services.indexer.service.common import CONSOLE_MEMBER, Member, invalid, tenant_of
 from services.indexer.service.datasets import PERMISSIONS, DatasetService
 from services.indexer.service.documents import DocumentService
+from services.indexer.service.estimate import EstimateService
 from services.indexer.service.metadata import MetadataService
 from services.indexer.service.retrieval import RetrievalService
 from services.indexer.service.segments import SegmentService
@@ -173,7 +174,7 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
     """The knowledge routes under ``prefix``: /v1 (dataset keys) or /console/api (console callers)."""
     r = APIRouter(prefix=prefix)
     datasets, docs, segs, search = DatasetService(kn), DocumentService(kn), SegmentService(kn), RetrievalService(kn)
-    meta, tags = MetadataService(kn), TagService(kn)
+    meta, tags, estimates = MetadataService(kn), TagService(kn), EstimateService(kn)
 
     if prefix == CONSOLE:  # first: "init" is no dataset id
         @r.post("/files/upload", status_code=201)
@@ -184,6 +185,15 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         @r.post("/datasets/init")
         async def init_dataset(request: Request, t: Tenant) -> Response:
             return json_response(await docs.init(t, await _json_body(request)))
+
+        @r.get("/datasets/process-rule")
+        async def process_rule(t: Tenant, document_id: str | None = None) -> Response:
+            return json_response(await estimates.process_rule(t, document_id))
+
+        @r.post("/datasets/indexing-estimate")
+        async def indexing_estimate(request: Request, t: Tenant) -> Response:
+            body = await _json_body(request)
+            return json_response(await estimates.estimate(request.app.state.workers, t, body))
 
         @r.post("/datasets/{dataset_id}/documents")
         async def create_documents(request: Request, t: Tenant, dataset_id: str) -> Response:

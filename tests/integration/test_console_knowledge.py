@@ -230,6 +230,74 @@ async def test_console_segment_routes(con: Console) -> None:
     assert await points_of_document(con.stack, ds["id"], doc["id"]) == 2
 
 
+async def test_process_rule_and_indexing_estimate_preview_what_indexing_makes(con: Console, llm) -> None:
+    r = await con.c.get(f"{C}/datasets/process-rule", headers=con.owner)
+    assert r.status_code == 200, r.text
+    default = r.json()
+    assert default["mode"] == "custom" and default["limits"] == {"indexing_max_segmentation_tokens_length": 4000}
+    assert default["rules"]["segmentation"] == {"separator": "\n", "max_tokens": 500, "chunk_overlap": 50}
+    assert {p["id"]: p["enabled"] for p in default["rules"]["pre_processing_rules"]} == {
+        "remove_extra_spaces": True, "remove_urls_emails": False}
+    text = "\n\n".join(f"## Part {n}\n\n" + " ".join(f"Line {n}.{k} of the tide tables." for k in range(30))
+                        for n in range(6)).encode()
+    f = await con.upload("tides-long.md", text)
+    rule = {"mode": "hierarchical", "rules": {
+        "pre_processing_rules": [], "segmentation": {"separator": "\\n\\n", "max_tokens": 120},
+        "parent_mode": "paragraph", "subchunk_segmentation": {"separator": ".", "max_tokens": 30}}}
+    info = {"data_source_type": "upload_file", "file_info_list": {"file_ids": [f["id"]]}}
+    r = await con.c.post(f"{C}/datasets/indexing-estimate", headers=con.owner, json={
+        "info_list": info, "indexing_technique": "economy", "process_rule": rule, "doc_form": "hierarchical_model"})
+    assert r.status_code == 200, r.text
+    est = r.json()
+    assert est["total_segments"] > 10 and len(est["preview"]) == 10 and est["qa_preview"] == []
+    # the same file and rule indexed: the count and the chunks are the preview's
+    ds = await con.dataset()
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner,
+                         json={**source(f["id"]), "process_rule": rule, "doc_form": "hierarchical_model"})
+    assert r.status_code == 200, r.text
+    doc = r.json()["documents"][0]
+    (st,) = await con.wait(ds["id"], r.json()["batch"])
+    assert st["total_segments"] == est["total_segments"], (st, est["total_segments"])
+    segs = (await con.c.get(f"{C}/datasets/{ds['id']}/documents/{doc['id']}/segments", headers=con.owner,
+                            params={"limit": 10})).json()["data"]
+    assert [{"content": g["content"], "child_chunks": [c["content"] for c in g["child_chunks"]]} for g in segs] \
+        == est["preview"]
+    # the document's own rule, for its settings page
+    r = await con.c.get(f"{C}/datasets/process-rule", headers=con.owner, params={"document_id": doc["id"]})
+    assert r.status_code == 200 and r.json()["mode"] == "hierarchical", r.text
+    assert r.json()["rules"]["subchunk_segmentation"]["max_tokens"] == 30
+    envelope(await con.c.get(f"{C}/datasets/process-rule", headers=con.owner,
+                             params={"document_id": str(uuid.uuid4())}), 404, "not_found")
+    # Q&A: the default LLM writes the pairs of the first chunk; without one the preview is refused
+    qa = {"info_list": info, "indexing_technique": "economy", "doc_form": "qa_model", "doc_language": "French",
+          "process_rule": {"mode": "automatic"}}
+    envelope(await con.c.post(f"{C}/datasets/indexing-estimate", headers=con.owner, json=qa),
+             400, "provider_not_initialize")
+    r = await con.c.post(f"{C}/workspaces/current/model-providers/openai-compatible/credentials", headers=con.owner,
+                         json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
+    assert r.status_code == 200, r.text
+    default_llm = {"model_type": "llm", "provider": "openai-compatible", "model": "scripted"}
+    r = await con.c.post(f"{C}/workspaces/current/default-model", headers=con.owner,
+                         json={"model_settings": [default_llm]})
+    assert r.status_code == 200, r.text
+    try:
+        llm.push(match="Part 0", reply="Q1: Quelle partie?\nA1: La partie zéro.")
+        r = await con.c.post(f"{C}/datasets/indexing-estimate", headers=con.owner, json=qa)
+        assert r.status_code == 200, r.text
+        assert r.json()["qa_preview"] == [{"question": "Quelle partie?", "answer": "La partie zéro."}]
+        assert "in French" in llm.requests_matching("Part 0")[-1].messages[0]["content"]
+    finally:
+        await con.c.post(f"{C}/workspaces/current/default-model", headers=con.owner,
+                         json={"model_settings": [{"model_type": "llm"}]})
+    for body, status, code in (({}, 400, "invalid_param"),
+                               ({"info_list": {"data_source_type": "notion_import"}, "process_rule": rule}, 400,
+                                "invalid_param"),
+                               ({"info_list": {**info, "file_info_list": {"file_ids": [str(uuid.uuid4())]}},
+                                 "process_rule": rule}, 404, "file_not_found"),
+                               ({"info_list": info, "process_rule": {"mode": "sliced"}}, 400, "invalid_param")):
+        envelope(await con.c.post(f"{C}/datasets/indexing-estimate", headers=con.owner, json=body), status, code)
+
+
 async def test_bad_documents_requests(con: Console) -> None:
     ds = await con.dataset()
     url = f"{C}/datasets/{ds['id']}/documents"

@@ -9,6 +9,8 @@ import re
 from typing import Any
 
 DEFAULT_LANGUAGE = "English"
+QA_NEEDS_MODEL = ("Q&A documents are written by the workspace's default LLM model: set one in Settings → Model "
+                  "Provider → System Model Settings, with its credentials.")
 MAX_LANGUAGE_CHARS = 64
 
 _SYSTEM = """You turn a text into question-and-answer pairs for a knowledge base.

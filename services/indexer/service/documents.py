@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.indexer.pipeline.qa import QA_NEEDS_MODEL
 from services.indexer.pipeline.split import ProcessRule, validate_process_rule
 from services.indexer.service.common import (
     archived_immutable,
@@ -223,8 +224,7 @@ class DocumentService:
         first = (await s.exec(select(Document.id).where(Document.dataset_id == ds.id).limit(1))).first() is None
         doc_form = check_doc_form(body.get("doc_form"), rule, None if first else ds.doc_form)
         if doc_form == "qa_model" and await default_model(s, tenant_id, "llm") is None:
-            raise ApiError(400, "provider_not_initialize", "Q&A documents are written by the workspace's default "
-                           "LLM model: set one in Settings → Model Provider → System Model Settings first.")
+            raise ApiError(400, "provider_not_initialize", QA_NEEDS_MODEL)
         ds.doc_form = doc_form  # a dataset's documents share one form, set by its first one
         return rule_dict, doc_form
 
@@ -325,9 +325,10 @@ class DocumentService:
             await s.commit()
         return upload_file_json(f)
 
-    async def uploaded_files(self, s: AsyncSession, tenant_id: str, ids: list[str]) -> dict[str, UploadFile]:
+    async def uploaded_files(self, s: AsyncSession, tenant_id: str, ids: list[str], *, unused: bool = True
+                             ) -> dict[str, UploadFile]:
         """The console uploads ``ids`` (by a member of the workspace; an app user's chat files are not
-        knowledge), none of them a document's file yet: deleting a document deletes its file."""
+        knowledge), with ``unused`` none of them a document's file yet: deleting a document deletes its file."""
         rows = {f.id: f for f in await s.exec(
             select(UploadFile).join(TenantMember, (TenantMember.tenant_id == UploadFile.tenant_id)
                                     & (TenantMember.account_id == UploadFile.created_by))
@@ -336,7 +337,8 @@ class DocumentService:
         if missing:
             raise ApiError(404, "file_not_found", f"File not found: {missing[0]}. Upload it with "
                                                   "POST /console/api/files/upload first.")
-        used = (await s.exec(select(Document.upload_file_id).where(col(Document.upload_file_id).in_(ids)))).first()
+        used = (await s.exec(select(Document.upload_file_id).where(col(Document.upload_file_id).in_(ids)))).first() \
+            if unused else None
         if used is not None:
             raise invalid(f"File {used} is already a document's file; upload it again for another document.")
         return rows

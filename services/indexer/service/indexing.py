@@ -35,7 +35,7 @@ from sqlalchemy import update
 from sqlmodel import col, delete, select
 
 from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, extract_elements, init_child
-from services.indexer.pipeline.qa import parse_pairs, qa_language, qa_messages
+from services.indexer.pipeline.qa import QA_NEEDS_MODEL, parse_pairs, qa_language, qa_messages
 from services.indexer.pipeline.split import count_tokens
 from services.indexer.service.common import child_chunk_id, content_hash, dataset_space, segment_id
 from services.indexer.service.core import Knowledge
@@ -66,7 +66,11 @@ _DOCS = Document.__table__
 def automatic_chunk_tokens(ds: Dataset) -> int | None:
     """The built-in model embeds at most 256 of its tokens: the automatic rule makes chunks it sees whole
     (our token estimate runs ~10 % under its count for English)."""
-    if ds.indexing_technique == "high_quality" and ds.embedding_model_provider in (None, LOCAL_EMBEDDING_PROVIDER):
+    return automatic_tokens_for(ds.indexing_technique, ds.embedding_model_provider)
+
+
+def automatic_tokens_for(technique: str | None, embedding_provider: str | None) -> int | None:
+    if technique == "high_quality" and embedding_provider in (None, LOCAL_EMBEDDING_PROVIDER):
         return int(LOCAL_MAX_TOKENS * 0.85)
     return None
 
@@ -98,6 +102,35 @@ async def embed_points(kn: Knowledge, ds: Dataset, doc: Document, items: list[tu
     else:
         await kn.vectors.ensure_space(space, None)
     return space, [point_for(ds, doc, sid, d, sv, en) for (sid, _, sv, en), d in zip(items, dense, strict=True)]
+
+
+class QAWriter:
+    """The workspace's default LLM writing question-answer pairs (Q&A documents and their previews)."""
+
+    def __init__(self, kn: Knowledge, provider: str, model: str, creds: dict[str, Any]) -> None:
+        self.kn, self.label = kn, f"{provider}/{model}"
+        self._kwargs = call_kwargs(provider, model, creds)
+
+    @classmethod
+    async def of_workspace(cls, kn: Knowledge, tenant_id: str) -> QAWriter | None:
+        """None when the workspace has no default LLM, or no credentials for it."""
+        async with kn.db.session() as s:
+            row = await default_model(s, tenant_id, "llm")
+            creds = await provider_credentials(s, kn.ctx.settings.secret_key, tenant_id, row[0], row[1],
+                                               "llm") if row else None
+        return cls(kn, row[0], row[1], creds) if row is not None and creds is not None else None
+
+    async def write(self, texts: list[str], language: str) -> list[list[tuple[str, str]]]:
+        """The pairs of each text, ``qa_concurrency`` calls at once; a failing call fails the whole."""
+        gate = asyncio.Semaphore(max(1, self.kn.settings.qa_concurrency))
+
+        async def pairs(text: str) -> list[tuple[str, str]]:
+            async with gate:
+                resp = await litellm().acompletion(**self._kwargs, messages=qa_messages(text, language),
+                                                   timeout=self.kn.ctx.settings.runtime.llm_timeout)
+            return parse_pairs(resp.choices[0].message.content or "")
+
+        return list(await asyncio.gather(*(pairs(t) for t in texts)))
 
 
 class IndexWorkers:
@@ -167,6 +200,24 @@ class IndexWorkers:
                 pool.shutdown(wait=False, cancel_futures=True)
             raise ParseError("The parser process stopped while reading this file "
                              "(it may be too large or malformed).") from None
+
+    # -- the CPU-bound stages, in the parse processes (also for previews) -----------------------------------
+    async def extract(self, f: UploadFile) -> list[Any]:
+        """The file's elements. FileNotFoundError: gone from the object store; Transient: the store is
+        unreachable; ParseError: the parser refuses the file."""
+        with tempfile.TemporaryDirectory(prefix="plexus-index-") as tmp:
+            path = Path(tmp) / "source"
+            try:
+                await self.kn.files.get_to(f.object_name, path)
+            except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError):
+                raise FileNotFoundError("The uploaded file is missing from the object store.") from None
+            except Exception as e:
+                raise Transient(f"object store unavailable: {e}") from e
+            return await self._in_pool(extract_elements, str(path), f.extension)
+
+    async def chunk(self, elements: list[Any], rule: dict[str, Any], automatic_tokens: int | None
+                    ) -> list[PreparedChunk]:
+        return await self._in_pool(chunk_elements, elements, rule, automatic_tokens)
 
     # -- the loop ------------------------------------------------------------------------------------
     async def _worker(self, sub: Any) -> None:
@@ -267,19 +318,13 @@ class IndexWorkers:
         t0 = time.perf_counter()
         await self._set(doc_id, version, indexing_status="parsing", processing_started_at=utcnow(), error=None)
         try:
-            with tempfile.TemporaryDirectory(prefix="plexus-index-") as tmp:
-                path = Path(tmp) / "source"
-                try:
-                    await self.kn.files.get_to(f.object_name, path)
-                except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError):
-                    await self._fail(doc_id, version, "The uploaded file is missing from the object store.")
-                    raise Stale from None
-                except Exception as e:
-                    raise Transient(f"object store unavailable: {e}") from e
-                elements = await self._in_pool(extract_elements, str(path), f.extension)
+            try:
+                elements = await self.extract(f)
+            except FileNotFoundError as e:
+                await self._fail(doc_id, version, str(e))
+                raise Stale from None
             await self._set(doc_id, version, indexing_status="cleaning", parsing_completed_at=utcnow())
-            chunks: list[PreparedChunk] = await self._in_pool(chunk_elements, elements, doc.process_rule,
-                                                              automatic_chunk_tokens(ds))
+            chunks = await self.chunk(elements, doc.process_rule, automatic_chunk_tokens(ds))
         except ParseError as e:
             await self._fail(doc_id, version, str(e))
             raise Stale from None
@@ -303,28 +348,14 @@ class IndexWorkers:
         """A Q&A document's segments: the pairs the workspace's default LLM writes from each chunk (at most
         ``qa_concurrency`` calls at once). A provider failure is worth another try; no default model, or
         no pair at all, ends the document in error."""
-        async with self.kn.db.session() as s:
-            row = await default_model(s, ds.tenant_id, "llm")
-            creds = await provider_credentials(s, self.kn.ctx.settings.secret_key, ds.tenant_id, row[0], row[1],
-                                               "llm") if row else None
-        if row is None or creds is None:
-            await self._fail(doc.id, version, "Q&A documents need the workspace's default LLM model (Settings → "
-                                              "Model Provider → System Model Settings), with its credentials.")
+        writer = await QAWriter.of_workspace(self.kn, ds.tenant_id)
+        if writer is None:
+            await self._fail(doc.id, version, QA_NEEDS_MODEL)
             raise Stale
-        language = qa_language(doc.doc_language)
-        gate = asyncio.Semaphore(max(1, self.settings.qa_concurrency))
-        kwargs = call_kwargs(row[0], row[1], creds)
-
-        async def pairs(c: PreparedChunk) -> list[tuple[str, str]]:
-            async with gate:
-                resp = await litellm().acompletion(**kwargs, messages=qa_messages(c.content, language),
-                                                   timeout=self.kn.ctx.settings.runtime.llm_timeout)
-            return parse_pairs(resp.choices[0].message.content or "")
-
         try:
-            written = await asyncio.gather(*(pairs(c) for c in chunks))
+            written = await writer.write([c.content for c in chunks], qa_language(doc.doc_language))
         except Exception as e:
-            raise Transient(f"Q&A generation with {row[0]}/{row[1]} failed: {type(e).__name__}: {e}") from e
+            raise Transient(f"Q&A generation with {writer.label} failed: {type(e).__name__}: {e}") from e
 
         def prepare() -> list[PreparedChunk]:
             out: list[PreparedChunk] = []
@@ -339,7 +370,7 @@ class IndexWorkers:
 
         out = await asyncio.to_thread(prepare)
         if not out and chunks:
-            await self._fail(doc.id, version, f"{row[0]}/{row[1]} wrote no question-answer pairs "
+            await self._fail(doc.id, version, f"{writer.label} wrote no question-answer pairs "
                                               "(Q1: … A1: …) for this document.")
             raise Stale
         return out
