@@ -85,7 +85,9 @@ async def wait_indexed(c: Any, prefix: str, h: dict[str, str], ds: str, batch: s
     key, /console/api for a member)."""
     deadline = time.monotonic() + timeout
     while True:
-        r = await c.get(f"{prefix}/datasets/{ds}/documents/{batch}/indexing-status", headers=h)
+        # Dify's console names batches under /batch/ (its /documents/{id}/indexing-status is one document's)
+        where = "batch" if prefix.startswith("/console") else "documents"
+        r = await c.get(f"{prefix}/datasets/{ds}/{where}/{batch}/indexing-status", headers=h)
         assert r.status_code == 200, r.text
         data = r.json()["data"]
         if all(d["indexing_status"] in ("completed", "error") for d in data):

@@ -9,6 +9,7 @@ workspace member (or an admin key), whom the console authenticates and authorize
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal
 
 import nats.errors
@@ -159,6 +160,14 @@ DocumentIds = Annotated[list[str] | None, Query()]
 SegmentIds = Annotated[list[str] | None, Query()]
 Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _batch_ids(ids: list[str] | None, name: str) -> list[str]:
@@ -346,6 +355,14 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
 
     @r.get("/datasets/{dataset_id}/documents/{batch}/indexing-status")
     async def indexing_status(t: Tenant, dataset_id: str, batch: str) -> Response:
+        # the service API names a batch here; Dify's console a document (its batches have /batch/{batch}).
+        # Batch names are digits, document ids UUIDs: the console gets the one its caller means
+        if prefix == CONSOLE and _is_uuid(batch):
+            return json_response(await docs.document_indexing_status(t, dataset_id, batch))
+        return json_response(await docs.indexing_status(t, dataset_id, batch))
+
+    @r.get("/datasets/{dataset_id}/batch/{batch}/indexing-status")
+    async def batch_indexing_status(t: Tenant, dataset_id: str, batch: str) -> Response:
         return json_response(await docs.indexing_status(t, dataset_id, batch))
 
     @r.get("/datasets/{dataset_id}/documents/{document_id}/upload-file")

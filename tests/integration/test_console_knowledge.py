@@ -108,6 +108,13 @@ async def test_upload_then_documents_index_and_retrieve(con: Console) -> None:
         ("tides.md", "web", {"upload_file_id": f["id"]})
     (status,) = await con.wait(ds["id"], out["batch"])
     assert status["indexing_status"] == "completed", status
+    # the console's document page asks for one document's status by its id
+    r = await con.c.get(f"{C}/datasets/{ds['id']}/documents/{doc['id']}/indexing-status", headers=con.owner)
+    assert r.status_code == 200 and r.json() == status, r.text
+    envelope(await con.c.get(f"{C}/datasets/{ds['id']}/documents/{uuid.uuid4()}/indexing-status",
+                             headers=con.owner), 404, "not_found")
+    r = await con.c.get(f"{C}/datasets/{ds['id']}/documents/{out['batch']}/indexing-status", headers=con.owner)
+    assert r.json() == {"data": [status]}, r.text  # a batch name still lists the batch
     r = await con.c.get(f"{C}/datasets/{ds['id']}/documents", headers=con.owner)
     assert [d["id"] for d in r.json()["data"]] == [doc["id"]]
     r = await con.c.post(f"{C}/datasets/{ds['id']}/hit-testing", headers=con.owner, json={"query": "kelp forests"})

@@ -440,12 +440,14 @@ class DocumentService:
                                      .order_by(col(Document.position))))
             if not docs:
                 raise not_found("Documents not found.")
-            done = dict((await s.exec(
-                select(DocumentSegment.document_id, func.count())
-                .where(col(DocumentSegment.document_id).in_([d.id for d in docs]),
-                       DocumentSegment.status == "completed")
-                .group_by(DocumentSegment.document_id))).all())
-        return {"data": [indexing_status_json(d, int(done.get(d.id, 0))) for d in docs]}
+            done = await _completed_segments(s, docs)
+        return {"data": [indexing_status_json(d, done.get(d.id, 0)) for d in docs]}
+
+    async def document_indexing_status(self, tenant_id: str, dataset_id: str, document_id: str) -> dict[str, Any]:
+        """One document's status object (the console's document page)."""
+        async with self.kn.db.session() as s:
+            doc = await get_document(s, await get_dataset(s, tenant_id, dataset_id), document_id)
+            return indexing_status_json(doc, (await _completed_segments(s, [doc])).get(doc.id, 0))
 
     # -- delete / status ----------------------------------------------------------------------------------
     async def delete(self, tenant_id: str, dataset_id: str, document_id: str) -> None:
@@ -512,6 +514,13 @@ def _status_filter(status: str) -> list[Any]:
     if status not in m:
         raise invalid(f"status must be one of {list(m)}")
     return m[status]
+
+
+async def _completed_segments(s: AsyncSession, docs: list[Document]) -> dict[str, int]:
+    return {i: int(n) for i, n in (await s.exec(
+        select(DocumentSegment.document_id, func.count())
+        .where(col(DocumentSegment.document_id).in_([d.id for d in docs]), DocumentSegment.status == "completed")
+        .group_by(DocumentSegment.document_id))).all()}
 
 
 async def _files(s: AsyncSession, docs: list[Document]) -> dict[str, UploadFile]:
