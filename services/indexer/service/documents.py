@@ -290,6 +290,8 @@ class DocumentService:
             if language is not None and language != doc.doc_language:
                 reindex = reindex or doc.doc_form == "qa_model"  # the pairs are written in it
                 doc.doc_language = language
+            if reindex and doc.doc_form == "qa_model" and await default_model(s, tenant_id, "llm") is None:
+                raise ApiError(400, "provider_not_initialize", QA_NEEDS_MODEL)
             if new_file is not None:
                 old_file = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
                 s.add(new_file)
