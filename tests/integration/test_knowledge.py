@@ -839,3 +839,7 @@ async def test_qa_documents_are_written_by_the_default_llm(kb: KB, llm) -> None:
         assert r.status_code == 400 and "doc_language" in r.json()["message"]
     finally:
         await default_llm(None)
+    # without a default LLM a Q&A document cannot be written again either
+    r = await kb.c.post(f"/v1/datasets/{ds['id']}/documents/{doc_id}/update-by-text", headers=kb.h,
+                        json={"text": "Kettles whistle."})
+    assert r.status_code == 400 and r.json()["code"] == "provider_not_initialize", r.text
