@@ -149,6 +149,16 @@ async def scripted_owner(c: Any, llm: ScriptedLLM) -> dict[str, str]:
     return h
 
 
+async def set_default_model(c: Any, h: dict[str, str], model_type: str, model: str | None,
+                            provider: str = "openai-compatible") -> None:
+    """Make ``model`` the workspace's default ``model_type`` model; None removes the default."""
+    entry: dict[str, Any] = {"model_type": model_type}
+    if model is not None:
+        entry.update(provider=provider, model=model)
+    r = await c.post("/console/api/workspaces/current/default-model", headers=h, json={"model_settings": [entry]})
+    assert r.status_code == 200, r.text
+
+
 async def configure_app(c: Any, h: dict[str, str], app_id: str, config: dict[str, Any]) -> None:
     r = await c.post(f"/console/api/apps/{app_id}/model-config", headers=h, json=config)
     assert r.status_code == 200, r.text

@@ -13,7 +13,16 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, live_fixture
-from tests.support import bearer, console_admin, envelope, invite_member, points_of_document, wait_indexed
+from tests.support import (
+    bearer,
+    console_admin,
+    envelope,
+    invite_member,
+    points_of_document,
+    scripted_owner,
+    set_default_model,
+    wait_indexed,
+)
 
 C = "/console/api"
 PASSWORD = "member-pass-1"
@@ -280,13 +289,8 @@ async def test_process_rule_and_indexing_estimate_preview_what_indexing_makes(co
           "process_rule": {"mode": "automatic"}}
     envelope(await con.c.post(f"{C}/datasets/indexing-estimate", headers=con.owner, json=qa),
              400, "provider_not_initialize")
-    r = await con.c.post(f"{C}/workspaces/current/model-providers/openai-compatible/credentials", headers=con.owner,
-                         json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
-    assert r.status_code == 200, r.text
-    default_llm = {"model_type": "llm", "provider": "openai-compatible", "model": "scripted"}
-    r = await con.c.post(f"{C}/workspaces/current/default-model", headers=con.owner,
-                         json={"model_settings": [default_llm]})
-    assert r.status_code == 200, r.text
+    owner = await scripted_owner(con.c, llm)
+    await set_default_model(con.c, owner, "llm", "scripted")
     try:
         llm.push(match="Part 0", reply="Q1: Quelle partie?\nA1: La partie zéro.")
         r = await con.c.post(f"{C}/datasets/indexing-estimate", headers=con.owner, json=qa)
@@ -294,8 +298,7 @@ async def test_process_rule_and_indexing_estimate_preview_what_indexing_makes(co
         assert r.json()["qa_preview"] == [{"question": "Quelle partie?", "answer": "La partie zéro."}]
         assert "in French" in llm.requests_matching("Part 0")[-1].messages[0]["content"]
     finally:
-        await con.c.post(f"{C}/workspaces/current/default-model", headers=con.owner,
-                         json={"model_settings": [{"model_type": "llm"}]})
+        await set_default_model(con.c, owner, "llm", None)
     for body, status, code in (({}, 400, "invalid_param"),
                                ({"info_list": {"data_source_type": "notion_import"}, "process_rule": rule}, 400,
                                 "invalid_param"),

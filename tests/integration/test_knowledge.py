@@ -20,7 +20,7 @@ from sqlmodel import select
 from shared.models import ChildChunk
 from shared.settings import KnowledgeSettings
 from tests.conftest import LiveServer, live_fixture
-from tests.support import console_admin, points_of_document, wait_indexed
+from tests.support import console_admin, points_of_document, scripted_owner, set_default_model, wait_indexed
 
 MB = 1024 * 1024
 
@@ -491,17 +491,10 @@ async def test_provider_embeddings_and_giving_up_after_max_attempts(kb: KB, llm)
 async def test_workspace_default_embedding_model(kb: KB, llm) -> None:
     """A high-quality dataset that names no embedding model gets the workspace's default text-embedding model
     (Dify's choice), or the built-in one when none is set."""
-    r = await kb.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
-                        headers=kb.admin, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
-    assert r.status_code == 200
+    admin = await scripted_owner(kb.c, llm)
 
     async def set_default(model: str | None) -> None:
-        entry: dict[str, Any] = {"model_type": "text-embedding"}
-        if model is not None:
-            entry.update(provider="openai-compatible", model=model)
-        r = await kb.c.post("/console/api/workspaces/current/default-model", headers=kb.admin,
-                            json={"model_settings": [entry]})
-        assert r.status_code == 200, r.text
+        await set_default_model(kb.c, admin, "text-embedding", model)
 
     models = "/v1/workspaces/current/models/model-types/text-embedding"
     listed = (await kb.c.get(models, headers=kb.h)).json()["data"]
@@ -763,17 +756,10 @@ PARAGRAPHS_RULE = {"mode": "custom", "rules": {"pre_processing_rules": [],
 
 
 async def test_qa_documents_are_written_by_the_default_llm(kb: KB, llm) -> None:
-    r = await kb.c.post("/console/api/workspaces/current/model-providers/openai-compatible/credentials",
-                        headers=kb.admin, json={"credentials": {"api_key": "sk-x", "api_base": llm.base_url}})
-    assert r.status_code == 200
+    admin = await scripted_owner(kb.c, llm)
 
     async def default_llm(model: str | None) -> None:
-        entry: dict[str, Any] = {"model_type": "llm"}
-        if model is not None:
-            entry.update(provider="openai-compatible", model=model)
-        r = await kb.c.post("/console/api/workspaces/current/default-model", headers=kb.admin,
-                            json={"model_settings": [entry]})
-        assert r.status_code == 200, r.text
+        await set_default_model(kb.c, admin, "llm", model)
 
     ds = await kb.dataset()
     qa = {"name": "shop", "text": SHOP, "indexing_technique": "high_quality", "doc_form": "qa_model",
