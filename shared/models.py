@@ -523,7 +523,8 @@ class Dataset(SQLModel, table=True):
 
 
 class Tag(SQLModel, table=True):
-    """A workspace's knowledge tag (reference §4.1 Tags)."""
+    """A workspace's tag: ``knowledge`` (on datasets, reference §4.1 Tags) or ``app`` (on apps), names unique
+    per workspace and type (shared/tags.py)."""
 
     __tablename__ = "tags"
     __table_args__ = (UniqueConstraint("tenant_id", "type", "name", name="uq_tags_tenant_type_name"),)
@@ -541,7 +542,7 @@ class TagBinding(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=36, ondelete="CASCADE")
     tag_id: str = Field(foreign_key="tags.id", max_length=36, ondelete="CASCADE")
-    target_id: str = Field(max_length=36, index=True)  # a dataset id
+    target_id: str = Field(max_length=36, index=True)  # a dataset id (knowledge tags) or an app id (app tags)
     created_by: str | None = Field(default=None, max_length=36)
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -25,6 +25,7 @@ from services.console.service import (
     members,
     plans,
     providers,
+    tags,
     tools,
     versions,
     workflows,
@@ -40,6 +41,7 @@ from shared.identity import CONSOLE_PREFIX, H_CSRF, AuthError, bearer_token, con
 from shared.models import Account, ApiToken, App, TenantMember, ts
 from shared.plans import PlanLimits
 from shared.site import SiteUpdate, site_view
+from shared.tags import filter_ids, tag_type
 
 AppName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
 Mode = Literal[apps.MODES]
@@ -70,12 +72,18 @@ async def _auth(request: Request) -> Auth:
 
 
 # Least role and admin-key scope of every console route: the one place access is decided (docs/access.md).
-# Keyed by (method, path after /console/api). Scope None: members only, an admin key gets 403. Routes that take
+# Keyed by (method, path after /console/api). Scope None: members only, an admin key gets 403; a tuple: a key
+# needs one of them, and the route checks the one its parameters call for (the tag routes). Routes that take
 # no Caller (setup, login, refresh, activation) are public. Rules about the member acted on (the owner, admins,
 # oneself) are in service/members.py; a scope a query parameter adds (export's include_secret) is checked by the
 # route with require_scope.
 N, E, A, O = "normal", "editor", "admin", "owner"
-ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
+Scope = str | tuple[str, ...] | None
+# Tags (Dify's /tags and /tag-bindings, one API for both types): app tags are the apps scopes', knowledge tags
+# the datasets scopes'. The type is a parameter (or, for a rename or delete, the tag's own), so the table lets
+# a key with either scope through and the route asks for its type's one (_tag_scope).
+TAG_READ, TAG_WRITE = ("apps:read", "datasets:read"), ("apps:write", "datasets:write")
+ACCESS: dict[tuple[str, str], tuple[str, Scope]] = {
     ("POST", "/logout"): (N, None),
     ("GET", "/account/profile"): (N, None),
     # workspaces and members
@@ -116,6 +124,14 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/apps/{app_id}/workflows/publish"): (E, "apps:write"),
     ("GET", "/apps/{app_id}/workflows/publish"): (N, "apps:read"),
     ("GET", "/apps/{app_id}/workflows"): (N, "apps:read"),
+    # tags of apps and knowledge bases: everyone lists them, editors change them and tag things (as Dify)
+    ("GET", "/tags"): (N, TAG_READ),
+    ("POST", "/tags"): (E, TAG_WRITE),
+    ("PATCH", "/tags/{tag_id}"): (E, TAG_WRITE),
+    ("DELETE", "/tags/{tag_id}"): (E, TAG_WRITE),
+    ("POST", "/tag-bindings/create"): (E, TAG_WRITE),
+    ("POST", "/tag-bindings"): (E, TAG_WRITE),  # newer Dify consoles' name for /tag-bindings/create
+    ("POST", "/tag-bindings/remove"): (E, TAG_WRITE),
     # app logs (docs/access.md)
     ("GET", "/apps/{app_id}/chat-conversations"): (N, "logs:read"),
     ("GET", "/apps/{app_id}/completion-conversations"): (N, "logs:read"),
@@ -182,7 +198,7 @@ _PREFIX_LEN = len(CONSOLE_PREFIX)
 KNOWLEDGE_READS = frozenset({"/datasets/{dataset_id}/retrieve", "/datasets/{dataset_id}/hit-testing"})
 
 
-def access_for(method: str, path: str) -> tuple[str, str | None]:
+def access_for(method: str, path: str) -> tuple[str, Scope]:
     """The route's entry; a route missing from ACCESS (test_roles checks there are none) is members only,
     readable by everyone, changed by editors."""
     path = path[_PREFIX_LEN:]
@@ -195,11 +211,13 @@ def access_for(method: str, path: str) -> tuple[str, str | None]:
     return (N, None) if method in ("GET", "HEAD") else (E, None)
 
 
-def require_scope(p: Principal, scope: str, action: str) -> None:
-    """403 for an admin key without ``scope`` (members have no scopes: their role decides). For what a route
-    decides from its parameters on top of its ACCESS entry."""
-    if p.is_key and scope not in p.scopes:
-        raise forbidden(f"This API key lacks the '{scope}' permission required for {action}.")
+def require_scope(p: Principal, scope: str | tuple[str, ...], action: str) -> None:
+    """403 for an admin key without ``scope`` (a tuple: without any of them; members have no scopes: their
+    role decides). For what a route decides from its parameters on top of its ACCESS entry."""
+    options = (scope,) if isinstance(scope, str) else scope
+    if p.is_key and not any(s in p.scopes for s in options):
+        named = " or ".join(f"'{s}'" for s in options)
+        raise forbidden(f"This API key lacks the {named} permission required for {action}.")
 
 
 def _session_token(header: str | None, cookie: str | None) -> tuple[str, bool]:
@@ -407,13 +425,16 @@ def _base(request: Request, ctx: Context) -> str:
 
 
 async def _app_out(request: Request, ctx: Context, detail: apps.AppDetail, plan: PlanLimits) -> dict[str, Any]:
-    """One app's detail, with its published workflow's summary."""
+    """One app's detail, with its published workflow's summary and its tags."""
     app, config = detail
-    return _app_json(request, app, config, plan, (await apps.workflow_summaries(ctx.db, [app])).get(app.id))
+    app_tags = (await tags.app_tags(ctx.db, app.tenant_id, [app.id]))[app.id]
+    return _app_json(request, app, config, plan, (await apps.workflow_summaries(ctx.db, [app])).get(app.id),
+                     app_tags)
 
 
 def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: PlanLimits,
-              workflow: dict[str, Any] | None = None) -> dict[str, Any]:
+              workflow: dict[str, Any] | None = None, app_tags: list[dict[str, str]] | None = None
+              ) -> dict[str, Any]:
     base = _base(request, request.app.state.ctx)
     site = site_view(app)
     return {
@@ -426,6 +447,7 @@ def _app_json(request: Request, app: App, config: dict[str, Any] | None, plan: P
         "created_by": app.created_by,
         "created_at": ts(app.created_at), "updated_at": ts(app.updated_at), "api_base_url": f"{base}/v1",
         "site": site,  # as Dify's app detail carries it (GET /v1/site's body)
+        "tags": app_tags or [],  # [{id, name, type}], by name
     }
 
 
@@ -540,12 +562,14 @@ async def list_apps(
     name: Annotated[str | None, Query(max_length=255)] = None,
     mode: Literal[("all", *apps.MODES)] = "all",
     is_created_by_me: bool = False,
+    tag_ids: Annotated[list[str] | None, Query()] = None,  # comma-separated (Dify's console), or repeated
 ) -> dict:
     items, total = await apps.list_apps(ctx.db, caller, page=page, limit=limit, name=name, mode=mode,
-                                        created_by_me=is_created_by_me)
+                                        created_by_me=is_created_by_me, tag_ids=filter_ids(tag_ids))
     workflows = await apps.workflow_summaries(ctx.db, [a for a, _ in items])
+    app_tags = await tags.app_tags(ctx.db, caller.tenant_id, [a.id for a, _ in items])
     return {"page": page, "limit": limit, "total": total, "has_more": page * limit < total,
-            "data": [_app_json(request, a, c, plan, workflows.get(a.id)) for a, c in items]}
+            "data": [_app_json(request, a, c, plan, workflows.get(a.id), app_tags[a.id]) for a, c in items]}
 
 
 @router.post("/apps", status_code=201)
@@ -724,6 +748,69 @@ async def published_workflow(ctx: Ctx, caller: Caller, app_id: str) -> dict | No
 @router.get("/apps/{app_id}/workflows")
 async def workflow_versions(ctx: Ctx, caller: Caller, app_id: str, page: int = 1, limit: int = 20) -> dict:
     return await workflows.versions(ctx, caller, app_id, page, limit)
+
+
+# ---- tags of apps and knowledge bases (Dify's console tag API; shared/tags.py) -----------------------------
+
+TagBody = Annotated[dict[str, Any], Body()]  # checked by shared/tags.py, in Dify's words
+
+
+def _tag_scope(caller: Principal, kind: str, write: bool, action: str) -> None:
+    """An admin key's scope for a tag of ``kind``: app tags are apps', knowledge tags datasets'."""
+    scope = f"{'apps' if kind == 'app' else 'datasets'}:{'write' if write else 'read'}"
+    require_scope(caller, scope, f"{action} (type={kind})")
+
+
+def _body_type(body: dict[str, Any]) -> str:
+    return tag_type(body.get("type"))
+
+
+@router.get("/tags")
+async def list_tags(ctx: Ctx, caller: Caller,
+                    kind: Annotated[str | None, Query(alias="type", max_length=16)] = None,
+                    keyword: Annotated[str | None, Query(max_length=255)] = None) -> list[dict]:
+    kind = tag_type(kind)
+    _tag_scope(caller, kind, False, "GET /console/api/tags")
+    return await tags.list_tags(ctx.db, caller, kind, keyword)
+
+
+@router.post("/tags")
+async def create_tag(ctx: Ctx, caller: Caller, body: TagBody) -> dict:
+    kind = _body_type(body)
+    _tag_scope(caller, kind, True, "POST /console/api/tags")
+    return await tags.create(ctx.db, caller, kind, body.get("name"))
+
+
+@router.patch("/tags/{tag_id}")
+async def rename_tag(ctx: Ctx, caller: Caller, tag_id: str, body: TagBody) -> dict:
+    kind = await tags.kind_of(ctx.db, caller, tag_id)
+    _tag_scope(caller, kind, True, "PATCH /console/api/tags/{tag_id}")
+    return await tags.rename(ctx.db, caller, kind, tag_id, body.get("name"))
+
+
+@router.delete("/tags/{tag_id}")
+async def delete_tag(ctx: Ctx, caller: Caller, tag_id: str) -> dict:
+    kind = await tags.kind_of(ctx.db, caller, tag_id)
+    _tag_scope(caller, kind, True, "DELETE /console/api/tags/{tag_id}")
+    await tags.delete(ctx.db, caller, kind, tag_id)
+    return SUCCESS
+
+
+@router.post("/tag-bindings/create")
+@router.post("/tag-bindings")  # newer Dify consoles
+async def bind_tags(request: Request, ctx: Ctx, caller: Caller, body: TagBody) -> dict:
+    kind = _body_type(body)
+    _tag_scope(caller, kind, True, f"POST {request.url.path}")
+    await tags.bind(ctx.db, caller, kind, body)
+    return SUCCESS
+
+
+@router.post("/tag-bindings/remove")
+async def unbind_tags(ctx: Ctx, caller: Caller, body: TagBody) -> dict:
+    kind = _body_type(body)
+    _tag_scope(caller, kind, True, "POST /console/api/tag-bindings/remove")
+    await tags.unbind(ctx.db, caller, kind, body)
+    return SUCCESS
 
 
 # ---- app logs (Dify's console log pages: services/console/service/logs.py) --------------------------------

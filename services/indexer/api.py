@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.responses import Response
 
 from services.indexer.service import Knowledge
-from services.indexer.service.common import CONSOLE_MEMBER, Member, invalid, tenant_of
+from services.indexer.service.common import CONSOLE_MEMBER, invalid, tenant_of
 from services.indexer.service.datasets import PERMISSIONS, DatasetService
 from services.indexer.service.documents import DocumentService
 from services.indexer.service.estimate import EstimateService
@@ -34,6 +34,7 @@ from shared.credentials import check_model_type, models_of_type
 from shared.errors import INVALID_JSON, ApiError, unauthorized
 from shared.http import create_base_app
 from shared.identity import CONSOLE_PREFIX, H_CSRF, caller_from_request, cookie_header
+from shared.knowledge.access import Member
 from shared.knowledge.vectors_factory import build_vector_store
 from shared.subjects import CONSOLE_AUTHORIZE
 

@@ -313,7 +313,7 @@ async def test_app_create_detail_and_validation(console: Console) -> None:
     assert set(app) == {"id", "name", "description", "mode", "icon_type", "icon", "icon_background", "enable_site",
                         "enable_api", "api_rpm", "api_rph", "api_rpd", "max_active_requests", "effective_limits",
                         "model_config", "created_at", "updated_at", "api_base_url", "site", "workflow",
-                        "use_icon_as_answer_icon", "created_by"}
+                        "use_icon_as_answer_icon", "created_by", "tags"}
     assert app["mode"] == "completion" and app["description"] == "does things"
     assert app["workflow"] is None and app["created_by"] == (await c.http.get("/account/profile", headers=h)
                                                              ).json()["id"]

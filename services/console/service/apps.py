@@ -17,6 +17,7 @@ from services.console.service.common import (
     invalid_from,
     publish_change,
 )
+from shared import tags
 from shared.app_config import parse_model_config
 from shared.context import Context
 from shared.db import Database
@@ -98,8 +99,13 @@ async def name_taken(session: AsyncSession, tenant_id: str, name: str, except_id
 
 
 async def list_apps(db: Database, p: Principal, *, page: int, limit: int, name: str | None,
-                    mode: str | None, created_by_me: bool = False) -> tuple[list[AppDetail], int]:
+                    mode: str | None, created_by_me: bool = False, tag_ids: list[str] | None = None
+                    ) -> tuple[list[AppDetail], int]:
+    """A page of the workspace's apps, newest first; with ``tag_ids`` (shared/tags.py filter_ids), those that
+    carry any of the workspace's app tags among them."""
     where = [App.tenant_id == p.tenant_id]
+    if tag_ids is not None:
+        where.append(col(App.id).in_(tags.bound_to_any(p.tenant_id, "app", tag_ids)))
     if created_by_me:  # an admin key acts for the member who made it
         where.append(App.created_by == p.account_id)
     if name:
@@ -194,6 +200,7 @@ async def delete_app(ctx: Context, p: Principal, app_id: str) -> None:
         for model in (MessageFeedback, Message, ConversationVariable, Conversation, EndUser, WorkflowNodeExecution,
                       WorkflowRun, Workflow, AppModelConfig, AppDatasetJoin, ApiToken):
             await s.exec(delete(model).where(model.app_id == app.id))
+        await tags.unbind_target(s, app.tenant_id, "app", app.id)
         await s.exec(delete(App).where(App.id == app.id))
         await s.commit()
     await publish_change(ctx.bus, "app", app.id, tenant_id=app.tenant_id, deleted=True)

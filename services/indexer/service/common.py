@@ -6,17 +6,16 @@ import hashlib
 import re
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.errors import ApiError, forbidden, invalid_param, not_found, unauthorized
 from shared.identity import AUTH_INVALID, Caller
+from shared.knowledge.access import Member, may_see
 from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
-from shared.models import Dataset, DatasetPermission, Document
+from shared.models import Dataset, Document
 
 # document states in which a worker may still be busy with it
 INDEXING_STATES = ("waiting", "parsing", "cleaning", "splitting", "indexing")
@@ -77,17 +76,6 @@ def parse_id(value: str, error: ApiError) -> str:
         raise error from None
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A console caller (a workspace member, or an admin key acting as its creator): the knowledge routes under
-    /console/api act for it, where a ``dataset-`` key acts for the whole workspace."""
-
-    account_id: str
-    role: str
-
-    @property
-    def sees_all(self) -> bool:
-        return self.role in ("owner", "admin")
 
 
 # Set by the console routes' dependency (api.py) for the request it serves; None on /v1 (a dataset key).
@@ -97,23 +85,6 @@ CONSOLE_MEMBER: ContextVar[Member | None] = ContextVar("console_member", default
 
 def no_permission() -> ApiError:
     return forbidden("You do not have permission to access this dataset.")
-
-
-def visible_to(member: Member) -> Any:
-    """The datasets a member sees, as Dify's permission field says: the team's, its own, and the
-    ``partial_members`` ones whose list names it. Owners and admins see every dataset of the workspace."""
-    listed = select(DatasetPermission.dataset_id).where(DatasetPermission.account_id == member.account_id)
-    return or_(Dataset.permission == "all_team_members", Dataset.created_by == member.account_id,
-               and_(Dataset.permission == "partial_members", col(Dataset.id).in_(listed)))
-
-
-async def may_see(s: AsyncSession, ds: Dataset, member: Member) -> bool:
-    if member.sees_all or ds.permission == "all_team_members" or ds.created_by == member.account_id:
-        return True
-    if ds.permission != "partial_members":
-        return False
-    return (await s.exec(select(DatasetPermission.id).where(
-        DatasetPermission.dataset_id == ds.id, DatasetPermission.account_id == member.account_id))).first() is not None
 
 
 def created_by() -> str | None:

@@ -19,12 +19,12 @@ from services.indexer.service.common import (
     invalid,
     name_duplicate,
     space_for,
-    visible_to,
 )
 from services.indexer.service.core import Knowledge
-from services.indexer.service.tags import bound_to_any, tags_of, unbind_dataset
+from services.indexer.service.tags import TAG_TYPE
 from shared.credentials import default_model
 from shared.errors import forbidden, validation_message
+from shared.knowledge.access import visible_to
 from shared.knowledge.models import (
     LOCAL_EMBEDDING_MODEL,
     LOCAL_EMBEDDING_PROVIDER,
@@ -44,6 +44,7 @@ from shared.models import (
     ts,
     utcnow,
 )
+from shared.tags import bound_to_any, tags_of, unbind_target
 
 TECHNIQUES = ("high_quality", "economy")
 PERMISSIONS = ("only_me", "all_team_members", "partial_members")
@@ -143,8 +144,8 @@ def detail(ds: Dataset, counts: tuple[int, int, int], tags: list[dict[str, str]]
 
 async def _detail(s: AsyncSession, ds: Dataset) -> dict[str, Any]:
     members, fields = await _extras(s, [ds.id])
-    return detail(ds, (await _counts(s, [ds.id]))[ds.id], (await tags_of(s, ds.tenant_id, [ds.id]))[ds.id],
-                  members[ds.id], fields[ds.id])
+    tags = (await tags_of(s, ds.tenant_id, TAG_TYPE, [ds.id]))[ds.id]
+    return detail(ds, (await _counts(s, [ds.id]))[ds.id], tags, members[ds.id], fields[ds.id])
 
 
 class DatasetService:
@@ -203,14 +204,14 @@ class DatasetService:
             where.append(col(Dataset.name).icontains(keyword, autoescape=True))
         tag_ids = [t for t in tag_ids or [] if t]
         if tag_ids:  # datasets carrying ANY of the tags, as Dify's get_target_ids_by_tag_ids
-            where.append(col(Dataset.id).in_(bound_to_any(tenant_id, tag_ids)))
+            where.append(col(Dataset.id).in_(bound_to_any(tenant_id, TAG_TYPE, tag_ids)))
         async with self.kn.db.session() as s:
             total = (await s.exec(select(func.count()).select_from(Dataset).where(*where))).one()
             rows = list(await s.exec(select(Dataset).where(*where)
                                      .order_by(col(Dataset.created_at).desc(), col(Dataset.id).desc())
                                      .offset((page - 1) * limit).limit(limit)))
             counts = await _counts(s, [d.id for d in rows])
-            tags = await tags_of(s, tenant_id, [d.id for d in rows])
+            tags = await tags_of(s, tenant_id, TAG_TYPE, [d.id for d in rows])
             members, fields = await _extras(s, [d.id for d in rows])
         return {"data": [detail(d, counts[d.id], tags[d.id], members[d.id], fields[d.id]) for d in rows],
                 "has_more": page * limit < total,
@@ -302,7 +303,7 @@ class DatasetService:
             await s.exec(delete(ChildChunk).where(ChildChunk.dataset_id == ds.id))
             await s.exec(delete(DocumentSegment).where(DocumentSegment.dataset_id == ds.id))
             await s.exec(delete(Document).where(Document.dataset_id == ds.id))
-            await unbind_dataset(s, tenant_id, ds.id)
+            await unbind_target(s, tenant_id, TAG_TYPE, ds.id)
             if files:
                 await s.exec(delete(UploadFile).where(col(UploadFile.id).in_([f[0] for f in files])))
             await s.delete(ds)

@@ -23,6 +23,7 @@ from shared.app_config import graph_parameters_view, parameters_view
 from shared.errors import invalid_param, not_found
 from shared.identity import Caller
 from shared.models import Conversation, Message, MessageFeedback, new_id, ts, utcnow
+from shared.tags import tag_names
 from shared.workflow import GRAPH_MODES
 
 if TYPE_CHECKING:
@@ -324,10 +325,15 @@ class HistoryService:
 
     async def info(self, caller: Caller) -> dict[str, Any]:
         app = await self.rt.app_for(caller)
+        # The app's tag names, read per request (one indexed query) rather than kept in the app cache: a tag
+        # change then needs no invalidation (a rename or delete touches every app carrying the tag), and this
+        # route is no hot path.
+        async with self.rt.db.session() as s:
+            names = await tag_names(s, app.tenant_id, "app", app.id)
         return {
             "name": app.name,
             "description": app.description,
-            "tags": [],
+            "tags": names,
             "mode": app.mode,
             "author_name": app.author_name,
         }
