@@ -69,8 +69,20 @@ BUILTIN_TOOLS: dict[tuple[str, str], BuiltinTool] = {
                           "dataset_ids": {"type": "array", "items": {"type": "string"}},
                           "top_k": {"type": "integer", "minimum": 1, "maximum": 20}}, ["query", "dataset_ids"]),
                     required_presets=("dataset_ids",), emoji="📚"),
+        BuiltinTool("qrcode", "qrcode_generator", "QR Code Generator",
+                    "Make a QR code image (PNG) that encodes a text or a URL; the user is shown the image.",
+                    _obj({"content": {"type": "string", "minLength": 1, "description": "the text or URL to encode"},
+                          "error_correction": {"type": "string", "enum": ["L", "M", "Q", "H"],
+                                               "description": "error correction level; M if empty"},
+                          "border": {"type": "integer", "minimum": 0, "maximum": 10,
+                                     "description": "quiet zone in modules; 2 if empty"}}, ["content"]),
+                    emoji="🔳"),
     )
 }
+
+# A tool result may carry files (an image a tool made): {"filename", "mime_type", "data": base64}. They travel
+# in the NATS reply, whose default limit is 1 MB: a tool keeps its files under this many bytes in all.
+TOOL_FILES_MAX_BYTES = 512 * 1024
 
 
 _PREFIXES = {"basic": "Basic ", "bearer": "Bearer ", "custom": ""}

@@ -142,6 +142,17 @@ def tool_graph() -> dict[str, Any]:
     ], [edge(START, TOOL), edge(TOOL, END)])
 
 
+def qrcode_graph() -> dict[str, Any]:
+    """start(url) → tool (built-in QR code, a file-making tool) → end(image: its files, note: its text)."""
+    return graph([
+        start(text_var("url")),
+        node(TOOL, "tool", "QR", provider_id="qrcode", provider_type="builtin", provider_name="qrcode",
+             tool_name="qrcode_generator", tool_configurations={},
+             tool_parameters={"content": {"type": "mixed", "value": "{{#" + START + ".url#}}"}}),
+        end(image=[TOOL, "files"], note=[TOOL, "text"]),
+    ], [edge(START, TOOL), edge(TOOL, END)])
+
+
 def classify_extract_list() -> dict[str, Any]:
     """start(text) → question-classifier → (order) parameter-extractor → list-operator → end | (other) end."""
     return graph([

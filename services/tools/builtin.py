@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import nats.errors
 import orjson
+import segno
 
 from services.tools.calculator import CalculatorError, evaluate, format_result
 from shared.egress import EgressError
@@ -17,8 +21,47 @@ if TYPE_CHECKING:
     from services.tools.service import ToolsService
 
 
-async def run(svc: ToolsService, tenant_id: str, name: str, args: dict[str, Any], timeout: float) -> str:
+@dataclass(frozen=True, slots=True)
+class ToolFile:
+    filename: str
+    mime_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    """A result with files besides its text (the text is what the model reads)."""
+
+    text: str
+    files: tuple[ToolFile, ...]
+
+
+QR_SCALE = 8  # pixels per module
+
+
+def qrcode_png(content: str, error: str, border: int) -> ToolOutput:
+    """The QR code of ``content`` as a PNG; ValueError when it does not fit in a QR code."""
+    try:
+        qr = segno.make_qr(content, error=error, boost_error=False)
+    except segno.DataOverflowError as e:
+        raise ValueError(f"the content is too long for a QR code ({e})") from None
+    buf = io.BytesIO()
+    qr.save(buf, kind="png", scale=QR_SCALE, border=border)
+    side = (qr.symbol_size(scale=QR_SCALE, border=border))[0]
+    return ToolOutput(f"A QR code image ({side}x{side} PNG, version {qr.version}, error correction {error}) "
+                      "was made and is shown to the user.", (ToolFile("qrcode.png", "image/png", buf.getvalue()),))
+
+
+async def run(svc: ToolsService, tenant_id: str, name: str, args: dict[str, Any], timeout: float
+              ) -> str | ToolOutput:
     from services.tools.service import ToolError
+
+    if name == "qrcode_generator":
+        try:
+            return await asyncio.to_thread(qrcode_png, str(args["content"]), args.get("error_correction") or "M",
+                                           2 if args.get("border") is None else int(args["border"]))
+        except ValueError as e:
+            raise ToolError("invalid_arguments", str(e)) from None
 
     if name == "current_time":
         tz_name = (args.get("timezone") or "UTC").strip()

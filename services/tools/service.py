@@ -10,6 +10,7 @@ across replicas through Redis when there is one).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import hmac
@@ -30,7 +31,7 @@ from shared.limiter import AppLimits, LimiterUnavailable, build_limiter
 from shared.metrics import TOOL_CALLS, TOOL_SECONDS
 from shared.models import ToolProvider
 from shared.subjects import parse_config_subject
-from shared.tool_catalog import BUILTIN_TOOLS, ToolCredentials, effective_timeout
+from shared.tool_catalog import BUILTIN_TOOLS, TOOL_FILES_MAX_BYTES, ToolCredentials, effective_timeout
 from shared.tool_schema import ToolSchemaError, ToolSpec, prepare_request
 
 log = structlog.get_logger("plexus.tools")
@@ -81,6 +82,13 @@ def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> Non
         raise ToolError("invalid_arguments", f"{where}: {error.message}")
 
 
+def _wire_files(files: tuple[builtin.ToolFile, ...]) -> list[dict[str, str]]:
+    if sum(len(f.data) for f in files) > TOOL_FILES_MAX_BYTES:
+        raise ToolError("output_too_large", f"the tool's files exceed {TOOL_FILES_MAX_BYTES} bytes")
+    return [{"filename": f.filename, "mime_type": f.mime_type, "data": base64.b64encode(f.data).decode()}
+            for f in files]
+
+
 class ToolsService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -109,6 +117,8 @@ class ToolsService:
         try:
             output = await self._invoke(req)
             result: dict[str, Any] = {"ok": True, "output": output}
+            if isinstance(output, builtin.ToolOutput):
+                result = {"ok": True, "output": output.text, "files": _wire_files(output.files)}
         except ToolError as e:
             result = {"ok": False, "error": {"code": e.code, "message": e.message}}
         except Exception as e:
@@ -123,7 +133,7 @@ class ToolsService:
             log.info("tool_call_failed", tool=tool, **result["error"])
         return result
 
-    async def _invoke(self, req: dict[str, Any]) -> str:
+    async def _invoke(self, req: dict[str, Any]) -> str | builtin.ToolOutput:
         tenant_id = str(req.get("tenant_id") or "")
         ptype, pid, name = req.get("provider_type"), str(req.get("provider_id") or ""), str(req.get("tool") or "")
         args = req.get("arguments")

@@ -503,3 +503,44 @@ async def test_client_disconnect_does_not_stop_the_agent(w: dict[str, Any]) -> N
     assert msg.status == "normal" and msg.answer == "It is 256." and len(msg.agent_thoughts) == 2
     metrics = (await c.get("/metrics")).text
     assert 'plexus_tool_calls_total{outcome="ok",provider_type="builtin"}' in metrics
+
+
+async def test_a_tool_made_image_reaches_the_user_as_a_message_file(w: dict[str, Any]) -> None:
+    from services.tools.builtin import qrcode_png
+
+    llm = w["llm"]
+    key = await agent_app(w, [builtin("qrcode", "qrcode_generator")])
+    h = {"Authorization": f"Bearer {key}"}
+    llm.push(with_tools=True, match="QR code", tool_calls=[
+        {"name": "qrcode_generator", "arguments": {"content": "https://plexus.example/menu", "border": 4}}])
+    llm.push(match_last="shown to the user", reply="Here is your QR code.")
+    events = await stream(w, key, "Make a QR code for our menu page")
+    names = kinds(events)
+    assert names.count("message_file") == 1 and names[-1] == "message_end", names
+    file_event = next(e for e in events if e["event"] == "message_file")
+    assert (file_event["type"], file_event["belongs_to"]) == ("image", "assistant")
+    assert file_event["message_id"] == events[-1]["message_id"] and file_event["task_id"]
+    # the thought that carries the tool's result names the file, after the message_file event (as Dify)
+    observed = next(i for i, e in enumerate(events) if e["event"] == "agent_thought" and e["observation"])
+    assert events[observed]["message_files"] == [file_event["id"]] and names.index("message_file") < observed
+    obs = json.loads(events[observed]["observation"])["qrcode_generator"]
+    assert "QR code image" in obs and "qrcode.png" in obs
+    assert "1 file(s) shown to the user: qrcode.png" in llm.requests[1].messages[-1]["content"]
+    assert answer(events) == "Here is your QR code."
+    # the image is the message's: listed by GET /messages and served by its preview URL, byte for byte
+    r = await w["c"].get("/v1/messages", headers=h, params={"conversation_id": events[-1]["conversation_id"],
+                                                           "user": "u1"})
+    (item,) = r.json()["data"]
+    (mf,) = item["message_files"]
+    assert (mf["id"], mf["belongs_to"], mf["transfer_method"], mf["mime_type"]) == (
+        file_event["id"], "assistant", "tool_file", "image/png")
+    assert mf["url"] == file_event["url"] and item["agent_thoughts"][0]["files"] == [mf["id"]]
+    preview = await w["c"].get("/v1/" + mf["url"].split("/v1/", 1)[1], headers=h, params={"user": "u1"})
+    assert preview.status_code == 200, preview.text
+    assert preview.content == qrcode_png("https://plexus.example/menu", "M", 4).files[0].data
+    # content no QR code holds is the model's to correct
+    llm.push(with_tools=True, match="too long", tool_calls=[
+        {"name": "qrcode_generator", "arguments": {"content": "x" * 8000}}])
+    llm.push(match_last="too long for a QR code", reply="That is too long.")
+    events = await stream(w, key, "A QR code of something too long")
+    assert "message_file" not in kinds(events) and answer(events) == "That is too long."

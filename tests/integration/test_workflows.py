@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared.models import WorkflowNodeExecution
+from shared.models import UploadFile, WorkflowNodeExecution
 from shared.settings import ToolsSettings
 from tests import workflow_graphs as g
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
@@ -345,6 +345,24 @@ async def test_tool_node(w: dict[str, Any]) -> None:
     assert (await run(w, key, {"expr": "2 ** 10"}))["data"]["outputs"] == {"value": "1024"}
     out = await run(w, key, {"expr": "2 ^ 10"})
     assert out["data"]["status"] == "failed" and "**" in out["data"]["error"]
+
+
+async def test_tool_node_files_are_the_runs_files(w: dict[str, Any]) -> None:
+    """A tool that makes an image (the QR code built-in) gives the tool node a File in ``files``: an upload of
+    the run's user that later nodes read and node_finished / workflow_finished list."""
+    _, key = await publish(w, g.qrcode_graph())
+    events = await stream(w, key, {"url": "https://plexus.example/"})
+    tool_done = next(e for e in events if e["event"] == "node_finished" and e["data"]["node_id"] == g.TOOL)
+    (f,) = tool_done["data"]["outputs"]["files"]
+    assert (f["type"], f["transfer_method"], f["mime_type"], f["filename"]) == (
+        "image", "local_file", "image/png", "qrcode.png")
+    assert tool_done["data"]["files"] == [f]
+    finished = events[-1]
+    assert finished["event"] == "workflow_finished" and finished["data"]["outputs"]["image"] == [f]
+    assert "QR code image" in finished["data"]["outputs"]["note"]
+    async with w["srv"].ctx.db.session() as s:
+        row = await s.get(UploadFile, f["related_id"])
+    assert row is not None and row.size == f["size"] and row.mime_type == "image/png"
 
 
 async def test_classifier_extractor_list_operator(w: dict[str, Any]) -> None:

@@ -65,6 +65,7 @@ class _Call:
     output: str = ""
     ok: bool = False
     trace: dict[str, Any] = field(default_factory=dict)
+    files: list[Any] = field(default_factory=list)  # files the tool made (shared.tool_catalog's wire shape)
 
 
 class AgentLoop:
@@ -92,10 +93,27 @@ class AgentLoop:
 
     async def _thought(self, thought: dict[str, Any]) -> None:
         event = {**self.run.envelope("agent_thought"), "task_id": self.run.task_id, **thought,
-                 "message_files": []}
+                 "message_files": list(thought.get("files") or [])}
         event.pop("chain_id", None)
         event.pop("files", None)
         await self.emit(orjson.dumps(event))
+
+    async def _files(self, thought: dict[str, Any], calls: list[_Call]) -> None:
+        """The files the round's tools made: kept with the message, a ``message_file`` event each (before the
+        thought that lists them, as Dify sends them), and named in the observation the model reads."""
+        made = [f for c in calls for f in c.files]
+        if not made or self.run.tool_files is None:
+            return
+        views = await self.run.tool_files(self.tenant_id, self.run.end_user_id, self.run.message_id, made)
+        for v in views:
+            event = {**self.run.envelope("message_file"), "task_id": self.run.task_id, "id": v["id"],
+                     "type": v["type"], "belongs_to": "assistant", "url": v["url"]}
+            await self.emit(orjson.dumps(event))
+        thought["files"] = [v["id"] for v in views]
+        for c in calls:
+            if c.files:
+                names = ", ".join(str(f.get("filename") or "file") for f in c.files)
+                c.output += f"\n[{len(c.files)} file(s) shown to the user: {names}]"
 
     def _new_thought(self, text: str, calls: list[_Call]) -> dict[str, Any]:
         labels = {}
@@ -157,6 +175,7 @@ class AgentLoop:
             call.ok = result["ok"]
             if call.ok:
                 call.output = str(result.get("output", ""))
+                call.files = list(result.get("files") or [])
             else:
                 err = result["error"]
                 call.output = f"tool error ({err.get('code')}): {err.get('message')}"
@@ -171,6 +190,7 @@ class AgentLoop:
         thought = self._new_thought(text, calls)
         await self._thought(thought)
         await asyncio.gather(*(self._execute(c) for c in calls))
+        await self._files(thought, calls)
         for c in calls:
             self.run.tool_trace.append({"thought_id": thought["id"], "position": thought["position"], **c.trace})
         thought["observation"] = json.dumps({c.name: c.output for c in calls}, ensure_ascii=False)

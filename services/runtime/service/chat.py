@@ -247,6 +247,7 @@ class ChatService:
                 retriever_resources=retrieved.resources if config.retriever_resource.enabled else [],
                 tenant_id=app.tenant_id,
                 agent=app.agent,
+                tool_files=self.rt.files.tool_files if app.agent is not None else None,
                 trace=retrieved.trace,
             )
             tts = config.text_to_speech  # auto play: a streamed answer is read aloud (autoplay.py)

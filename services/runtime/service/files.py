@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import tempfile
@@ -238,6 +239,47 @@ class FileService:
             s.add(row)
             await s.commit()
         return self.upload_view(row)
+
+    async def store_tool_files(self, tenant_id: str, end_user_id: str, files: list[Any]
+                               ) -> list[tuple[UploadFile, Sniffed]]:
+        """Files a tool made (shared.tool_catalog's {filename, mime_type, data}), stored and recorded as the end
+        user's uploads, so that messages and workflow values can refer to them like to any upload. A file whose
+        bytes are no type Plexus knows is dropped (logged)."""
+        made: list[tuple[UploadFile, Sniffed, bytes]] = []
+        for f in files:
+            try:
+                data = base64.b64decode(f["data"], validate=True)
+                name = upload_name(str(f.get("filename") or "file"))
+                sniffed = sniff_upload(name, data[:SNIFF_BYTES])
+            except (KeyError, TypeError, ValueError, UnsupportedFileType) as e:
+                log.warning("tool_file_dropped", reason=str(e))
+                continue
+            row = UploadFile(tenant_id=tenant_id, name=name, size=len(data), extension=sniffed.extension,
+                             mime_type=sniffed.mime_type, object_name="", created_by=end_user_id)
+            row.object_name = f"upload/{tenant_id}/{row.id}"
+            made.append((row, sniffed, data))
+        async with contextlib.AsyncExitStack() as stack:
+            for row, _, data in made:
+                await self.store.put(row.object_name, data)
+                await stack.enter_async_context(self.store.kept_if_recorded(row.object_name))
+            async with self.rt.db.session() as s:
+                s.add_all([row for row, _, _ in made])
+                await s.commit()
+        return [(row, sniffed) for row, sniffed, _ in made]
+
+    async def tool_files(self, tenant_id: str, end_user_id: str, message_id: str, files: list[Any]
+                         ) -> list[dict[str, Any]]:
+        """An agent's tool files, stored and attached to its message (``belongs_to`` assistant,
+        ``transfer_method`` tool_file): GET /messages lists them and the preview serves them. Their
+        ``message_files`` items."""
+        stored = await self.store_tool_files(tenant_id, end_user_id, files)
+        rows = [MessageFile(message_id=message_id, type=sniffed.type, transfer_method="tool_file",
+                            upload_file_id=row.id, filename=row.name, mime_type=row.mime_type, size=row.size,
+                            belongs_to="assistant", created_by=end_user_id) for row, sniffed in stored]
+        async with self.rt.db.session() as s:
+            s.add_all(rows)
+            await s.commit()
+        return [file_view(mf, self.base) for mf in rows]
 
     def upload_view(self, row: UploadFile) -> dict[str, Any]:
         """The 201 body (reference §2.13): the seven stable fields, then the newer nullable ones."""

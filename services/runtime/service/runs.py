@@ -101,6 +101,7 @@ class Run:
     retriever_resources: list[dict[str, Any]] = field(default_factory=list)
     tenant_id: str = ""
     agent: AgentPlan | None = None  # agent-chat: the tools and strategy
+    tool_files: Any = None  # agent-chat: FileService.tool_files, which keeps the files its tools make
     trace: dict[str, Any] = field(default_factory=dict)  # as stored at the start (retrieval)
     # moderation and the answer cache (docs/moderation.md)
     review: Any = None  # moderation.OutputReview: checks the answer while it streams

@@ -76,6 +76,13 @@ class WorkflowFiles:
     def service(self) -> FileService:
         return self.rt.files  # created after the workflow service: looked up when used
 
+    async def tool_files(self, tenant_id: str, end_user_id: str, files: list[Any]) -> list[dict[str, Any]]:
+        """File values of the files a tool node's tool made: uploads of the run's end user, as any other file of
+        the run (``local_file``), so later nodes (document extractor, vision, templates) read them."""
+        stored = await self.service.store_tool_files(tenant_id, end_user_id, files)
+        return [file_value(sniffed, "local_file", related_id=row.id, remote_url=None, filename=row.name,
+                           size=row.size, url=preview_url(self.service.base, row.id)) for row, sniffed in stored]
+
     # -- inputs ------------------------------------------------------------------------------------------
     async def start_inputs(self, app: AppEntry, variables: list[dict[str, Any]], cleaned: dict[str, Any],
                            end_user_id: str) -> dict[str, Any]:

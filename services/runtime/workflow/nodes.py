@@ -427,7 +427,9 @@ async def tool(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
         as_json = [parsed] if isinstance(parsed, dict) else parsed if isinstance(parsed, list) else []
     except orjson.JSONDecodeError:
         as_json = []
-    return NodeResult(outputs={"text": text, "files": [], "json": as_json}, inputs=payload["arguments"],
+    made = result.get("files") or []
+    files = await svc.files.tool_files(svc.tenant_id, svc.user_id, made) if made and svc.files is not None else []
+    return NodeResult(outputs={"text": text, "files": files, "json": as_json}, inputs=payload["arguments"],
                       metadata={"tool_info": {"provider_type": resolved.provider_type,
                                               "provider_id": resolved.provider_id}})
 
