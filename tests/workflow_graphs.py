@@ -153,6 +153,17 @@ def qrcode_graph() -> dict[str, Any]:
     ], [edge(START, TOOL), edge(TOOL, END)])
 
 
+def qrcode_chatflow() -> dict[str, Any]:
+    """advanced-chat: start → tool (QR code of sys.query) → answer "Scan this: <the tool's files>"."""
+    return graph([
+        start(),
+        node(TOOL, "tool", "QR", provider_id="qrcode", provider_type="builtin", provider_name="qrcode",
+             tool_name="qrcode_generator", tool_configurations={},
+             tool_parameters={"content": {"type": "mixed", "value": "{{#sys.query#}}"}}),
+        node(ANSWER, "answer", "Answer", answer="Scan this: {{#" + TOOL + ".files#}}"),
+    ], [edge(START, TOOL), edge(TOOL, ANSWER)])
+
+
 def classify_extract_list() -> dict[str, Any]:
     """start(text) → question-classifier → (order) parameter-extractor → list-operator → end | (other) end."""
     return graph([

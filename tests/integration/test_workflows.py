@@ -365,6 +365,30 @@ async def test_tool_node_files_are_the_runs_files(w: dict[str, Any]) -> None:
     assert row is not None and row.size == f["size"] and row.mime_type == "image/png"
 
 
+async def test_an_answer_shows_files_as_message_files(w: dict[str, Any]) -> None:
+    """advanced-chat: a File variable in an answer is sent as a message_file event (not as JSON text), kept on
+    the message as the assistant's and served by its preview URL."""
+    _, key = await publish(w, g.qrcode_chatflow(), await new_app(w, "advanced-chat"))
+    body = {"inputs": {}, "query": "https://plexus.example/wifi", "user": "u1", "response_mode": "streaming"}
+    async with w["c"].stream("POST", "/v1/chat-messages", headers=h(key), json=body) as s:
+        assert s.status_code == 200, await s.aread()
+        events = [orjson.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+    names = [e["event"] for e in events]
+    assert names.count("message_file") == 1 and "message_end" in names, names
+    f = next(e for e in events if e["event"] == "message_file")
+    end = next(e for e in events if e["event"] == "message_end")
+    assert (f["type"], f["belongs_to"], f["message_id"]) == ("image", "assistant", end["message_id"])
+    text = "".join(e["answer"] for e in events if e["event"] == "message")
+    assert text == "Scan this: "  # the file is not rendered as JSON
+    r = await w["c"].get("/v1/messages", headers=h(key), params={"conversation_id": end["conversation_id"],
+                                                                 "user": "u1"})
+    (item,) = r.json()["data"]
+    (mf,) = item["message_files"]
+    assert (mf["id"], mf["belongs_to"], mf["url"]) == (f["id"], "assistant", f["url"]) and item["answer"] == text
+    preview = await w["c"].get("/v1/" + mf["url"].split("/v1/", 1)[1], headers=h(key), params={"user": "u1"})
+    assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG"), preview.text
+
+
 async def test_classifier_extractor_list_operator(w: dict[str, Any]) -> None:
     llm = w["llm"]
     llm.push(match="I want", reply='{"category_id": "order", "category_name": "Order question"}')

@@ -34,15 +34,29 @@ FILE_IDENTITY = "__dify__file__"  # Dify's marker of a serialized File (workflow
 ROOTS = ("sys", "env", "conversation")
 
 
+def is_file_value(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("dify_model_identity") == FILE_IDENTITY
+
+
 def files_in(outputs: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The File values among outputs (a value, or the files of a list value), as Dify's node_finished and
     workflow_finished events list them in ``files``."""
     found = []
     for value in (outputs or {}).values():
         for item in value if isinstance(value, list) else (value,):
-            if isinstance(item, dict) and item.get("dify_model_identity") == FILE_IDENTITY:
+            if is_file_value(item):
                 found.append(item)
     return found
+
+
+def answer_files(value: Any) -> list[dict[str, Any]] | None:
+    """The files an answer shows for a variable that holds a File or a list of Files; None for anything
+    else (rendered as text)."""
+    if is_file_value(value):
+        return [value]
+    if isinstance(value, list) and value and all(is_file_value(v) for v in value):
+        return value
+    return None
 
 
 @dataclass(slots=True)
@@ -252,18 +266,18 @@ class Engine:
                 elif root in ROOTS:
                     if root == "conversation" and not self._settled(st.assigners):
                         break  # an assigner above may still change it
-                    await self._send(st, to_text(self.pool.maybe(val)), val)
+                    await self._send_value(st, self.pool.maybe(val), val)
                 elif self._is_llm_text(val) and (root in self.llm_deltas or root in self.finished_nodes):
                     deltas = self.llm_deltas.get(root, [])
                     if deltas:  # what the model wrote since the last pump
                         await self._send(st, "".join(deltas[st.sent:]), val)
                         st.sent = len(deltas)
                     elif root in self.finished_nodes:  # it did not stream (e.g. a default value)
-                        await self._send(st, to_text(self.pool.maybe(val)), val)
+                        await self._send_value(st, self.pool.maybe(val), val)
                     if root not in self.finished_nodes:
                         break
                 elif root in self.finished_nodes:
-                    await self._send(st, to_text(self.pool.maybe(val)), val)
+                    await self._send_value(st, self.pool.maybe(val), val)
                 elif root not in self.skipped:  # not there yet; a skipped node's value renders empty
                     break
                 st.pos += 1
@@ -273,6 +287,16 @@ class Engine:
 
     async def _send(self, st: _Stream, text: str, selector: list[str] | None) -> None:
         await self._say(st.event, text, selector)
+
+    async def _send_value(self, st: _Stream, value: Any, selector: list[str]) -> None:
+        """A variable's value in an answer: files are shown as files (``message_file``, as Dify's answer
+        stream), anything else as its text."""
+        files = answer_files(value) if st.event == "message" else None
+        if files is None:
+            await self._send(st, to_text(value), selector)
+            return
+        for f in files:
+            await self.emit("message_file", {"file": f})
 
     async def _say(self, event: str, text: str, selector: list[str] | None) -> None:
         if not text:

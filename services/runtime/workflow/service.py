@@ -264,6 +264,9 @@ class WorkflowService:
                 if speech is not None:
                     speech.feed(fields["answer"])
                 fields = {"id": chat.message_id, **fields}
+            elif event == "message_file":  # a file an answer shows: kept with the message as the assistant's
+                view = await self.files.answer_file(chat.message_id, task.end_user_id, fields["file"])
+                fields = {"id": view["id"], "type": view["type"], "belongs_to": "assistant", "url": view["url"]}
             elif event == "text_chunk" and chat is None and review is not None \
                     and review.feed(fields["data"]["text"]):
                 task.request_stop("moderation")  # as above; the stream ends with text_replace
