@@ -142,26 +142,24 @@ def tool_graph() -> dict[str, Any]:
     ], [edge(START, TOOL), edge(TOOL, END)])
 
 
+def qrcode_tool(content: str) -> dict[str, Any]:
+    """A tool node of the QR code built-in (a tool that makes a file) encoding the template ``content``."""
+    return node(TOOL, "tool", "QR", provider_id="qrcode", provider_type="builtin", provider_name="qrcode",
+                tool_name="qrcode_generator", tool_configurations={},
+                tool_parameters={"content": {"type": "mixed", "value": content}})
+
+
 def qrcode_graph() -> dict[str, Any]:
-    """start(url) → tool (built-in QR code, a file-making tool) → end(image: its files, note: its text)."""
-    return graph([
-        start(text_var("url")),
-        node(TOOL, "tool", "QR", provider_id="qrcode", provider_type="builtin", provider_name="qrcode",
-             tool_name="qrcode_generator", tool_configurations={},
-             tool_parameters={"content": {"type": "mixed", "value": "{{#" + START + ".url#}}"}}),
-        end(image=[TOOL, "files"], note=[TOOL, "text"]),
-    ], [edge(START, TOOL), edge(TOOL, END)])
+    """start(url) → tool (QR code) → end(image: its files, note: its text)."""
+    return graph([start(text_var("url")), qrcode_tool("{{#" + START + ".url#}}"),
+                  end(image=[TOOL, "files"], note=[TOOL, "text"])], [edge(START, TOOL), edge(TOOL, END)])
 
 
 def qrcode_chatflow() -> dict[str, Any]:
     """advanced-chat: start → tool (QR code of sys.query) → answer "Scan this: <the tool's files>"."""
-    return graph([
-        start(),
-        node(TOOL, "tool", "QR", provider_id="qrcode", provider_type="builtin", provider_name="qrcode",
-             tool_name="qrcode_generator", tool_configurations={},
-             tool_parameters={"content": {"type": "mixed", "value": "{{#sys.query#}}"}}),
-        node(ANSWER, "answer", "Answer", answer="Scan this: {{#" + TOOL + ".files#}}"),
-    ], [edge(START, TOOL), edge(TOOL, ANSWER)])
+    return graph([start(), qrcode_tool("{{#sys.query#}}"),
+                  node(ANSWER, "answer", "Answer", answer="Scan this: {{#" + TOOL + ".files#}}")],
+                 [edge(START, TOOL), edge(TOOL, ANSWER)])
 
 
 def classify_extract_list() -> dict[str, Any]:
