@@ -12,8 +12,14 @@ parser can read.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import io
 import re
+import secrets
+import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -203,9 +209,43 @@ class FileStore:
             raise
 
 
-def file_view(row: MessageFile, base: str) -> dict[str, Any]:
-    """One ``message_files`` item of GET /messages (reference §2.5)."""
-    url = row.url if row.transfer_method == "remote_url" else preview_url(base, row.upload_file_id or "")
+TOOL_FILES_PREFIX = "tool/"  # object-store names of the files tools make: tool/<tenant>/<upload id>
+
+
+@dataclass(frozen=True, slots=True)
+class FileSigner:
+    """Signed URLs for the files tools make, as Dify's ``/files/tools/<id>.<ext>?timestamp&nonce&sign``: they
+    open without an API key (an ``<img>`` shows them) for ``seconds`` after they were made; the HMAC is keyed
+    from the secret key, so every replica checks what any replica signed."""
+
+    base: str
+    secret: str
+    seconds: int
+
+    def _sign(self, file_id: str, timestamp: str, nonce: str) -> str:
+        mac = hmac.new(self.secret.encode(), f"tool-file|{file_id}|{timestamp}|{nonce}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+    def url(self, file_id: str, extension: str, now: float | None = None) -> str:
+        timestamp, nonce = str(int(time.time() if now is None else now)), secrets.token_hex(16)
+        query = urllib.parse.urlencode({"timestamp": timestamp, "nonce": nonce,
+                                        "sign": self._sign(file_id, timestamp, nonce)})
+        return f"{self.base}/files/tools/{file_id}.{extension}?{query}"
+
+    def check(self, file_id: str, timestamp: str, nonce: str, sign: str, now: float | None = None) -> bool:
+        if not timestamp.isdigit() or not hmac.compare_digest(self._sign(file_id, timestamp, nonce), sign):
+            return False
+        return 0 <= (time.time() if now is None else now) - int(timestamp) <= self.seconds
+
+
+def file_view(row: MessageFile, base: str, signer: FileSigner | None = None) -> dict[str, Any]:
+    """One ``message_files`` item of GET /messages (reference §2.5); a tool's file has a signed URL."""
+    if row.transfer_method == "remote_url":
+        url = row.url
+    elif row.transfer_method == "tool_file" and signer is not None:
+        url = signer.url(row.upload_file_id or "", PurePosixPath(row.filename).suffix.lstrip(".") or "bin")
+    else:
+        url = preview_url(base, row.upload_file_id or "")
     return {"id": row.id, "filename": row.filename, "type": row.type, "url": url, "mime_type": row.mime_type,
             "size": row.size, "transfer_method": row.transfer_method, "belongs_to": row.belongs_to,
             "upload_file_id": row.upload_file_id}

@@ -153,6 +153,9 @@ class FilesSettings(BaseModel):
     video_file_size_limit: int = Field(100, description="MB: largest video file an app accepts")
     workflow_file_upload_limit: int = Field(10, description="files one workflow run accepts (shown in /parameters)")
     remote_url_timeout: float = Field(15.0, description="seconds to fetch a `remote_url` file sent with a message")
+    signed_url_seconds: int = Field(
+        300, ge=1, description="seconds a signed URL of a tool's file works (Dify's FILES_ACCESS_TIMEOUT)"
+    )
     remote_url_allowlist: list[str] = Field(
         default_factory=list,
         description="CIDRs or host names a `remote_url` file may also be fetched from, as a JSON list "

@@ -9,7 +9,8 @@ Routes: /console/api/* → console (no key: the console checks its own JWT), exc
 (/console/api/datasets* but the dataset keys, /console/api/files/upload) → indexer, which asks the console
 who the caller is; /v1/datasets* and
 /v1/workspaces/* → indexer with a ``dataset`` key; other /v1/* → runtime with an ``app`` key;
-GET /v1 → the Dify welcome document. Client-sent identity headers are always stripped, and the
+GET /v1 → the Dify welcome document; GET /files/tools/* (signed URLs of files tools made) → runtime without
+a key. Client-sent identity headers are always stripped, and the
 API key itself is not passed on to the services behind /v1 (they get the identity headers).
 /api/* is the same public API under the seeds' prefix: rewritten to /v1/* before routing. App keys limited
 to permissions are checked per route (auth.required_permission); a rotated key is refused once expired.
@@ -59,6 +60,7 @@ _UPLOADS = frozenset(("/v1/files/upload", "/v1/audio-to-text"))
 _CONSOLE = CONSOLE_PREFIX
 _API = "/api"  # the public API's second prefix (the seeds call /api/chat-messages): served as /v1
 _OWN = frozenset({"/healthz", "/readyz", "/metrics"})
+_TOOL_FILES = "/files/tools/"  # signed URLs of files tools made: no key, the runtime checks the signature
 _STRIP = frozenset(h.encode() for h in (*IDENTITY_HEADERS, H_REQUEST_ID))  # the gateway sets these
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="api"')]
 _UPSTREAMS = ("console", "runtime", "indexer", "tools")
@@ -167,6 +169,8 @@ class Gateway:
             return await self._welcome_doc(scope, send, t0)
         if path.startswith(_CONSOLE) and (len(path) == len(_CONSOLE) or path[len(_CONSOLE)] == "/"):
             return await self._console(scope, receive, send, t0)
+        if path.startswith(_TOOL_FILES) and scope["method"] in ("GET", "HEAD"):
+            return await self._public(scope, receive, send, "runtime", t0)
         if path in _OWN:
             return await self.health(scope, receive, send)
         rid = _request_id(_header(scope, b"x-request-id"))
@@ -240,6 +244,15 @@ class Gateway:
         ex = Exchange(scope, receive, send, meter=self.meter, route=service, t0=t0, request_id=rid,
                       extra=[], max_body=limit, release=None)
         await self._dispatch(ex, service, fwd, _has_body(length, chunked))
+
+    async def _public(self, scope: Scope, receive: Receive, send: Send, service: str, t0: float) -> None:
+        """A route without a key (signed tool-file URLs: the service checks the signature). Nothing of the
+        caller's identity or credentials goes on."""
+        h = _scan_headers(scope, keep_authorization=False)
+        h.forward.append((b"x-request-id", h.request_id))
+        ex = Exchange(scope, receive, send, meter=self.meter, route=service, t0=t0, request_id=h.request_id,
+                      extra=[], max_body=self.max_body, release=None)
+        await self._dispatch(ex, service, h.forward, False)
 
     async def _dispatch(self, ex: Exchange, service: str, headers: list[tuple[bytes, bytes]],
                         has_body: bool) -> None:

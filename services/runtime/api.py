@@ -368,13 +368,7 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
     @router.get("/files/{file_id}/preview")
     async def preview_file(file_id: str, caller: Caller = who, as_attachment: bool = False,
                            user: str | None = None) -> Response:
-        p = await rt.files.preview(caller, file_id)
-        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
-        if p.mime_type in ("text/html", "image/svg+xml"):  # never run a user's markup on the API's origin
-            headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
-        return FileResponse(p.path, media_type=p.mime_type, filename=p.filename, headers=headers,
-                            content_disposition_type="attachment" if as_attachment else "inline",
-                            background=BackgroundTask(p.path.unlink, missing_ok=True))
+        return file_response(await rt.files.preview(caller, file_id), as_attachment)
 
     @router.get("/parameters")
     async def parameters(caller: Caller = who) -> Response:
@@ -432,9 +426,32 @@ def build_router(rt: Runtime, secret: str) -> APIRouter:
     return router
 
 
+def file_response(p: Any, as_attachment: bool = False) -> Response:
+    """A stored file's bytes (a services.runtime.service.files.Preview), its temporary copy removed after."""
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"}
+    if p.mime_type in ("text/html", "image/svg+xml"):  # never run a user's markup on the API's origin
+        headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+    return FileResponse(p.path, media_type=p.mime_type, filename=p.filename, headers=headers,
+                        content_disposition_type="attachment" if as_attachment else "inline",
+                        background=BackgroundTask(p.path.unlink, missing_ok=True))
+
+
+def public_router(rt: Runtime) -> APIRouter:
+    """Routes without a key: the signed URLs of the files tools make (the signature is the permission)."""
+    router = APIRouter()
+
+    @router.get("/files/tools/{name}")
+    async def tool_file(name: str, timestamp: str = "", nonce: str = "", sign: str = "",
+                        as_attachment: bool = False) -> Response:
+        return file_response(await rt.files.signed_tool_file(name, timestamp, nonce, sign), as_attachment)
+
+    return router
+
+
 def create_app(ctx: Context) -> FastAPI:
     app = create_base_app("runtime", checks={"database": ctx.db.ping, "nats": ctx.bus.ping})
     rt = Runtime(ctx)
     app.state.runtime = rt
     app.include_router(build_router(rt, ctx.internal_secret))
+    app.include_router(public_router(rt))
     return app

@@ -534,10 +534,19 @@ async def test_a_tool_made_image_reaches_the_user_as_a_message_file(w: dict[str,
     (mf,) = item["message_files"]
     assert (mf["id"], mf["belongs_to"], mf["transfer_method"], mf["mime_type"]) == (
         file_event["id"], "assistant", "tool_file", "image/png")
-    assert mf["url"] == file_event["url"] and item["agent_thoughts"][0]["files"] == [mf["id"]]
-    preview = await w["c"].get("/v1/" + mf["url"].split("/v1/", 1)[1], headers=h, params={"user": "u1"})
-    assert preview.status_code == 200, preview.text
-    assert preview.content == qrcode_png("https://plexus.example/menu", "M", 4).files[0].data
+    # the same file; each read signs its URL afresh
+    assert mf["url"].split("?")[0] == file_event["url"].split("?")[0] and mf["url"] != file_event["url"]
+    assert item["agent_thoughts"][0]["files"] == [mf["id"]]
+    # its URL is signed: it opens without a key (an <img> can show it), and only as signed
+    path = "/files/tools/" + mf["url"].split("/files/tools/", 1)[1]
+    assert path.startswith(f"/files/tools/{mf['upload_file_id']}.png?")
+    image = await w["c"].get(path)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png", image.text
+    assert image.content == qrcode_png("https://plexus.example/menu", "M", 4).files[0].data
+    forged = path.replace("sign=", "sign=x")
+    assert (await w["c"].get(forged)).status_code == 403
+    other = path.replace(mf["upload_file_id"], str(uuid.uuid4()))
+    assert (await w["c"].get(other)).status_code == 403  # a signature is for one file
     # content no QR code holds is the model's to correct
     llm.push(with_tools=True, match="too long", tool_calls=[
         {"name": "qrcode_generator", "arguments": {"content": "x" * 8000}}])

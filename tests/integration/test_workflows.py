@@ -363,6 +363,8 @@ async def test_tool_node_files_are_the_runs_files(w: dict[str, Any]) -> None:
     async with w["srv"].ctx.db.session() as s:
         row = await s.get(UploadFile, f["related_id"])
     assert row is not None and row.size == f["size"] and row.mime_type == "image/png"
+    image = await w["c"].get("/files/tools/" + f["url"].split("/files/tools/", 1)[1])  # signed: no key
+    assert image.status_code == 200 and len(image.content) == f["size"], image.text
 
 
 async def test_an_answer_shows_files_as_message_files(w: dict[str, Any]) -> None:
@@ -384,9 +386,11 @@ async def test_an_answer_shows_files_as_message_files(w: dict[str, Any]) -> None
                                                                  "user": "u1"})
     (item,) = r.json()["data"]
     (mf,) = item["message_files"]
-    assert (mf["id"], mf["belongs_to"], mf["url"]) == (f["id"], "assistant", f["url"]) and item["answer"] == text
-    preview = await w["c"].get("/v1/" + mf["url"].split("/v1/", 1)[1], headers=h(key), params={"user": "u1"})
-    assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG"), preview.text
+    assert (mf["id"], mf["belongs_to"], mf["url"].split("?")[0]) == (f["id"], "assistant", f["url"].split("?")[0])
+    assert item["answer"] == text
+    assert mf["transfer_method"] == "tool_file"
+    image = await w["c"].get("/files/tools/" + mf["url"].split("/files/tools/", 1)[1])  # signed: no key
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), image.text
 
 
 async def test_classifier_extractor_list_operator(w: dict[str, Any]) -> None:

@@ -91,3 +91,24 @@ def test_provider_of_plugin() -> None:
     assert provider_of_plugin("langgenius/anthropic:0.0.14") == "anthropic"
     assert provider_of_plugin("langgenius/agent:0.0.9@77aa") is None  # a plugin that is no model provider
     assert provider_of_plugin("openai") is None and provider_of_plugin("a/b/c") is None
+
+
+def test_signed_tool_file_urls_open_for_their_file_and_their_time_only() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from shared.files import FileSigner
+
+    signer = FileSigner("https://api.example.com", "secret-1", seconds=300)
+    url = signer.url("f1", "png", now=1_000_000)
+    parts = urlsplit(url)
+    assert parts.path == "/files/tools/f1.png"
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert signer.check("f1", q["timestamp"], q["nonce"], q["sign"], now=1_000_000 + 300)
+    assert not signer.check("f1", q["timestamp"], q["nonce"], q["sign"], now=1_000_000 + 301)  # expired
+    assert not signer.check("f1", q["timestamp"], q["nonce"], q["sign"], now=999_999)  # from the future
+    assert not signer.check("f2", q["timestamp"], q["nonce"], q["sign"], now=1_000_000)  # another file
+    assert not signer.check("f1", q["timestamp"], "other-nonce", q["sign"], now=1_000_000)
+    assert not signer.check("f1", "abc", q["nonce"], q["sign"], now=1_000_000)
+    other_key = FileSigner("https://api.example.com", "secret-2", seconds=300)
+    assert not other_key.check("f1", q["timestamp"], q["nonce"], q["sign"], now=1_000_000)
+    assert signer.url("f1", "png", now=1_000_000) != url  # a fresh nonce each time

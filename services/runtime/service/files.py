@@ -39,6 +39,8 @@ from shared.errors import ApiError, invalid_param
 from shared.files import (
     EXTENSION_OF_MIME,
     SNIFF_BYTES,
+    TOOL_FILES_PREFIX,
+    FileSigner,
     FileStore,
     Sniffed,
     UnsupportedFileType,
@@ -194,6 +196,9 @@ class FileService:
         self.settings = rt.ctx.settings.files
         self.store = FileStore(rt.bus)
         self.base = rt.ctx.settings.public_api_base.rstrip("/")
+        secret = rt.ctx.settings.secret_key
+        # tool files get signed URLs (an <img> needs no key); without a secret, the keyed preview URL
+        self.signer = FileSigner(self.base, secret, self.settings.signed_url_seconds) if secret else None
         # not the tools' allowlist: what an operator opens to custom tools and HTTP nodes is not for every app key
         self.egress = Egress(EgressPolicy.from_allowlist(self.settings.remote_url_allowlist),
                              user_agent="Plexus-Files/1.0")
@@ -256,7 +261,7 @@ class FileService:
                 continue
             row = UploadFile(tenant_id=tenant_id, name=name, size=len(data), extension=sniffed.extension,
                              mime_type=sniffed.mime_type, object_name="", created_by=end_user_id)
-            row.object_name = f"upload/{tenant_id}/{row.id}"
+            row.object_name = f"{TOOL_FILES_PREFIX}{tenant_id}/{row.id}"
             made.append((row, sniffed, data))
         async with contextlib.AsyncExitStack() as stack:
             for row, _, data in made:
@@ -279,7 +284,22 @@ class FileService:
         async with self.rt.db.session() as s:
             s.add_all(rows)
             await s.commit()
-        return [file_view(mf, self.base) for mf in rows]
+        return [file_view(mf, self.base, self.signer) for mf in rows]
+
+    def tool_file_url(self, row: UploadFile) -> str:
+        return self.signer.url(row.id, row.extension) if self.signer else preview_url(self.base, row.id)
+
+    async def signed_tool_file(self, name: str, timestamp: str, nonce: str, sign: str) -> Preview:
+        """A tool's file by its signed URL (``<upload id>.<extension>``): 403 for a bad or expired signature,
+        404 for what is no tool's file."""
+        file_id = name.rsplit(".", 1)[0]
+        if self.signer is None or not self.signer.check(file_id, timestamp, nonce, sign):
+            raise ApiError(403, "file_access_denied", "The file's link is invalid or has expired.")
+        async with self.rt.db.session() as s:
+            row = await s.get(UploadFile, file_id)
+        if row is None or not row.object_name.startswith(TOOL_FILES_PREFIX):
+            raise file_not_found()
+        return await self._copy(row)
 
     def upload_view(self, row: UploadFile) -> dict[str, Any]:
         """The 201 body (reference §2.13): the seven stable fields, then the newer nullable ones."""
@@ -311,6 +331,10 @@ class FileService:
                                      .limit(1))).first()
         if attached is None:
             raise file_access_denied()
+        return await self._copy(row)
+
+    async def _copy(self, row: UploadFile) -> Preview:
+        """The stored bytes in a temporary file the response sends and then removes."""
         fd, tmp = tempfile.mkstemp(prefix="plexus-preview-")
         path = Path(tmp)
         os.close(fd)
@@ -457,7 +481,7 @@ class FileService:
         rows = (await s.exec(select(MessageFile).where(MessageFile.message_id.in_(message_ids))  # type: ignore[attr-defined]
                              .order_by(MessageFile.created_at, MessageFile.id))).all()
         for row in rows:
-            out.setdefault(row.message_id, []).append(file_view(row, self.base))
+            out.setdefault(row.message_id, []).append(file_view(row, self.base, self.signer))
         return out
 
 

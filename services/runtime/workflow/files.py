@@ -29,7 +29,7 @@ from services.runtime.service.files import (
 )
 from services.runtime.workflow.engine import FILE_IDENTITY, NodeError
 from shared.errors import ApiError, invalid_param
-from shared.files import Sniffed, file_view, preview_url
+from shared.files import TOOL_FILES_PREFIX, Sniffed, file_view, preview_url
 from shared.models import EndUser, MessageFile, UploadFile, utcnow
 
 if TYPE_CHECKING:
@@ -81,14 +81,19 @@ class WorkflowFiles:
         the run (``local_file``), so later nodes (document extractor, vision, templates) read them."""
         stored = await self.service.store_tool_files(tenant_id, end_user_id, files)
         return [file_value(sniffed, "local_file", related_id=row.id, remote_url=None, filename=row.name,
-                           size=row.size, url=preview_url(self.service.base, row.id)) for row, sniffed in stored]
+                           size=row.size, url=self.service.tool_file_url(row)) for row, sniffed in stored]
 
     async def answer_file(self, message_id: str, end_user_id: str, value: dict[str, Any]) -> dict[str, Any]:
         """A File an advanced-chat answer shows, recorded on the message as the assistant's (GET /messages lists
         it, and the preview serves a local one); its ``message_files`` item."""
         local = value.get("transfer_method") == "local_file"
-        row = MessageFile(message_id=message_id, type=str(value.get("type") or "custom"),
-                          transfer_method="local_file" if local else "remote_url",
+        method = "local_file" if local else "remote_url"
+        if local:  # a tool's file is shown by its signed URL
+            async with self.rt.db.session() as s:
+                upload = await s.get(UploadFile, str(value.get("related_id") or ""))
+            if upload is not None and upload.object_name.startswith(TOOL_FILES_PREFIX):
+                method = "tool_file"
+        row = MessageFile(message_id=message_id, type=str(value.get("type") or "custom"), transfer_method=method,
                           upload_file_id=value.get("related_id") if local else None,
                           url=None if local else value.get("remote_url"),
                           filename=str(value.get("filename") or "")[:255],
@@ -97,7 +102,7 @@ class WorkflowFiles:
         async with self.rt.db.session() as s:
             s.add(row)
             await s.commit()
-        return file_view(row, self.service.base)
+        return file_view(row, self.service.base, self.service.signer)
 
     # -- inputs ------------------------------------------------------------------------------------------
     async def start_inputs(self, app: AppEntry, variables: list[dict[str, Any]], cleaned: dict[str, Any],
