@@ -223,6 +223,25 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         async def use_check(t: Tenant, dataset_id: str) -> Response:
             return json_response({"is_using": await datasets.in_use(t, dataset_id)})
 
+        # the dataset's pages: rename, the documents in error and their retry, the apps that use it
+        @r.post("/datasets/{dataset_id}/documents/{document_id}/rename")
+        async def rename_document(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
+            body = await _json_body(request)
+            return json_response(await docs.rename(t, dataset_id, document_id, body.get("name")))
+
+        @r.get("/datasets/{dataset_id}/error-docs")
+        async def error_documents(t: Tenant, dataset_id: str) -> Response:
+            return json_response(await docs.error_documents(t, dataset_id))
+
+        @r.post("/datasets/{dataset_id}/retry", status_code=204)
+        async def retry_documents(request: Request, t: Tenant, dataset_id: str) -> Response:
+            await docs.retry(t, dataset_id, (await _json_body(request)).get("document_ids"))
+            return Response(status_code=204)
+
+        @r.get("/datasets/{dataset_id}/related-apps")
+        async def related_apps(t: Tenant, dataset_id: str) -> Response:
+            return json_response(await datasets.related_apps(t, dataset_id))
+
         # the console's own segment routes (Dify's datasets_segments.py): one at a time and in batches
         doc_path = "/datasets/{dataset_id}/documents/{document_id}"
 

@@ -5,6 +5,8 @@ retrieval, ``use-check``; dataset permissions per member; errors in the envelope
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -306,6 +308,56 @@ async def test_process_rule_and_indexing_estimate_preview_what_indexing_makes(co
                                  "process_rule": rule}, 404, "file_not_found"),
                                ({"info_list": info, "process_rule": {"mode": "sliced"}}, 400, "invalid_param")):
         envelope(await con.c.post(f"{C}/datasets/indexing-estimate", headers=con.owner, json=body), status, code)
+
+
+async def test_dataset_pages_rename_error_docs_retry_and_related_apps(con: Console) -> None:
+    import io
+
+    from docx import Document as Docx
+
+    buf = io.BytesIO()
+    paper = Docx()
+    paper.add_paragraph("Tide tables for the spring.")
+    paper.save(buf)
+    good, broken = await con.upload("tides.md"), await con.upload("broken.docx", buf.getvalue()[:300])
+    ds = await con.dataset()
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner, json=source(good["id"], broken["id"]))
+    assert r.status_code == 200, r.text
+    ok_doc, bad_doc = r.json()["documents"]
+    statuses = await con.wait(ds["id"], r.json()["batch"])
+    assert [st["indexing_status"] for st in statuses] == ["completed", "error"], statuses
+    base = f"{C}/datasets/{ds['id']}"
+    # the documents in error, and their retry (a new batch, indexed again: this file fails again)
+    errors = (await con.c.get(f"{base}/error-docs", headers=con.owner)).json()
+    assert errors["total"] == 1 and errors["data"][0]["id"] == bad_doc["id"]
+    envelope(await con.c.post(f"{base}/retry", headers=con.owner, json={"document_ids": [ok_doc["id"]]}),
+             400, "invalid_param")  # only documents in error
+    r = await con.c.post(f"{base}/retry", headers=con.owner, json={"document_ids": [bad_doc["id"]]})
+    assert r.status_code == 204, r.text
+    first_try = statuses[1]["processing_started_at"]
+    deadline = time.monotonic() + 60
+    while True:  # indexed again: a later start, and the same end for this file
+        st = (await con.c.get(f"{base}/documents/{bad_doc['id']}/indexing-status", headers=con.owner)).json()
+        if st["processing_started_at"] and st["processing_started_at"] > first_try and st["indexing_status"] == "error":
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.1)
+    assert "damaged" in st["error"]
+    # a rename changes the name only
+    r = await con.c.post(f"{base}/documents/{ok_doc['id']}/rename", headers=con.owner, json={"name": "Tides 2026"})
+    assert r.status_code == 200 and r.json()["name"] == "Tides 2026" and r.json()["indexing_status"] == "completed"
+    envelope(await con.c.post(f"{base}/documents/{ok_doc['id']}/rename", headers=con.owner, json={"name": " "}),
+             400, "invalid_param")
+    # the apps that answer from it
+    assert (await con.c.get(f"{base}/related-apps", headers=con.owner)).json() == {"data": [], "total": 0}
+    app = (await con.c.post(f"{C}/apps", headers=con.owner, json={"name": f"tides-{uuid.uuid4().hex[:6]}",
+                                                                  "mode": "chat"})).json()
+    cfg = {"model": {"provider": "openai-compatible", "name": "scripted"}, "pre_prompt": "Tides.",
+           "dataset_configs": {"datasets": {"datasets": [{"dataset": {"enabled": True, "id": ds["id"]}}]}}}
+    r = await con.c.post(f"{C}/apps/{app['id']}/model-config", headers=con.owner, json=cfg)
+    assert r.status_code == 200, r.text
+    related = (await con.c.get(f"{base}/related-apps", headers=con.owner)).json()
+    assert related["total"] == 1 and (related["data"][0]["id"], related["data"][0]["mode"]) == (app["id"], "chat")
 
 
 async def test_bad_documents_requests(con: Console) -> None:

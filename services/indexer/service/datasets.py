@@ -32,6 +32,7 @@ from shared.knowledge.models import (
     default_retrieval_model,
 )
 from shared.models import (
+    App,
     AppDatasetJoin,
     ChildChunk,
     Dataset,
@@ -291,6 +292,17 @@ class DatasetService:
             ds = await get_dataset(s, tenant_id, dataset_id)
             return (await s.exec(select(AppDatasetJoin.id).where(AppDatasetJoin.dataset_id == ds.id))).first() \
                 is not None
+
+    async def related_apps(self, tenant_id: str, dataset_id: str) -> dict[str, Any]:
+        """The apps whose current config links the dataset (the console's dataset page)."""
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            apps = list(await s.exec(select(App).join(AppDatasetJoin, col(AppDatasetJoin.app_id) == col(App.id))
+                                     .where(AppDatasetJoin.dataset_id == ds.id, App.tenant_id == tenant_id)
+                                     .order_by(col(App.created_at).desc())))
+        data = [{"id": a.id, "name": a.name, "mode": a.mode, "icon_type": a.icon_type, "icon": a.icon,
+                 "icon_background": a.icon_background} for a in apps]
+        return {"data": data, "total": len(data)}
 
     async def delete(self, tenant_id: str, dataset_id: str) -> None:
         async with self.kn.db.session() as s:

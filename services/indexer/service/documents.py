@@ -451,6 +451,54 @@ class DocumentService:
             doc = await get_document(s, await get_dataset(s, tenant_id, dataset_id), document_id)
             return indexing_status_json(doc, (await _completed_segments(s, [doc])).get(doc.id, 0))
 
+    # -- console: the dataset's document pages -----------------------------------------------------------
+    async def rename(self, tenant_id: str, dataset_id: str, document_id: str, name: Any) -> dict[str, Any]:
+        """A new name only: nothing is indexed again (the console's rename)."""
+        if not isinstance(name, str) or not name.strip():
+            raise invalid("name is required")
+        if len(name.strip()) > 255:
+            raise invalid("name must be at most 255 characters")
+        async with self.kn.db.session() as s:
+            doc = await get_document(s, await get_dataset(s, tenant_id, dataset_id), document_id)
+            if doc.archived:
+                raise archived_immutable()
+            doc.name, doc.updated_at = name.strip(), utcnow()
+            await s.commit()
+            f = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
+        return document_json(doc, f)
+
+    async def error_documents(self, tenant_id: str, dataset_id: str) -> dict[str, Any]:
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            docs = list(await s.exec(select(Document).where(Document.dataset_id == ds.id,
+                                                            Document.indexing_status == "error")
+                                     .order_by(col(Document.position))))
+            files = await _files(s, docs)
+        return {"data": [document_json(d, files.get(d.upload_file_id or "")) for d in docs], "total": len(docs)}
+
+    async def retry(self, tenant_id: str, dataset_id: str, document_ids: Any) -> None:
+        """Index documents that ended in ``error`` again (a new version, queued at once); any other state is
+        a 400 before anything is queued."""
+        if not isinstance(document_ids, list) or not document_ids or \
+                not all(isinstance(i, str) for i in document_ids):
+            raise invalid("document_ids must be a non-empty list of document ids")
+        async with self.kn.db.session() as s:
+            ds = await get_dataset(s, tenant_id, dataset_id)
+            docs = [await get_document(s, ds, i) for i in dict.fromkeys(document_ids)]
+            busy = [d.name for d in docs if d.indexing_status != "error"]
+            if busy:
+                raise invalid(f"Only documents in error can be retried; not: {', '.join(busy[:5])}.")
+            for doc in docs:
+                doc.index_version += 1
+                doc.indexing_status, doc.error, doc.batch = "waiting", None, new_batch()
+                for attr in ("processing_started_at", "parsing_completed_at", "cleaning_completed_at",
+                             "splitting_completed_at", "completed_at", "stopped_at", "paused_at"):
+                    setattr(doc, attr, None)
+                doc.updated_at = utcnow()
+            await s.commit()
+        for doc in docs:
+            await self.kn.enqueue(doc.id, doc.index_version)
+
     # -- delete / status ----------------------------------------------------------------------------------
     async def delete(self, tenant_id: str, dataset_id: str, document_id: str) -> None:
         await self.delete_many(tenant_id, dataset_id, [document_id])
