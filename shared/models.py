@@ -663,6 +663,24 @@ class DocumentSegment(SQLModel, table=True):
     completed_at: datetime | None = None
 
 
+class SegmentImportJob(SQLModel, table=True):
+    """A CSV of segments being added to a document (the console's batch import): queued on the index job
+    queue, so any indexer replica runs it and a crash only delays it."""
+
+    __tablename__ = "segment_import_jobs"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    tenant_id: str = Field(max_length=36, index=True)
+    dataset_id: str = Field(max_length=36)
+    document_id: str = Field(foreign_key="documents.id", max_length=36, ondelete="CASCADE", index=True)
+    upload_file_id: str = Field(max_length=36)
+    status: str = Field(default="waiting", max_length=16)  # waiting | processing | completed | error
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    total: int = 0  # rows of the CSV
+    created_by: str | None = Field(default=None, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class ChildChunk(SQLModel, table=True):
     """A child chunk of a parent-child (``hierarchical_model``) document's segment: the child is what is
     embedded and searched (its id is its vector point id); retrieval answers with its parent segment."""

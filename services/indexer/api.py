@@ -27,6 +27,7 @@ from services.indexer.service.documents import DocumentService
 from services.indexer.service.estimate import EstimateService
 from services.indexer.service.metadata import MetadataService
 from services.indexer.service.retrieval import RetrievalService
+from services.indexer.service.segment_import import SegmentImports
 from services.indexer.service.segments import SegmentService
 from services.indexer.service.tags import TagService
 from shared.context import Context
@@ -184,7 +185,7 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
     """The knowledge routes under ``prefix``: /v1 (dataset keys) or /console/api (console callers)."""
     r = APIRouter(prefix=prefix)
     datasets, docs, segs, search = DatasetService(kn), DocumentService(kn), SegmentService(kn), RetrievalService(kn)
-    meta, tags, estimates = MetadataService(kn), TagService(kn), EstimateService(kn)
+    meta, tags, estimates, imports = MetadataService(kn), TagService(kn), EstimateService(kn), SegmentImports(kn)
 
     if prefix == CONSOLE:  # first: "init" is no dataset id
         @r.post("/files/upload", status_code=201)
@@ -223,6 +224,8 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         async def use_check(t: Tenant, dataset_id: str) -> Response:
             return json_response({"is_using": await datasets.in_use(t, dataset_id)})
 
+        doc_path = "/datasets/{dataset_id}/documents/{document_id}"
+
         # the dataset's pages: rename, the documents in error and their retry, the apps that use it
         @r.post("/datasets/{dataset_id}/documents/{document_id}/rename")
         async def rename_document(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
@@ -242,9 +245,17 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
         async def related_apps(t: Tenant, dataset_id: str) -> Response:
             return json_response(await datasets.related_apps(t, dataset_id))
 
-        # the console's own segment routes (Dify's datasets_segments.py): one at a time and in batches
-        doc_path = "/datasets/{dataset_id}/documents/{document_id}"
+        # segments from a CSV (a console upload), imported by a worker; the console polls the job
+        @r.post(doc_path + "/segments/batch_import")
+        async def import_segments(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
+            return json_response(await imports.start(t, dataset_id, document_id, await _json_body(request)))
 
+        @r.get("/datasets/batch_import_status/{job_id}")
+        @r.get(doc_path + "/segments/batch_import/{job_id}")
+        async def import_status(t: Tenant, job_id: str) -> Response:
+            return json_response(await imports.status(t, job_id))
+
+        # the console's own segment routes (Dify's datasets_segments.py): one at a time and in batches
         @r.post(doc_path + "/segment")
         async def add_one_segment(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
             out = await segs.add(t, dataset_id, document_id, [await _json_body(request)])

@@ -360,6 +360,55 @@ async def test_dataset_pages_rename_error_docs_retry_and_related_apps(con: Conso
     assert related["total"] == 1 and (related["data"][0]["id"], related["data"][0]["mode"]) == (app["id"], "chat")
 
 
+async def test_segments_import_from_a_csv(con: Console) -> None:
+    from services.indexer.service.segment_import import SegmentImports
+    from shared.models import SegmentImportJob
+
+    f = await con.upload()
+    ds = await con.dataset()
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner, json=source(f["id"]))
+    assert r.status_code == 200, r.text
+    doc = r.json()["documents"][0]
+    await con.wait(ds["id"], r.json()["batch"])
+    base = f"{C}/datasets/{ds['id']}/documents/{doc['id']}"
+    before = (await con.c.get(f"{base}/segments", headers=con.owner)).json()["total"]
+    csv_file = await con.upload("chunks.csv", b'content\nMangroves shelter young fish.\n"Seagrass, like kelp, stores carbon."\n')
+    r = await con.c.post(f"{base}/segments/batch_import", headers=con.owner, json={"upload_file_id": csv_file["id"]})
+    assert r.status_code == 200 and r.json()["job_status"] == "waiting", r.text
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while True:
+        st = (await con.c.get(f"{C}/datasets/batch_import_status/{job_id}", headers=con.owner)).json()
+        if st["job_status"] in ("completed", "error"):
+            break
+        assert time.monotonic() < deadline, st
+        await asyncio.sleep(0.1)
+    assert st == {"job_id": job_id, "job_status": "completed", "error_msg": ""}
+    segs = (await con.c.get(f"{base}/segments", headers=con.owner, params={"limit": 100})).json()
+    assert segs["total"] == before + 2
+    assert [g["content"] for g in segs["data"][-2:]] == ["Mangroves shelter young fish.",
+                                                         "Seagrass, like kelp, stores carbon."]
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/hit-testing", headers=con.owner, json={"query": "mangroves fish"})
+    assert r.json()["records"][0]["segment"]["content"] == "Mangroves shelter young fish."
+    # a redelivered job stores nothing twice
+    kn = con.stack.ctx.local_apps["indexer"].state.knowledge
+    async with kn.db.session() as s:
+        job = await s.get(SegmentImportJob, job_id)
+        job.status = "processing"
+        await s.commit()
+    await SegmentImports(kn).run(job_id)
+    assert (await con.c.get(f"{base}/segments", headers=con.owner)).json()["total"] == before + 2
+    assert await points_of_document(con.stack, ds["id"], doc["id"]) == before + 2
+    # refused at once: not a CSV, a CSV without rows, an unknown job
+    envelope(await con.c.post(f"{base}/segments/batch_import", headers=con.owner,
+                              json={"upload_file_id": f["id"]}), 400, "invalid_param")
+    empty = await con.upload("empty.csv", b"content\n")
+    message = envelope(await con.c.post(f"{base}/segments/batch_import", headers=con.owner,
+                                        json={"upload_file_id": empty["id"]}), 400, "invalid_param")
+    assert "no rows" in message
+    envelope(await con.c.get(f"{C}/datasets/batch_import_status/{uuid.uuid4()}", headers=con.owner), 404, "not_found")
+
+
 async def test_bad_documents_requests(con: Console) -> None:
     ds = await con.dataset()
     url = f"{C}/datasets/{ds['id']}/documents"

@@ -53,6 +53,10 @@ class Knowledge:
             for key in [k for k in self._embedders if k[0] == ident]:
                 self._embedders.pop(key, None)
 
+    async def enqueue_job(self, payload: dict[str, Any], msg_id: str) -> None:
+        """Queue another kind of index job (``payload["kind"]``); ``msg_id`` de-duplicates re-publishes."""
+        await self.bus.js.publish(subjects.INDEX_JOBS, orjson.dumps(payload), headers={"Nats-Msg-Id": msg_id})
+
     async def enqueue(self, document_id: str, version: int) -> None:
         """Queue one index job. The message id makes a re-publish (the requeue sweep) a no-op within
         the stream's duplicate window; a stale version is skipped by the worker anyway."""

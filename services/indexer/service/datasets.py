@@ -40,6 +40,7 @@ from shared.models import (
     DatasetPermission,
     Document,
     DocumentSegment,
+    SegmentImportJob,
     TenantMember,
     UploadFile,
     ts,
@@ -312,6 +313,7 @@ class DatasetService:
             files = list(await s.exec(
                 select(UploadFile.id, UploadFile.object_name).join(Document, Document.upload_file_id == UploadFile.id)
                 .where(Document.dataset_id == ds.id)))
+            await s.exec(delete(SegmentImportJob).where(SegmentImportJob.dataset_id == ds.id))
             await s.exec(delete(ChildChunk).where(ChildChunk.dataset_id == ds.id))
             await s.exec(delete(DocumentSegment).where(DocumentSegment.dataset_id == ds.id))
             await s.exec(delete(Document).where(Document.dataset_id == ds.id))

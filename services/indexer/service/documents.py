@@ -33,7 +33,17 @@ from services.indexer.service.metadata import built_in_values
 from shared.credentials import default_model
 from shared.errors import ApiError, not_found
 from shared.files import MIME, upload_name
-from shared.models import ChildChunk, Dataset, Document, DocumentSegment, TenantMember, UploadFile, ts, utcnow
+from shared.models import (
+    ChildChunk,
+    Dataset,
+    Document,
+    DocumentSegment,
+    SegmentImportJob,
+    TenantMember,
+    UploadFile,
+    ts,
+    utcnow,
+)
 from shared.parse import SNIFF_BYTES, UnsupportedFileType, sniff
 
 ACTIVE_STATES = ("parsing", "cleaning", "splitting", "indexing")  # a worker is on it: no delete
@@ -513,6 +523,7 @@ class DocumentService:
                 raise document_indexing()
             files = await _files(s, docs)
             ids = [d.id for d in docs]
+            await s.exec(delete(SegmentImportJob).where(col(SegmentImportJob.document_id).in_(ids)))
             await s.exec(delete(ChildChunk).where(col(ChildChunk.document_id).in_(ids)))
             await s.exec(delete(DocumentSegment).where(col(DocumentSegment.document_id).in_(ids)))
             await s.exec(delete(Document).where(col(Document.id).in_(ids)))

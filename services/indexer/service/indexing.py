@@ -75,6 +75,9 @@ def automatic_tokens_for(technique: str | None, embedding_provider: str | None) 
     return None
 
 
+SEGMENTS_IMPORT = "segments_import"  # the kind of an index job that imports segments (not a document's)
+
+
 class Stale(Exception):
     """The document changed (new version, deleted) while this job worked on it: drop the job."""
 
@@ -238,6 +241,9 @@ class IndexWorkers:
     async def _handle(self, msg: Msg) -> None:
         try:
             job = orjson.loads(msg.data)
+            if job.get("kind") == SEGMENTS_IMPORT:
+                await self._handle_import(msg, str(job["job_id"]))
+                return
             doc_id, version = str(job["document_id"]), int(job["version"])
         except Exception:  # noqa: BLE001 - not a job we can read: drop it, loudly
             log.error("index_job_unreadable", data=msg.data[:200])
@@ -270,6 +276,27 @@ class IndexWorkers:
                 await msg.nak(delay=min(2.0**attempt, 30.0))
         finally:
             structlog.contextvars.unbind_contextvars("document_id")
+
+    async def _handle_import(self, msg: Msg, job_id: str) -> None:
+        """A CSV import of segments (service/segment_import.py): retried like a document, then ``error``."""
+        from services.indexer.service.segment_import import SegmentImports  # here: it imports this module
+
+        attempt = msg.metadata.num_delivered or 1
+        imports = SegmentImports(self.kn)
+        try:
+            async with self._heartbeat(msg):
+                await imports.run(job_id)
+            await msg.ack()
+            self.processed += 1
+        except asyncio.CancelledError:
+            raise  # shutting down: redelivered to a live worker
+        except Exception as e:  # noqa: BLE001 - any failure is retried, then the job's status
+            log.warning("segment_import_failed", job_id=job_id, attempt=attempt, error=str(e))
+            if attempt >= self.settings.max_attempts:
+                await imports.finish(job_id, "error", f"Gave up after {attempt} attempts: {e}"[:2000])
+                await msg.ack()
+            else:
+                await msg.nak(delay=min(2.0**attempt, 30.0))
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, msg: Msg) -> AsyncIterator[None]:

@@ -73,7 +73,7 @@ def segment_json(g: DocumentSegment, children: list[ChildChunk] | None = None) -
             "child_chunks": [child_json(c) for c in children or ()]}
 
 
-def _content(item: Any, doc_form: str) -> tuple[str, str | None, list[str] | None]:
+def parse_segment(item: Any, doc_form: str) -> tuple[str, str | None, list[str] | None]:
     if not isinstance(item, dict):
         raise invalid("each segment must be an object")
     content = item.get("content")
@@ -98,6 +98,14 @@ def _children_for(doc: Document, seg: DocumentSegment, now: Any) -> list[ChildCh
                        position=c.position, content=c.content, word_count=len(c.content), tokens=c.tokens,
                        index_node_hash=content_hash(c.content), created_by=created_by(), created_at=now,
                        updated_at=now, indexing_at=now, completed_at=now) for c in chunks]
+
+
+def check_open(doc: Document) -> None:
+    """Segments are added to a finished, enabled document only (Dify's 404s)."""
+    if doc.indexing_status != "completed":
+        raise not_found("Document is not completed.")
+    if not doc.enabled:
+        raise not_found("Document is disabled.")
 
 
 def _child_content(value: Any) -> str:
@@ -150,19 +158,26 @@ class SegmentService:
             raise invalid("segments is required")
         async with self.kn.db.session() as s:
             ds, doc = await self._doc(s, tenant_id, dataset_id, document_id)
-            if doc.indexing_status != "completed":
-                raise not_found("Document is not completed.")
-            if not doc.enabled:
-                raise not_found("Document is disabled.")
-            parsed = [_content(i, doc.doc_form) for i in items]
+            check_open(doc)
+            parsed = [parse_segment(i, doc.doc_form) for i in items]
+        segs, children = await self.create(ds, doc, parsed, [new_id() for _ in parsed], created_by())
+        return {"data": [segment_json(g, children.get(g.id)) for g in segs], "doc_form": doc.doc_form}
+
+    async def create(self, ds: Dataset, doc: Document, parsed: list[tuple[str, str | None, list[str] | None]],
+                     ids: list[str], author: str | None
+                     ) -> tuple[list[DocumentSegment], dict[str, list[ChildChunk]]]:
+        """New segments (content, answer, keywords) with these ids after the document's last one: embedded
+        first (with their child chunks in a parent-child document), then stored with the document's totals."""
+        async with self.kn.db.session() as s:
             pos = (await s.exec(select(func.coalesce(func.max(DocumentSegment.position), 0))
                                 .where(DocumentSegment.document_id == doc.id))).one()
-            now = utcnow()
-            segs = [DocumentSegment(
-                id=new_id(), tenant_id=tenant_id, dataset_id=ds.id, document_id=doc.id, position=pos + i + 1,
-                content=c, answer=a, word_count=len(c) + len(a or ""), tokens=count_tokens(c),
-                keywords=k if k is not None else keywords(c, 10), index_node_hash=content_hash(c),
-                status="indexing", indexing_at=now, created_by=created_by()) for i, (c, a, k) in enumerate(parsed)]
+        now = utcnow()
+        segs = [DocumentSegment(
+            id=sid, tenant_id=ds.tenant_id, dataset_id=ds.id, document_id=doc.id, position=pos + i + 1,
+            content=c, answer=a, word_count=len(c) + len(a or ""), tokens=count_tokens(c),
+            keywords=k if k is not None else keywords(c, 10), index_node_hash=content_hash(c),
+            status="indexing", indexing_at=now, created_by=author)
+            for i, (sid, (c, a, k)) in enumerate(zip(ids, parsed, strict=True))]
         children = {g.id: _children_for(doc, g, now) for g in segs} if doc.doc_form == PARENT_CHILD else {}
         # vectors first: a segment row never claims to be searchable before its points exist
         if children:
@@ -178,7 +193,7 @@ class SegmentService:
                 s.add(c)
             await s.exec(_bump_document(doc.id, segs))
             await s.commit()
-        return {"data": [segment_json(g, children.get(g.id)) for g in segs], "doc_form": doc.doc_form}
+        return segs, children
 
     async def list(self, tenant_id: str, dataset_id: str, document_id: str, *, keyword: str | None,
                    status: list[str] | None, page: int, limit: int, enabled: bool | None = None,
@@ -238,7 +253,7 @@ class SegmentService:
             parent_child = doc.doc_form == PARENT_CHILD
             changed = False
             if body.get("content") is not None or body.get("answer") is not None:
-                content, answer, kws = _content({"content": body.get("content", g.content),
+                content, answer, kws = parse_segment({"content": body.get("content", g.content),
                                                  "answer": body.get("answer", g.answer),
                                                  "keywords": body.get("keywords")}, doc.doc_form)
                 changed = content != g.content or answer != g.answer
