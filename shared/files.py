@@ -209,6 +209,7 @@ class FileStore:
             raise
 
 
+CLOCK_SKEW = 30  # seconds
 TOOL_FILES_PREFIX = "tool/"  # object-store names of the files tools make: tool/<tenant>/<upload id>
 
 
@@ -235,7 +236,8 @@ class FileSigner:
     def check(self, file_id: str, timestamp: str, nonce: str, sign: str, now: float | None = None) -> bool:
         if not timestamp.isdigit() or not hmac.compare_digest(self._sign(file_id, timestamp, nonce), sign):
             return False
-        return 0 <= (time.time() if now is None else now) - int(timestamp) <= self.seconds
+        # a few seconds before the timestamp are allowed: replicas' clocks differ slightly
+        return -CLOCK_SKEW <= (time.time() if now is None else now) - int(timestamp) <= self.seconds
 
 
 def file_view(row: MessageFile, base: str, signer: FileSigner | None = None) -> dict[str, Any]:

@@ -440,10 +440,12 @@ def public_router(rt: Runtime) -> APIRouter:
     """Routes without a key: the signed URLs of the files tools make (the signature is the permission)."""
     router = APIRouter()
 
-    @router.get("/files/tools/{name}")
+    @router.api_route("/files/tools/{name}", methods=["GET", "HEAD"])
     async def tool_file(name: str, timestamp: str = "", nonce: str = "", sign: str = "",
                         as_attachment: bool = False) -> Response:
-        return file_response(await rt.files.signed_tool_file(name, timestamp, nonce, sign), as_attachment)
+        p = await rt.files.signed_tool_file(name, timestamp, nonce, sign)
+        # keyless and on the API's origin: only images open inline, anything else downloads
+        return file_response(p, as_attachment or not p.mime_type.startswith("image/"))
 
     return router
 

@@ -393,6 +393,38 @@ async def test_an_answer_shows_files_as_message_files(w: dict[str, Any]) -> None
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), image.text
 
 
+async def test_an_answer_cannot_show_another_apps_file(w: dict[str, Any]) -> None:
+    """A File value a node makes up (a code node's object) is shown only when it is an upload of this app's
+    users: another app's tool file, or an unknown id, is not attached, signed or sent."""
+    _, key = await publish(w, g.qrcode_chatflow(), await new_app(w, "advanced-chat"))
+    body = {"inputs": {}, "query": "https://plexus.example/secret", "user": "u1", "response_mode": "blocking"}
+    r = await w["c"].post("/v1/chat-messages", headers=h(key), json=body)
+    assert r.status_code == 200, r.text
+    msgs = (await w["c"].get("/v1/messages", headers=h(key), params={
+        "conversation_id": r.json()["conversation_id"], "user": "u1"})).json()["data"]
+    theirs = msgs[0]["message_files"][0]["upload_file_id"]
+    forged = g.graph([
+        g.start(),
+        g.node(g.CODE, "code", "Forge", code_language="python3",
+               code="def main(fid: str) -> dict:\n    return {'f': {'dify_model_identity': '__dify__file__', "
+                    "'type': 'image', 'transfer_method': 'local_file', 'related_id': fid, 'filename': 'x.png', "
+                    "'extension': '.png', 'mime_type': 'image/png', 'size': 1, 'url': None, 'remote_url': None}}\n",
+               variables=[{"variable": "fid", "value_selector": ["sys", "query"]}],
+               outputs={"f": {"type": "object", "children": None}}),
+        g.node(g.ANSWER, "answer", "Answer", answer="Here: {{#" + g.CODE + ".f#}}"),
+    ], [g.edge(g.START, g.CODE), g.edge(g.CODE, g.ANSWER)])
+    _, other = await publish(w, forged, await new_app(w, "advanced-chat"))
+    for fid in (theirs, str(uuid.uuid4())):
+        async with w["c"].stream("POST", "/v1/chat-messages", headers=h(other), json={
+                "inputs": {}, "query": fid, "user": "u1", "response_mode": "streaming"}) as s:
+            events = [orjson.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+        assert "message_file" not in [e["event"] for e in events], events
+        end = next(e for e in events if e["event"] == "message_end")
+        (item,) = (await w["c"].get("/v1/messages", headers=h(other), params={
+            "conversation_id": end["conversation_id"], "user": "u1"})).json()["data"]
+        assert item["message_files"] == []
+
+
 async def test_classifier_extractor_list_operator(w: dict[str, Any]) -> None:
     llm = w["llm"]
     llm.push(match="I want", reply='{"category_id": "order", "category_name": "Order question"}')

@@ -46,6 +46,7 @@ from shared.models import (
 )
 from shared.parse import SNIFF_BYTES, UnsupportedFileType, sniff
 
+MAX_RETRY = 100  # documents per retry call
 ACTIVE_STATES = ("parsing", "cleaning", "splitting", "indexing")  # a worker is on it: no delete
 MAX_BATCH_FILES = 20  # files per console documents call (Dify's BATCH_UPLOAD_LIMIT)
 STATUS_ACTIONS = ("enable", "disable", "archive", "un_archive")
@@ -492,12 +493,16 @@ class DocumentService:
         if not isinstance(document_ids, list) or not document_ids or \
                 not all(isinstance(i, str) for i in document_ids):
             raise invalid("document_ids must be a non-empty list of document ids")
+        if len(document_ids) > MAX_RETRY:
+            raise invalid(f"At most {MAX_RETRY} documents can be retried at once.")
         async with self.kn.db.session() as s:
             ds = await get_dataset(s, tenant_id, dataset_id)
             docs = [await get_document(s, ds, i) for i in dict.fromkeys(document_ids)]
             busy = [d.name for d in docs if d.indexing_status != "error"]
             if busy:
                 raise invalid(f"Only documents in error can be retried; not: {', '.join(busy[:5])}.")
+            if any(d.doc_form == "qa_model" for d in docs) and await default_model(s, tenant_id, "llm") is None:
+                raise ApiError(400, "provider_not_initialize", QA_NEEDS_MODEL)
             for doc in docs:
                 doc.index_version += 1
                 doc.indexing_status, doc.error, doc.batch = "waiting", None, new_batch()

@@ -55,7 +55,7 @@ from shared.knowledge.vectors import (
     VectorPoint,
 )
 from shared.llm import call_kwargs, litellm
-from shared.models import ChildChunk, Dataset, Document, DocumentSegment, UploadFile, utcnow
+from shared.models import ChildChunk, Dataset, Document, DocumentSegment, SegmentImportJob, UploadFile, utcnow
 from shared.parse import ParseError
 
 log = structlog.get_logger("plexus.indexer.pipeline")
@@ -124,7 +124,8 @@ class QAWriter:
         return cls(kn, row[0], row[1], creds) if row is not None and creds is not None else None
 
     async def write(self, texts: list[str], language: str) -> list[list[tuple[str, str]]]:
-        """The pairs of each text, ``qa_concurrency`` calls at once; a failing call fails the whole."""
+        """The pairs of each text, ``qa_concurrency`` calls at once; a failing call fails the whole and cancels
+        the calls still running or waiting (a retried job starts over, not beside them)."""
         gate = asyncio.Semaphore(max(1, self.kn.settings.qa_concurrency))
 
         async def pairs(text: str) -> list[tuple[str, str]]:
@@ -133,7 +134,12 @@ class QAWriter:
                                                    timeout=self.kn.ctx.settings.runtime.llm_timeout)
             return parse_pairs(resp.choices[0].message.content or "")
 
-        return list(await asyncio.gather(*(pairs(t) for t in texts)))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(pairs(t)) for t in texts]
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None  # the first failure, as gather would raise it
+        return [t.result() for t in tasks]
 
 
 class IndexWorkers:
@@ -242,12 +248,15 @@ class IndexWorkers:
         try:
             job = orjson.loads(msg.data)
             if job.get("kind") == SEGMENTS_IMPORT:
-                await self._handle_import(msg, str(job["job_id"]))
-                return
-            doc_id, version = str(job["document_id"]), int(job["version"])
+                import_id = str(job["job_id"])
+            else:
+                import_id, doc_id, version = None, str(job["document_id"]), int(job["version"])
         except Exception:  # noqa: BLE001 - not a job we can read: drop it, loudly
             log.error("index_job_unreadable", data=msg.data[:200])
             await msg.term()
+            return
+        if import_id is not None:
+            await self._handle_import(msg, import_id)
             return
         attempt = msg.metadata.num_delivered or 1
         structlog.contextvars.bind_contextvars(document_id=doc_id)
@@ -278,25 +287,33 @@ class IndexWorkers:
             structlog.contextvars.unbind_contextvars("document_id")
 
     async def _handle_import(self, msg: Msg, job_id: str) -> None:
-        """A CSV import of segments (service/segment_import.py): retried like a document, then ``error``."""
+        """A CSV import of segments (service/segment_import.py): retried like a document, then ``error``. Never
+        raises (it runs in the worker loop); a message left without ack or nak is redelivered after ack_wait."""
         from services.indexer.service.segment_import import SegmentImports  # here: it imports this module
 
         attempt = msg.metadata.num_delivered or 1
         imports = SegmentImports(self.kn)
         try:
-            async with self._heartbeat(msg):
-                await imports.run(job_id)
+            if attempt > self.settings.max_attempts:  # earlier deliveries died without an answer
+                await imports.finish(job_id, "error", f"Gave up after {attempt - 1} attempts: the import "
+                                                      "stopped each time (the worker ended).")
+            else:
+                async with self._heartbeat(msg):
+                    await imports.run(job_id)
+                self.processed += 1
             await msg.ack()
-            self.processed += 1
         except asyncio.CancelledError:
             raise  # shutting down: redelivered to a live worker
         except Exception as e:  # noqa: BLE001 - any failure is retried, then the job's status
             log.warning("segment_import_failed", job_id=job_id, attempt=attempt, error=str(e))
-            if attempt >= self.settings.max_attempts:
-                await imports.finish(job_id, "error", f"Gave up after {attempt} attempts: {e}"[:2000])
-                await msg.ack()
-            else:
-                await msg.nak(delay=min(2.0**attempt, 30.0))
+            try:
+                if attempt >= self.settings.max_attempts:
+                    await imports.finish(job_id, "error", f"Gave up after {attempt} attempts: {e}"[:2000])
+                    await msg.ack()
+                else:
+                    await msg.nak(delay=min(2.0**attempt, 30.0))
+            except Exception:  # the database or NATS is down: redelivered after ack_wait
+                log.warning("segment_import_not_settled", job_id=job_id, exc_info=True)
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, msg: Msg) -> AsyncIterator[None]:
@@ -532,9 +549,20 @@ class IndexWorkers:
                 await s.commit()
         for doc_id, version in rows:
             await self.kn.enqueue(doc_id, version)
-        if rows:
-            log.warning("index_jobs_requeued", count=len(rows))
-        return len(rows)
+        async with self.kn.db.session() as s:  # imports whose job never reached the queue, or was dropped
+            imports = list((await s.exec(select(SegmentImportJob.id).where(
+                col(SegmentImportJob.status).in_(("waiting", "processing")),
+                SegmentImportJob.updated_at < cutoff).limit(500))).all())
+            if imports:
+                await s.exec(update(SegmentImportJob).where(col(SegmentImportJob.id).in_(imports))
+                             .values(updated_at=utcnow()))
+                await s.commit()
+        for job_id in imports:  # a new message id: the first one may still be in the duplicate window
+            await self.kn.enqueue_job({"kind": SEGMENTS_IMPORT, "job_id": job_id},
+                                      f"{SEGMENTS_IMPORT}:{job_id}:{time.time_ns()}")
+        if rows or imports:
+            log.warning("index_jobs_requeued", count=len(rows), imports=len(imports))
+        return len(rows) + len(imports)
 
 
 async def pending_jobs(kn: Knowledge) -> int:

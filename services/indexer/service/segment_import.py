@@ -10,6 +10,7 @@ job skips the rows it already stored. Rows are embedded and stored ``embedding_b
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -88,8 +89,9 @@ class SegmentImports:
             f = (await DocumentService(self.kn).uploaded_files(s, tenant_id, [file_id], unused=False))[file_id]
         if f.extension != "csv":
             raise invalid("Invalid file type. Only CSV files are allowed")
+        data = await self.kn.files.get_bytes(f.object_name)
         try:
-            rows = read_rows(await self.kn.files.get_bytes(f.object_name), doc.doc_form == "qa_model")
+            rows = await asyncio.to_thread(read_rows, data, doc.doc_form == "qa_model")
         except ValueError as e:
             raise invalid(str(e)) from None
         job = SegmentImportJob(tenant_id=tenant_id, dataset_id=ds.id, document_id=doc.id, upload_file_id=f.id,
@@ -136,8 +138,9 @@ class SegmentImports:
         if doc is None or ds is None or f is None:
             await self.finish(job_id, "error", "The document, its dataset or the CSV was deleted.")
             return
+        data = await self.kn.files.get_bytes(f.object_name)
         try:
-            rows = read_rows(await self.kn.files.get_bytes(f.object_name), doc.doc_form == "qa_model")
+            rows = await asyncio.to_thread(read_rows, data, doc.doc_form == "qa_model")
         except ValueError as e:
             await self.finish(job_id, "error", str(e))
             return
@@ -147,6 +150,18 @@ class SegmentImports:
         segments, batch = SegmentService(self.kn), max(1, self.kn.settings.embedding_batch)
         todo = [(sid, row) for sid, row in zip(ids, rows, strict=True) if sid not in done]
         for start in range(0, len(todo), batch):
+            if not await self._still_open(job_id, doc):
+                await self.finish(job_id, "error", "The document was deleted, indexed again, disabled or archived "
+                                                   "during the import; the rows imported before it stay.")
+                return
             part = todo[start:start + batch]
             await segments.create(ds, doc, [row for _, row in part], [sid for sid, _ in part], job.created_by)
         await self.finish(job_id, "completed")
+
+    async def _still_open(self, job_id: str, doc: Document) -> bool:
+        """The job and its document as they were when it started: same version, completed, enabled."""
+        async with self.kn.db.session() as s:
+            now = await s.get(Document, doc.id)
+            job = await s.get(SegmentImportJob, job_id)
+        return job is not None and now is not None and now.index_version == doc.index_version and \
+            now.indexing_status == "completed" and now.enabled and not now.archived

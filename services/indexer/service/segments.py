@@ -9,6 +9,7 @@ answers with the parent of the children that matched."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from sqlalchemy import func, update
@@ -23,6 +24,7 @@ from services.indexer.pipeline.split import (
     validate_process_rule,
 )
 from services.indexer.service.common import (
+    SEGMENT_NS,
     archived_immutable,
     child_chunk_not_found,
     content_hash,
@@ -94,8 +96,8 @@ def _children_for(doc: Document, seg: DocumentSegment, now: Any) -> list[ChildCh
     """A parent's child chunks split from its content by the document's subchunk rule."""
     rule = validate_process_rule(doc.process_rule, required=True)
     chunks: list[Chunk] = split_children(seg.content, child_segmentation(rule))
-    return [ChildChunk(tenant_id=seg.tenant_id, dataset_id=seg.dataset_id, document_id=doc.id, segment_id=seg.id,
-                       position=c.position, content=c.content, word_count=len(c.content), tokens=c.tokens,
+    return [ChildChunk(id=str(uuid.uuid5(SEGMENT_NS, f"{seg.id}:child:{c.position}")), tenant_id=seg.tenant_id,
+                       dataset_id=seg.dataset_id, document_id=doc.id, segment_id=seg.id, position=c.position, content=c.content, word_count=len(c.content), tokens=c.tokens,
                        index_node_hash=content_hash(c.content), created_by=created_by(), created_at=now,
                        updated_at=now, indexing_at=now, completed_at=now) for c in chunks]
 
@@ -148,10 +150,14 @@ class SegmentService:
         await self.kn.vectors.upsert(space, points)
 
     async def _point_ids(self, s: AsyncSession, doc: Document, seg_ids: list[str]) -> list[str]:
-        """The vector points of these segments: their child chunks' in a parent-child document."""
+        """The vector points of these segments: their child chunks' in a parent-child document (a segment
+        without children, indexed before Plexus made them, is its own point)."""
         if doc.doc_form != PARENT_CHILD:
             return seg_ids
-        return list(await s.exec(select(ChildChunk.id).where(col(ChildChunk.segment_id).in_(seg_ids))))
+        rows = (await s.exec(select(ChildChunk.id, ChildChunk.segment_id)
+                             .where(col(ChildChunk.segment_id).in_(seg_ids)))).all()
+        parents = {sid for _, sid in rows}
+        return [cid for cid, _ in rows] + [sid for sid in seg_ids if sid not in parents]
 
     async def add(self, tenant_id: str, dataset_id: str, document_id: str, items: Any) -> dict[str, Any]:
         if not isinstance(items, list) or not items:
@@ -180,10 +186,11 @@ class SegmentService:
             for i, (sid, (c, a, k)) in enumerate(zip(ids, parsed, strict=True))]
         children = {g.id: _children_for(doc, g, now) for g in segs} if doc.doc_form == PARENT_CHILD else {}
         # vectors first: a segment row never claims to be searchable before its points exist
+        live = bool(doc.enabled and not doc.archived)
         if children:
-            await self._index(ds, doc, [(c.id, c.content, True) for g in segs for c in children[g.id]])
+            await self._index(ds, doc, [(c.id, c.content, live) for g in segs for c in children[g.id]])
         else:
-            await self._index(ds, doc, [(g.id, g.content, True) for g in segs])
+            await self._index(ds, doc, [(g.id, g.content, live) for g in segs])
         async with self.kn.db.session() as s:
             for g in segs:
                 g.status, g.completed_at = "completed", utcnow()
@@ -266,11 +273,13 @@ class SegmentService:
                 g.disabled_at = None if enabled else utcnow()
             g.updated_at = utcnow()
             live = _searchable(doc, g)
-            reembed = changed and not parent_child
+            # a parent's text is not embedded (its children are), unless it has none (indexed before children)
+            reembed = changed and (not parent_child or await self._point_ids(s, doc, [g.id]) == [g.id])
             children: list[ChildChunk] | None = None
             if parent_child and regenerate:
-                stale = await self._point_ids(s, doc, [g.id])
                 children = _children_for(doc, g, utcnow())
+                fresh = {c.id for c in children}  # derived ids: a child at the same place keeps its point
+                stale = [i for i in await self._point_ids(s, doc, [g.id]) if i not in fresh]
                 await self._index(ds, doc, [(c.id, c.content, live) for c in children])
                 await s.exec(delete(ChildChunk).where(ChildChunk.segment_id == g.id))
                 for c in children:
@@ -400,9 +409,11 @@ class SegmentService:
                                chunks: Any) -> dict[str, Any]:
         """The console's save of a parent's children (``{"chunks": [{"id"?, "content"}]}``): listed ids are
         kept (re-embedded if their text changed), entries without an id are new, unlisted children go."""
-        if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
+        if not isinstance(chunks, list) or not all(isinstance(c, dict) and isinstance(c.get("id"), str | None)
+                                                   for c in chunks):
             raise invalid("chunks must be a list of {id?, content} objects")
-        wanted = [(c.get("id"), _child_content(c.get("content"))) for c in chunks]
+        wanted = [(parse_id(c["id"], child_chunk_not_found()) if c.get("id") else None, _child_content(c.get("content")))
+                  for c in chunks]
         async with self.kn.db.session() as s:
             ds, doc, g = await self._parent(s, tenant_id, dataset_id, document_id, segment_id, write=True)
             current = {c.id: c for c in (await children_of(s, [g.id])).get(g.id, [])}

@@ -13,9 +13,11 @@ reads them again.
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlmodel import select
 
 from services.runtime.service.errors import parse_uuid
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
     from services.runtime.service.core import Runtime
     from services.runtime.service.files import FileService
+
+log = structlog.get_logger("plexus.runtime.workflow.files")
 
 FILE_VARIABLE_TYPES = ("file", "file-list")
 
@@ -83,21 +87,38 @@ class WorkflowFiles:
         return [file_value(sniffed, "local_file", related_id=row.id, remote_url=None, filename=row.name,
                            size=row.size, url=self.service.tool_file_url(row)) for row, sniffed in stored]
 
-    async def answer_file(self, message_id: str, end_user_id: str, value: dict[str, Any]) -> dict[str, Any]:
+    async def answer_file(self, tenant_id: str, app_id: str, message_id: str, end_user_id: str,
+                          value: dict[str, Any]) -> dict[str, Any] | None:
         """A File an advanced-chat answer shows, recorded on the message as the assistant's (GET /messages lists
-        it, and the preview serves a local one); its ``message_files`` item."""
-        local = value.get("transfer_method") == "local_file"
-        method = "local_file" if local else "remote_url"
-        if local:  # a tool's file is shown by its signed URL
+        it, and the preview serves a local one); its ``message_files`` item. A local file must be an upload of
+        this app's users (a value a node made up cannot reach another app's or workspace's file): anything else
+        is not shown (None)."""
+        try:
+            size = max(0, int(value.get("size") or 0))
+        except (TypeError, ValueError):
+            size = 0
+        method, upload_id, url = "remote_url", None, value.get("remote_url")
+        if value.get("transfer_method") == "local_file":
+            rid = value.get("related_id")
+            try:
+                upload_id = str(uuid.UUID(rid)) if isinstance(rid, str) else None
+            except ValueError:
+                upload_id = None
             async with self.rt.db.session() as s:
-                upload = await s.get(UploadFile, str(value.get("related_id") or ""))
-            if upload is not None and upload.object_name.startswith(TOOL_FILES_PREFIX):
-                method = "tool_file"
-        row = MessageFile(message_id=message_id, type=str(value.get("type") or "custom"), transfer_method=method,
-                          upload_file_id=value.get("related_id") if local else None,
-                          url=None if local else value.get("remote_url"),
-                          filename=str(value.get("filename") or "")[:255],
-                          mime_type=str(value.get("mime_type") or "")[:128], size=int(value.get("size") or 0),
+                upload = (await s.exec(select(UploadFile).join(EndUser, EndUser.id == UploadFile.created_by).where(
+                    UploadFile.id == upload_id, UploadFile.tenant_id == tenant_id,
+                    EndUser.app_id == app_id))).first() if upload_id else None
+            if upload is None:
+                log.info("answer_file_not_shown", message_id=message_id, related_id=str(rid)[:64])
+                return None
+            # a tool's file is shown by its signed URL
+            method = "tool_file" if upload.object_name.startswith(TOOL_FILES_PREFIX) else "local_file"
+            url, size = None, upload.size
+        elif not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return None
+        row = MessageFile(message_id=message_id, type=str(value.get("type") or "custom")[:16], transfer_method=method,
+                          upload_file_id=upload_id, url=url, filename=str(value.get("filename") or "")[:255],
+                          mime_type=str(value.get("mime_type") or "")[:128], size=size,
                           belongs_to="assistant", created_by=end_user_id)
         async with self.rt.db.session() as s:
             s.add(row)

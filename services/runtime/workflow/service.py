@@ -265,7 +265,10 @@ class WorkflowService:
                     speech.feed(fields["answer"])
                 fields = {"id": chat.message_id, **fields}
             elif event == "message_file":  # a file an answer shows: kept with the message as the assistant's
-                view = await self.files.answer_file(chat.message_id, task.end_user_id, fields["file"])
+                view = await self.files.answer_file(task.tenant_id, task.app_id, chat.message_id, task.end_user_id,
+                                                    fields["file"])
+                if view is None:
+                    return
                 fields = {"id": view["id"], "type": view["type"], "belongs_to": "assistant", "url": view["url"]}
             elif event == "text_chunk" and chat is None and review is not None \
                     and review.feed(fields["data"]["text"]):

@@ -40,6 +40,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_child_chunks_dataset_id'), ['dataset_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_child_chunks_document_id'), ['document_id'], unique=False)
         batch_op.create_index('ix_child_chunks_segment_position', ['segment_id', 'position'], unique=False)
+    # a dataset's documents now share its doc_form, which earlier versions never set: take its first document's
+    op.execute(
+        "UPDATE datasets SET doc_form = (SELECT d.doc_form FROM documents d WHERE d.dataset_id = datasets.id "
+        "ORDER BY d.position LIMIT 1) WHERE EXISTS (SELECT 1 FROM documents d WHERE d.dataset_id = datasets.id)"
+    )
 
 
 
