@@ -81,8 +81,11 @@ async def test_prints_and_stdout_spam_do_not_disturb_the_result() -> None:
     assert await run_python(code, {}) == {"ok": True}
 
 
-async def test_working_directory_is_writable_and_private_per_call() -> None:
+async def test_working_directory_is_writable_and_private_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the calls' directories go under this test's own temp dir: other processes' runs come and go in /tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = set(glob.glob(f"{tempfile.gettempdir()}/plexus-code-*"))
+    assert before == set()
     code = ("import os, time, pathlib\n"
             "def main(i: int) -> dict:\n"
             "    pathlib.Path('mine.txt').write_text(str(i))\n"
@@ -93,9 +96,12 @@ async def test_working_directory_is_writable_and_private_per_call() -> None:
             "    return {'i': i, 'files': os.listdir('.')}\n")
     results = await asyncio.gather(*(run_python(code, {"i": i}) for i in range(8)))
     assert results == [{"i": i, "files": []} for i in range(8)]
-    code = "def main(i: int) -> dict:\n    open('f', 'w').write(str(i))\n    return {'i': int(open('f').read())}\n"
+    code = ("import os\ndef main(i: int) -> dict:\n    open('f', 'w').write(str(i))\n"
+            "    return {'i': int(open('f').read()), 'cwd': os.getcwd()}\n")
     results = await asyncio.gather(*(run_python(code, {"i": i}) for i in range(8)))
     assert [r["i"] for r in results] == list(range(8))
+    cwds = {r["cwd"] for r in results}  # one directory per call, all under the temp dir
+    assert len(cwds) == 8 and all(c.startswith(f"{tmp_path}/plexus-code-") for c in cwds), cwds
     assert set(glob.glob(f"{tempfile.gettempdir()}/plexus-code-*")) == before  # all removed
 
 
