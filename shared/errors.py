@@ -7,6 +7,7 @@ HTTP errors, request-validation errors and unexpected exceptions to the envelope
 from __future__ import annotations
 
 import re
+import uuid
 from functools import lru_cache
 from typing import Any
 
@@ -81,6 +82,24 @@ def forbidden(message: str, code: str = "forbidden") -> ApiError:
 
 def unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+
+
+def canonical_uuid(value: Any) -> str | None:
+    """``value`` as a canonical UUID string; None when it is not one (Dify declares its ids as UUIDs)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def parse_uuid(value: Any, error: ApiError) -> str:
+    """A canonical UUID, or ``error`` (an id that is no UUID is unknown: usually a 404)."""
+    found = canonical_uuid(value)
+    if found is None:
+        raise error
+    return found
 
 
 def envelope_bytes(status: int, code: str, message: str, **extra: Any) -> bytes:

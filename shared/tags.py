@@ -6,7 +6,6 @@ target (it knows what a dataset or an app is, and who may see it)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
@@ -16,7 +15,7 @@ from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from shared.db import Database
-from shared.errors import ApiError, invalid_param, not_found
+from shared.errors import ApiError, canonical_uuid, invalid_param, not_found, parse_uuid
 from shared.models import Tag, TagBinding
 
 TagType = Literal["knowledge", "app"]
@@ -48,10 +47,7 @@ def tag_name(raw: Any) -> str:
 
 def parse_tag_id(raw: Any) -> str:
     """A tag id in canonical form; a non-UUID is an unknown tag (Dify declares them as UUIDs)."""
-    try:
-        return str(uuid.UUID(raw))
-    except (ValueError, TypeError, AttributeError):
-        raise tag_not_found() from None
+    return parse_uuid(raw, tag_not_found())
 
 
 def tag_ids(body: dict[str, Any]) -> list[str]:
@@ -89,12 +85,7 @@ def filter_ids(raw: Iterable[str] | None) -> list[str] | None:
     given = [part.strip() for value in raw or () for part in value.split(",") if part.strip()]
     if not given:
         return None
-    out: dict[str, None] = {}
-    for part in given:
-        try:
-            out[str(uuid.UUID(part))] = None
-        except ValueError:
-            continue
+    out = dict.fromkeys(i for i in map(canonical_uuid, given) if i is not None)
     if len(out) > MAX_TAG_IDS:
         raise invalid_param(f"tag_ids must list at most {MAX_TAG_IDS} tags.", params="tag_ids")
     return list(out)

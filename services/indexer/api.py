@@ -9,7 +9,6 @@ workspace member (or an admin key), whom the console authenticates and authorize
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 import nats.errors
@@ -32,7 +31,7 @@ from services.indexer.service.segments import SegmentService
 from services.indexer.service.tags import TagService
 from shared.context import Context
 from shared.credentials import check_model_type, models_of_type
-from shared.errors import INVALID_JSON, ApiError, unauthorized
+from shared.errors import INVALID_JSON, ApiError, canonical_uuid, unauthorized
 from shared.http import create_base_app
 from shared.identity import CONSOLE_PREFIX, H_CSRF, caller_from_request, cookie_header
 from shared.knowledge.access import Member
@@ -162,14 +161,6 @@ DocumentIds = Annotated[list[str] | None, Query()]
 SegmentIds = Annotated[list[str] | None, Query()]
 Page = Annotated[int, Query(ge=1, le=100_000)]
 Limit = Annotated[int, Query(ge=1, le=100)]
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _batch_ids(ids: list[str] | None, name: str) -> list[str]:
@@ -388,7 +379,7 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
     async def indexing_status(t: Tenant, dataset_id: str, batch: str) -> Response:
         # the service API names a batch here; Dify's console a document (its batches have /batch/{batch}).
         # Batch names are digits, document ids UUIDs: the console gets the one its caller means
-        if prefix == CONSOLE and _is_uuid(batch):
+        if prefix == CONSOLE and canonical_uuid(batch) is not None:
             return json_response(await docs.document_indexing_status(t, dataset_id, batch))
         return json_response(await docs.indexing_status(t, dataset_id, batch))
 

@@ -5,7 +5,6 @@ workflow runs. The runtime writes these tables; the console only reads them thro
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.console.service.common import Principal, get_app
 from shared.db import Database
-from shared.errors import ApiError, invalid_param, not_found
+from shared.errors import ApiError, invalid_param, not_found, parse_uuid
 from shared.files import file_view
 from shared.models import App, Conversation, EndUser, Message, MessageFeedback, MessageFile, ts
 from shared.workflow.logs import WORKFLOW_LOG_MODES, contains, workflow_logs
@@ -53,13 +52,6 @@ def _after(minute: datetime | None) -> datetime | None:
         return minute + timedelta(minutes=1) if minute is not None else None
     except OverflowError:
         return None
-
-
-def _uuid(value: str, error: ApiError) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError):
-        raise error from None
 
 
 # ---- conversations ------------------------------------------------------------------------------------
@@ -168,7 +160,7 @@ async def messages(db: Database, p: Principal, app_id: str, *, conversation_id: 
     if not conversation_id:
         raise invalid_param("conversation_id is required", params="conversation_id")
     gone = not_found("Conversation Not Exists.")
-    conv_id = _uuid(conversation_id, gone)
+    conv_id = parse_uuid(conversation_id, gone)
     async with db.session() as s:
         app = await _app(s, p, app_id, CHAT_MODES, "not_chat_app")
         conv = (await s.exec(select(Conversation.id).where(Conversation.id == conv_id,
@@ -179,7 +171,7 @@ async def messages(db: Database, p: Principal, app_id: str, *, conversation_id: 
         if first_id:
             missing = not_found("First Message Not Exists.")
             first = (await s.exec(select(Message.created_at, Message.id).where(
-                Message.id == _uuid(first_id, missing), Message.conversation_id == conv_id))).first()
+                Message.id == parse_uuid(first_id, missing), Message.conversation_id == conv_id))).first()
             if first is None:
                 raise missing
             q = q.where(or_(col(Message.created_at) < first[0],

@@ -57,12 +57,14 @@ def chunk_elements(elements: list[Element], rule: dict, automatic_max_tokens: in
         seg.max_tokens = min(seg.max_tokens, automatic_max_tokens)
         seg.chunk_overlap = min(seg.chunk_overlap, seg.max_tokens // 10)
     if pr.mode == "hierarchical":
-        return [_prepared(p.chunk, sparse=False, children=[_prepared(c) for c in p.children])
+        return [prepared(p.chunk, sparse=False, children=[prepared(c) for c in p.children])
                 for p in split_parent_child(elements, pr)]
-    return [_prepared(c) for c in split(elements, pr)]
+    return [prepared(c) for c in split(elements, pr)]
 
 
-def _prepared(c: Chunk, *, sparse: bool = True, children: list[PreparedChunk] | None = None) -> PreparedChunk:
+def prepared(c: Chunk, *, sparse: bool = True, children: list[PreparedChunk] | None = None,
+             answer: str | None = None) -> PreparedChunk:
+    """A chunk with its hash, keywords and (unless it is a parent, which is not searched) full-text vector."""
     sv = encode_document(c.content) if sparse else None
     return PreparedChunk(
         position=c.position,
@@ -74,4 +76,5 @@ def _prepared(c: Chunk, *, sparse: bool = True, children: list[PreparedChunk] | 
         sparse_indices=list(sv.indices) if sv else [],
         sparse_values=list(sv.values) if sv else [],
         children=children,
+        answer=answer,
     )

@@ -11,7 +11,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from shared.errors import ApiError, forbidden, invalid_param, not_found, unauthorized
+from shared.errors import ApiError, forbidden, invalid_param, not_found, parse_uuid, unauthorized
 from shared.identity import AUTH_INVALID, Caller
 from shared.knowledge.access import Member, may_see
 from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
@@ -70,10 +70,7 @@ def tenant_of(caller: Caller) -> str:
 
 def parse_id(value: str, error: ApiError) -> str:
     """Dify declares these path params as UUIDs: anything else is a 404."""
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise error from None
+    return parse_uuid(value, error)
 
 
 
@@ -125,9 +122,10 @@ def segment_id(document_id: str, version: int, position: int) -> str:
     return str(uuid.uuid5(SEGMENT_NS, f"{document_id}:{version}:{position}"))
 
 
-def child_chunk_id(document_id: str, version: int, position: int, child_position: int) -> str:
-    """Deterministic like segment_id: a parent-child document's child chunks (and their points)."""
-    return str(uuid.uuid5(SEGMENT_NS, f"{document_id}:{version}:{position}:{child_position}"))
+def child_chunk_id(segment_id: str, position: int) -> str:
+    """Derived from its segment like segment_id from its document: a re-split writes the same child rows and
+    points again (a parent-child document's child chunks are its vector points)."""
+    return str(uuid.uuid5(SEGMENT_NS, f"{segment_id}:child:{position}"))
 
 
 def child_chunk_not_found() -> ApiError:

@@ -150,6 +150,22 @@ def upload_file_ids(body: dict[str, Any]) -> list[str]:
 DOC_FORMS = ("text_model", "hierarchical_model", "qa_model")
 
 
+def next_version(doc: Document) -> None:
+    """A new index version, waiting in a new batch with its stage times cleared: the worker of an older
+    version stops at its next write."""
+    doc.index_version += 1
+    doc.indexing_status, doc.error, doc.batch = "waiting", None, new_batch()
+    for attr in ("processing_started_at", "parsing_completed_at", "cleaning_completed_at",
+                 "splitting_completed_at", "completed_at", "stopped_at", "paused_at"):
+        setattr(doc, attr, None)
+
+
+async def require_qa_model(s: AsyncSession, tenant_id: str) -> None:
+    """Q&A documents are written by the workspace's default LLM: without one they are refused at once."""
+    if await default_model(s, tenant_id, "llm") is None:
+        raise ApiError(400, "provider_not_initialize", QA_NEEDS_MODEL)
+
+
 def doc_language(body: dict[str, Any]) -> str | None:
     """The language a Q&A document's pairs are written in (Dify's doc_language, "English" when missing)."""
     value = body.get("doc_language")
@@ -234,8 +250,8 @@ class DocumentService:
             ds.data_source_type = "upload_file"
         first = (await s.exec(select(Document.id).where(Document.dataset_id == ds.id).limit(1))).first() is None
         doc_form = check_doc_form(body.get("doc_form"), rule, None if first else ds.doc_form)
-        if doc_form == "qa_model" and await default_model(s, tenant_id, "llm") is None:
-            raise ApiError(400, "provider_not_initialize", QA_NEEDS_MODEL)
+        if doc_form == "qa_model":
+            await require_qa_model(s, tenant_id)
         ds.doc_form = doc_form  # a dataset's documents share one form, set by its first one
         return rule_dict, doc_form
 
@@ -301,8 +317,8 @@ class DocumentService:
             if language is not None and language != doc.doc_language:
                 reindex = reindex or doc.doc_form == "qa_model"  # the pairs are written in it
                 doc.doc_language = language
-            if reindex and doc.doc_form == "qa_model" and await default_model(s, tenant_id, "llm") is None:
-                raise ApiError(400, "provider_not_initialize", QA_NEEDS_MODEL)
+            if reindex and doc.doc_form == "qa_model":
+                await require_qa_model(s, tenant_id)
             if new_file is not None:
                 old_file = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
                 s.add(new_file)
@@ -312,12 +328,7 @@ class DocumentService:
                 doc.name = body["name"].strip()[:255] if new_file is None or new_file.extension != "txt" \
                     else f"{body['name'].strip()[:250]}.txt"
             if reindex:
-                doc.index_version += 1
-                doc.indexing_status, doc.error = "waiting", None
-                doc.batch = new_batch()
-                for attr in ("processing_started_at", "parsing_completed_at", "cleaning_completed_at",
-                             "splitting_completed_at", "completed_at", "stopped_at", "paused_at"):
-                    setattr(doc, attr, None)
+                next_version(doc)
             doc.updated_at = utcnow()
             if old_file is not None:
                 await s.delete(old_file)
@@ -501,14 +512,10 @@ class DocumentService:
             busy = [d.name for d in docs if d.indexing_status != "error"]
             if busy:
                 raise invalid(f"Only documents in error can be retried; not: {', '.join(busy[:5])}.")
-            if any(d.doc_form == "qa_model" for d in docs) and await default_model(s, tenant_id, "llm") is None:
-                raise ApiError(400, "provider_not_initialize", QA_NEEDS_MODEL)
+            if any(d.doc_form == "qa_model" for d in docs):
+                await require_qa_model(s, tenant_id)
             for doc in docs:
-                doc.index_version += 1
-                doc.indexing_status, doc.error, doc.batch = "waiting", None, new_batch()
-                for attr in ("processing_started_at", "parsing_completed_at", "cleaning_completed_at",
-                             "splitting_completed_at", "completed_at", "stopped_at", "paused_at"):
-                    setattr(doc, attr, None)
+                next_version(doc)
                 doc.updated_at = utcnow()
             await s.commit()
         for doc in docs:

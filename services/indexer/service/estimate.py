@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlmodel import select
 
 from services.indexer.pipeline.qa import QA_NEEDS_MODEL, qa_language
@@ -30,6 +31,8 @@ from shared.parse import ParseError
 
 if TYPE_CHECKING:
     from services.indexer.service.indexing import IndexWorkers
+
+log = structlog.get_logger("plexus.indexer.estimate")
 
 PREVIEW_CHUNKS = 10  # chunks shown, across all the files
 
@@ -91,8 +94,9 @@ class EstimateService:
                                              automatic_tokens_for(technique, provider))
             except (ParseError, FileNotFoundError) as e:
                 raise invalid(f"{files[fid].name}: {e}") from None
-            except Transient as e:
-                raise ApiError(503, "service_unavailable", f"The file store is unavailable: {e}") from None
+            except Transient as e:  # its detail is logged, not answered
+                log.warning("estimate_file_store_unavailable", error=str(e))
+                raise ApiError(503, "service_unavailable", "The file store is unavailable; try again.") from None
             total += len(chunks)
             tokens += sum(c.tokens for c in chunks)
             for c in chunks[: max(0, PREVIEW_CHUNKS - len(preview))]:

@@ -34,16 +34,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import update
 from sqlmodel import col, delete, select
 
-from services.indexer.pipeline.prepare import PreparedChunk, chunk_elements, extract_elements, init_child
+from services.indexer.pipeline.prepare import (
+    PreparedChunk,
+    chunk_elements,
+    extract_elements,
+    init_child,
+    prepared,
+)
 from services.indexer.pipeline.qa import QA_NEEDS_MODEL, parse_pairs, qa_language, qa_messages
-from services.indexer.pipeline.split import count_tokens
-from services.indexer.service.common import child_chunk_id, content_hash, dataset_space, segment_id
+from services.indexer.pipeline.split import Chunk, count_tokens
+from services.indexer.service.common import child_chunk_id, dataset_space, segment_id
 from services.indexer.service.core import Knowledge
 from shared import subjects
 from shared.credentials import default_model, provider_credentials
 from shared.knowledge.embeddings import LOCAL_MAX_TOKENS, Embedder
 from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
-from shared.knowledge.sparse import encode_document, keywords
 from shared.knowledge.vectors import (
     P_DATASET,
     P_DOCUMENT,
@@ -404,12 +409,8 @@ class IndexWorkers:
         def prepare() -> list[PreparedChunk]:
             out: list[PreparedChunk] = []
             for c, found in zip(chunks, written, strict=True):
-                for q, a in found:
-                    sv = encode_document(q)
-                    out.append(PreparedChunk(position=len(out) + 1, content=q, tokens=count_tokens(q), page=c.page,
-                                             content_hash=content_hash(q), keywords=keywords(q, 10),
-                                             sparse_indices=list(sv.indices), sparse_values=list(sv.values),
-                                             answer=a))
+                for q, a in found:  # the question is what is searched
+                    out.append(prepared(Chunk(q, len(out) + 1, count_tokens(q), page=c.page), answer=a))
             return out
 
         out = await asyncio.to_thread(prepare)
@@ -451,10 +452,11 @@ class IndexWorkers:
                     status="indexing", indexing_at=now, created_at=now, updated_at=now))
             await s.flush()  # parents before their children (foreign key)
             for c in chunks:
+                sid = segment_id(doc.id, version, c.position)
                 for k in c.children or ():
                     s.add(ChildChunk(
-                        id=child_chunk_id(doc.id, version, c.position, k.position), tenant_id=ds.tenant_id,
-                        dataset_id=ds.id, document_id=doc.id, segment_id=segment_id(doc.id, version, c.position),
+                        id=child_chunk_id(sid, k.position), tenant_id=ds.tenant_id, dataset_id=ds.id,
+                        document_id=doc.id, segment_id=sid,
                         position=k.position, content=k.content, word_count=len(k.content), tokens=k.tokens,
                         index_node_hash=k.content_hash, status="indexing", indexing_at=now, created_at=now,
                         updated_at=now))
@@ -469,12 +471,16 @@ class IndexWorkers:
         retrievable = doc.enabled and not doc.archived
         batch = max(1, self.settings.embedding_batch)
         # (point id, chunk, its segment's id): a parent-child document's points are its child chunks
-        searched = [(segment_id(doc.id, version, c.position), c, segment_id(doc.id, version, c.position))
-                    for c in chunks if c.children is None]
-        searched += [(child_chunk_id(doc.id, version, c.position, k.position), k,
-                      segment_id(doc.id, version, c.position)) for c in chunks for k in c.children or ()]
+        searched: list[tuple[str, PreparedChunk, str]] = []
+        for c in chunks:
+            sid = segment_id(doc.id, version, c.position)
+            if c.children is None:
+                searched.append((sid, c, sid))
+            else:
+                searched += [(child_chunk_id(sid, k.position), k, sid) for k in c.children]
         ids = [pid for pid, _, _ in searched]
         last = {sid: pid for pid, _, sid in searched}  # a segment is completed once its last point is stored
+        has_children = any(c.children for c in chunks)
         for start in range(0, len(searched), batch):
             part = searched[start:start + batch]
             items = [(pid, c.content, SparseVector(c.sparse_indices, c.sparse_values), retrievable)
@@ -486,9 +492,10 @@ class IndexWorkers:
             except Exception as e:
                 raise Transient(f"{type(e).__name__}: {e}") from e
             async with self.kn.db.session() as s:
-                done, now = [pid for pid, _, _ in part], utcnow()
-                await s.exec(update(ChildChunk).where(col(ChildChunk.id).in_(done))
-                             .values(status="completed", completed_at=now))
+                now = utcnow()
+                if has_children:
+                    await s.exec(update(ChildChunk).where(col(ChildChunk.id).in_([pid for pid, _, _ in part]))
+                                 .values(status="completed", completed_at=now))
                 finished = [sid for pid, _, sid in part if last[sid] == pid]
                 await s.exec(update(DocumentSegment).where(col(DocumentSegment.id).in_(finished))
                              .values(status="completed", completed_at=now))

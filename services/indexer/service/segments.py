@@ -9,7 +9,6 @@ answers with the parent of the children that matched."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from sqlalchemy import func, update
@@ -24,8 +23,8 @@ from services.indexer.pipeline.split import (
     validate_process_rule,
 )
 from services.indexer.service.common import (
-    SEGMENT_NS,
     archived_immutable,
+    child_chunk_id,
     child_chunk_not_found,
     content_hash,
     created_by,
@@ -96,10 +95,11 @@ def _children_for(doc: Document, seg: DocumentSegment, now: Any) -> list[ChildCh
     """A parent's child chunks split from its content by the document's subchunk rule."""
     rule = validate_process_rule(doc.process_rule, required=True)
     chunks: list[Chunk] = split_children(seg.content, child_segmentation(rule))
-    return [ChildChunk(id=str(uuid.uuid5(SEGMENT_NS, f"{seg.id}:child:{c.position}")), tenant_id=seg.tenant_id,
-                       dataset_id=seg.dataset_id, document_id=doc.id, segment_id=seg.id, position=c.position, content=c.content, word_count=len(c.content), tokens=c.tokens,
-                       index_node_hash=content_hash(c.content), created_by=created_by(), created_at=now,
-                       updated_at=now, indexing_at=now, completed_at=now) for c in chunks]
+    return [ChildChunk(id=child_chunk_id(seg.id, c.position), tenant_id=seg.tenant_id, dataset_id=seg.dataset_id,
+                       document_id=doc.id, segment_id=seg.id, position=c.position, content=c.content,
+                       word_count=len(c.content), tokens=c.tokens, index_node_hash=content_hash(c.content),
+                       created_by=created_by(), created_at=now, updated_at=now, indexing_at=now, completed_at=now)
+            for c in chunks]
 
 
 def check_open(doc: Document) -> None:
@@ -250,7 +250,6 @@ class SegmentService:
         enabled = body.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             raise invalid("enabled must be a boolean")
-        parent_child = False
         stale: list[str] = []
         async with self.kn.db.session() as s:
             ds, doc = await self._doc(s, tenant_id, dataset_id, document_id)
@@ -273,20 +272,21 @@ class SegmentService:
                 g.disabled_at = None if enabled else utcnow()
             g.updated_at = utcnow()
             live = _searchable(doc, g)
+            own = await self._point_ids(s, doc, [g.id])
             # a parent's text is not embedded (its children are), unless it has none (indexed before children)
-            reembed = changed and (not parent_child or await self._point_ids(s, doc, [g.id]) == [g.id])
+            reembed = changed and own == [g.id]
             children: list[ChildChunk] | None = None
             if parent_child and regenerate:
                 children = _children_for(doc, g, utcnow())
                 fresh = {c.id for c in children}  # derived ids: a child at the same place keeps its point
-                stale = [i for i in await self._point_ids(s, doc, [g.id]) if i not in fresh]
+                stale = [i for i in own if i not in fresh]
                 await self._index(ds, doc, [(c.id, c.content, live) for c in children])
                 await s.exec(delete(ChildChunk).where(ChildChunk.segment_id == g.id))
                 for c in children:
                     s.add(c)
             if reembed:
                 await self._index(ds, doc, [(g.id, g.content, live)])
-            points = [] if reembed or enabled is None else await self._point_ids(s, doc, [g.id])
+            points = [] if reembed or enabled is None else ([c.id for c in children] if children is not None else own)
             await s.commit()
             if parent_child and children is None:
                 children = (await children_of(s, [g.id])).get(g.id, [])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
-from shared.errors import ApiError, invalid_param, not_found
+from shared.errors import (
+    ApiError,
+    invalid_param,
+    not_found,
+    parse_uuid,  # noqa: F401 - re-exported: the runtime's modules import it from here
+)
 
 USER_REQUIRED = "Arg user must be provided."
 DEFAULT_USER = "DEFAULT-USER"  # session id when an optional `user` is missing (reference §0)
@@ -46,8 +49,3 @@ def require_user(user: str | None) -> str:
     return str(user)
 
 
-def parse_uuid(value: str, error: ApiError) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise error from None

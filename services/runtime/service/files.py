@@ -32,10 +32,10 @@ import structlog
 from sqlalchemy import insert
 from sqlmodel import select
 
-from services.runtime.service.errors import DEFAULT_USER, parse_uuid
+from services.runtime.service.errors import DEFAULT_USER
 from services.runtime.service.prompt import with_documents, with_images
 from shared.egress import Egress, EgressError, EgressPolicy
-from shared.errors import ApiError, invalid_param
+from shared.errors import ApiError, canonical_uuid, invalid_param
 from shared.files import (
     EXTENSION_OF_MIME,
     SNIFF_BYTES,
@@ -309,13 +309,18 @@ class FileService:
                 "preview_url": url, "source_url": url, "original_url": None, "user_id": row.created_by,
                 "tenant_id": row.tenant_id, "conversation_id": None, "file_key": None}
 
-    async def _app_file(self, app: AppEntry, file_id: str, missing: ApiError) -> UploadFile:
-        """An upload of this app (uploaded by one of its end users), else ``missing``: another workspace's
-        file, another app's, and a knowledge document's file all look the same from here."""
-        fid = parse_uuid(file_id, missing)
+    async def app_upload(self, tenant_id: str, app_id: str, file_id: Any) -> UploadFile | None:
+        """An upload of this app (uploaded by one of its end users), else None: another workspace's file,
+        another app's, a knowledge document's file and an id that is no UUID all look the same from here."""
+        fid = canonical_uuid(file_id)
+        if fid is None:
+            return None
         async with self.rt.db.session() as s:
-            row = (await s.exec(select(UploadFile).join(EndUser, EndUser.id == UploadFile.created_by).where(
-                UploadFile.id == fid, UploadFile.tenant_id == app.tenant_id, EndUser.app_id == app.id))).first()
+            return (await s.exec(select(UploadFile).join(EndUser, EndUser.id == UploadFile.created_by).where(
+                UploadFile.id == fid, UploadFile.tenant_id == tenant_id, EndUser.app_id == app_id))).first()
+
+    async def _app_file(self, app: AppEntry, file_id: str, missing: ApiError) -> UploadFile:
+        row = await self.app_upload(app.tenant_id, app.id, file_id)
         if row is None:
             raise missing
         return row

@@ -13,7 +13,6 @@ reads them again.
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -93,33 +92,28 @@ class WorkflowFiles:
         it, and the preview serves a local one); its ``message_files`` item. A local file must be an upload of
         this app's users (a value a node made up cannot reach another app's or workspace's file): anything else
         is not shown (None)."""
-        try:
-            size = max(0, int(value.get("size") or 0))
-        except (TypeError, ValueError):
-            size = 0
-        method, upload_id, url = "remote_url", None, value.get("remote_url")
         if value.get("transfer_method") == "local_file":
-            rid = value.get("related_id")
-            try:
-                upload_id = str(uuid.UUID(rid)) if isinstance(rid, str) else None
-            except ValueError:
-                upload_id = None
-            async with self.rt.db.session() as s:
-                upload = (await s.exec(select(UploadFile).join(EndUser, EndUser.id == UploadFile.created_by).where(
-                    UploadFile.id == upload_id, UploadFile.tenant_id == tenant_id,
-                    EndUser.app_id == app_id))).first() if upload_id else None
+            upload = await self.service.app_upload(tenant_id, app_id, value.get("related_id"))
             if upload is None:
-                log.info("answer_file_not_shown", message_id=message_id, related_id=str(rid)[:64])
+                log.info("answer_file_not_shown", message_id=message_id, related_id=str(value.get("related_id"))[:64])
                 return None
-            # a tool's file is shown by its signed URL
-            method = "tool_file" if upload.object_name.startswith(TOOL_FILES_PREFIX) else "local_file"
-            url, size = None, upload.size
-        elif not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            return None
-        row = MessageFile(message_id=message_id, type=str(value.get("type") or "custom")[:16], transfer_method=method,
-                          upload_file_id=upload_id, url=url, filename=str(value.get("filename") or "")[:255],
-                          mime_type=str(value.get("mime_type") or "")[:128], size=size,
-                          belongs_to="assistant", created_by=end_user_id)
+            # the stored file speaks for itself; a tool's file is shown by its signed URL
+            row = MessageFile(message_id=message_id, type=sniff_of(upload).type, upload_file_id=upload.id,
+                              transfer_method="tool_file" if upload.object_name.startswith(TOOL_FILES_PREFIX)
+                              else "local_file", filename=upload.name, mime_type=upload.mime_type,
+                              size=upload.size, belongs_to="assistant", created_by=end_user_id)
+        else:
+            url = value.get("remote_url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                return None
+            try:
+                size = max(0, int(value.get("size") or 0))
+            except (TypeError, ValueError):
+                size = 0
+            row = MessageFile(message_id=message_id, type=str(value.get("type") or "custom")[:16],
+                              transfer_method="remote_url", url=url, filename=str(value.get("filename") or "")[:255],
+                              mime_type=str(value.get("mime_type") or "")[:128], size=size, belongs_to="assistant",
+                              created_by=end_user_id)
         async with self.rt.db.session() as s:
             s.add(row)
             await s.commit()
