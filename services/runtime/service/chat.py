@@ -29,6 +29,7 @@ from services.runtime.service.prompt import chat_messages, completion_messages, 
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Channel, Run
 from shared.app_config import render_prompt, validate_inputs
+from shared.db import Step
 from shared.errors import invalid_param
 from shared.identity import Caller
 from shared.models import Conversation, Message, new_id, ts, utcnow
@@ -176,60 +177,25 @@ class ChatService:
                               "trace": {**retrieved.trace, **direct_trace}}
 
             now = utcnow()
-            async with self.rt.db.session() as s:
-                if new_conversation:
-                    await s.exec(
-                        INSERT_CONVERSATION,
-                        params={
-                            "id": conv_id,
-                            "app_id": app.id,
-                            "end_user_id": end_user_id,
-                            "mode": app.mode,
-                            "name": default_name(query) if endpoint == "chat" else "",
-                            "inputs": inputs,
-                            "introduction": "",
-                            "status": "normal",
-                            "from_source": "api",
-                            "is_deleted": False,
-                            "model_config_id": app.config_id,
-                            "created_at": now,
-                            "updated_at": now,
-                        },
-                    )
-                else:
-                    await s.exec(TOUCH_CONVERSATION, params={"b_id": conv_id, "updated_at": now})
-                await s.exec(
-                    INSERT_MESSAGE,
-                    params={
-                        "id": message_id,
-                        "app_id": app.id,
-                        "conversation_id": conv_id,
-                        "end_user_id": end_user_id,
-                        "parent_message_id": parent_id,
-                        "task_id": task_id,
-                        "inputs": inputs,
-                        "query": query,
-                        "answer": "",
-                        "status": "running",
-                        "error": None,
-                        "model_provider": binding.provider,
-                        "model_id": binding.model,
-                        "message_tokens": 0,
-                        "answer_tokens": 0,
-                        "usage": {},
-                        "retriever_resources": retrieved.resources,
-                        "agent_thoughts": [],
-                        "trace": retrieved.trace,
-                        "model_config_id": app.config_id,
-                        "latency": 0.0,
-                        "created_at": now,
-                        "updated_at": now,
-                        **direct_row,
-                    },
-                )
-                if attached:
-                    await attached.record(s, message_id)
-                await s.commit()
+            if new_conversation:
+                first: Step = (INSERT_CONVERSATION, {
+                    "id": conv_id, "app_id": app.id, "end_user_id": end_user_id, "mode": app.mode,
+                    "name": default_name(query) if endpoint == "chat" else "", "inputs": inputs,
+                    "introduction": "", "status": "normal", "from_source": "api", "is_deleted": False,
+                    "model_config_id": app.config_id, "created_at": now, "updated_at": now})
+            else:
+                first = (TOUCH_CONVERSATION, {"b_id": conv_id, "updated_at": now})
+            steps = [first, (INSERT_MESSAGE, {
+                "id": message_id, "app_id": app.id, "conversation_id": conv_id, "end_user_id": end_user_id,
+                "parent_message_id": parent_id, "task_id": task_id, "inputs": inputs, "query": query,
+                "answer": "", "status": "running", "error": None, "model_provider": binding.provider,
+                "model_id": binding.model, "message_tokens": 0, "answer_tokens": 0, "usage": {},
+                "retriever_resources": retrieved.resources, "agent_thoughts": [], "trace": retrieved.trace,
+                "model_config_id": app.config_id, "latency": 0.0, "created_at": now, "updated_at": now,
+                **direct_row})]
+            if attached and attached.rows:  # the message_files rows, committed with the message
+                steps.append(attached.record(message_id))
+            await self.rt.db.write(*steps)
 
             run = Run(
                 task_id=task_id,

@@ -34,6 +34,7 @@ from sqlmodel import select
 
 from services.runtime.service.errors import DEFAULT_USER
 from services.runtime.service.prompt import with_documents, with_images
+from shared.db import Step
 from shared.egress import Egress, EgressError, EgressPolicy
 from shared.errors import ApiError, canonical_uuid, invalid_param
 from shared.files import (
@@ -67,6 +68,7 @@ log = structlog.get_logger("plexus.runtime.files")
 FILE_OBJECT_TYPES = ("image", "document", "audio", "video", "custom")
 TRANSFER_METHODS = ("local_file", "remote_url")
 MODEL_IMAGE_FORMATS = ("png", "jpeg", "gif", "webp")  # what vision APIs take (no SVG)
+INSERT_MESSAGE_FILES = insert(MessageFile.__table__)
 DOCUMENT_TEXTS_KEPT = 128  # uploads whose prompt text stays in memory (each at most document_prompt_chars)
 
 
@@ -175,11 +177,9 @@ class Attachments:
     def apply(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return with_images(messages, self.images, self.detail)
 
-    async def record(self, s: AsyncSession, message_id: str) -> None:
-        """Add the message_files rows to the session that inserts the message (committed with it)."""
-        if self.rows:
-            await s.exec(insert(MessageFile.__table__),  # type: ignore[call-overload]
-                         params=[{**r, "id": new_id(), "message_id": message_id} for r in self.rows])
+    def record(self, message_id: str) -> Step:
+        """The message_files rows, a step of the write that inserts the message."""
+        return INSERT_MESSAGE_FILES, [{**r, "id": new_id(), "message_id": message_id} for r in self.rows]
 
 
 @dataclass(frozen=True, slots=True)

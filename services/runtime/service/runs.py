@@ -355,9 +355,7 @@ class RunRegistry:
         delay = 0.25
         for attempt in range(1, FINALIZE_ATTEMPTS + 1):
             try:
-                async with self.ctx.db.session() as s:
-                    await s.exec(FINALIZE_MESSAGE, params={**params, "updated_at": utcnow()})
-                    await s.commit()
+                await self.ctx.db.write((FINALIZE_MESSAGE, {**params, "updated_at": utcnow()}))
                 return
             except Exception:
                 if attempt == FINALIZE_ATTEMPTS:

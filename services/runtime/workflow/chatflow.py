@@ -15,28 +15,29 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.runtime import llm
 from services.runtime.service.autoplay import auto_play, auto_player
-from services.runtime.service.chat import INSERT_CONVERSATION, INSERT_MESSAGE
+from services.runtime.service.chat import INSERT_CONVERSATION, INSERT_MESSAGE, TOUCH_CONVERSATION
 from services.runtime.service.errors import (
     completion_request_error,
     conversation_not_exists,
     parse_uuid,
     require_user,
 )
+from services.runtime.service.files import INSERT_MESSAGE_FILES
 from services.runtime.service.prompt import default_name
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Run
 from services.runtime.workflow import logic
 from services.runtime.workflow.engine import Engine
 from services.runtime.workflow.service import WorkflowTask
+from shared.db import Step
 from shared.errors import ApiError, invalid_param, not_found
 from shared.identity import Caller
-from shared.models import Conversation, ConversationVariable, Message, MessageFile, new_id, ts, utcnow
+from shared.models import Conversation, ConversationVariable, Message, new_id, ts, utcnow
 
 if TYPE_CHECKING:
     from services.runtime.service.cache import AppEntry
@@ -45,6 +46,13 @@ if TYPE_CHECKING:
 VARIABLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # an annotation reply calls no model: its zero usage is priced by no binding
 NO_MODEL = llm.ModelBinding(provider="", model="", kwargs={})
+
+# Core statements with values bound at execution (compiled once), as chat.py's
+_VARS = ConversationVariable.__table__
+INSERT_VARIABLES = insert(_VARS)
+SET_VARIABLE = update(_VARS).where(_VARS.c.conversation_id == bindparam("b_conversation_id"),
+                                   _VARS.c.id == bindparam("b_id"))
+FINISH_MESSAGE = update(Message.__table__).where(Message.__table__.c.id == bindparam("b_id"))
 
 
 @dataclass
@@ -74,16 +82,15 @@ class ChatPart:
         if self.review is not None and self.review.flagged:  # output moderation: the preset replaces it all
             self.answer, status = self.review.preset, "normal"  # a whole answer, as a moderated chat's
         now = utcnow()
-        async with self.rt.db.session() as s:
-            await s.exec(update(Message.__table__).where(Message.__table__.c.id == self.message_id).values(
-                answer=self.answer, status=status, error=task.error, usage=self.usage,
-                message_tokens=self.usage["prompt_tokens"], answer_tokens=self.usage["completion_tokens"],
-                latency=task.elapsed, updated_at=now))
-            for name, value in engine.conversation_changed.items():
-                await s.exec(update(ConversationVariable.__table__).where(
-                    ConversationVariable.__table__.c.conversation_id == self.conversation_id,
-                    ConversationVariable.__table__.c.id == self.ids[name]).values(value=value, updated_at=now))
-            await s.commit()
+        steps: list[Step] = [(FINISH_MESSAGE, {
+            "b_id": self.message_id, "answer": self.answer, "status": status, "error": task.error,
+            "usage": self.usage, "message_tokens": self.usage["prompt_tokens"],
+            "answer_tokens": self.usage["completion_tokens"], "latency": task.elapsed, "updated_at": now})]
+        if engine.conversation_changed:
+            steps.append((SET_VARIABLE, [{"b_conversation_id": self.conversation_id, "b_id": self.ids[name],
+                                          "value": value, "updated_at": now}
+                                         for name, value in engine.conversation_changed.items()]))
+        await self.rt.db.write(*steps)
 
 
 def _usage(engine: Engine, elapsed: float) -> dict[str, Any]:
@@ -173,31 +180,32 @@ class ChatflowService:
             usage = llm.dify_usage(NO_MODEL, 0, 0, time.perf_counter() - started)
             direct.update(status="normal", usage=usage, latency=usage["latency"], workflow_run_id=None)
 
-        async def rows(s: AsyncSession) -> None:
-            now = utcnow()
-            if new_conversation:
-                await s.exec(INSERT_CONVERSATION, params={
-                    "id": conv_id, "app_id": app.id, "end_user_id": end_user_id, "mode": app.mode,
-                    "name": default_name(query), "inputs": cleaned, "introduction": "", "status": "normal",
-                    "from_source": "api", "is_deleted": False, "created_at": now, "updated_at": now})
-                for v in declared:
-                    await s.exec(insert(ConversationVariable.__table__).values(
-                        id=v["id"], conversation_id=conv_id, app_id=app.id, name=v["name"],
-                        value_type=v.get("value_type", "string"), value=v.get("value"),
-                        description=v.get("description") or "", created_at=now, updated_at=now))
-            else:
-                await s.exec(update(Conversation.__table__).where(Conversation.__table__.c.id == conv_id)
-                             .values(updated_at=now))
-            await s.exec(INSERT_MESSAGE, params={
-                "id": task.chat.message_id, "app_id": app.id, "conversation_id": conv_id,
-                "end_user_id": end_user_id, "parent_message_id": parent_id, "task_id": task.task_id,
-                "inputs": cleaned, "query": query, "answer": "", "status": "running", "error": None,
-                "model_provider": None, "model_id": None, "message_tokens": 0, "answer_tokens": 0, "usage": {},
-                "retriever_resources": [], "agent_thoughts": [], "trace": {}, "workflow_run_id": task.run_id,
-                "latency": 0.0, "created_at": now, "updated_at": now, **direct})
-            if file_rows:  # the message's files, as chat keeps them (GET /messages, preview)
-                await s.exec(insert(MessageFile.__table__),  # type: ignore[call-overload]
-                             params=[{**r, "id": new_id(), "message_id": task.chat.message_id} for r in file_rows])
+        # the conversation (new, or touched), its variables and the message: one transaction with the run row
+        now = utcnow()
+        rows: list[Step] = []
+        if new_conversation:
+            rows.append((INSERT_CONVERSATION, {
+                "id": conv_id, "app_id": app.id, "end_user_id": end_user_id, "mode": app.mode,
+                "name": default_name(query), "inputs": cleaned, "introduction": "", "status": "normal",
+                "from_source": "api", "is_deleted": False, "created_at": now, "updated_at": now}))
+            if declared:
+                rows.append((INSERT_VARIABLES, [{
+                    "id": v["id"], "conversation_id": conv_id, "app_id": app.id, "name": v["name"],
+                    "value_type": v.get("value_type", "string"), "value": v.get("value"),
+                    "description": v.get("description") or "", "created_at": now, "updated_at": now}
+                    for v in declared]))
+        else:
+            rows.append((TOUCH_CONVERSATION, {"b_id": conv_id, "updated_at": now}))
+        rows.append((INSERT_MESSAGE, {
+            "id": task.chat.message_id, "app_id": app.id, "conversation_id": conv_id,
+            "end_user_id": end_user_id, "parent_message_id": parent_id, "task_id": task.task_id,
+            "inputs": cleaned, "query": query, "answer": "", "status": "running", "error": None,
+            "model_provider": None, "model_id": None, "message_tokens": 0, "answer_tokens": 0, "usage": {},
+            "retriever_resources": [], "agent_thoughts": [], "trace": {}, "workflow_run_id": task.run_id,
+            "latency": 0.0, "created_at": now, "updated_at": now, **direct}))
+        if file_rows:  # the message's files, as chat keeps them (GET /messages, preview)
+            rows.append((INSERT_MESSAGE_FILES,
+                         [{**r, "id": new_id(), "message_id": task.chat.message_id} for r in file_rows]))
 
         tts = (workflow.features or {}).get("text_to_speech")
         speech = await auto_player(self.rt, app, tts, {
@@ -217,9 +225,7 @@ class ChatflowService:
                 self.rt.helper.title_after(app, conv_id, query, task.finished,
                                            lambda: task.status in ("succeeded", "partial-succeeded", "stopped"))
             return task
-        async with self.rt.db.session() as s:
-            await rows(s)
-            await s.commit()
+        await self.rt.db.write(*rows)
         # answered like a basic chat's direct answer: `message` and `message_end`, the advanced-chat blocking body
         run = Run(task_id=task.task_id, message_id=task.chat.message_id, conversation_id=conv_id, app_id=app.id,
                   end_user_id=end_user_id, session_id=session_id, mode=app.mode, created_at=task.created_at,

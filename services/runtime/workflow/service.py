@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from services.runtime.workflow.engine import Engine, RunFailed, VariablePool, fi
 from services.runtime.workflow.files import WorkflowFiles
 from services.runtime.workflow.nodes import IMPLS, RunServices
 from shared.app_config import start_form, validate_form
+from shared.db import Step
 from shared.errors import ApiError, invalid_param, not_found
 from shared.identity import Caller
 from shared.lru import Lru
@@ -164,8 +165,8 @@ class WorkflowService:
                             tenant_id=tenant_id, end_user_id=end_user_id, session_id=session_id, inputs=inputs,
                             created_at=int(time.time()), channel=Channel() if streaming else None)
 
-    async def launch(self, task: WorkflowTask, before: Callable[[Any], Awaitable[None]] | None = None) -> None:
-        """Write the run row (with whatever ``before`` adds in the same transaction), then start the run."""
+    async def launch(self, task: WorkflowTask, before: Sequence[Step] = ()) -> None:
+        """Write the run row (after the rows of ``before``, in the same transaction), then start the run."""
         now = utcnow()
         chat = task.chat
         row = {
@@ -176,14 +177,7 @@ class WorkflowService:
             "outputs": {}, "error": None, "elapsed_time": 0.0, "total_tokens": 0, "total_steps": 0,
             "exceptions_count": 0, "created_by_role": "end_user", "created_by": task.end_user_id,
             "created_from": "service-api", "created_at": now, "updated_at": now, "finished_at": None}
-        if before is None:
-            async with self.rt.db.engine.begin() as conn:  # Core only: no ORM session work per run
-                await conn.execute(INSERT_RUN, row)
-        else:
-            async with self.rt.db.session() as s:
-                await before(s)
-                await s.execute(INSERT_RUN, params=row)
-                await s.commit()
+        await self.rt.db.write(*before, (INSERT_RUN, row))
         self.tasks[task.task_id] = task
         task.task = asyncio.create_task(self._execute(task), name=f"workflow-{task.task_id}")
 
@@ -377,13 +371,10 @@ class WorkflowService:
                 "finished_at": datetime.fromtimestamp(ex.finished_at, tz=now.tzinfo) if ex.finished_at else now})
         for attempt in range(5):
             try:
-                async with self.rt.db.engine.begin() as conn:  # Core only: no ORM session work per run
-                    if rows:
-                        await conn.execute(INSERT_EXECUTIONS, rows)
-                    await conn.execute(FINISH_RUN, {
-                        "b_id": task.run_id, "status": task.status, "outputs": task.outputs, "error": task.error,
-                        "elapsed_time": task.elapsed, "total_tokens": task.tokens, "total_steps": task.steps,
-                        "exceptions_count": engine.exceptions, "finished_at": now, "updated_at": now})
+                await self.rt.db.write(*([(INSERT_EXECUTIONS, rows)] if rows else []), (FINISH_RUN, {
+                    "b_id": task.run_id, "status": task.status, "outputs": task.outputs, "error": task.error,
+                    "elapsed_time": task.elapsed, "total_tokens": task.tokens, "total_steps": task.steps,
+                    "exceptions_count": engine.exceptions, "finished_at": now, "updated_at": now}))
                 return
             except Exception:
                 log.warning("workflow_store_retry", attempt=attempt, exc_info=True)
