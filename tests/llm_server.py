@@ -13,8 +13,9 @@ select the turn of an agent loop a script answers. Requests offering tools are r
 Embeddings (``POST /v1/embeddings``): each input gets a deterministic unit vector of ``embedding_dim``
 dimensions (or the request's ``dimensions``) from hashed character trigrams, so similar texts get similar
 vectors (``trigram_vector``). Scripts for it are pushed with ``endpoint="embeddings"`` (``match`` is then
-looked for in any input; ``status``/``body``/``first_delay``/``usage``/``dim`` apply); chat scripts never
-answer embedding requests nor the reverse. Embedding requests are recorded in ``embedding_requests``.
+looked for in any input; ``status``/``body``/``first_delay``/``gate``/``usage``/``dim`` apply: a ``gate`` holds
+the request, recorded, until the test sets it); chat scripts never answer embedding requests nor the reverse.
+Embedding requests are recorded in ``embedding_requests``.
 
 Moderation (``POST /v1/moderations``): an input is flagged when it contains (case-insensitively) one of
 ``moderation_terms``; scripts with ``endpoint="moderations"`` can fail it (``status``/``body``). Requests are
@@ -78,8 +79,10 @@ class _QuietDisconnects(logging.Filter):
 class Script:
     reply: str | None = None  # split into tokens of ``chunk_chars`` characters (or words, if 0)
     tokens: list[str] | None = None  # exact deltas; wins over ``reply``
+    reasoning: list[str] | None = None  # ``reasoning_content`` deltas streamed before the answer (a reasoning model)
     delay: float = 0.0  # seconds before each token
     first_delay: float = 0.0  # seconds before the first byte of the response
+    gate: asyncio.Event | None = None  # embeddings and the other non-chat endpoints: answer once it is set
     status: int = 200  # != 200: answer this status with ``body`` instead of completing
     body: Any = None
     malformed_after: int | None = None  # send a non-JSON data line after this many tokens
@@ -306,6 +309,8 @@ class ScriptedLLM:
         script = self._take(received, endpoint) or Script(endpoint=endpoint)
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
+        if script.gate is not None:  # held (and recorded) until the test lets it go
+            await script.gate.wait()
         return script, self._failure(script) if script.status != 200 else None
 
     async def _embeddings(self, request: Request) -> Response:
@@ -417,6 +422,8 @@ class ScriptedLLM:
             if not received.is_title:  # the runtime's background calls stay out of every count
                 self.completed += 1
             message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+            if script.reasoning:
+                message["reasoning_content"] = "".join(script.reasoning)
             if calls:
                 message["tool_calls"] = calls
             return JSONResponse(
@@ -454,6 +461,10 @@ class ScriptedLLM:
             self.peak_streaming = max(self.peak_streaming, self.streaming)
             try:
                 yield chunk({"role": "assistant", "content": ""})
+                for tok in script.reasoning or ():
+                    if script.delay:
+                        await asyncio.sleep(script.delay)
+                    yield chunk({"content": None, "reasoning_content": tok})
                 for i, tok in enumerate(tokens):
                     if script.malformed_after is not None and i == script.malformed_after:
                         yield b"data: {this is not json\n\n"

@@ -50,14 +50,17 @@ def end(**outputs: list[str]) -> dict[str, Any]:
     return node(END, "end", "End", outputs=[{"variable": k, "value_selector": v} for k, v in outputs.items()])
 
 
-def linear_llm() -> dict[str, Any]:
-    """start(topic) → llm → end(text)."""
+def linear_llm(**llm_data: Any) -> dict[str, Any]:
+    """start(topic) → llm → end(text) (``reasoning=True``: end(text, reasoning_content) too)."""
+    outputs = {"text": [LLM, "text"]}
+    if llm_data.pop("reasoning", False):
+        outputs["reasoning"] = [LLM, "reasoning_content"]
     return graph([
         start(text_var("topic")),
         node(LLM, "llm", "Writer", model=MODEL, context={"enabled": False, "variable_selector": []},
              prompt_template=[{"role": "system", "text": "You write one line."},
-                              {"role": "user", "text": "Write about {{#" + START + ".topic#}}."}]),
-        end(text=[LLM, "text"]),
+                              {"role": "user", "text": "Write about {{#" + START + ".topic#}}."}], **llm_data),
+        end(**outputs),
     ], [edge(START, LLM), edge(LLM, END)])
 
 

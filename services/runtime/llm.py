@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from services.runtime import thinking as thinking_
 from shared.llm import call_kwargs, canonical_provider, litellm
 
 log = structlog.get_logger("plexus.runtime.llm")
@@ -123,6 +124,7 @@ async def stream_chat(
         max_retries=0,
     )
     calls: dict[int, ToolCall] = {}
+    thinking = False  # inside reasoning_content deltas, wrapped in <think> as Dify's model runtime does
     try:
         async for chunk in stream:
             u = getattr(chunk, "usage", None)
@@ -141,9 +143,17 @@ async def stream_chat(
                         if fn is not None:
                             call.name = call.name or fn.name or ""  # sent once, in the first fragment
                             call.arguments += fn.arguments or ""
+                reasoning = getattr(d, "reasoning_content", None)
+                if reasoning:
+                    yield reasoning if thinking else thinking_.OPEN + reasoning
+                    thinking = True
                 delta = d.content
                 if delta:
+                    if thinking:
+                        delta, thinking = thinking_.CLOSE + delta, False
                     yield delta
+        if thinking:  # the model stopped while still thinking (a length cut, a tool call)
+            yield thinking_.CLOSE
     finally:
         # release the provider connection at once on stop/error (cleanup is shielded inside litellm)
         await stream.aclose()
@@ -162,7 +172,8 @@ async def complete_text(
         num_retries=0,
         max_retries=0,
     )
-    return resp.choices[0].message.content or ""
+    # a helper's result (a title, a class, JSON): the answer only, never a reasoning model's inline thinking
+    return thinking_.without_thinking(resp.choices[0].message.content or "")
 
 
 def _price(tokens: int, cost: Decimal) -> Decimal:

@@ -315,6 +315,8 @@ def _check_answer(graph: Graph, node: Node) -> None:
 
 def _check_llm(graph: Graph, node: Node) -> None:
     _model(node)
+    if node.data.get("reasoning_format", "tagged") not in ("tagged", "separated"):
+        raise _err(node, "reasoning_format must be tagged (thinking stays in text) or separated")
     prompt = node.data.get("prompt_template")
     if isinstance(prompt, Mapping):
         if not isinstance(prompt.get("text", prompt.get("jinja2_text")), str):

@@ -498,6 +498,39 @@ async def test_conversation_reuse_and_memory(world: World) -> None:
     assert all(m["inputs"] == {"persona": "a pirate", "tone": ""} for m in msgs["data"])
 
 
+async def test_reasoning_model_thinking_in_the_answer_not_in_memory(world: World) -> None:
+    """A reasoning model's reasoning_content deltas reach the client inside <think> tags before the answer, as
+    Dify's model runtime wraps them; the stored answer keeps them, the next turn's memory leaves them out."""
+    w = world
+    h = w.h("chat")
+    w.llm.push(reasoning=["The user ", "greets me."], tokens=["Ahoy", "!"])
+    r, events = await stream(w.a.client, "/v1/chat-messages", chat("hello", user="thinker", response_mode="streaming"), h)
+    assert r.status_code == 200
+    deltas = [e["answer"] for e in events if e != "ping" and e["event"] == "message"]
+    answer = "<think>\nThe user greets me.\n</think>Ahoy!"
+    assert "".join(deltas) == answer
+    assert deltas[0] == "<think>\nThe user " and deltas[2] == "\n</think>Ahoy"  # as they came, not buffered
+    end = events[-1]
+    assert end["event"] == "message_end"
+    assert (await message_row(w, end["message_id"])).answer == answer
+    # a model that stops while still thinking: the block is closed
+    w.llm.push(reasoning=["Still ", "thinking"], tokens=[])
+    r = await w.a.client.post("/v1/chat-messages", json=chat("cut", user="thinker", conversation_id=end["conversation_id"]),
+                              headers=h)
+    assert r.json()["answer"] == "<think>\nStill thinking\n</think>"
+    w.llm.push(reply="Fair winds.")
+    r = await w.a.client.post("/v1/chat-messages", json=chat("bye", user="thinker",
+                                                             conversation_id=end["conversation_id"]), headers=h)
+    assert r.status_code == 200, r.text
+    sent = w.llm.requests[-1].messages
+    # the earlier answer without its thinking; the all-thinking turn leaves no empty assistant message
+    assert sent[1:] == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Ahoy!"},
+                        {"role": "user", "content": "bye"}]
+    msgs = (await w.a.client.get("/v1/messages", params={"conversation_id": end["conversation_id"], "user": "thinker"},
+                                 headers=h)).json()["data"]
+    assert [m["answer"] for m in msgs] == [answer, "<think>\nStill thinking\n</think>", "Fair winds."]
+
+
 async def test_memory_trimmed_to_context(world: World) -> None:
     w = world
     h = w.h("tight")  # max_tokens leaves 196 input tokens of the 4096 default context

@@ -68,9 +68,9 @@ async def test_first_answer_names_the_conversation(live: LiveServer, client: htt
     assert len(titled(llm, query)) == 1 and call.body["model"] == "scripted" and not call.body.get("stream")
     assert [r.last_user for r in llm.requests] == [query]  # the answer's call is the only one it sees
 
-    # streamed too; a later message of the conversation does not rename it
+    # streamed too, by a reasoning model whose thinking is left out; a later message does not rename it
     q2 = f"How high do tides rise {uuid.uuid4().hex[:6]}"
-    llm.push(endpoint="title", match=q2, reply="Tidal ranges")
+    llm.push(endpoint="title", match=q2, reply="<think>\nA short name, then.\n</think>\n\nTidal ranges")  # inline thinking
     r = await client.post("/v1/chat-messages", headers=k, json={"inputs": {}, "query": q2, "user": "u1",
                                                                 "response_mode": "streaming"})
     assert r.status_code == 200 and "message_end" in r.text

@@ -240,6 +240,38 @@ async def test_linear_llm_streams_text_chunks_and_persists(w: dict[str, Any]) ->
                                                        ("end", "succeeded")]
 
 
+@pytest.mark.parametrize("fmt", ["tagged", "separated"])
+async def test_llm_node_reasoning_format(w: dict[str, Any], fmt: str) -> None:
+    """A reasoning model's thinking: kept in `text` between <think> tags (Dify's default), or, separated, left out
+    of `text` and of the streamed chunks and given as `reasoning_content`. Inline tags split across deltas too."""
+    _, key = await publish(w, g.linear_llm(reasoning=True, reasoning_format=fmt))
+    w["llm"].push(match="Write about tea", reasoning=["Tea is ", "a drink."], tokens=["Tea ", "is ", "calm."])
+    events = await stream(w, key, {"topic": "tea"})
+    streamed = "".join(e["data"]["text"] for e in events if e["event"] == "text_chunk")
+    outputs = events[-1]["data"]["outputs"]
+    if fmt == "tagged":
+        assert streamed == outputs["text"] == "<think>\nTea is a drink.\n</think>Tea is calm."
+        assert outputs["reasoning"] == ""
+    else:
+        assert streamed == outputs["text"] == "Tea is calm."
+        assert outputs["reasoning"] == "Tea is a drink."
+    # a model that writes its thinking inline, the tags cut across deltas
+    w["llm"].push(match="Write about tea", tokens=["<thi", "nk>\nhm", "m</th", "ink>\n\nGreen ", "tea."])
+    outputs = (await run(w, key, {"topic": "tea"}))["data"]["outputs"]
+    if fmt == "tagged":
+        assert outputs == {"text": "<think>\nhmm</think>\n\nGreen tea.", "reasoning": ""}
+    else:
+        assert outputs == {"text": "Green tea.", "reasoning": "hmm"}
+
+
+async def test_llm_node_reasoning_format_is_checked(w: dict[str, Any]) -> None:
+    app_id = await new_app(w)
+    r = await w["c"].post(f"/console/api/apps/{app_id}/workflows/draft", headers=w["admin"],
+                          json={"graph": g.linear_llm(reasoning_format="both")})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param"
+    assert "reasoning_format" in r.json()["message"] and r.json()["node_id"] == g.LLM
+
+
 async def test_branching_takes_one_path(w: dict[str, Any]) -> None:
     _, key = await publish(w, g.branching())
     assert (await run(w, key, {"n": 20}))["data"]["outputs"] == {"result": "big: 20"}

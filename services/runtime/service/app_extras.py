@@ -23,6 +23,7 @@ from services.runtime.service.errors import (
     provider_not_initialize,
     require_user,
 )
+from services.runtime.thinking import without_thinking
 from shared.errors import ApiError, forbidden, invalid_param, not_found
 from shared.identity import Caller
 from shared.models import EndUser, Message, MessageFeedback
@@ -151,7 +152,7 @@ class AppExtras:
                 .limit(SUGGESTED_TURNS))).all()
         if binding is None:
             raise provider_not_initialize()
-        turns = [(q or "", a or "") for q, a in reversed(rows)]
+        turns = [(q or "", without_thinking(a or "")) for q, a in reversed(rows)]
         try:
             text = await llm.complete_text(binding, suggested_messages(turns), timeout=self.rt.settings.llm_timeout,
                                            max_tokens=SUGGESTED_MAX_TOKENS)

@@ -25,7 +25,13 @@ from services.runtime.service.errors import (
     require_user,
 )
 from services.runtime.service.moderation import ModerationService
-from services.runtime.service.prompt import chat_messages, completion_messages, context_budget, default_name
+from services.runtime.service.prompt import (
+    chat_messages,
+    completion_messages,
+    context_budget,
+    default_name,
+    memory_turns,
+)
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Channel, Run
 from shared.app_config import render_prompt, validate_inputs
@@ -266,7 +272,7 @@ class ChatService:
                 )
             ).all()
         parent_id = rows[0][0] if rows else None
-        history = [(q, a) for _, q, a in reversed(rows) if a]
+        history = memory_turns(rows)
         return dict(inputs or {}), history, parent_id, pinned
 
     async def result(self, run: Run) -> dict[str, Any]:

@@ -6,7 +6,10 @@ than the answer is worth here, and the budget only decides how many old turns to
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from services.runtime.thinking import without_thinking
 
 MESSAGE_OVERHEAD = 4  # role and separators per chat message, roughly as OpenAI counts them
 NAME_MAX = 75  # Dify trims generated conversation names to this
@@ -19,6 +22,13 @@ def approx_tokens(text: str) -> int:
 def context_budget(context_tokens: int, max_tokens: int) -> int:
     """Input tokens available once the answer's own max_tokens is reserved."""
     return max(context_tokens - max(max_tokens, 0), 0)
+
+
+def memory_turns(rows: Iterable[tuple[Any, str, str]]) -> list[tuple[str, str]]:
+    """A conversation's stored (id, query, answer) rows, newest first, as memory turns, oldest first: the
+    answered ones, without a reasoning model's thinking."""
+    turns = [(q, without_thinking(a)) for _, q, a in rows if a]
+    return [(q, a) for q, a in reversed(turns) if a]
 
 
 def chat_messages(

@@ -28,7 +28,7 @@ from services.runtime.service.errors import (
     require_user,
 )
 from services.runtime.service.files import INSERT_MESSAGE_FILES
-from services.runtime.service.prompt import default_name
+from services.runtime.service.prompt import default_name, memory_turns
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Run
 from services.runtime.workflow import logic
@@ -145,7 +145,7 @@ class ChatflowService:
                     ConversationVariable.conversation_id == conv_id))).all()}
             inputs = dict(conv_inputs)
             parent_id = rows[0][0] if rows else None
-            history = [(q, a) for _, q, a in reversed(rows) if a]
+            history = memory_turns(rows)
         if conv_id is None:
             workflow, graph, cleaned = await wf.prepare(app, workflow_id, inputs, end_user_id=end_user_id)
         else:  # a conversation keeps the inputs it started with (checked and resolved then)

@@ -13,6 +13,7 @@ import orjson
 
 from services.runtime import llm
 from services.runtime.service.prompt import estimate_usage, with_images
+from services.runtime.thinking import ThinkingSplitter
 from services.runtime.workflow import logic
 from services.runtime.workflow.engine import NodeError, NodeResult, VariablePool
 from shared.context import Context
@@ -245,15 +246,23 @@ async def llm_node(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     binding = await _services(eng).binding(node.data.get("model") or {})
     messages = await _vision(node, pool, eng, _prompt(node, pool, _services(eng).history))
     usage, parts, started = llm.Usage(), [], time.perf_counter()
+    # a reasoning model's thinking: in `text` between <think> tags (Dify's default), or apart (separated)
+    splitter = ThinkingSplitter() if node.data.get("reasoning_format") == "separated" else None
     try:
         async for delta in llm.stream_chat(binding, messages, eng.services.ctx.settings.runtime.llm_timeout, usage):
+            if splitter is not None and not (delta := splitter.feed(delta)):
+                continue
             parts.append(delta)
             await eng.llm_delta(node.id, delta)
+        if splitter is not None and (rest := splitter.close()):
+            parts.append(rest)
+            await eng.llm_delta(node.id, rest)
     except Exception as e:  # noqa: BLE001 - the provider's failure, worded for the run
         raise NodeError(llm.error_message(e, binding.provider)) from None
     text = "".join(parts)
-    u = _usage(binding, usage, messages, text, started)
-    return NodeResult(outputs={"text": text, "usage": u, "finish_reason": "stop"},
+    reasoning = splitter.reasoning if splitter is not None else ""
+    u = _usage(binding, usage, messages, text + reasoning, started)  # the thinking was generated too
+    return NodeResult(outputs={"text": text, "reasoning_content": reasoning, "usage": u, "finish_reason": "stop"},
                       process_data={"model_mode": (node.data.get("model") or {}).get("mode", "chat"),
                                     "prompts": _stored(messages), "usage": u, "model_provider": binding.provider,
                                     "model_name": binding.model},
