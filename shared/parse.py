@@ -20,22 +20,21 @@ from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-import docx
 import lxml.etree
 import lxml.html
-import openpyxl
-import pptx
-from docx.document import Document as DocxDocument
-from docx.enum.style import WD_STYLE_TYPE
-from docx.oxml.ns import qn
-from docx.table import Table
-from docx.text.paragraph import Paragraph
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
-from pptx.enum.shapes import MSO_SHAPE_TYPE, PP_PLACEHOLDER
-from pptx.shapes.base import BaseShape
-from pypdf import PasswordType, PdfReader
+
+# python-docx, openpyxl, python-pptx and pypdf are imported by the function that reads their format: together
+# they take longer to import than the rest of a service (1–4 s), and every process that imports this module for
+# sniffing (gateway-facing services, each restart of an indexer) would pay for them before its first request.
+if TYPE_CHECKING:
+    from docx.document import Document as DocxDocument
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+    from pptx.shapes.base import BaseShape
 
 
 class UnsupportedFileType(Exception):
@@ -407,6 +406,8 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 
 
 def _pdf(path: Path, out: _Out) -> None:
+    from pypdf import PasswordType, PdfReader
+
     reader = PdfReader(path)
     if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
         raise ParseError("The PDF is encrypted; upload it without a password.")
@@ -419,10 +420,15 @@ def _pdf(path: Path, out: _Out) -> None:
 # -------------------------------------------------------------------------------------------- docx
 
 _HEADING_STYLE = re.compile(r"(?:heading|标题)\s*(\d)", re.IGNORECASE)
-_W_P, _W_TBL, _W_SDT = qn("w:p"), qn("w:tbl"), qn("w:sdt")
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"  # python-docx's qn("w:…") prefix
+_W_P, _W_TBL, _W_SDT, _W_SDT_CONTENT = _W + "p", _W + "tbl", _W + "sdt", _W + "sdtContent"
 
 
 def _docx(path: Path, out: _Out) -> None:
+    import docx
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
     document = docx.Document(str(path))
     styles = _DocxStyles(document)
     for block in _docx_blocks(document.element.body):
@@ -438,7 +444,7 @@ def _docx_blocks(parent: lxml.etree._Element) -> Iterator[lxml.etree._Element]:
         if child.tag in (_W_P, _W_TBL):
             yield child
         elif child.tag == _W_SDT:
-            for content in child.iterchildren(qn("w:sdtContent")):
+            for content in child.iterchildren(_W_SDT_CONTENT):
                 yield from _docx_blocks(content)
 
 
@@ -453,6 +459,8 @@ class _DocxStyles:
     def name(self, paragraph: Paragraph) -> str:
         style_id = paragraph._p.style
         if style_id not in self.names:  # resolved as paragraph.style does (unknown ids → the default style)
+            from docx.enum.style import WD_STYLE_TYPE
+
             style = self.part.get_style(style_id, WD_STYLE_TYPE.PARAGRAPH)
             self.names[style_id] = (style.name or "") if style is not None else ""
         return self.names[style_id]
@@ -506,6 +514,8 @@ def _docx_rows(table: Table) -> Iterator[list[str]]:
 
 
 def _xlsx(path: Path, out: _Out) -> None:
+    import openpyxl
+
     workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
         for sheet in workbook.worksheets:
@@ -522,16 +532,9 @@ def _xlsx(path: Path, out: _Out) -> None:
 
 # -------------------------------------------------------------------------------------------- pptx
 
-_PPTX_BULLETS = {
-    PP_PLACEHOLDER.BODY,
-    PP_PLACEHOLDER.OBJECT,
-    PP_PLACEHOLDER.VERTICAL_BODY,
-    PP_PLACEHOLDER.VERTICAL_OBJECT,
-}
-_PPTX_SKIP = {PP_PLACEHOLDER.DATE, PP_PLACEHOLDER.FOOTER, PP_PLACEHOLDER.SLIDE_NUMBER, PP_PLACEHOLDER.HEADER}
-
-
 def _pptx(path: Path, out: _Out) -> None:
+    import pptx
+
     presentation = pptx.Presentation(str(path))
     for number, slide in enumerate(presentation.slides, start=1):
         title = slide.shapes.title
@@ -549,6 +552,8 @@ def _pptx(path: Path, out: _Out) -> None:
 
 
 def _pptx_shape(shape: BaseShape, out: _Out, number: int) -> None:
+    from pptx.enum.shapes import MSO_SHAPE_TYPE, PP_PLACEHOLDER
+
     if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
         for child in shape.shapes:
             _pptx_shape(child, out, number)
@@ -556,9 +561,12 @@ def _pptx_shape(shape: BaseShape, out: _Out, number: int) -> None:
         _add_table(out, ([cell.text for cell in row.cells] for row in shape.table.rows), page=number)
     elif shape.has_text_frame:
         placeholder = shape.placeholder_format.type if shape.is_placeholder else None
-        if placeholder in _PPTX_SKIP:
+        if placeholder in (PP_PLACEHOLDER.DATE, PP_PLACEHOLDER.FOOTER, PP_PLACEHOLDER.SLIDE_NUMBER,
+                           PP_PLACEHOLDER.HEADER):
             return
-        kind = "list_item" if placeholder in _PPTX_BULLETS else "text"
+        bullets = (PP_PLACEHOLDER.BODY, PP_PLACEHOLDER.OBJECT, PP_PLACEHOLDER.VERTICAL_BODY,
+                   PP_PLACEHOLDER.VERTICAL_OBJECT)
+        kind = "list_item" if placeholder in bullets else "text"
         for paragraph in shape.text_frame.paragraphs:
             out.add(kind, paragraph.text.replace("\v", "\n"), level=paragraph.level, page=number)
 
