@@ -213,6 +213,9 @@ CLOCK_SKEW = 30  # seconds
 TOOL_FILES_PREFIX = "tool/"  # object-store names of the files tools make: tool/<tenant>/<upload id>
 
 
+TOOL_FILE_PATH = "/files/tools/"  # where signed tool-file URLs point (the runtime's keyless route)
+
+
 @dataclass(frozen=True, slots=True)
 class FileSigner:
     """Signed URLs for the files tools make, as Dify's ``/files/tools/<id>.<ext>?timestamp&nonce&sign``: they
@@ -231,7 +234,7 @@ class FileSigner:
         timestamp, nonce = str(int(time.time() if now is None else now)), secrets.token_hex(16)
         query = urllib.parse.urlencode({"timestamp": timestamp, "nonce": nonce,
                                         "sign": self._sign(file_id, timestamp, nonce)})
-        return f"{self.base}/files/tools/{file_id}.{extension}?{query}"
+        return f"{self.base}{TOOL_FILE_PATH}{file_id}.{extension}?{query}"
 
     def check(self, file_id: str, timestamp: str, nonce: str, sign: str, now: float | None = None) -> bool:
         if not timestamp.isdigit() or not hmac.compare_digest(self._sign(file_id, timestamp, nonce), sign):

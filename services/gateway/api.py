@@ -60,7 +60,9 @@ _UPLOADS = frozenset(("/v1/files/upload", "/v1/audio-to-text"))
 _CONSOLE = CONSOLE_PREFIX
 _API = "/api"  # the public API's second prefix (the seeds call /api/chat-messages): served as /v1
 _OWN = frozenset({"/healthz", "/readyz", "/metrics"})
-_TOOL_FILES = "/files/tools/"  # signed URLs of files tools made: no key, the runtime checks the signature
+# signed URLs of files tools made: no key, the runtime checks the signature (shared.files.TOOL_FILE_PATH; not
+# imported from there, which would load image libraries into the gateway)
+_TOOL_FILES = "/files/tools/"
 _STRIP = frozenset(h.encode() for h in (*IDENTITY_HEADERS, H_REQUEST_ID))  # the gateway sets these
 _WWW_AUTH = [(b"www-authenticate", b'Bearer realm="api"')]
 _UPSTREAMS = ("console", "runtime", "indexer", "tools")

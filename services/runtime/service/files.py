@@ -40,6 +40,7 @@ from shared.errors import ApiError, canonical_uuid, invalid_param
 from shared.files import (
     EXTENSION_OF_MIME,
     SNIFF_BYTES,
+    TOOL_FILE_PATH,
     TOOL_FILES_PREFIX,
     FileSigner,
     FileStore,
@@ -288,6 +289,18 @@ class FileService:
 
     def tool_file_url(self, row: UploadFile) -> str:
         return self.signer.url(row.id, row.extension) if self.signer else preview_url(self.base, row.id)
+
+    def resigned(self, value: Any) -> Any:
+        """``value`` (stored outputs) with a fresh signed URL in every File value that links a tool's file:
+        the stored link expired minutes after the run, as Dify's signs each time it shows one."""
+        if isinstance(value, list):
+            return [self.resigned(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if self.signer is not None and value.get("related_id") and TOOL_FILE_PATH in str(value.get("url") or ""):
+            return {**value, "url": self.signer.url(str(value["related_id"]),
+                                                    str(value.get("extension") or "").lstrip("."))}
+        return {k: self.resigned(v) for k, v in value.items()}
 
     async def signed_tool_file(self, name: str, timestamp: str, nonce: str, sign: str) -> Preview:
         """A tool's file by its signed URL (``<upload id>.<extension>``): 403 for a bad or expired signature,

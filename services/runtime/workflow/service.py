@@ -417,7 +417,7 @@ class WorkflowService:
         if r is None:
             raise not_found("Workflow run not found.")
         return {"id": r.id, "workflow_id": r.workflow_id, "status": r.status, "inputs": r.inputs or {},
-                "outputs": r.outputs or {}, "error": r.error, "total_steps": r.total_steps,
+                "outputs": self.rt.files.resigned(r.outputs or {}), "error": r.error, "total_steps": r.total_steps,
                 "total_tokens": r.total_tokens, "created_at": ts(r.created_at), "finished_at": ts(r.finished_at),
                 "elapsed_time": r.elapsed_time}
 
