@@ -23,6 +23,10 @@ from shared.tool_schema import ToolSpec
 # agent_mode.strategy → the loop that runs it (Dify's legacy router names included)
 AGENT_STRATEGIES = {"function_call": "function_call", "router": "function_call", "react": "react",
                     "react_router": "react"}
+# Dify 1.x's workflow agent node runs a strategy of a plugin; Plexus has the official one built in
+# (langgenius/agent): its strategies → the same loops (names matched case-insensitively)
+AGENT_STRATEGY_PROVIDERS = ("langgenius/agent/agent", "langgenius/agent", "agent")
+AGENT_NODE_STRATEGIES = {"function_calling": "function_call", "react": "react"}
 REPLY_GRACE = 2.0  # seconds a caller waits beyond the tool's timeout for the structured timeout reply
 
 
@@ -83,6 +87,11 @@ BUILTIN_TOOLS: dict[tuple[str, str], BuiltinTool] = {
 # A tool result may carry files (an image a tool made): {"filename", "mime_type", "data": base64}. They travel
 # in the NATS reply, whose default limit is 1 MB: a tool keeps its files under this many bytes in all.
 TOOL_FILES_MAX_BYTES = 512 * 1024
+
+
+def is_agent_strategy_plugin(identifier: str) -> bool:
+    """A Dify plugin id of the built-in strategy provider (``langgenius/agent:0.0.9@<hash>``)."""
+    return identifier.split("@", 1)[0].split(":", 1)[0] == "langgenius/agent"
 
 
 _PREFIXES = {"basic": "Basic ", "bearer": "Bearer ", "custom": ""}

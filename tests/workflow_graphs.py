@@ -294,3 +294,48 @@ def chat_loop_graph(rounds: int = 3) -> dict[str, Any]:
         node(L_ANSWER, "answer", "Say", parent=LOOP, in_loop=True, answer="Round {{#" + LOOP + ".total#}}. "),
         node(ANSWER, "answer", "Answer", answer="{{#" + LOOP + ".loop_round#}} rounds."),
     ], [edge(START, LOOP), edge(LOOP_START, L_ASSIGN), edge(L_ASSIGN, L_ANSWER), edge(LOOP, ANSWER)])
+
+
+AGENT = "1711000000026"
+AGENT_MODEL = {"provider": "openai-compatible", "model": "scripted", "model_type": "llm", "mode": "chat",
+               "completion_params": {}}
+
+
+def calculator_tool(**extra: Any) -> dict[str, Any]:
+    """The built-in calculator as a Dify agent node lists a tool (its expression left to the model)."""
+    return {"enabled": True, "type": "builtin", "provider_name": "calculator", "provider_show_name": "calculator",
+            "tool_name": "calculator", "tool_label": "Calculator", "settings": {},
+            "parameters": {"expression": {"auto": 1, "value": None}}, "extra": {"description": ""}, **extra}
+
+
+def agent_node(query: str, *, tools: list[dict[str, Any]] | None = None, strategy: str = "function_calling",
+               instruction: str = "You are a careful assistant.", max_iterations: Any = 3,
+               provider: str = "langgenius/agent/agent", model: dict[str, Any] | None = AGENT_MODEL,
+               **data: Any) -> dict[str, Any]:
+    """A Dify 1.x Agent node (the official strategies plugin) as the editor exports it."""
+    params: dict[str, Any] = {
+        "tools": {"type": "constant", "value": [calculator_tool()] if tools is None else tools},
+        "instruction": {"type": "constant", "value": instruction},
+        "query": {"type": "constant", "value": query},
+        "maximum_iterations": {"type": "constant", "value": max_iterations},
+    }
+    if model is not None:
+        params["model"] = {"type": "constant", "value": model}
+    return node(AGENT, "agent", "Agent", agent_strategy_provider_name=provider, agent_strategy_name=strategy,
+                agent_strategy_label="FunctionCalling" if strategy == "function_calling" else strategy,
+                plugin_unique_identifier="langgenius/agent:0.0.17@4f2a", agent_parameters=params,
+                output_schema=None, **data)
+
+
+def agent_graph(**agent: Any) -> dict[str, Any]:
+    """start(q) → agent (query: q) → end(text, json)."""
+    return graph([start(text_var("q")), agent_node("{{#" + START + ".q#}}", **agent),
+                  end(text=[AGENT, "text"], json=[AGENT, "json"])],
+                 [edge(START, AGENT), edge(AGENT, END)])
+
+
+def agent_chatflow(**agent: Any) -> dict[str, Any]:
+    """advanced-chat: start → agent (query: sys.query, memory of 10 turns) → answer "Agent: <its text>"."""
+    return graph([start(), agent_node("{{#sys.query#}}", memory={"window": {"enabled": True, "size": 10}}, **agent),
+                  node(ANSWER, "answer", "Answer", answer="Agent: {{#" + AGENT + ".text#}}")],
+                 [edge(START, AGENT), edge(AGENT, ANSWER)])

@@ -38,6 +38,7 @@ NODE_TYPES: frozenset[str] = frozenset(
         "parameter-extractor",
         "list-operator",
         "document-extractor",
+        "agent",
     }
 )
 CONTAINER_TYPES: frozenset[str] = frozenset({"iteration", "loop"})
@@ -417,6 +418,15 @@ def selectors(node: Node) -> list[tuple[list[str], str]]:
         sel(data.get("variable"), "variable")
     elif kind == "document-extractor":
         sel(data.get("variable_selector"), "variable_selector")
+    elif kind == "agent":
+        # every {type, value} input: a variable's selector, or the templates in a constant/mixed one (the tools'
+        # preset parameters included, as Dify renders them)
+        params = _dict(data.get("agent_parameters"))
+        for name, param in params.items():
+            if isinstance(param, Mapping) and param.get("type") == "variable":
+                sel(param.get("value"), f"agent_parameters.{name}.value", optional=True)
+            elif isinstance(param, Mapping) and name != "model":
+                text(param.get("value"), f"agent_parameters.{name}.value")
     return found
 
 
@@ -573,6 +583,8 @@ def _declared_by_type(types: TypeResolver, node: Node) -> dict[str, str]:
         return {"body": "string", "status_code": "number", "headers": "object", "files": "array[file]"}
     if kind == "tool":
         return {"text": "string", "files": "array[file]", "json": "array[object]"}
+    if kind == "agent":
+        return {"text": "string", "files": "array[file]", "json": "array[object]", "usage": "object"}
     if kind in ("variable-aggregator", "variable-assigner"):
         settings = _dict(data.get("advanced_settings"))
         if settings.get("group_enabled"):

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
+from shared.workflow.agent import agent_config
 from shared.workflow.graph import (
     CHAT_ONLY_SYS,
     CONTAINER_TYPES,
@@ -401,6 +402,13 @@ def _check_tool(graph: Graph, node: Node) -> None:
         _text(node, key)
 
 
+def _check_agent(graph: Graph, node: Node) -> None:
+    try:
+        agent_config(node.data)
+    except ValueError as e:
+        raise _err(node, str(e)) from None
+
+
 def _check_container(graph: Graph, node: Node) -> None:
     if node.type == "iteration":
         _selector_set(node, "iterator_selector")
@@ -466,6 +474,7 @@ _CONFIG_CHECKS = {
     "template-transform": _check_template,
     "http-request": _check_http,
     "tool": _check_tool,
+    "agent": _check_agent,
     "iteration": _check_container,
     "loop": _check_container,
     "parameter-extractor": _check_extractor,

@@ -631,16 +631,20 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 
 async def test_model_provider_plugins_are_built_in(console: Console, fake_openai: FakeOpenAI) -> None:
     """Dify 1.x clients install a provider plugin first (the stress-test harness does): a model-provider plugin
-    Plexus knows is reported installed, and its plugin id names the provider in the credential routes."""
+    Plexus knows (or the agent strategies) is reported installed, and its plugin id names the provider in the
+    credential routes."""
     c = console
     h = await c.headers()
     url = "/workspaces/current/plugin/install/marketplace"
     r = await c.http.post(url, headers=h, json={"plugin_unique_identifiers": [
         "langgenius/openai:0.0.26@4f2a", "langgenius/anthropic:0.0.14@9c1e"]})
     assert r.status_code == 200 and r.json() == {"all_installed": True, "task_id": ""}, r.text
+    # the official agent strategies are built in too (the workflow agent node); another plugin is refused
+    r = await c.http.post(url, headers=h, json={"plugin_unique_identifiers": ["langgenius/agent:0.0.9@77aa"]})
+    assert r.status_code == 200 and r.json()["all_installed"] is True, r.text
     r = await c.http.post(url, headers=h, json={"plugin_unique_identifiers": [
-        "langgenius/openai:0.0.26@4f2a", "langgenius/agent:0.0.9@77aa"]})
-    assert "langgenius/agent" in assert_envelope(r, 400, "invalid_param")["message"]
+        "langgenius/openai:0.0.26@4f2a", "langgenius/searxng:0.0.5@77aa"]})
+    assert "langgenius/searxng" in assert_envelope(r, 400, "invalid_param")["message"]
     for body in ({}, {"plugin_unique_identifiers": []}, {"plugin_unique_identifiers": [3]}):
         assert_envelope(await c.http.post(url, headers=h, json=body), 400, "invalid_param")
     # the plugin's provider id works where Dify 1.x sends it

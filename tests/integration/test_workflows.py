@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared.models import UploadFile, WorkflowNodeExecution
+from shared.models import UploadFile, WorkflowNodeExecution, WorkflowRun
 from shared.settings import ToolsSettings
 from tests import workflow_graphs as g
 from tests.conftest import LiveServer, database_url, db_params, make_settings, start_live
@@ -397,6 +397,21 @@ async def test_tool_node_files_are_the_runs_files(w: dict[str, Any]) -> None:
     assert row is not None and row.size == f["size"] and row.mime_type == "image/png"
     image = await w["c"].get("/files/tools/" + f["url"].split("/files/tools/", 1)[1])  # signed: no key
     assert image.status_code == 200 and len(image.content) == f["size"], image.text
+    # the stored run keeps the link it had; once that has expired, the run's detail signs its files afresh
+    run_id = finished["data"]["id"]
+    expired = f["url"].split("?")[0] + "?timestamp=1&nonce=00&sign=old"
+    async with w["srv"].ctx.db.session() as s:
+        stored = await s.get(WorkflowRun, run_id)
+        stored.outputs = {**stored.outputs, "image": [{**stored.outputs["image"][0], "url": expired}]}
+        await s.commit()
+    assert (await w["c"].get("/files/tools/" + expired.split("/files/tools/", 1)[1])).status_code == 403
+    detail = (await w["c"].get(f"/v1/workflows/run/{run_id}", headers=h(key))).json()
+    (again,) = detail["outputs"]["image"]
+    assert again["url"] != expired and {k: v for k, v in again.items() if k != "url"} == {
+        k: v for k, v in f.items() if k != "url"}
+    image = await w["c"].get("/files/tools/" + again["url"].split("/files/tools/", 1)[1])
+    assert image.status_code == 200 and len(image.content) == f["size"]
+    assert detail["outputs"]["note"] == finished["data"]["outputs"]["note"]  # other outputs as stored
 
 
 async def test_an_answer_shows_files_as_message_files(w: dict[str, Any]) -> None:
@@ -922,3 +937,251 @@ async def test_advanced_chat_later_turns_keep_the_required_inputs(w: dict[str, A
         r = await c.post("/v1/chat-messages", headers=h(key), json={
             "inputs": inputs, "query": "two", "user": "u1", "conversation_id": conv})
         assert r.status_code == 200 and r.json()["answer"] == "Hello Ann: two", r.text
+
+
+# ---- the agent node ----------------------------------------------------------------------------------------
+
+
+def weather_openapi(base: str) -> str:
+    return json.dumps({
+        "openapi": "3.0.3", "info": {"title": "Weather", "version": "1"}, "servers": [{"url": base}],
+        "paths": {"/weather": {"post": {
+            "operationId": "get_weather", "summary": "The current weather of a city",
+            "parameters": [{"name": "units", "in": "query", "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}}}}}},
+    })
+
+
+async def weather_tool(w: dict[str, Any]) -> dict[str, Any]:
+    """A workspace API tool on the upstream's /weather, as a Dify agent node lists it: ``city`` left to the
+    model, ``units`` preset by the builder (auto: 0)."""
+    r = await w["c"].post("/console/api/workspaces/current/tool-provider/api/add", headers=w["admin"], json={
+        "provider": f"weather-{uuid.uuid4().hex[:6]}", "schema_type": "openapi", "schema": weather_openapi(w["base"]),
+        "credentials": {"auth_type": "none"}})
+    assert r.status_code == 200, r.text
+    p = r.json()
+    return {"enabled": True, "type": "api", "provider_name": p["name"], "provider_id": p["id"],
+            "tool_name": "get_weather", "settings": {},
+            "parameters": {"city": {"auto": 1, "value": None}, "units": {"auto": 0, "value": "metric"}},
+            "extra": {"description": "weather"}}
+
+
+def agent_logs(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "agent_log"]
+
+
+async def test_agent_node_function_calling(w: dict[str, Any]) -> None:
+    """start → agent (function_calling: calculator + an API tool) → end: the model calls both tools in one round,
+    reads their results, answers; agent_log events per round and per call, outputs text/json, the log kept in
+    the node execution's metadata and in the run's event log (replayed on resume)."""
+    llm, up, c = w["llm"], w["up"], w["c"]
+    weather = await weather_tool(w)
+    _, key = await publish(w, g.agent_graph(tools=[g.calculator_tool(), weather, g.calculator_tool(enabled=False)]))
+    llm.push(with_tools=True, match="sums and weather", tool_calls=[
+        {"id": "call_calc", "name": "calculator", "arguments": {"expression": "6*7"}},
+        {"id": "call_wx", "name": "get_weather", "arguments": {"city": "Paris"}}])
+    llm.push(with_tools=True, match_last="temp", tokens=["It is 42", " and 21 degrees", " in Paris."])
+    events = await stream(w, key, {"q": "sums and weather, please"})
+    finished = events[-1]["data"]
+    assert finished["status"] == "succeeded", finished
+    assert finished["outputs"] == {"text": "It is 42 and 21 degrees in Paris.",
+                                   "json": [{"city": "Paris", "temp": 21}]}
+    # the answer streamed to the End node while the model wrote it
+    assert "".join(e["data"]["text"] for e in events if e["event"] == "text_chunk") == finished["outputs"]["text"]
+    assert up.seen == [{"body": {"city": "Paris"}, "trace": None, "query": {"units": "metric"}}]
+
+    first, second = llm.requests
+    assert first.messages == [{"role": "system", "content": "You are a careful assistant."},
+                              {"role": "user", "content": "sums and weather, please"}]
+    assert sorted(t["function"]["name"] for t in first.body["tools"]) == ["calculator", "get_weather"]
+    assert "units" not in json.dumps(first.body["tools"])  # a preset is not the model's to fill
+    results = {m["tool_call_id"]: m["content"] for m in second.messages if m["role"] == "tool"}
+    assert results["call_calc"] == "42" and json.loads(results["call_wx"]) == {"city": "Paris", "temp": 21}
+
+    agent_started = next(e["data"] for e in events if e["event"] == "node_started" and e["data"]["node_id"] == g.AGENT)
+    assert agent_started["agent_strategy"]["name"] == "function_calling"
+    logs = agent_logs(events)
+    assert all(e["workflow_run_id"] == finished["id"] for e in logs)
+    assert all("workflow_run_id" not in e["data"] and e["data"]["node_id"] == g.AGENT
+               and e["data"]["node_execution_id"] == agent_started["id"] for e in logs)
+    rounds = [e["data"] for e in logs if e["data"]["label"].startswith("ROUND")]
+    assert [(r["label"], r["status"]) for r in rounds] == [
+        ("ROUND 1", "start"), ("ROUND 1", "success"), ("ROUND 2", "start"), ("ROUND 2", "success")]
+    assert rounds[0]["id"] == rounds[1]["id"] != rounds[2]["id"] == rounds[3]["id"]
+    assert all(r["parent_id"] is None for r in rounds)
+    done = rounds[1]["metadata"]
+    assert done["total_tokens"] > 0 and done["elapsed_time"] >= 0 and done["provider"] == "openai-compatible"
+    calls = [e["data"] for e in logs if e["data"]["label"].startswith("CALL")]
+    assert {(d["label"], d["status"]) for d in calls} == {("CALL calculator", "start"), ("CALL calculator", "success"),
+                                                         ("CALL get_weather", "start"), ("CALL get_weather", "success")}
+    assert all(d["parent_id"] == rounds[0]["id"] for d in calls)
+    calc = next(d for d in calls if d["label"] == "CALL calculator" and d["status"] == "success")
+    assert calc["data"] == {"tool_call_id": "call_calc", "tool_call_name": "calculator",
+                            "tool_call_args": {"expression": "6*7"}, "output": "42"}
+    # no log leaves the round before it starts or after it ends
+    order = [e["data"]["id"] for e in logs]
+    assert order.index(calc["id"]) > order.index(rounds[0]["id"]) and order.count(rounds[0]["id"]) == 2
+
+    agent_done = next(e["data"] for e in events if e["event"] == "node_finished" and e["data"]["node_id"] == g.AGENT)
+    meta = agent_done["execution_metadata"]
+    assert meta["total_tokens"] > 0 and meta["currency"] == "USD" and "total_price" in meta
+    kept = meta["agent_log"]
+    assert [(x["label"], x["status"]) for x in kept][:2] == [("ROUND 1", "success"), ("CALL calculator", "success")]
+    assert len(kept) == 4 and {x["id"] for x in kept} == {e["data"]["id"] for e in logs}
+    assert agent_done["outputs"]["usage"]["total_tokens"] == meta["total_tokens"] > 0
+    async with w["srv"].ctx.db.session() as s:
+        row = (await s.exec(select(WorkflowNodeExecution).where(
+            WorkflowNodeExecution.workflow_run_id == finished["id"], WorkflowNodeExecution.node_id == g.AGENT))).one()
+    assert row.status == "succeeded" and row.execution_metadata["agent_log"] == kept
+
+    # the agent_log events are in the run's event log: a client resuming gets them again
+    async with c.stream("GET", f"/v1/workflows/run/{finished['id']}/events",
+                        headers={**h(key), "Last-Event-ID": "1"}, params={"user": "u1"}) as s:
+        raw = await s.aread()
+    replayed = [orjson.loads(f.partition(b"\n")[2][6:]) for f in raw.split(b"\n\n") if f.startswith(b"id: ")]
+    assert replayed == events[1:]
+
+
+async def test_agent_node_react(w: dict[str, Any]) -> None:
+    """agent_strategy_name ReAct (any case): the tools are described in the prompt, one JSON action per turn."""
+    llm = w["llm"]
+    _, key = await publish(w, g.agent_graph(strategy="ReAct"))
+    llm.push(match="seven squared", reply='Thought: I should compute it.\nAction:\n```\n'
+                                          '{"action": "calculator", "action_input": {"expression": "7**2"}}\n```')
+    llm.push(match="Observation:", reply='Thought: I know.\nAction:\n```\n'
+                                         '{"action": "Final Answer", "action_input": "It is 49."}\n```')
+    out = await stream(w, key, {"q": "seven squared?"})
+    assert out[-1]["data"]["status"] == "succeeded", out[-1]
+    assert out[-1]["data"]["outputs"] == {"text": "It is 49.", "json": []}
+    first, second = llm.requests
+    assert "tools" not in first.body and first.messages[0]["role"] == "system"
+    assert first.messages[0]["content"].startswith("You are a careful assistant.")  # merged with the ReAct prompt
+    assert '"calculator"' in first.messages[0]["content"]
+    assert second.messages[-1] == {"role": "user", "content": "Observation: 49"}
+    call = next(e["data"] for e in agent_logs(out) if e["data"]["label"] == "CALL calculator"
+                and e["data"]["status"] == "success")
+    assert call["data"]["tool_call_args"] == {"expression": "7**2"} and call["data"]["output"] == "49"
+    assert [e["data"]["label"] for e in agent_logs(out) if e["data"]["status"] == "success"] == [
+        "CALL calculator", "ROUND 1", "ROUND 2"]
+
+
+async def test_agent_node_streams_into_a_chat_answer(w: dict[str, Any]) -> None:
+    """advanced-chat: agent → answer streams the agent's text as message events while the model writes it; the
+    node's memory gives it the conversation's earlier turns."""
+    c, llm = w["c"], w["llm"]
+    _, key = await publish(w, g.agent_chatflow(tools=[]), await new_app(w, "advanced-chat"))
+    llm.push(match="hello", tokens=["Hi", " from", " the agent."])
+    body = {"inputs": {}, "query": "hello", "user": "u1", "response_mode": "streaming"}
+    async with c.stream("POST", "/v1/chat-messages", headers=h(key), json=body) as s:
+        events = [orjson.loads(line[6:]) async for line in s.aiter_lines() if line.startswith("data: ")]
+    kinds = [e["event"] for e in events]
+    said = [e["answer"] for e in events if e["event"] == "message"]
+    assert "".join(said) == "Agent: Hi from the agent.", said
+    agent_done = next(i for i, e in enumerate(events) if e["event"] == "node_finished"
+                      and e["data"]["node_id"] == g.AGENT)
+    assert kinds.index("message") < agent_done and len(said) >= 3  # delta by delta, before the node finished
+    assert "tools" not in llm.requests[0].body  # no tools: the model just answers
+    end = next(e for e in events if e["event"] == "message_end")
+    assert end["metadata"]["usage"]["total_tokens"] > 0  # the agent's usage is the chat's
+    llm.push(match="again", reply="Still me.")
+    r = await c.post("/v1/chat-messages", headers=h(key), json={
+        "inputs": {}, "query": "again", "user": "u1", "conversation_id": end["conversation_id"]})
+    assert r.json()["answer"] == "Agent: Still me.", r.text
+    assert [m["content"] for m in llm.requests[-1].messages] == [
+        "You are a careful assistant.", "hello", "Agent: Hi from the agent.", "again"]
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"provider": "someone/strategies/agent"}, ["agent_strategy_provider_name", "langgenius/agent/agent"]),
+    ({"strategy": "tree_of_thoughts"}, ["agent_strategy_name", "tree_of_thoughts", "ReAct"]),
+    ({"model": None}, ["agent_parameters.model is required"]),
+    ({"model": {**g.AGENT_MODEL, "model": ""}}, ["agent_parameters.model.model"]),
+    ({"max_iterations": "many"}, ["maximum_iterations"]),
+])
+async def test_agent_node_is_checked_on_save(w: dict[str, Any], change: dict[str, Any], words: list[str]) -> None:
+    app_id = await new_app(w)
+    r = await w["c"].post(f"/console/api/apps/{app_id}/workflows/draft", headers=w["admin"],
+                          json={"graph": g.agent_graph(**change)})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_param", r.text
+    assert r.json()["node_id"] == g.AGENT and all(x in r.json()["message"] for x in words), r.json()
+
+
+async def test_agent_node_failures(w: dict[str, Any]) -> None:
+    """A failing model call fails the node (and the run) with the provider's message, and its round logs the
+    error; with an error strategy the run goes on. A tool that no longer exists fails the node, as a tool
+    node's does; a failing tool call is only an observation."""
+    llm = w["llm"]
+    _, key = await publish(w, g.agent_graph())
+    llm.push(match="boom", status=500)
+    events = await stream(w, key, {"q": "boom"})
+    assert [e["event"] for e in events][-2:] == ["workflow_finished", "error"]
+    finished = events[-2]["data"]
+    assert finished["status"] == "failed" and "scripted failure 500" in finished["error"], finished
+    failed = next(e["data"] for e in events if e["event"] == "node_finished" and e["data"]["node_id"] == g.AGENT)
+    assert failed["status"] == "failed" and "scripted failure 500" in failed["error"]
+    last = agent_logs(events)[-1]["data"]
+    assert (last["label"], last["status"]) == ("ROUND 1", "error") and "scripted failure 500" in last["error"]
+
+    _, key = await publish(w, g.agent_graph(error_strategy="default-value",
+                                            default_value=[{"key": "text", "type": "string", "value": "fallback"}]))
+    llm.push(match="boom", status=500)
+    out = await run(w, key, {"q": "boom"})
+    assert out["data"]["status"] == "partial-succeeded" and out["data"]["outputs"]["text"] == "fallback", out
+
+    gone = {"enabled": True, "type": "api", "provider_name": "deleted", "provider_id": str(uuid.uuid4()),
+            "tool_name": "get_weather", "parameters": {}}
+    _, key = await publish(w, g.agent_graph(tools=[g.calculator_tool(), gone]))
+    out = await run(w, key, {"q": "anything"})
+    assert out["data"]["status"] == "failed" and "does not exist" in out["data"]["error"], out
+    assert llm.requests_matching("anything") == []  # failed before the model was asked
+
+    _, key = await publish(w, g.agent_graph())
+    llm.push(with_tools=True, match="bad sum", tool_calls=[{"name": "calculator", "arguments": {"expression": "2 ^ 3"}}])
+    llm.push(match_last="**", reply="Use ** for powers.")
+    events = await stream(w, key, {"q": "bad sum"})
+    assert events[-1]["data"]["outputs"]["text"] == "Use ** for powers.", events[-1]
+    call = next(e["data"] for e in agent_logs(events) if e["data"]["label"] == "CALL calculator"
+                and e["data"]["status"] != "start")
+    assert call["status"] == "error" and "invalid_arguments" in call["error"]
+
+
+async def test_agent_node_maximum_iterations(w: dict[str, Any]) -> None:
+    """After maximum_iterations tool rounds the model is asked once more, without tools, and that is the answer."""
+    llm = w["llm"]
+    _, key = await publish(w, g.agent_graph(max_iterations=2))
+    llm.push(with_tools=True, times=10, tool_calls=[{"name": "calculator", "arguments": {"expression": "1+1"}}])
+    llm.push(with_tools=False, reply="Enough: 2.")
+    events = await stream(w, key, {"q": "loop forever"})
+    assert events[-1]["data"]["outputs"]["text"] == "Enough: 2.", events[-1]
+    assert ["tools" in r.body for r in llm.requests] == [True, True, False]
+    rounds = [e["data"]["label"] for e in agent_logs(events) if e["data"]["status"] == "success"
+              and e["data"]["parent_id"] is None]
+    assert rounds == ["ROUND 1", "ROUND 2", "ROUND 3"]
+
+
+async def test_agent_node_dsl_round_trip(w: dict[str, Any]) -> None:
+    """A Dify DSL with an agent node and its langgenius/agent plugin dependency imports (the plugin is built
+    in), exports with the node as it was, and runs."""
+    c, admin, llm = w["c"], w["admin"], w["llm"]
+    r = await c.post("/console/api/workspaces/current/plugin/install/marketplace", headers=admin,
+                     json={"plugin_unique_identifiers": ["langgenius/agent:0.0.17@4f2a"]})
+    assert r.status_code == 200 and r.json()["all_installed"] is True, r.text
+    graph = g.agent_graph()
+    doc = yaml.safe_dump({"kind": "app", "version": "0.5.0", "app": {
+        "name": f"agent-{uuid.uuid4().hex[:6]}", "mode": "workflow", "icon": "🤖", "description": ""},
+        "dependencies": [{"current_identifier": None, "type": "marketplace", "value": {
+            "marketplace_plugin_unique_identifier": "langgenius/agent:0.0.17@4f2a"}}],
+        "workflow": {"graph": graph, "features": {}, "environment_variables": [], "conversation_variables": []}},
+        allow_unicode=True)
+    r = await c.post("/console/api/apps/imports", headers=admin, json={"mode": "yaml-content", "yaml_content": doc})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    app_id = r.json()["app_id"]
+    exported = yaml.safe_load((await c.get(f"/console/api/apps/{app_id}/export", headers=admin)).json()["data"])
+    assert exported["workflow"]["graph"]["nodes"] == graph["nodes"]
+    r = await c.post("/console/api/apps/imports", headers=admin, json={"yaml_content": yaml.safe_dump(exported),
+                                                                       "name": f"again-{uuid.uuid4().hex[:6]}"})
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    _, key = await publish(w, graph, r.json()["app_id"])
+    llm.push(match="hi there", reply="Hello.")
+    assert (await run(w, key, {"q": "hi there"}))["data"]["outputs"] == {"text": "Hello.", "json": []}

@@ -548,8 +548,8 @@ def test_node_is_hashable_and_labelled() -> None:
         (lambda r: r["nodes"][1].pop("id"), ["nodes[1] has no id"]),
         (lambda r: r["nodes"][1]["data"].pop("type"), [f"node 'LLM' ({LLM})", "missing data.type"]),
         (
-            lambda r: r["nodes"][1]["data"].update(type="agent"),
-            [f"node 'LLM' ({LLM})", "unsupported node type 'agent'"],
+            lambda r: r["nodes"][1]["data"].update(type="human-input"),
+            [f"node 'LLM' ({LLM})", "unsupported node type 'human-input'"],
         ),
         (lambda r: r["nodes"][2].update(id=LLM), [f"node 'End' ({LLM})", "duplicate node id", "'LLM'"]),
         (lambda r: r["nodes"][1].pop("data"), [LLM, "missing 'data'"]),
@@ -579,7 +579,7 @@ def test_node_types_and_sys_variables() -> None:
         "assigner",
         "variable-assigner",
     } <= NODE_TYPES
-    assert len(NODE_TYPES) == 22 and "agent" not in NODE_TYPES
+    assert len(NODE_TYPES) == 23 and "agent" in NODE_TYPES and "human-input" not in NODE_TYPES
     assert SYS_VARIABLES["files"] == "array[file]" and SYS_VARIABLES["dialogue_count"] == "number"
     assert set(SYS_VARIABLES) == {
         "query",

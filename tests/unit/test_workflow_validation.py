@@ -122,3 +122,30 @@ def test_error_strategy_outputs_are_declared() -> None:
     graph["nodes"][1]["data"].pop("error_strategy")
     with pytest.raises(GraphError, match="no output 'error_message'"):
         validate_graph(parse_graph(graph), "workflow")
+
+
+def test_agent_node_config_and_tool_entries() -> None:
+    """Dify's agent node data: the strategy names case-insensitively, the model's ``model`` or ``name``, a
+    template in the query checked as any reference, and the tools as resolve_agent_tools entries."""
+    from shared.workflow.agent import agent_config, tool_entries
+
+    graph = g.agent_graph(strategy="REACT", model={**g.AGENT_MODEL, "model": None, "name": "scripted"})
+    validate_graph(parse_graph(graph), "workflow")
+    cfg = agent_config(graph["nodes"][1]["data"])
+    assert (cfg.strategy, cfg.model["name"], cfg.max_iterations) == ("react", "scripted", 3)
+    for query, problem in (("{{#sys.query#}}", "only exists in advanced-chat"), ("{{#" + g.START + ".nope#}}",
+                                                                                    "no output 'nope'")):
+        broken = g.agent_graph()
+        broken["nodes"][1]["data"]["agent_parameters"]["query"]["value"] = query
+        with pytest.raises(GraphError, match=problem):
+            validate_graph(parse_graph(broken), "workflow")
+    tools = [g.calculator_tool(), g.calculator_tool(enabled=False),
+             {"type": "api", "provider_name": "shop", "provider_id": "p1", "tool_name": "lookup",
+              "settings": {"region": {"value": "eu"}},
+              "parameters": {"id": {"auto": 1, "value": None}, "verbose": {"auto": 0, "value": "{{#x.y#}}"},
+                             "empty": {"auto": 0, "value": ""}}}]
+    assert tool_entries(tools, lambda v: v.replace("{{#x.y#}}", "yes") if isinstance(v, str) else v) == [
+        {"provider_type": "builtin", "provider_id": "calculator", "tool_name": "calculator", "tool_parameters": {},
+         "enabled": True},
+        {"provider_type": "api", "provider_id": "p1", "tool_name": "lookup",
+         "tool_parameters": {"region": "eu", "verbose": "yes"}, "enabled": True}]

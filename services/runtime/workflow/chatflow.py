@@ -32,7 +32,7 @@ from services.runtime.service.prompt import default_name, memory_turns
 from services.runtime.service.queries import users_conversations
 from services.runtime.service.runs import Run
 from services.runtime.workflow import logic
-from services.runtime.workflow.engine import Engine
+from services.runtime.workflow.engine import STREAMING, Engine
 from services.runtime.workflow.service import WorkflowTask
 from shared.db import Step
 from shared.errors import ApiError, invalid_param, not_found
@@ -94,12 +94,12 @@ class ChatPart:
 
 
 def _usage(engine: Engine, elapsed: float) -> dict[str, Any]:
-    """The run's LLM usage summed over its LLM nodes, in the 12-key shape of reference §3.4."""
+    """The run's LLM usage summed over its LLM and agent nodes, in the 12-key shape of reference §3.4."""
     prompt = completion = 0
     p_price = c_price = Decimal(0)
     unit: dict[str, Any] = {}
     for ex in engine.executions:
-        u = (ex.result.outputs if ex.result else {}).get("usage") if ex.node.type == "llm" else None
+        u = (ex.result.outputs if ex.result else {}).get("usage") if ex.node.type in STREAMING else None
         if isinstance(u, dict):
             prompt += int(u.get("prompt_tokens") or 0)
             completion += int(u.get("completion_tokens") or 0)

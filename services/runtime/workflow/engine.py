@@ -10,7 +10,7 @@ variables persist across rounds and assigner nodes inside it may write them.
 
 Each node gets ``node_started``/``node_finished`` (and ``node_retry``) events, a timeout, retries, and its
 error strategy (fail the run, default values, or the fail branch). Text reaches the client as soon as it
-can: answer nodes (advanced-chat) and end nodes fed by an LLM stream their segments in order while the
+can: answer nodes (advanced-chat) and end nodes fed by an LLM or agent node stream their segments in order while the
 model is still writing, once no branch can still skip them. An answer node inside an iteration or loop
 sends its whole text each time it runs.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from shared.workflow import TEMPLATE_RE, Graph, Node
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 BRANCHING = ("if-else", "question-classifier")
+STREAMING = ("llm", "agent")  # nodes whose ``text`` streams to answer/end nodes while the model writes
 FILE_IDENTITY = "__dify__file__"  # Dify's marker of a serialized File (workflow/files.py makes them)
 ROOTS = ("sys", "env", "conversation")
 
@@ -160,7 +162,12 @@ class Execution:
                 "parent_parallel_start_node_id": None,
                 "iteration_id": None if self.in_loop else self.iteration_id,
                 "loop_id": self.iteration_id if self.in_loop else None,
-                "parallel_run_id": None, "agent_strategy": None}
+                "parallel_run_id": None, "agent_strategy": self._strategy()}
+
+    def _strategy(self) -> dict[str, Any] | None:
+        if self.node.type != "agent":
+            return None
+        return {"name": self.node.data.get("agent_strategy_name"), "icon": None}
 
     def finished(self) -> dict[str, Any]:
         r = self.result or NodeResult()
@@ -201,6 +208,7 @@ def answer_segments(template: str) -> list[tuple[str, Any]]:
 
 
 NodeImpl = Callable[[Node, VariablePool, "Engine"], Awaitable[NodeResult]]
+_CURRENT: ContextVar[Execution] = ContextVar("plexus_node_execution")  # set in each node's own task
 
 
 class Engine:
@@ -240,10 +248,14 @@ class Engine:
         if not isinstance(selector, list) or len(selector) != 2 or selector[1] != "text":
             return False
         node = self.graph.nodes.get(selector[0])
-        return node is not None and node.type == "llm"
+        return node is not None and node.type in STREAMING
 
     def _settled(self, ids: frozenset[str]) -> bool:
         return all(i in self.finished_nodes or i in self.skipped for i in ids)
+
+    def execution(self) -> Execution:
+        """The execution of the node whose implementation is running (its events name it)."""
+        return _CURRENT.get()
 
     async def llm_delta(self, node_id: str, delta: str) -> None:
         self.llm_deltas.setdefault(node_id, []).append(delta)
@@ -380,6 +392,7 @@ class Engine:
                        started=time.perf_counter(), created_at=int(time.time()),
                        in_loop=iteration is not None and iteration.type == "loop")
         self.executions.append(ex)
+        _CURRENT.set(ex)
         impl = self.impls.get(node.type)
         await self.emit("node_started", {"data": ex.base()})
         retry = node.data.get("retry_config") or {}
@@ -408,7 +421,7 @@ class Engine:
         ex.result, ex.elapsed, ex.finished_at = result, time.perf_counter() - ex.started, int(time.time())
         self.tokens += int((result.metadata or {}).get("total_tokens") or 0)
         pool.set(node.id, result.outputs)
-        if node.type == "llm":
+        if node.type in STREAMING:
             self.llm_done.add(node.id)
         if iteration is None:
             self.finished_nodes.add(node.id)

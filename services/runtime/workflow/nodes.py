@@ -176,6 +176,15 @@ def _context_text(value: Any) -> str:
     return logic.to_text(value)
 
 
+def memory_turns(memory: Any, history: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A node's chatflow ``memory: {window: {enabled, size}}``: the conversation's earlier turns it sees."""
+    if not isinstance(memory, dict) or not history:
+        return []
+    window = memory.get("window") or {}
+    turns = history[-int(window.get("size") or 50):] if window.get("enabled") else history
+    return [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+
+
 def _prompt(node: Node, pool: VariablePool, history: list[tuple[str, str]]) -> list[dict[str, Any]]:
     d = node.data
     context = ""
@@ -201,11 +210,8 @@ def _prompt(node: Node, pool: VariablePool, history: list[tuple[str, str]]) -> l
     messages = [{"role": p.get("role", "user"), "content": render(p)} for p in pt or []]
     memory = d.get("memory")
     if memory and history:  # chatflow memory: the last turns of the conversation before the user's turn
-        window = memory.get("window") or {}
-        turns = history[-int(window.get("size") or 50):] if window.get("enabled") else history
         first_user = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
-        messages[first_user:first_user] = [m for q, a in turns for m in
-                                           ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+        messages[first_user:first_user] = memory_turns(memory, history)
     query = pool.maybe(["sys", "query"])
     if memory and query and not any("sys.query" in str(p.get("text")) for p in pt or []):
         messages.append({"role": "user", "content": str(query)})  # chatflow: the user's turn
@@ -406,6 +412,15 @@ async def http_request(node: Node, pool: VariablePool, eng: Engine) -> NodeResul
                       process_data={"request": f"{method} {url}"}, inputs={"url": url, "method": method})
 
 
+def tool_json(text: str) -> list[Any]:
+    """A tool's output in the ``json`` output of the tool and agent nodes: its JSON object or array; [] else."""
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    return [parsed] if isinstance(parsed, dict) else parsed if isinstance(parsed, list) else []
+
+
 async def tool(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     d, svc = node.data, _services(eng)
     args: dict[str, Any] = {}
@@ -431,16 +446,18 @@ async def tool(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     if not result["ok"]:
         raise NodeError(f"tool {resolved.tool_name} failed ({result['error']['code']}): {result['error']['message']}")
     text = str(result.get("output", ""))
-    try:
-        parsed = orjson.loads(text)
-        as_json = [parsed] if isinstance(parsed, dict) else parsed if isinstance(parsed, list) else []
-    except orjson.JSONDecodeError:
-        as_json = []
+    as_json = tool_json(text)
     made = result.get("files") or []
     files = await svc.files.tool_files(svc.tenant_id, svc.user_id, made) if made and svc.files is not None else []
     return NodeResult(outputs={"text": text, "files": files, "json": as_json}, inputs=payload["arguments"],
                       metadata={"tool_info": {"provider_type": resolved.provider_type,
                                               "provider_id": resolved.provider_id}})
+
+
+async def agent(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
+    from services.runtime.workflow.agent_node import run_agent  # it builds on this module's helpers
+
+    return await run_agent(node, pool, eng)
 
 
 async def knowledge_retrieval(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
@@ -573,4 +590,5 @@ IMPLS = {
     "parameter-extractor": parameter_extractor, "variable-aggregator": aggregator, "variable-assigner": aggregator,
     "list-operator": list_operator, "iteration": iteration, "iteration-start": iteration_start, "assigner": assigner,
     "document-extractor": document_extractor, "loop": loop, "loop-start": loop_start, "loop-end": loop_end,
+    "agent": agent,
 }
