@@ -4,6 +4,7 @@ builds its tool list with it, and the tools service reads the same specs to exec
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -92,6 +93,21 @@ TOOL_FILES_MAX_BYTES = 512 * 1024
 def is_agent_strategy_plugin(identifier: str) -> bool:
     """A Dify plugin id of the built-in strategy provider (``langgenius/agent:0.0.9@<hash>``)."""
     return identifier.split("@", 1)[0].split(":", 1)[0] == "langgenius/agent"
+
+
+_BUILTIN_PROVIDER_IDS = frozenset(p for p, _ in BUILTIN_TOOLS)
+_TOOL_PLUGIN = re.compile(r"langgenius/([\w.-]+)(?:/([\w.-]+))?")
+
+
+def builtin_provider(provider_id: str) -> str | None:
+    """The built-in tool provider a Dify tool provider id names: its own name (``time``), or the Dify 1.x plugin
+    that has it (``langgenius/time/time`` in a tool entry, ``langgenius/time:0.0.4@<hash>`` to install)."""
+    if provider_id in _BUILTIN_PROVIDER_IDS:
+        return provider_id
+    m = _TOOL_PLUGIN.fullmatch(provider_id.split("@", 1)[0].split(":", 1)[0])
+    if m is None or m.group(2) not in (None, m.group(1)):
+        return None
+    return m.group(1) if m.group(1) in _BUILTIN_PROVIDER_IDS else None
 
 
 _PREFIXES = {"basic": "Basic ", "bearer": "Bearer ", "custom": ""}
@@ -216,6 +232,7 @@ def _resolve(e: dict[str, Any], providers: dict[str, ToolProvider], settings: To
     ptype, pid, tname = e.get("provider_type"), str(e.get("provider_id") or ""), str(e.get("tool_name") or "")
     presets = _presets(e)
     if ptype == "builtin":
+        pid = builtin_provider(pid) or pid  # a Dify 1.x plugin id of a built-in provider is that provider
         b = BUILTIN_TOOLS.get((pid, tname))
         if b is None:
             known = ", ".join(f"{p}/{n}" for p, n in BUILTIN_TOOLS)

@@ -134,11 +134,11 @@ def knowledge_llm(dataset_id: str) -> dict[str, Any]:
     ], [edge(START, KR), edge(KR, LLM), edge(LLM, END)])
 
 
-def tool_graph() -> dict[str, Any]:
-    """start(expr) → tool (built-in calculator) → end."""
+def tool_graph(provider_id: str = "calculator") -> dict[str, Any]:
+    """start(expr) → tool (built-in calculator; ``provider_id`` as Dify 1.x writes a plugin's) → end."""
     return graph([
         start(text_var("expr")),
-        node(TOOL, "tool", "Calc", provider_id="calculator", provider_type="builtin", provider_name="calculator",
+        node(TOOL, "tool", "Calc", provider_id=provider_id, provider_type="builtin", provider_name=provider_id,
              tool_name="calculator", tool_configurations={},
              tool_parameters={"expression": {"type": "mixed", "value": "{{#" + START + ".expr#}}"}}),
         end(value=[TOOL, "text"]),

@@ -42,7 +42,7 @@ from shared.models import Account, ApiToken, App, TenantMember, ts
 from shared.plans import PlanLimits
 from shared.site import SiteUpdate, site_view
 from shared.tags import filter_ids, tag_type
-from shared.tool_catalog import is_agent_strategy_plugin
+from shared.tool_catalog import builtin_provider, is_agent_strategy_plugin
 
 AppName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
 Mode = Literal[apps.MODES]
@@ -1093,13 +1093,14 @@ class PluginInstallBody(BaseModel):
 
 @router.post("/workspaces/current/plugin/install/marketplace")
 async def install_plugins(caller: Caller, body: PluginInstallBody) -> dict:
-    """Dify 1.x installs a model provider or the agent strategies as marketplace plugins; Plexus has them built
-    in (litellm; the workflow agent node). Such a plugin is reported installed (Dify's ``all_installed``, so
+    """Dify 1.x installs a model provider, the agent strategies or a tool provider as marketplace plugins;
+    Plexus has them built in (litellm; the workflow agent node; its built-in tools). Such a plugin is reported installed (Dify's ``all_installed``, so
     clients skip the install task); any other plugin is refused, by name."""
     missing = [i for i in body.plugin_unique_identifiers
-               if llm.provider_of_plugin(i) is None and not is_agent_strategy_plugin(i)]
+               if llm.provider_of_plugin(i) is None and not is_agent_strategy_plugin(i) and builtin_provider(i) is None]
     if missing:
-        raise invalid_param(f"Plexus runs no plugins; its model providers and agent strategies are built in. "
+        raise invalid_param(f"Plexus runs no plugins; its model providers, agent strategies and built-in tools "
+                            f"are built in. "
                             f"Not available: "
                             f"{', '.join(m.split(':', 1)[0] for m in missing)}.", params="plugin_unique_identifiers")
     return {"all_installed": True, "task_id": ""}

@@ -642,6 +642,10 @@ async def test_model_provider_plugins_are_built_in(console: Console, fake_openai
     # the official agent strategies are built in too (the workflow agent node); another plugin is refused
     r = await c.http.post(url, headers=h, json={"plugin_unique_identifiers": ["langgenius/agent:0.0.9@77aa"]})
     assert r.status_code == 200 and r.json()["all_installed"] is True, r.text
+    # so are the tool plugins of the built-in tools (a DSL's time or QR code tool depends on them)
+    r = await c.http.post(url, headers=h, json={"plugin_unique_identifiers": [
+        "langgenius/time:0.0.4@1c2d", "langgenius/qrcode:0.0.2@3e4f"]})
+    assert r.status_code == 200 and r.json()["all_installed"] is True, r.text
     r = await c.http.post(url, headers=h, json={"plugin_unique_identifiers": [
         "langgenius/openai:0.0.26@4f2a", "langgenius/searxng:0.0.5@77aa"]})
     assert "langgenius/searxng" in assert_envelope(r, 400, "invalid_param")["message"]

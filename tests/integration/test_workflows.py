@@ -377,6 +377,12 @@ async def test_tool_node(w: dict[str, Any]) -> None:
     assert (await run(w, key, {"expr": "2 ** 10"}))["data"]["outputs"] == {"value": "1024"}
     out = await run(w, key, {"expr": "2 ^ 10"})
     assert out["data"]["status"] == "failed" and "**" in out["data"]["error"]
+    # a Dify 1.x export names a built-in tool by its plugin's provider id
+    _, key = await publish(w, g.tool_graph("langgenius/calculator/calculator"))
+    assert (await run(w, key, {"expr": "6 * 7"}))["data"]["outputs"] == {"value": "42"}
+    _, key = await publish(w, g.tool_graph("someone/calculator/calculator"))  # not langgenius's: no such tool
+    out = await run(w, key, {"expr": "6 * 7"})
+    assert out["data"]["status"] == "failed" and "someone/calculator/calculator" in out["data"]["error"]
 
 
 async def test_tool_node_files_are_the_runs_files(w: dict[str, Any]) -> None:
