@@ -91,7 +91,7 @@ class RuntimeSettings(BaseModel):
         10_000, description="answers kept by the in-memory answer cache (`all` mode; split mode uses Redis)"
     )
     agent_max_iterations: int = Field(
-        99, description="upper bound for an agent app's `max_iteration` (model calls per answer)"
+        99, description="upper bound for an agent app's `max_iteration` and an agent node's `maximum_iterations` (tool rounds)"
     )
 
 
