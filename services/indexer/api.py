@@ -217,11 +217,22 @@ def build_router(kn: Knowledge, prefix: str = V1) -> APIRouter:
 
         doc_path = "/datasets/{dataset_id}/documents/{document_id}"
 
-        # the dataset's pages: rename, the documents in error and their retry, the apps that use it
+        # the dataset's pages: rename, pause and resume indexing, the documents in error and their retry, the
+        # apps that use it
         @r.post("/datasets/{dataset_id}/documents/{document_id}/rename")
         async def rename_document(request: Request, t: Tenant, dataset_id: str, document_id: str) -> Response:
             body = await _json_body(request)
             return json_response(await docs.rename(t, dataset_id, document_id, body.get("name")))
+
+        @r.patch(doc_path + "/processing/pause", status_code=204)
+        async def pause_document(t: Tenant, dataset_id: str, document_id: str) -> Response:
+            await docs.pause(t, dataset_id, document_id)
+            return Response(status_code=204)  # as Dify (and retry)
+
+        @r.patch(doc_path + "/processing/resume", status_code=204)
+        async def resume_document(t: Tenant, dataset_id: str, document_id: str) -> Response:
+            await docs.resume(t, dataset_id, document_id)
+            return Response(status_code=204)
 
         @r.get("/datasets/{dataset_id}/error-docs")
         async def error_documents(t: Tenant, dataset_id: str) -> Response:

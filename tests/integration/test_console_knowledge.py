@@ -6,14 +6,21 @@ retrieval, ``use-check``; dataset permissions per member; errors in the envelope
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from services.indexer.service.documents import DocumentService
+from shared import subjects
+from shared.models import Document, utcnow
 from tests.conftest import LiveServer, live_fixture
 from tests.support import (
     bearer,
@@ -545,3 +552,223 @@ async def test_admin_key_scopes(con: Console) -> None:
     # scopes are offered in the key catalogue
     assert {"datasets:read", "datasets:write"} <= set((await con.c.get(f"{C}/api-keys", headers=con.owner)
                                                        ).json()["scopes"])
+
+
+# -- pausing and resuming a document's indexing (Dify's console) ----------------------------------------------
+# one segment per paragraph; 40 of them are two embedding batches (knowledge.embedding_batch = 32)
+TIDE_RULE = {"mode": "custom", "rules": {"pre_processing_rules": [],
+                                         "segmentation": {"separator": "\\n\\n", "max_tokens": 60}}}
+
+
+def tide_log(marker: str, n: int = 40) -> bytes:
+    """``n`` paragraphs, the last one (the last embedding batch) with ``marker`` in it."""
+    lines = [f"Tide log {k}: the kelp line moved {k} metres." for k in range(1, n)]
+    return "\n\n".join([*lines, f"Tide log {n}: {marker} closes the log."]).encode()
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        ok = check()
+        if inspect.isawaitable(ok):
+            ok = await ok
+        if ok:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def jobs_settled(stack: LiveServer) -> bool:
+    """No index job is waiting or being worked on (every delivered one acked, none to be redelivered)."""
+    kn = stack.ctx.local_apps["indexer"].state.knowledge
+    info = await kn.bus.js.consumer_info(subjects.INDEX_JOBS_STREAM, subjects.INDEX_WORKERS)
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+@asynccontextmanager
+async def embedding_held(llm: Any, marker: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Inside the block the scripted server holds the embedding call whose inputs have ``marker`` (the block gets
+    a wait for its arrival); leaving the block answers it."""
+    gate, before = asyncio.Event(), len(llm.embedding_requests)
+    llm.push(endpoint="embeddings", match=marker, gate=gate)
+
+    async def arrived() -> None:
+        await eventually(lambda: any(marker in t for q in llm.embedding_requests[before:] for t in q.inputs),
+                         "the held embedding call")
+
+    try:
+        yield arrived
+    finally:
+        gate.set()
+        llm.scripts[:] = [s for s in llm.scripts if s.match != marker]
+
+
+class Indexing:
+    """A high-quality dataset the scripted server embeds (so a test can hold a worker's embedding call)."""
+
+    def __init__(self, con: Console, h: dict[str, str], ds: str) -> None:
+        self.con, self.h, self.ds = con, h, ds
+        self.base = f"{C}/datasets/{ds}/documents"
+
+    @classmethod
+    async def make(cls, con: Console, llm: Any) -> Indexing:
+        h = await scripted_owner(con.c, llm)
+        ds = await con.dataset(h, indexing_technique="high_quality", embedding_model_provider="openai-compatible",
+                               embedding_model="trigram-embed")
+        return cls(con, h, ds["id"])
+
+    async def add(self, name: str, data: bytes) -> str:
+        f = await self.con.upload(name, data, self.h)
+        r = await self.con.c.post(self.base, headers=self.h, json={**source(f["id"]), "process_rule": TIDE_RULE})
+        assert r.status_code == 200, r.text
+        return r.json()["documents"][0]["id"]
+
+    async def status(self, doc: str) -> dict[str, Any]:
+        r = await self.con.c.get(f"{self.base}/{doc}/indexing-status", headers=self.h)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def indexed(self, doc: str) -> dict[str, Any]:
+        """The document's status once it is completed or in error."""
+        await eventually(lambda: self._done(doc), "indexing to end")
+        return await self.status(doc)
+
+    async def _done(self, doc: str) -> bool:
+        return (await self.status(doc))["indexing_status"] in ("completed", "error")
+
+    async def act(self, doc: str, action: str) -> httpx.Response:
+        return await self.con.c.patch(f"{self.base}/{doc}/processing/{action}", headers=self.h)
+
+    async def segments(self, doc: str) -> list[str]:
+        r = await self.con.c.get(f"{self.base}/{doc}/segments", headers=self.h, params={"limit": 100})
+        assert r.status_code == 200, r.text
+        return [g["content"] for g in r.json()["data"]]
+
+    async def points(self, doc: str) -> int:
+        return await points_of_document(self.con.stack, self.ds, doc)
+
+    async def found_in(self, query: str) -> set[str]:
+        """The documents whose segments a search finds."""
+        r = await self.con.c.post(f"{C}/datasets/{self.ds}/hit-testing", headers=self.h, json={"query": query})
+        assert r.status_code == 200, r.text
+        return {rec["segment"]["document"]["id"] for rec in r.json()["records"]}
+
+
+async def test_pause_while_indexing_then_resume(con: Console, llm) -> None:
+    """A pause lands while a worker embeds the document's second batch: the worker stores none of it, takes back
+    the first batch and lets the job go; the document stays paused. A resume indexes it again, ending exactly as
+    a clean run of the same file."""
+    kb = await Indexing.make(con, llm)
+    marker = f"ebb{uuid.uuid4().hex[:8]}"
+    clean = await kb.add("clean.md", tide_log(marker))
+    st = await kb.indexed(clean)
+    assert (st["indexing_status"], st["total_segments"]) == ("completed", 40), st
+    clean_segments, clean_points = await kb.segments(clean), await kb.points(clean)
+    assert len(clean_segments) == clean_points == 40
+    async with embedding_held(llm, marker) as arrived:
+        doc = await kb.add("paused.md", tide_log(marker))
+        await arrived()  # the first batch is stored, the second one is being embedded
+        assert await kb.points(doc) == 32
+        r = await kb.act(doc, "pause")
+        assert r.status_code == 204, r.text
+        st = await kb.status(doc)
+        assert (st["indexing_status"], st["completed_segments"]) == ("paused", 32) and st["paused_at"], st
+        detail = (await con.c.get(f"{kb.base}/{doc}", headers=kb.h)).json()
+        assert (detail["indexing_status"], detail["display_status"]) == ("paused", "paused")
+        listed = (await con.c.get(kb.base, headers=kb.h, params={"status": "paused"})).json()["data"]
+        assert [(d["id"], d["display_status"]) for d in listed] == [(doc, "paused")]
+        assert (await kb.act(doc, "pause")).status_code == 204  # a second pause changes nothing
+    # the held batch is answered after the pause: none of it is stored (the progress stays where the pause found
+    # it), the first batch's points are taken back, the job is acked (not redelivered)
+    await eventually(lambda: jobs_settled(con.stack), "the paused job to be acked")
+    assert await kb.points(doc) == 0
+    after = await kb.status(doc)
+    assert (after["indexing_status"], after["completed_segments"], after["paused_at"]) == \
+        ("paused", 32, st["paused_at"]), after
+    assert await kb.found_in("the kelp line moved 7 metres") == {clean}
+    # resumed: indexed again from the start, as the clean run
+    r = await kb.act(doc, "resume")
+    assert r.status_code == 204, r.text
+    st = await kb.indexed(doc)
+    assert (st["indexing_status"], st["paused_at"], st["total_segments"]) == ("completed", None, 40), st
+    assert await kb.segments(doc) == clean_segments
+    assert await kb.points(doc) == clean_points
+    assert await kb.found_in("the kelp line moved 7 metres") == {clean, doc}
+    detail = (await con.c.get(f"{kb.base}/{doc}", headers=kb.h)).json()
+    assert detail["display_status"] == "available"
+
+
+async def test_pause_and_resume_refusals(con: Console) -> None:
+    f = await con.upload()
+    ds = await con.dataset()
+    r = await con.c.post(f"{C}/datasets/{ds['id']}/documents", headers=con.owner, json=source(f["id"]))
+    assert r.status_code == 200, r.text
+    doc = r.json()["documents"][0]["id"]
+    await con.wait(ds["id"], r.json()["batch"])
+    base = f"{C}/datasets/{ds['id']}/documents"
+
+    async def act(action: str, doc_id: str = doc, dataset: str = ds["id"], h: dict[str, str] | None = None
+                  ) -> httpx.Response:
+        return await con.c.patch(f"{C}/datasets/{dataset}/documents/{doc_id}/processing/{action}",
+                                 headers=h or con.owner)
+
+    # Dify's DocumentIndexingError: indexing is over, nothing is paused
+    assert envelope(await act("pause"), 400, "document_indexing") == "Cannot pause completed document."
+    assert envelope(await act("resume"), 400, "document_indexing") == "Document is not in paused status."
+    for action in ("pause", "resume"):
+        for missing in (str(uuid.uuid4()), "not-a-uuid"):
+            assert envelope(await act(action, missing), 404, "not_found") == "Document Not Exists."
+        assert envelope(await act(action, dataset=str(uuid.uuid4())), 404, "not_found") == "Dataset not found."
+    # editors change, as every knowledge route (ACCESS)
+    normal, _ = await con.member("normal")
+    assert "editor role" in envelope(await act("pause", h=normal), 403, "forbidden")
+    # an archived document is immutable
+    r = await con.c.patch(f"{base}/status/archive/batch", headers=con.owner, params={"document_id": [doc]})
+    assert r.status_code == 200, r.text
+    for action in ("pause", "resume"):
+        envelope(await act(action), 403, "archived_document_immutable")
+    detail = (await con.c.get(f"{base}/{doc}", headers=con.owner)).json()
+    assert (detail["indexing_status"], detail["display_status"]) == ("completed", "archived")
+
+
+async def test_the_sweep_leaves_paused_documents_and_requeues_a_lost_resume(
+        con: Console, llm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requeue sweep queues documents still ``waiting`` after requeue_after: never a paused one, and a resumed
+    one whose job never reached the queue (the publish failed after the commit) is indexed in the end."""
+    kb = await Indexing.make(con, llm)
+    marker = f"neap{uuid.uuid4().hex[:8]}"
+    async with embedding_held(llm, marker) as arrived:
+        doc = await kb.add("swept.md", tide_log(marker, 3))
+        await arrived()
+        assert (await kb.act(doc, "pause")).status_code == 204
+    await eventually(lambda: jobs_settled(con.stack), "the paused job to be acked")
+    indexer = con.stack.ctx.local_apps["indexer"].state
+    kn, workers = indexer.knowledge, indexer.workers
+    long_ago = utcnow() - timedelta(seconds=kn.settings.requeue_after * 10)
+
+    async def age() -> Document:
+        async with kn.db.session() as s:
+            await s.exec(update(Document).where(Document.id == doc).values(updated_at=long_ago))
+            await s.commit()
+            return await s.get(Document, doc)
+
+    paused = await age()
+    await workers.requeue_lost()
+    async with kn.db.session() as s:
+        now = await s.get(Document, doc)
+    assert (now.indexing_status, now.index_version, now.updated_at) == ("paused", paused.index_version, long_ago)
+
+    async def lost(*_: Any) -> None:
+        raise ConnectionError("the job queue is unreachable")
+
+    with monkeypatch.context() as m:
+        m.setattr(kn, "enqueue", lost)
+        with pytest.raises(ConnectionError):
+            await DocumentService(kn).resume(paused.tenant_id, paused.dataset_id, doc)
+    st = await kb.status(doc)
+    assert (st["indexing_status"], st["paused_at"]) == ("waiting", None), st
+    await age()
+    assert await workers.requeue_lost() >= 1
+    st = await kb.indexed(doc)
+    assert (st["indexing_status"], st["total_segments"]) == ("completed", 3), st
+    assert await kb.points(doc) == 3

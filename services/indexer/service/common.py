@@ -17,7 +17,7 @@ from shared.knowledge.access import Member, may_see
 from shared.knowledge.models import LOCAL_EMBEDDING_PROVIDER
 from shared.models import Dataset, Document
 
-# document states in which a worker may still be busy with it
+# document states in which a worker may still be busy with it (and which a pause stops)
 INDEXING_STATES = ("waiting", "parsing", "cleaning", "splitting", "indexing")
 SEGMENT_NS = uuid.UUID("0f1d6a52-3b0b-4cf4-9a53-7c1b8e2f4a10")
 
@@ -47,8 +47,9 @@ def archived_immutable() -> ApiError:
     return ApiError(403, "archived_document_immutable", "The archived document is not editable.")
 
 
-def document_indexing() -> ApiError:
-    return ApiError(400, "document_indexing", "Cannot delete document during indexing.")
+def document_indexing(message: str = "Cannot delete document during indexing.") -> ApiError:
+    """Dify's DocumentIndexingError: the document's indexing state does not allow the change."""
+    return ApiError(400, "document_indexing", message)
 
 
 def not_initialized() -> ApiError:

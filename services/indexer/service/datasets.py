@@ -262,8 +262,10 @@ class DatasetService:
                     body.get("retrieval_model", ds.retrieval_model), technique).model_dump(mode="json")
             ds.updated_at = utcnow()
             if space_for(technique, provider, model) != old_space:
+                # a paused document stays paused: its resume indexes it into the new space
                 docs = list(await s.exec(select(Document).where(Document.dataset_id == ds.id,
-                                                                Document.archived == False)))
+                                                                Document.archived == False,
+                                                                Document.indexing_status != "paused")))
                 for d in docs:
                     d.index_version += 1
                     d.indexing_status, d.error = "waiting", None

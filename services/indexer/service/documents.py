@@ -10,7 +10,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from services.indexer.pipeline.qa import QA_NEEDS_MODEL
 from services.indexer.pipeline.split import ProcessRule, validate_process_rule
 from services.indexer.service.common import (
+    INDEXING_STATES,
     archived_immutable,
     created_by,
     created_from,
@@ -47,6 +48,7 @@ from shared.models import (
 from shared.parse import SNIFF_BYTES, UnsupportedFileType, sniff
 
 MAX_RETRY = 100  # documents per retry call
+_DOCS = Document.__table__
 ACTIVE_STATES = ("parsing", "cleaning", "splitting", "indexing")  # a worker is on it: no delete
 MAX_BATCH_FILES = 20  # files per console documents call (Dify's BATCH_UPLOAD_LIMIT)
 STATUS_ACTIONS = ("enable", "disable", "archive", "un_archive")
@@ -512,12 +514,45 @@ class DocumentService:
             busy = [d.name for d in docs if d.indexing_status != "error"]
             if busy:
                 raise invalid(f"Only documents in error can be retried; not: {', '.join(busy[:5])}.")
-            if any(d.doc_form == "qa_model" for d in docs):
-                await require_qa_model(s, tenant_id)
-            for doc in docs:
-                next_version(doc)
-                doc.updated_at = utcnow()
+            await self._index_again(s, tenant_id, docs)
+
+    async def pause(self, tenant_id: str, dataset_id: str, document_id: str) -> None:
+        """Stop indexing a document (Dify's pause): its worker stops at its next stage or embedding batch and
+        takes back the points it stored; ``resume`` indexes it again."""
+        async with self.kn.db.session() as s:
+            doc = await get_document(s, await get_dataset(s, tenant_id, dataset_id), document_id)
+            if doc.archived:
+                raise archived_immutable()
+            if doc.indexing_status == "paused":
+                return  # a second pause changes nothing (Dify's succeeds too)
+            now = utcnow()
+            # conditional: a worker that finishes (or fails) first wins, "paused" never hides "completed"
+            res = await s.exec(update(_DOCS)
+                               .where(_DOCS.c.id == doc.id, _DOCS.c.indexing_status.in_(INDEXING_STATES))
+                               .values(indexing_status="paused", paused_at=now, updated_at=now))
+            if res.rowcount == 0:
+                raise document_indexing("Cannot pause completed document.")
             await s.commit()
+
+    async def resume(self, tenant_id: str, dataset_id: str, document_id: str) -> None:
+        """Index a paused document again from the start (a new version, as a retry)."""
+        async with self.kn.db.session() as s:
+            doc = await get_document(s, await get_dataset(s, tenant_id, dataset_id), document_id)
+            if doc.archived:
+                raise archived_immutable()
+            if doc.indexing_status != "paused":
+                raise document_indexing("Document is not in paused status.")
+            await self._index_again(s, tenant_id, [doc])
+
+    async def _index_again(self, s: AsyncSession, tenant_id: str, docs: list[Document]) -> None:
+        """Commit a new version of each document, then queue it (a lost publish is the requeue sweep's: the
+        documents are ``waiting``)."""
+        if any(d.doc_form == "qa_model" for d in docs):
+            await require_qa_model(s, tenant_id)
+        for doc in docs:
+            next_version(doc)
+            doc.updated_at = utcnow()
+        await s.commit()
         for doc in docs:
             await self.kn.enqueue(doc.id, doc.index_version)
 

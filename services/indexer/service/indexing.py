@@ -2,8 +2,9 @@
 split → embed → store, ack only after the vector store and database writes.
 
 Exactly-once effect on top of at-least-once delivery:
-- a job names (document id, index version); every status write is guarded by that version, so a job
-  made stale by a newer upload, a delete or a dataset change stops at its next write;
+- a job names (document id, index version); every status write is guarded by that version and by an
+  indexing state, so a job made stale by a newer upload, a delete, a dataset change or a pause stops at its
+  next write (and before each embedding batch is stored), and takes back the points it stored;
 - segment ids (= vector point ids) are derived from (document, version, position): a redelivered job
   rewrites the same rows and points, and the points of earlier versions are deleted at the end;
 - JetStream redelivers a job whose worker died (no ack within ack_wait); a delivery past
@@ -43,7 +44,7 @@ from services.indexer.pipeline.prepare import (
 )
 from services.indexer.pipeline.qa import QA_NEEDS_MODEL, parse_pairs, qa_language, qa_messages
 from services.indexer.pipeline.split import Chunk, count_tokens
-from services.indexer.service.common import child_chunk_id, dataset_space, segment_id
+from services.indexer.service.common import INDEXING_STATES, child_chunk_id, dataset_space, segment_id
 from services.indexer.service.core import Knowledge
 from shared import subjects
 from shared.credentials import default_model, provider_credentials
@@ -84,11 +85,32 @@ SEGMENTS_IMPORT = "segments_import"  # the kind of an index job that imports seg
 
 
 class Stale(Exception):
-    """The document changed (new version, deleted) while this job worked on it: drop the job."""
+    """The document changed (new version, deleted, paused) while this job worked on it: drop the job."""
 
 
 class Transient(Exception):
     """Worth another try (provider or store unreachable)."""
+
+
+def _mine(doc_id: str, version: int) -> tuple[Any, ...]:
+    """The document row while this job may still write it: the job's version, still being indexed (a pause,
+    or a duplicate job that finished it, ends the job's writes)."""
+    return (_DOCS.c.id == doc_id, _DOCS.c.index_version == version,
+            _DOCS.c.indexing_status.in_(INDEXING_STATES))
+
+
+def searched_points(doc_id: str, version: int, chunks: list[PreparedChunk]
+                    ) -> list[tuple[str, PreparedChunk, str]]:
+    """(point id, chunk, its segment's id) of a version's chunks: a parent-child document's points are its
+    child chunks. Ids derive from the version, so these are this version's points and no other's."""
+    out: list[tuple[str, PreparedChunk, str]] = []
+    for c in chunks:
+        sid = segment_id(doc_id, version, c.position)
+        if c.children is None:
+            out.append((sid, c, sid))
+        else:
+            out += [(child_chunk_id(sid, k.position), k, sid) for k in c.children]
+    return out
 
 
 def point_for(ds: Dataset, doc: Document, seg_id: str, dense: list[float] | None, sparse: SparseVector,
@@ -337,12 +359,18 @@ class IndexWorkers:
 
     # -- one job ---------------------------------------------------------------------------------------
     async def _set(self, doc_id: str, version: int, **values: Any) -> None:
-        """A version-guarded status write: nothing happens (Stale) if the document moved on."""
+        """A guarded status write (``_mine``): nothing happens (Stale) if the document moved on or was paused."""
         async with self.kn.db.session() as s:
-            res = await s.exec(update(_DOCS).where(_DOCS.c.id == doc_id, _DOCS.c.index_version == version)
-                               .values(updated_at=utcnow(), **values))
+            res = await s.exec(update(_DOCS).where(*_mine(doc_id, version)).values(updated_at=utcnow(), **values))
             await s.commit()
         if res.rowcount == 0:
+            raise Stale
+
+    async def _check(self, doc_id: str, version: int) -> None:
+        """Stale unless the job may still write the document (``_mine``): read before each vector write."""
+        async with self.kn.db.session() as s:
+            found = (await s.exec(select(_DOCS.c.id).where(*_mine(doc_id, version)))).first()
+        if found is None:
             raise Stale
 
     async def _fail(self, doc_id: str, version: int, reason: str) -> None:
@@ -353,8 +381,8 @@ class IndexWorkers:
     async def process(self, doc_id: str, version: int, attempt: int = 1) -> None:
         async with self.kn.db.session() as s:
             doc = await s.get(Document, doc_id)
-            if doc is None or doc.index_version != version or doc.indexing_status in ("completed", "error"):
-                raise Stale
+            if doc is None or doc.index_version != version or doc.indexing_status not in INDEXING_STATES:
+                raise Stale  # moved on, finished, or paused
             ds = await s.get(Dataset, doc.dataset_id)
             f = await s.get(UploadFile, doc.upload_file_id) if doc.upload_file_id else None
         if ds is None or f is None:
@@ -381,14 +409,15 @@ class IndexWorkers:
         await self._set(doc_id, version, indexing_status="splitting", cleaning_completed_at=now)
         if doc.doc_form == "qa_model":
             chunks = await self._qa_pairs(ds, doc, version, chunks)
+        points = searched_points(doc_id, version, chunks)
         try:
             await self._write_segments(ds, doc, version, chunks)
-            await self._embed_and_store(ds, doc, version, chunks)
+            await self._embed_and_store(ds, doc, version, points)
             await self._set(doc_id, version, indexing_status="completed", completed_at=utcnow(),
                             word_count=sum(len(c.content) + len(c.answer or "") for c in chunks),
                             tokens=sum(c.tokens for c in chunks))
         except Stale:
-            await self._drop_if_deleted(ds, doc_id)
+            await self._take_back(ds, doc_id, version, [pid for pid, _, _ in points])
             raise
         log.info("index_document_completed", segments=len(chunks), seconds=round(time.perf_counter() - t0, 3))
 
@@ -420,21 +449,26 @@ class IndexWorkers:
             raise Stale
         return out
 
-    async def _drop_if_deleted(self, ds: Dataset, doc_id: str) -> None:
-        """The document (or its dataset) was deleted while this job wrote points: remove them. (A newer
-        version of a live document removes them itself, with its keep_ids.)"""
+    async def _take_back(self, ds: Dataset, doc_id: str, version: int, ids: list[str]) -> None:
+        """A job that stopped (Stale) after it may have stored points removes them: all the document's when
+        it was deleted (or its dataset); this version's (``ids``) when it was paused or re-indexed, so none
+        stays searchable (a newer version's keep_ids would only remove them once it completes). Points of a
+        document a duplicate job of this version completed stay."""
         async with self.kn.db.session() as s:
-            if await s.get(Document, doc_id) is not None:
-                return
+            now = (await s.exec(select(_DOCS.c.index_version, _DOCS.c.indexing_status)
+                                .where(_DOCS.c.id == doc_id))).first()
         space = dataset_space(ds)
-        with contextlib.suppress(Exception):
-            await self.kn.vectors.delete_document(space, ds.tenant_id, ds.id, doc_id)
+        with contextlib.suppress(Exception):  # what is left is not served: retrieval reads the database
+            if now is None:
+                await self.kn.vectors.delete_document(space, ds.tenant_id, ds.id, doc_id)
+            elif now[0] != version or now[1] == "paused":
+                await self.kn.vectors.delete_ids(space, ids)
 
     async def _write_segments(self, ds: Dataset, doc: Document, version: int, chunks: list[PreparedChunk]) -> None:
         """Replace the document's segments with this version's (status indexing), in one transaction."""
         now = utcnow()
         async with self.kn.db.session() as s:
-            res = await s.exec(update(_DOCS).where(_DOCS.c.id == doc.id, _DOCS.c.index_version == version)
+            res = await s.exec(update(_DOCS).where(*_mine(doc.id, version))
                                .values(indexing_status="indexing", splitting_completed_at=now,
                                        total_segments=len(chunks), updated_at=now))
             if res.rowcount == 0:
@@ -462,7 +496,10 @@ class IndexWorkers:
                         updated_at=now))
             await s.commit()
 
-    async def _embed_and_store(self, ds: Dataset, doc: Document, version: int, chunks: list[PreparedChunk]) -> None:
+    async def _embed_and_store(self, ds: Dataset, doc: Document, version: int,
+                               searched: list[tuple[str, PreparedChunk, str]]) -> None:
+        """Embed and store ``searched`` (searched_points) in batches, each segment completed with its last point;
+        then remove the document's other points (earlier versions')."""
         embedder = None
         if ds.indexing_technique == "high_quality":
             async with self.kn.db.session() as s:
@@ -470,23 +507,19 @@ class IndexWorkers:
         space = dataset_space(ds)
         retrievable = doc.enabled and not doc.archived
         batch = max(1, self.settings.embedding_batch)
-        # (point id, chunk, its segment's id): a parent-child document's points are its child chunks
-        searched: list[tuple[str, PreparedChunk, str]] = []
-        for c in chunks:
-            sid = segment_id(doc.id, version, c.position)
-            if c.children is None:
-                searched.append((sid, c, sid))
-            else:
-                searched += [(child_chunk_id(sid, k.position), k, sid) for k in c.children]
         ids = [pid for pid, _, _ in searched]
         last = {sid: pid for pid, _, sid in searched}  # a segment is completed once its last point is stored
-        has_children = any(c.children for c in chunks)
+        has_children = any(pid != sid for pid, _, sid in searched)
         for start in range(0, len(searched), batch):
             part = searched[start:start + batch]
             items = [(pid, c.content, SparseVector(c.sparse_indices, c.sparse_values), retrievable)
                      for pid, c, _ in part]
             try:
                 space, points = await embed_points(self.kn, ds, doc, items, embedder)
+            except Exception as e:
+                raise Transient(f"{type(e).__name__}: {e}") from e
+            await self._check(doc.id, version)  # embedding is the slow part: a pause meanwhile stores nothing
+            try:
                 await self.kn.vectors.upsert(space, points)
                 self._written[space] = self._written.get(space, 0) + len(points)
             except Exception as e:
@@ -500,6 +533,7 @@ class IndexWorkers:
                 await s.exec(update(DocumentSegment).where(col(DocumentSegment.id).in_(finished))
                              .values(status="completed", completed_at=now))
                 await s.commit()
+        await self._check(doc.id, version)  # a stale job must not remove a newer version's points
         try:  # points of earlier versions (and of chunks this version no longer has)
             await self.kn.vectors.delete_document(space, ds.tenant_id, ds.id, doc.id, keep_ids=ids)
         except Exception as e:
