@@ -25,7 +25,7 @@ from services.runtime import llm
 from services.runtime.service.agent import AgentCall, AgentCore, AgentPlan, note_files
 from services.runtime.workflow import logic
 from services.runtime.workflow.engine import NodeError, NodeResult, VariablePool
-from services.runtime.workflow.nodes import RunServices, memory_turns, tool_json
+from services.runtime.workflow.nodes import RunServices, memory_messages, tool_json
 from shared.models import new_id
 from shared.tool_catalog import ToolResolutionError, resolve_agent_tools
 from shared.workflow import Node
@@ -63,7 +63,7 @@ async def run_agent(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     instruction = logic.to_text(_input(cfg.instruction, pool)) if cfg.instruction else ""
     query = logic.to_text(_input(cfg.query, pool)) if cfg.query else ""
     messages = [{"role": "system", "content": instruction}] if instruction.strip() else []
-    messages += memory_turns(node.data.get("memory"), svc.history)  # chatflow: earlier turns, as the llm node
+    messages += memory_messages(node.data.get("memory"), svc.history)  # chatflow: earlier turns, as the llm node
     messages.append({"role": "user", "content": query})
 
     sink = _LogSink(eng, node, svc, binding, plan)

@@ -176,7 +176,7 @@ def _context_text(value: Any) -> str:
     return logic.to_text(value)
 
 
-def memory_turns(memory: Any, history: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def memory_messages(memory: Any, history: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """A node's chatflow ``memory: {window: {enabled, size}}``: the conversation's earlier turns it sees."""
     if not isinstance(memory, dict) or not history:
         return []
@@ -211,7 +211,7 @@ def _prompt(node: Node, pool: VariablePool, history: list[tuple[str, str]]) -> l
     memory = d.get("memory")
     if memory and history:  # chatflow memory: the last turns of the conversation before the user's turn
         first_user = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
-        messages[first_user:first_user] = memory_turns(memory, history)
+        messages[first_user:first_user] = memory_messages(memory, history)
     query = pool.maybe(["sys", "query"])
     if memory and query and not any("sys.query" in str(p.get("text")) for p in pt or []):
         messages.append({"role": "user", "content": str(query)})  # chatflow: the user's turn
