@@ -68,6 +68,7 @@ async def _serve(settings: Settings, target: str) -> None:
             access_log=False,
             log_level="warning",
             http="auto",
+            timeout_keep_alive=settings.keep_alive_seconds,
             timeout_graceful_shutdown=5,
         )
         server = _server_class()(config)

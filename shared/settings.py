@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.plans import PLAN_NAMES  # no cycle: shared.plans imports only shared.limiter (stdlib, structlog)
 
+# uvicorn's default is 5 s, below the 30 s the gateway keeps upstream connections and the 60 s of common load
+# balancers: a request sent on a connection the server was just closing failed (a reset, a 502)
+KEEP_ALIVE_SECONDS = 75.0
 
 class AuthSettings(BaseModel):
     access_token_minutes: int = Field(60, description="console JWT access-token lifetime")
@@ -184,6 +187,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".plexus"), description="embedded SQLite, NATS store and generated secrets")
     host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in containers)")
     port: int = Field(8080, description="listen port")
+    keep_alive_seconds: float = Field(
+        KEEP_ALIVE_SECONDS, gt=0,
+        description="idle HTTP connections are closed after this (uvicorn's timeout_keep_alive); keep it above "
+                    "the idle timeout of what sends requests (load balancer, the gateway's pool: 30 s) so the "
+                    "sender closes first and never reuses a connection the server is closing")
     database_url: str | None = Field(None, description="default: sqlite+aiosqlite under data_dir")
     nats_url: str | None = Field(None, description="default in `all` mode: embedded nats-server")
     redis_url: str | None = Field(None, description="gateway limiter across replicas (split mode)")

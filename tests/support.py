@@ -21,7 +21,7 @@ from shared.db import Database
 from shared.knowledge.vectors import VectorFilter
 from shared.models import Dataset
 from shared.natsd import free_port
-from shared.settings import Settings
+from shared.settings import KEEP_ALIVE_SECONDS, Settings
 
 if TYPE_CHECKING:
     from tests.llm_server import ScriptedLLM
@@ -43,7 +43,7 @@ async def serve(app: Any, port: int | None = None, log_level: str = "warning") -
     """Start uvicorn on 127.0.0.1 (a free port unless given) and return once it accepts connections."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level=log_level,
-                            access_log=False)
+                            access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS)  # as `plexus run`
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the test runner owns signals
     task = asyncio.create_task(server.serve())

@@ -73,6 +73,32 @@ def plexus(tmp_path_factory: pytest.TempPathFactory):
         proc.wait()
 
 
+async def test_an_idle_connection_outlives_uvicorns_default_keep_alive(plexus) -> None:
+    """`plexus run` keeps an idle keep-alive connection open past uvicorn's 5 s default (PLEXUS_KEEP_ALIVE_SECONDS,
+    75 s): a gateway pool or load balancer that reuses it after 5–30 s idle must not meet a closing socket."""
+    from shared.settings import KEEP_ALIVE_SECONDS
+
+    _, base, _ = plexus
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+
+    async def healthz() -> bytes:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: plexus\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        return head.split(b"\r\n", 1)[0] + b" " + await reader.readexactly(length)
+
+    try:
+        assert (await healthz()).startswith(b"HTTP/1.1 200")
+        assert KEEP_ALIVE_SECONDS > 6.5
+        await asyncio.sleep(6.5)  # longer than uvicorn's default (5 s): the server would have closed it
+        assert (await healthz()).startswith(b"HTTP/1.1 200")  # the same connection answers
+    finally:
+        writer.close()
+
+
 async def test_operator_and_client_flow_then_clean_shutdown(plexus, llm) -> None:
     proc, base, data = plexus
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
