@@ -49,7 +49,7 @@ from shared.parse import SNIFF_BYTES, UnsupportedFileType, sniff
 
 MAX_RETRY = 100  # documents per retry call
 _DOCS = Document.__table__
-ACTIVE_STATES = ("parsing", "cleaning", "splitting", "indexing")  # a worker is on it: no delete
+ACTIVE_STATES = tuple(st for st in INDEXING_STATES if st != "waiting")  # a worker is on it: no delete
 MAX_BATCH_FILES = 20  # files per console documents call (Dify's BATCH_UPLOAD_LIMIT)
 STATUS_ACTIONS = ("enable", "disable", "archive", "un_archive")
 

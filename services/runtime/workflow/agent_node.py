@@ -25,7 +25,7 @@ from services.runtime import llm
 from services.runtime.service.agent import AgentCall, AgentCore, AgentPlan, note_files
 from services.runtime.workflow import logic
 from services.runtime.workflow.engine import NodeError, NodeResult, VariablePool
-from services.runtime.workflow.nodes import RunServices, memory_messages, tool_json
+from services.runtime.workflow.nodes import RunServices, input_value, memory_messages, tool_json
 from shared.models import new_id
 from shared.tool_catalog import ToolResolutionError, resolve_agent_tools
 from shared.workflow import Node
@@ -36,11 +36,12 @@ if TYPE_CHECKING:
 
 
 def _input(spec: Any, pool: VariablePool) -> Any:
-    """A ``{type, value}`` input as Dify reads it: a variable's value, or a constant/mixed value with its
-    ``{{#node.var#}}`` templates rendered (a bare string is rendered too)."""
+    """An agent input: a typed ``{type, value}`` as the tool node reads it, except that the agent strategies also
+    render the ``{{#node.var#}}`` templates of constants (``query: {type: constant, value: "{{#sys.query#}}"}``);
+    any other value as given, a string rendered."""
     if isinstance(spec, Mapping) and "value" in spec and spec.get("type") in ("variable", "mixed", "constant"):
-        if spec["type"] == "variable":
-            return pool.maybe(spec["value"])
+        if spec["type"] != "constant":
+            return input_value(dict(spec), pool)
         spec = spec["value"]
     return pool.render(spec) if isinstance(spec, str) else spec
 

@@ -421,18 +421,21 @@ def tool_json(text: str) -> list[Any]:
     return [parsed] if isinstance(parsed, dict) else parsed if isinstance(parsed, list) else []
 
 
+def input_value(spec: Any, pool: VariablePool) -> Any:
+    """A tool parameter's ``{type: variable|mixed|constant, value}`` as Dify reads it: the variable's value, the
+    mixed text with its templates rendered, or the constant; a bare value as given."""
+    if not isinstance(spec, dict):
+        return spec
+    if spec.get("type") == "variable":
+        return pool.maybe(spec.get("value"))
+    if spec.get("type") == "mixed":
+        return pool.render(str(spec.get("value") or ""))
+    return spec.get("value")
+
+
 async def tool(node: Node, pool: VariablePool, eng: Engine) -> NodeResult:
     d, svc = node.data, _services(eng)
-    args: dict[str, Any] = {}
-    for name, spec in (d.get("tool_parameters") or {}).items():
-        if not isinstance(spec, dict):
-            args[name] = spec
-        elif spec.get("type") == "variable":
-            args[name] = pool.maybe(spec.get("value"))
-        elif spec.get("type") == "mixed":
-            args[name] = pool.render(str(spec.get("value") or ""))
-        else:
-            args[name] = spec.get("value")
+    args = {name: input_value(spec, pool) for name, spec in (d.get("tool_parameters") or {}).items()}
     entry = {"provider_type": d.get("provider_type"), "provider_id": d.get("provider_id"),
              "tool_name": d.get("tool_name"), "tool_parameters": d.get("tool_configurations") or {}}
     async with svc.ctx.db.session() as s:
